@@ -1,0 +1,107 @@
+"""One layer, one direction, over a batch of sequences: the reference recurrence.
+
+``scan_layer`` is the single place the recurrence runs with ``jax.lax.scan``.
+Faster kernels (``lstm_jax.kernels``) implement the same signature and are
+tested against it. Nothing here knows about layers, directions or PyTorch.
+
+The input projection of every time step is one GEMM before the loop; the loop
+body holds the recurrent matmul and the pointwise gate math of a cell,
+``vmap``-ped over the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from lstm_jax.cells import Cell
+
+__all__ = ["scan_layer", "reverse_sequences", "valid_mask"]
+
+
+def reverse_sequences(xs: Array, seq_lengths: Optional[Array]) -> Array:
+    """Reverse each sequence's valid part along the time axis 0; padding stays put.
+
+    Args:
+      xs: ``(T, B, ...)`` time-major values.
+      seq_lengths: ``(B,)`` lengths, or None for full-length sequences.
+
+    Returns:
+      ``(T, B, ...)``; applying it twice gives ``xs`` back.
+    """
+    if seq_lengths is None:
+        return xs[::-1]
+    time = jnp.arange(xs.shape[0])[:, None]  # [T, 1]
+    index = jnp.where(time < seq_lengths, seq_lengths - 1 - time, time)  # [T, B]
+    index = index.reshape(index.shape + (1,) * (xs.ndim - 2))
+    return jnp.take_along_axis(xs, index, axis=0)
+
+
+def valid_mask(num_steps: int, seq_lengths: Optional[Array]) -> Optional[Array]:
+    """``(T, B)`` bool, True where ``t < seq_lengths[b]``; None without lengths."""
+    if seq_lengths is None:
+        return None
+    return jnp.arange(num_steps)[:, None] < seq_lengths[None, :]
+
+
+def scan_layer(
+    cell: Cell,
+    weights: Any,
+    xs: Array,
+    initial_carry: Any,
+    *,
+    seq_lengths: Optional[Array] = None,
+    reverse: bool = False,
+    recurrent_mask: Optional[Array] = None,
+    unroll: int = 1,
+    time_major: bool = False,
+) -> tuple[Array, Any]:
+    """Run ``cell`` over a batch of sequences with ``jax.lax.scan``.
+
+    Args:
+      cell: a :class:`lstm_jax.cells.Cell` (project, step, output).
+      weights: that cell's weights for this layer and direction.
+      xs: ``(B, T, I)`` inputs, or ``(T, B, I)`` with ``time_major``.
+      initial_carry: the cell's carry with a leading batch axis, e.g. ``(h, c)``
+        with ``h: (B, R)`` and ``c: (B, H)``.
+      seq_lengths: optional ``(B,)`` integer lengths in ``1..T``. Steps at or past
+        a sequence's length leave its carry unchanged and output zeros.
+      reverse: run right to left over each sequence's valid part.
+      recurrent_mask: optional ``(B, R)`` mask on ``h`` before the recurrent
+        matmul, the same at every step (variational dropout).
+      unroll: steps per loop iteration, passed to ``jax.lax.scan``.
+      time_major: ``xs`` and the returned ``ys`` are ``(T, B, ...)``.
+
+    Returns:
+      ``(ys, final_carry)``: ``ys`` is ``(B, T, O)`` (or ``(T, B, O)``), the final
+      carry is the carry after each sequence's last valid step.
+    """
+    if not time_major:
+        xs = jnp.swapaxes(xs, 0, 1)  # [T, B, I]
+    gx = cell.project(weights, xs)  # [T, B, G], one GEMM for all steps
+    if reverse:
+        gx = reverse_sequences(gx, seq_lengths)
+    mask = valid_mask(gx.shape[0], seq_lengths)  # [T, B] or None
+    step = jax.vmap(cell.step, in_axes=(None, 0, 0, None if recurrent_mask is None else 0))
+
+    def body(carry, inputs):
+        gx_t, valid_t = inputs  # [B, G], [B] or None
+        new_carry = step(weights, carry, gx_t, recurrent_mask)
+        y = cell.output(new_carry)  # [B, O]
+        if valid_t is not None:
+            keep = valid_t[:, None]
+            new_carry = jax.tree_util.tree_map(
+                lambda new, old: jnp.where(keep, new, old), new_carry, carry
+            )
+            y = jnp.where(keep, y, jnp.zeros_like(y))
+        return new_carry, y
+
+    final_carry, ys = jax.lax.scan(body, initial_carry, (gx, mask), unroll=unroll)  # ys [T, B, O]
+    if reverse:
+        ys = reverse_sequences(ys, seq_lengths)
+    if not time_major:
+        ys = jnp.swapaxes(ys, 0, 1)  # [B, T, O]
+    return ys, final_carry
