@@ -4,7 +4,7 @@ Each cell is split in two so that the input projection of a whole sequence can
 be one GEMM before the time loop (``scan.py``):
 
 * ``*_input_projection(w, x)``: the part that does not depend on the state,
-  for inputs of any leading shape ``(..., I) -> (..., G)``;
+  ``(I,) -> (G,)`` (``scan.py`` vmaps it over time and batch: one GEMM);
 * ``*_step(w, state, gx)``: the recurrence for one example, ``gx`` of shape
   ``(G,)``.
 
@@ -91,7 +91,7 @@ def _masked(h: Array, recurrent_mask: Optional[Array]) -> Array:
 
 
 def lstm_input_projection(w: LSTMWeights, x: Array, *, compute_dtype=None) -> Array:
-    """``(..., I) -> (..., 4H)``: the state-independent part of the gates, bias included."""
+    """``(I,) -> (4H,)``: the state-independent part of the gates, bias included."""
     gx = matmul(x, w.w_ih, compute_dtype)
     if w.ln is not None:
         gx = _layer_norm(gx) * w.ln.ih_scale
@@ -176,7 +176,7 @@ def lstm_cell(
 
 
 def gru_input_projection(w: GRUWeights, x: Array, *, compute_dtype=None) -> Array:
-    """``(..., I) -> (..., 3H)``: ``x @ w_ih + b_ih``."""
+    """``(I,) -> (3H,)``: ``x @ w_ih + b_ih``."""
     return matmul(x, w.w_ih, compute_dtype) + w.b_ih
 
 
@@ -229,7 +229,7 @@ def _nonlinearity(name: str) -> Callable[[Array], Array]:
 
 
 def rnn_input_projection(w: RNNWeights, x: Array, *, compute_dtype=None) -> Array:
-    """``(..., I) -> (..., H)``: ``x @ w_ih + b``."""
+    """``(I,) -> (H,)``: ``x @ w_ih + b``."""
     return matmul(x, w.w_ih, compute_dtype) + w.b
 
 
@@ -280,7 +280,7 @@ def rnn_cell(
 class Cell(NamedTuple):
     """What ``scan.py`` needs to run any cell over a sequence.
 
-    project: ``(weights, xs (..., I)) -> (..., G)``, hoisted before the loop.
+    project: ``(weights, x (I,)) -> (G,)``, hoisted before the loop (vmapped).
     step:    ``(weights, carry, gx (G,), recurrent_mask) -> carry``, one example.
     output:  ``carry -> h``, the per-step output.
     """

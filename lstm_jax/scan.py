@@ -35,7 +35,8 @@ def reverse_sequences(xs: Array, seq_lengths: Optional[Array]) -> Array:
     if seq_lengths is None:
         return xs[::-1]
     time = jnp.arange(xs.shape[0])[:, None]  # [T, 1]
-    index = jnp.where(time < seq_lengths, seq_lengths - 1 - time, time)  # [T, B]
+    lengths = seq_lengths[None, :]  # [1, B]
+    index = jnp.where(time < lengths, lengths - 1 - time, time)  # [T, B]
     index = index.reshape(index.shape + (1,) * (xs.ndim - 2))
     return jnp.take_along_axis(xs, index, axis=0)
 
@@ -81,7 +82,8 @@ def scan_layer(
     """
     if not time_major:
         xs = jnp.swapaxes(xs, 0, 1)  # [T, B, I]
-    gx = cell.project(weights, xs)  # [T, B, G], one GEMM for all steps
+    project = jax.vmap(jax.vmap(lambda x: cell.project(weights, x)))
+    gx = project(xs)  # [T, B, G], one GEMM for all steps
     if reverse:
         gx = reverse_sequences(gx, seq_lengths)
     mask = valid_mask(gx.shape[0], seq_lengths)  # [T, B] or None
