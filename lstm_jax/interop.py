@@ -152,18 +152,18 @@ def to_torch(params: Union[LSTMParams, GRUParams, RNNParams]) -> dict[str, np.nd
     for layer, directions in enumerate(params.layers):
         for direction, w in enumerate(directions):
             tag = f"_l{layer}" + ("_reverse" if direction else "")
-            state_dict["weight_ih" + tag] = np.asarray(w.w_ih).T
-            state_dict["weight_hh" + tag] = np.asarray(w.w_hh).T
+            state_dict["weight_ih" + tag] = np.array(w.w_ih).T
+            state_dict["weight_hh" + tag] = np.array(w.w_hh).T
             if isinstance(w, GRUWeights):
-                state_dict["bias_ih" + tag] = np.asarray(w.b_ih)
-                state_dict["bias_hh" + tag] = np.asarray(w.b_hh)
+                state_dict["bias_ih" + tag] = np.array(w.b_ih)
+                state_dict["bias_hh" + tag] = np.array(w.b_hh)
                 continue
             if isinstance(w, LSTMWeights) and (w.w_peep is not None or w.ln is not None):
                 raise ValueError("to_torch: PyTorch's nn.LSTM has no peepholes or layer norm.")
-            state_dict["bias_ih" + tag] = np.asarray(w.b)
+            state_dict["bias_ih" + tag] = np.array(w.b)
             state_dict["bias_hh" + tag] = np.zeros_like(np.asarray(w.b))
             if isinstance(w, LSTMWeights) and w.w_hr is not None:
-                state_dict["weight_hr" + tag] = np.asarray(w.w_hr).T
+                state_dict["weight_hr" + tag] = np.array(w.w_hr).T
     return state_dict
 
 
