@@ -1,0 +1,717 @@
+"""Training with Optax: train state, jitted train step, losses, metrics, long streams.
+
+The pieces are pure functions over pytrees, so they compose with ``jit``,
+``grad`` and sharding:
+
+* :class:`TrainState` is a NamedTuple of ``params``, ``opt_state``, ``step``
+  and the PRNG ``key``; it is the only thing a train step carries.
+* :func:`make_train_step` turns ``loss_fn(params, batch, key) -> (loss,
+  metrics)`` and any ``optax.GradientTransformation`` into a pure
+  ``train_step(state, batch) -> (state, metrics)``, jitted in one place
+  (:func:`compile_step`) with the state's buffers donated. Data-parallel
+  sharding only needs ``in_shardings``/``out_shardings`` passed there.
+* Losses are masked so that ragged batches (``seq_lengths``) and padded
+  positions never contribute: sequence classification (last valid step or
+  masked mean over valid steps), per-step regression, next-token
+  cross-entropy for language models.
+* Long streams: truncated BPTT over chunks with the recurrent state carried
+  between chunks behind ``lax.stop_gradient`` (:func:`make_tbptt_train_step`),
+  and a one-step streaming API for online prediction (:func:`stream_step`).
+
+Notation: B = batch, T = time, F = features, V = vocabulary, C = classes.
+
+>>> import jax, jax.numpy as jnp, optax, lstm_jax as lj
+>>> from lstm_jax import training as tr
+>>> params = {"rnn": lj.init_lstm(jax.random.key(0), 2, 8), "head": tr.init_dense(jax.random.key(1), 8, 1)}
+>>> def loss_fn(params, batch, key):
+...     ys, _ = lj.lstm(params["rnn"], batch["x"])
+...     loss = tr.regression_loss(tr.dense(params["head"], ys), batch["y"])
+...     return loss, {}
+>>> opt = tr.make_optimizer(1e-2, clip_norm=1.0)
+>>> state = tr.init_train_state(params, opt, jax.random.key(2))
+>>> step = tr.make_train_step(loss_fn, opt)
+>>> state, metrics = step(state, {"x": jnp.ones((4, 5, 2)), "y": jnp.zeros((4, 5, 1))})
+>>> int(state.step)
+1
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import Array
+
+from lstm_jax import cells
+from lstm_jax.network import gru, lstm, rnn
+from lstm_jax.params import GRUParams, LSTMParams, LSTMState, RNNParams
+
+__all__ = [
+    "TrainState",
+    "init_train_state",
+    "make_optimizer",
+    "make_train_step",
+    "make_eval_step",
+    "make_tbptt_train_step",
+    "compile_step",
+    "evaluate",
+    "fit",
+    "Dense",
+    "init_dense",
+    "dense",
+    "apply_network",
+    "count_params",
+    "sequence_mask",
+    "masked_mean",
+    "last_valid",
+    "masked_mean_pool",
+    "softmax_cross_entropy",
+    "accuracy",
+    "regression_loss",
+    "next_token_loss",
+    "bits_per_token",
+    "split_chunks",
+    "init_stream_state",
+    "stream_step",
+    "MetricsWriter",
+    "write_json",
+]
+
+LossFn = Callable[[Any, Any, Array], tuple[Array, Mapping[str, Array]]]
+
+
+# ------------------------------------------------------------------ the state
+
+
+class TrainState(NamedTuple):
+    """Everything a training run carries from step to step (a pytree of arrays)."""
+
+    params: Any  # model parameters, any pytree
+    opt_state: Any  # optax state for params
+    step: Array  # shape=(), int32; optimizer updates applied so far
+    key: Array  # PRNG key, split once per step (dropout etc.)
+
+
+def init_train_state(
+    params: Any, optimizer: optax.GradientTransformation, key: Array
+) -> TrainState:
+    """A :class:`TrainState` at step 0.
+
+    >>> state = init_train_state({"w": jnp.zeros(3)}, optax.sgd(0.1), jax.random.key(0))
+    >>> int(state.step)
+    0
+    """
+    return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), key)
+
+
+def make_optimizer(
+    learning_rate: Union[float, optax.Schedule] = 1e-3,
+    *,
+    clip_norm: Optional[float] = 1.0,
+    weight_decay: float = 0.0,
+    warmup_steps: int = 0,
+    decay_steps: Optional[int] = None,
+    end_lr_fraction: float = 0.0,
+) -> optax.GradientTransformation:
+    """Adam(W) with gradient clipping by global norm and an optional schedule.
+
+    Args:
+      learning_rate: peak learning rate, or any ``optax`` schedule.
+      clip_norm: clip the gradients' global norm to this value (None: no clipping).
+      weight_decay: decoupled weight decay (AdamW) when > 0.
+      warmup_steps: linear warm-up from 0 to the peak over this many steps.
+      decay_steps: with a float ``learning_rate``, cosine decay over this many
+        steps (warm-up included) down to ``end_lr_fraction * learning_rate``.
+      end_lr_fraction: final learning rate as a fraction of the peak.
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    >>> opt = make_optimizer(1e-3, clip_norm=1.0, warmup_steps=10, decay_steps=100)
+    >>> opt.init({"w": jnp.zeros(2)}) is not None
+    True
+    """
+    schedule = learning_rate
+    if not callable(learning_rate):
+        if decay_steps is not None:
+            schedule = optax.warmup_cosine_decay_schedule(
+                0.0, learning_rate, max(warmup_steps, 0), decay_steps,
+                end_value=learning_rate * end_lr_fraction,
+            )  # fmt: skip
+        elif warmup_steps > 0:
+            schedule = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+    parts = []
+    if clip_norm is not None:
+        parts.append(optax.clip_by_global_norm(clip_norm))
+    if weight_decay > 0.0:
+        parts.append(optax.adamw(schedule, weight_decay=weight_decay))
+    else:
+        parts.append(optax.adam(schedule))
+    return optax.chain(*parts)
+
+
+def compile_step(fn: Callable, *, donate_state: bool = True, **jit_kwargs) -> Callable:
+    """The one place train/eval steps are jitted.
+
+    ``fn``'s first argument is the state; with ``donate_state`` its buffers are
+    donated, so the update happens in place. Extra keyword arguments go to
+    ``jax.jit`` unchanged (``in_shardings``, ``out_shardings`` for data
+    parallelism with a ``Mesh``).
+    """
+    return jax.jit(fn, donate_argnums=(0,) if donate_state else (), **jit_kwargs)
+
+
+def _apply_gradients(state: TrainState, optimizer, grads, new_key) -> TrainState:
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(params, opt_state, state.step + 1, new_key)
+
+
+def make_train_step(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    jit: bool = True,
+    donate: bool = True,
+    **jit_kwargs,
+) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+    """A train step ``(state, batch) -> (state, metrics)`` for any Optax optimizer.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch, key) -> (loss, metrics)`` where ``loss``
+        is a scalar and ``metrics`` a dict of scalars (may be empty). ``key``
+        is a fresh PRNG key for this step (for dropout).
+      optimizer: any ``optax.GradientTransformation`` (clipping and schedules
+        are part of it, see :func:`make_optimizer`).
+      jit: return the jitted step (default) or the pure function.
+      donate: donate the input state's buffers (the caller must not reuse it).
+      **jit_kwargs: passed to ``jax.jit`` (e.g. shardings).
+
+    Returns:
+      ``train_step``; its metrics hold ``loss``, ``grad_norm`` (before
+      clipping) and the loss function's own metrics.
+    """
+
+    def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
+        key, step_key = jax.random.split(state.key)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, batch, step_key
+        )
+        new_state = _apply_gradients(state, optimizer, grads, key)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+        return new_state, metrics
+
+    if not jit:
+        return train_step
+    return compile_step(train_step, donate_state=donate, **jit_kwargs)
+
+
+def make_eval_step(
+    metric_fn: Callable[[Any, Any], Mapping[str, Array]], *, jit: bool = True, **jit_kwargs
+) -> Callable[[Any, Any], dict]:
+    """``eval_step(params, batch) -> metrics``; ``metric_fn`` must return a ``count``
+    entry (the batch's weight, e.g. valid examples or tokens) beside per-batch means."""
+    if not jit:
+        return metric_fn
+    return compile_step(metric_fn, donate_state=False, **jit_kwargs)
+
+
+def evaluate(eval_step: Callable, params: Any, batches: Iterable[Any]) -> dict:
+    """Weighted mean of every metric of ``eval_step`` over ``batches`` (weights: ``count``).
+
+    >>> f = lambda p, b: {"err": jnp.mean(b), "count": jnp.asarray(b.size, jnp.float32)}
+    >>> evaluate(f, None, [jnp.zeros(3), jnp.ones(1)])["err"]
+    0.25
+    """
+    totals: dict[str, float] = {}
+    weight = 0.0
+    for batch in batches:
+        metrics = jax.device_get(eval_step(params, batch))
+        count = float(metrics["count"])
+        weight += count
+        for name, value in metrics.items():
+            if name != "count":
+                totals[name] = totals.get(name, 0.0) + float(value) * count
+    if weight == 0.0:
+        raise ValueError("evaluate got no batches (or only batches with count 0).")
+    out = {name: total / weight for name, total in totals.items()}
+    out["count"] = weight
+    return out
+
+
+def make_tbptt_train_step(
+    loss_fn: Callable,
+    optimizer: optax.GradientTransformation,
+    *,
+    jit: bool = True,
+    donate: bool = True,
+    **jit_kwargs,
+) -> Callable:
+    """Truncated BPTT: ``(state, carry, chunk) -> (state, carry, metrics)``.
+
+    A long stream is cut into chunks (:func:`split_chunks`); each call trains
+    on one chunk starting from the recurrent ``carry`` left by the previous
+    chunk. The carry enters and leaves behind ``lax.stop_gradient``, so
+    gradients flow back at most one chunk while the forward state is exact.
+
+    Args:
+      loss_fn: ``loss_fn(params, chunk, carry, key) -> (loss, (new_carry, metrics))``.
+      optimizer: any ``optax.GradientTransformation``.
+      jit, donate, jit_kwargs: as for :func:`make_train_step` (the carry is not
+        donated).
+    """
+
+    def tbptt_step(state: TrainState, carry: Any, chunk: Any):
+        carry = jax.lax.stop_gradient(carry)
+        key, step_key = jax.random.split(state.key)
+        (loss, (new_carry, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, chunk, carry, step_key
+        )
+        new_state = _apply_gradients(state, optimizer, grads, key)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+        return new_state, jax.lax.stop_gradient(new_carry), metrics
+
+    if not jit:
+        return tbptt_step
+    return compile_step(tbptt_step, donate_state=donate, **jit_kwargs)
+
+
+def split_chunks(xs: Array, chunk_len: int, *, axis: int = 1) -> list[Array]:
+    """Cut ``xs`` along ``axis`` (time) into consecutive chunks of ``chunk_len``
+    steps; a shorter remainder is dropped so every chunk has one shape (one compile).
+
+    >>> [c.shape for c in split_chunks(jnp.zeros((2, 7, 3)), 3)]
+    [(2, 3, 3), (2, 3, 3)]
+    """
+    if chunk_len < 1:
+        raise ValueError(f"chunk_len must be >= 1, got {chunk_len}.")
+    num = xs.shape[axis] // chunk_len
+    if num == 0:
+        raise ValueError(
+            f"chunk_len={chunk_len} is longer than the stream ({xs.shape[axis]} steps)."
+        )
+    return [
+        jax.lax.slice_in_dim(xs, k * chunk_len, (k + 1) * chunk_len, axis=axis)
+        for k in range(num)
+    ]
+
+
+def fit(
+    state: TrainState,
+    train_step: Callable,
+    get_batch: Callable[[int], Any],
+    *,
+    num_steps: int,
+    log_every: int = 50,
+    eval_every: int = 0,
+    eval_fn: Optional[Callable[[Any], Mapping[str, float]]] = None,
+    writer: Optional["MetricsWriter"] = None,
+    checkpoint_manager: Any = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> tuple[TrainState, list[dict]]:
+    """Run ``train_step`` until ``state.step == num_steps``, with a tqdm bar.
+
+    Batches come from ``get_batch(step)``, a function of the step number, so a
+    run resumed from a checkpoint sees exactly the batches it would have seen.
+
+    Args:
+      state: the starting (possibly restored) :class:`TrainState`.
+      train_step: from :func:`make_train_step`.
+      get_batch: ``step -> batch``.
+      num_steps: total steps of the run (not steps still to go).
+      log_every: average the train metrics over this many steps, then log.
+      eval_every: call ``eval_fn(params)`` every this many steps (and at the end).
+      eval_fn: ``params -> dict`` of validation metrics.
+      writer: a :class:`MetricsWriter` receiving every logged row.
+      checkpoint_manager: an ``lstm_jax.checkpoint`` manager; the state is
+        offered to it after every step (it saves every N steps) and at the end.
+      progress: show a tqdm progress bar.
+      desc: the progress bar's label.
+
+    Returns:
+      ``(state, history)``: the final state and the logged rows.
+    """
+    from tqdm.auto import tqdm  # imported here: only the loop needs it
+
+    start = int(state.step)
+    history: list[dict] = []
+    pending: list[dict] = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, leave=False)
+    for step in range(start, num_steps):
+        state, metrics = train_step(state, get_batch(step))
+        pending.append(metrics)
+        done = step + 1
+        is_last = done == num_steps
+        if checkpoint_manager is not None:
+            from lstm_jax import checkpoint as _ckpt
+
+            _ckpt.save(checkpoint_manager, state, force=is_last)
+        row: dict = {}
+        if pending and (done % max(log_every, 1) == 0 or is_last):
+            means = jax.device_get(pending)
+            row.update({k: float(np.mean([m[k] for m in means])) for k in means[0]})
+            pending = []
+        if eval_fn is not None and ((eval_every and done % eval_every == 0) or is_last):
+            row.update({f"val_{k}": float(v) for k, v in eval_fn(state.params).items()})
+        if row:
+            row = {"step": done, "time_s": round(time.perf_counter() - t0, 3), **row}
+            history.append(row)
+            if writer is not None:
+                writer.write(row)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("step",)})
+        bar.update(1)
+    bar.close()
+    if checkpoint_manager is not None:
+        from lstm_jax import checkpoint as _ckpt
+
+        _ckpt.wait(checkpoint_manager)
+    return state, history
+
+
+# ------------------------------------------------------------ model helpers
+
+
+class Dense(NamedTuple):
+    """A dense (affine) layer: ``x @ w + b``."""
+
+    w: Array  # (F_in, F_out)
+    b: Array  # (F_out,)
+
+
+def init_dense(key: Array, in_size: int, out_size: int, *, dtype=jnp.float32) -> Dense:
+    """Uniform in ``±1/sqrt(in_size)`` like PyTorch's ``nn.Linear``; zero bias.
+
+    >>> init_dense(jax.random.key(0), 8, 3).w.shape
+    (8, 3)
+    """
+    bound = 1.0 / math.sqrt(in_size)
+    w = jax.random.uniform(key, (in_size, out_size), dtype, -bound, bound)
+    return Dense(w, jnp.zeros((out_size,), dtype))
+
+
+def dense(params: Dense, x: Array) -> Array:
+    """``(..., F_in) -> (..., F_out)``."""
+    return jnp.matmul(x, params.w) + params.b
+
+
+def apply_network(params: Any, xs: Array, **kwargs) -> tuple[Array, Any]:
+    """``lj.lstm``, ``lj.gru`` or ``lj.rnn``, chosen by the type of ``params``.
+
+    >>> import lstm_jax as lj
+    >>> ys, h = apply_network(lj.init_gru(jax.random.key(0), 2, 4), jnp.ones((3, 5, 2)))
+    >>> ys.shape
+    (3, 5, 4)
+    """
+    if isinstance(params, LSTMParams):
+        return lstm(params, xs, **kwargs)
+    if isinstance(params, GRUParams):
+        return gru(params, xs, **kwargs)
+    if isinstance(params, RNNParams):
+        return rnn(params, xs, **kwargs)
+    raise TypeError(
+        f"params must be LSTMParams, GRUParams or RNNParams, got {type(params).__name__}."
+    )
+
+
+def count_params(params: Any) -> int:
+    """Number of scalars in a pytree."""
+    return int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)))
+
+
+# ------------------------------------------------------------------- losses
+
+
+def sequence_mask(seq_lengths: Optional[Array], num_steps: int) -> Optional[Array]:
+    """``(B, T)`` float mask, 1 where ``t < seq_lengths[b]``; None without lengths."""
+    if seq_lengths is None:
+        return None
+    return (jnp.arange(num_steps)[None, :] < jnp.asarray(seq_lengths)[:, None]).astype(
+        jnp.float32
+    )
+
+
+def masked_mean(values: Array, mask: Optional[Array] = None) -> Array:
+    """Mean of ``values`` over the positions where ``mask`` is nonzero.
+
+    ``mask`` has the shape of ``values`` or a prefix of it (trailing axes are
+    averaged too). With no valid position the result is 0, not NaN.
+
+    >>> float(masked_mean(jnp.array([1.0, 3.0, 100.0]), jnp.array([1.0, 1.0, 0.0])))
+    2.0
+    """
+    if mask is None:
+        return jnp.mean(values)
+    mask = mask.astype(values.dtype)
+    extra = values.ndim - mask.ndim
+    mask = mask.reshape(mask.shape + (1,) * extra)
+    mask = jnp.broadcast_to(mask, values.shape)
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def last_valid(ys: Array, seq_lengths: Optional[Array] = None) -> Array:
+    """``(B, T, F) -> (B, F)``: the output at each sequence's last valid step.
+
+    For a unidirectional network this equals the final state ``h`` of the
+    top layer.
+
+    >>> ys = jnp.arange(6.0).reshape(1, 3, 2)
+    >>> last_valid(ys, jnp.array([2])).tolist()
+    [[2.0, 3.0]]
+    """
+    if seq_lengths is None:
+        return ys[:, -1]
+    index = jnp.asarray(seq_lengths, jnp.int32) - 1  # [B]
+    return jnp.take_along_axis(ys, index[:, None, None], axis=1)[:, 0]
+
+
+def masked_mean_pool(ys: Array, seq_lengths: Optional[Array] = None) -> Array:
+    """``(B, T, F) -> (B, F)``: mean over each sequence's valid steps."""
+    if seq_lengths is None:
+        return jnp.mean(ys, axis=1)
+    mask = sequence_mask(seq_lengths, ys.shape[1]).astype(ys.dtype)  # [B, T]
+    total = jnp.einsum("btf,bt->bf", ys, mask)
+    return total / jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1.0)
+
+
+def softmax_cross_entropy(
+    logits: Array, labels: Array, mask: Optional[Array] = None
+) -> Array:
+    """Mean cross-entropy (nats) of integer ``labels`` over valid positions.
+
+    Args:
+      logits: ``(..., C)``.
+      labels: ``(...)`` integers in ``0..C-1``.
+      mask: optional ``(...)`` weights (1 valid, 0 padding).
+
+    >>> float(softmax_cross_entropy(jnp.zeros((2, 4)), jnp.array([0, 3])))  # log 4
+    1.3862943649291992
+    """
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return masked_mean(losses, mask)
+
+
+def accuracy(logits: Array, labels: Array, mask: Optional[Array] = None) -> Array:
+    """Fraction of valid positions where ``argmax(logits) == labels``."""
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return masked_mean(correct, mask)
+
+
+def regression_loss(
+    preds: Array,
+    targets: Array,
+    seq_lengths: Optional[Array] = None,
+    *,
+    kind: str = "mse",
+) -> Array:
+    """Per-step regression loss averaged over valid steps and features.
+
+    Args:
+      preds, targets: ``(B, T, F)`` (or ``(B, F)`` without a time axis).
+      seq_lengths: optional ``(B,)`` lengths; steps at or past them are ignored.
+      kind: ``"mse"``, ``"mae"`` or ``"huber"``.
+
+    >>> p = jnp.zeros((1, 3, 1)); y = jnp.array([[[1.0], [1.0], [9.0]]])
+    >>> float(regression_loss(p, y, jnp.array([2])))
+    1.0
+    """
+    diff = preds - targets
+    if kind == "mse":
+        errors = jnp.square(diff)
+    elif kind == "mae":
+        errors = jnp.abs(diff)
+    elif kind == "huber":
+        errors = optax.huber_loss(preds, targets)
+    else:
+        raise ValueError(f"kind must be one of ('mse', 'mae', 'huber'), got {kind!r}.")
+    mask = None if seq_lengths is None else sequence_mask(seq_lengths, preds.shape[1])
+    return masked_mean(errors, mask)
+
+
+def next_token_loss(
+    logits: Array, tokens: Array, seq_lengths: Optional[Array] = None
+) -> Array:
+    """Masked next-token cross-entropy (nats per predicted token).
+
+    ``logits[:, t]`` predicts ``tokens[:, t + 1]``; the last position has no
+    target. With ``seq_lengths`` only targets inside the sequence count.
+
+    Args:
+      logits: ``(B, T, V)`` outputs for ``tokens`` fed as inputs.
+      tokens: ``(B, T)`` integer tokens.
+      seq_lengths: optional ``(B,)`` valid lengths of ``tokens``.
+
+    >>> float(next_token_loss(jnp.zeros((1, 3, 4)), jnp.array([[0, 1, 2]])))  # log 4
+    1.3862943649291992
+    """
+    targets = tokens[:, 1:]
+    mask = None
+    if seq_lengths is not None:
+        mask = sequence_mask(jnp.asarray(seq_lengths) - 1, targets.shape[1])
+    return softmax_cross_entropy(logits[:, :-1], targets, mask)
+
+
+def bits_per_token(nats: Union[float, Array]) -> Union[float, Array]:
+    """Convert a cross-entropy in nats to bits (bits per character for a char LM)."""
+    return nats / math.log(2.0)
+
+
+# ------------------------------------------------------------ streaming API
+
+
+def _stream_layers(params: Any) -> tuple[str, Any]:
+    if isinstance(params, LSTMParams):
+        kind = "lstm"
+    elif isinstance(params, GRUParams):
+        kind = "gru"
+    elif isinstance(params, RNNParams):
+        kind = "rnn"
+    else:
+        raise TypeError(
+            f"params must be LSTMParams, GRUParams or RNNParams, got {type(params).__name__}."
+        )
+    if len(params.layers[0]) != 1:
+        raise ValueError(
+            "stream_step needs a unidirectional network: a reverse direction must see "
+            "the whole sequence before its first output."
+        )
+    return kind, params.layers
+
+
+def init_stream_state(params: Any, batch_shape: Sequence[int] = ()) -> Any:
+    """Zero state for :func:`stream_step`, laid out like the networks' final state.
+
+    LSTM: ``LSTMState(h: (L, *batch_shape, R), c: (L, *batch_shape, H))``;
+    GRU / RNN: ``h: (L, *batch_shape, H)``.
+
+    >>> import lstm_jax as lj
+    >>> init_stream_state(lj.init_lstm(jax.random.key(0), 2, 4, num_layers=2), (3,)).c.shape
+    (2, 3, 4)
+    """
+    kind, layers = _stream_layers(params)
+    batch_shape = tuple(batch_shape)
+    first = layers[0][0]
+    dtype = first.w_hh.dtype
+    num_layers = len(layers)
+    if kind == "lstm":
+        hidden = first.w_hh.shape[1] // 4
+        out = first.w_hh.shape[0]
+        return LSTMState(
+            jnp.zeros((num_layers, *batch_shape, out), dtype),
+            jnp.zeros((num_layers, *batch_shape, hidden), dtype),
+        )
+    return jnp.zeros((num_layers, *batch_shape, first.w_hh.shape[0]), dtype)
+
+
+def stream_step(
+    params: Any, state: Any, x_t: Array, *, nonlinearity: str = "tanh"
+) -> tuple[Array, Any]:
+    """One time step of a stacked unidirectional network, for online prediction.
+
+    Feeding a sequence one step at a time gives the outputs and final state of
+    ``lj.lstm`` / ``lj.gru`` / ``lj.rnn`` on the whole sequence (tested).
+
+    Args:
+      params: ``LSTMParams``, ``GRUParams`` or ``RNNParams`` (one direction).
+      state: the previous state (:func:`init_stream_state`, or a network's
+        final state to continue from).
+      x_t: ``(I,)`` or ``(B, I)`` input at this step.
+      nonlinearity: for RNN params, ``"tanh"`` or ``"relu"``.
+
+    Returns:
+      ``(y_t, state)``: the top layer's output ``(R,)`` or ``(B, R)`` and the new state.
+
+    >>> import lstm_jax as lj
+    >>> p = lj.init_lstm(jax.random.key(0), 2, 4)
+    >>> y, s = stream_step(p, init_stream_state(p), jnp.ones(2))
+    >>> y.shape
+    (4,)
+    """
+    kind, layers = _stream_layers(params)
+    if kind == "lstm":
+        step = lambda w, s, x: cells.lstm_cell(w, s, x)  # noqa: E731
+    elif kind == "gru":
+        step = lambda w, s, x: cells.gru_cell(w, s, x)  # noqa: E731
+    else:
+        step = lambda w, s, x: cells.rnn_cell(w, s, x, nonlinearity=nonlinearity)  # noqa: E731
+    if x_t.ndim == 2:
+        step = jax.vmap(step, in_axes=(None, 0, 0))
+    elif x_t.ndim != 1:
+        raise ValueError(f"x_t must have shape (I,) or (B, I), got {tuple(x_t.shape)}.")
+    new_states = []
+    inputs = x_t
+    for layer, layer_weights in enumerate(layers):
+        w = layer_weights[0]
+        if kind == "lstm":
+            carry = step(w, (state.h[layer], state.c[layer]), inputs)
+            inputs = carry[0]
+        else:
+            carry = step(w, state[layer], inputs)
+            inputs = carry
+        new_states.append(carry)
+    if kind == "lstm":
+        new_state = LSTMState(
+            jnp.stack([s[0] for s in new_states]), jnp.stack([s[1] for s in new_states])
+        )
+    else:
+        new_state = jnp.stack(new_states)
+    return inputs, new_state
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def _to_builtin(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _to_builtin(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_builtin(v) for v in value]
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        arr = np.asarray(value)
+        return arr.item() if arr.ndim == 0 else arr.tolist()
+    return value
+
+
+def write_json(path: Union[str, os.PathLike], obj: Any) -> None:
+    """Write ``obj`` (arrays become numbers or lists) as indented JSON."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(_to_builtin(obj), f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+class MetricsWriter:
+    """Appends metric rows to ``<out>/<name>.jsonl`` and rewrites ``<out>/<name>.csv``.
+
+    The CSV's columns are the union of the keys seen so far (rows missing a
+    key leave it empty), so training and validation rows share one file.
+    """
+
+    def __init__(self, out_dir: Union[str, os.PathLike], name: str = "metrics"):
+        os.makedirs(out_dir, exist_ok=True)
+        self.jsonl_path = os.path.join(out_dir, f"{name}.jsonl")
+        self.csv_path = os.path.join(out_dir, f"{name}.csv")
+        self.rows: list[dict] = []
+        open(self.jsonl_path, "w").close()
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        row = _to_builtin(dict(row))
+        self.rows.append(row)
+        with open(self.jsonl_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        columns: list[str] = []
+        for r in self.rows:
+            columns.extend(k for k in r if k not in columns)
+        with open(self.csv_path, "w", newline="") as f:
+            out = csv.DictWriter(f, fieldnames=columns)
+            out.writeheader()
+            out.writerows(self.rows)
