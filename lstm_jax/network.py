@@ -157,6 +157,7 @@ def lstm(
     time_major: bool = False,
     backend: str = "scan",
     check_lengths: bool = False,
+    remat: bool | int = False,
 ) -> tuple[Array, LSTMState]:
     """A stacked, optionally bidirectional LSTM over a batch of sequences.
 
@@ -184,6 +185,9 @@ def lstm(
         at trace time; with True a ``checkify`` check is inserted (wrap the
         function with ``jax.experimental.checkify.checkify`` and call
         ``err.throw()``). Concrete lengths are always checked.
+      remat: rematerialisation for long sequences: False (off), True
+        (checkpoint every ``ceil(sqrt(T))`` steps, so activation memory grows
+        like ``sqrt(T)``) or an integer block size; costs one extra forward pass.
 
     Returns:
       ``(ys, state)``: ``ys`` is ``(B, T, D * R)`` and ``state`` an
@@ -220,7 +224,8 @@ def lstm(
     ys, finals = _run_stack(
         lstm_kind(compute_dtype=compute_dtype), params, xs,
         [(h0[k], c0[k]) for k in range(num_states)],
-        layer_fn=select_layer(backend, "lstm"), seq_lengths=seq_lengths,
+        layer_fn=select_layer(backend, "lstm", compute_dtype=compute_dtype, remat=remat),
+        seq_lengths=seq_lengths,
         dropout=dropout, recurrent_dropout=recurrent_dropout, key=key,
         unroll=unroll, time_major=time_major,
     )  # fmt: skip
@@ -248,6 +253,7 @@ def _single_state_network(
     time_major: bool,
     backend: str,
     check_lengths: bool,
+    remat: bool | int = False,
 ) -> tuple[Array, Array]:
     """GRU and RNN: networks whose state is a single array ``h``."""
     xs, seq_lengths, batched = _prepare(
@@ -266,7 +272,7 @@ def _single_state_network(
         h0 = _state_arrays("initial_state", initial_state, shape, batched, dtype)
     ys, finals = _run_stack(
         cell, params, xs, [h0[k] for k in range(num_states)],
-        layer_fn=select_layer(backend, kind), seq_lengths=seq_lengths,
+        layer_fn=select_layer(backend, kind, remat=remat), seq_lengths=seq_lengths,
         dropout=dropout, recurrent_dropout=recurrent_dropout, key=key,
         unroll=unroll, time_major=time_major,
     )  # fmt: skip
@@ -288,6 +294,7 @@ def gru(
     time_major: bool = False,
     backend: str = "scan",
     check_lengths: bool = False,
+    remat: bool | int = False,
 ) -> tuple[Array, Array]:
     """A stacked, optionally bidirectional GRU (PyTorch ``nn.GRU`` semantics).
 
@@ -307,6 +314,7 @@ def gru(
         initial_state=initial_state, seq_lengths=seq_lengths, dropout=dropout,
         recurrent_dropout=recurrent_dropout, key=key, unroll=unroll,
         time_major=time_major, backend=backend, check_lengths=check_lengths,
+        remat=remat,
     )  # fmt: skip
 
 
@@ -325,6 +333,7 @@ def rnn(
     time_major: bool = False,
     backend: str = "scan",
     check_lengths: bool = False,
+    remat: bool | int = False,
 ) -> tuple[Array, Array]:
     """A stacked, optionally bidirectional Elman RNN (PyTorch ``nn.RNN`` semantics).
 
@@ -341,4 +350,5 @@ def rnn(
         initial_state=initial_state, seq_lengths=seq_lengths, dropout=dropout,
         recurrent_dropout=recurrent_dropout, key=key, unroll=unroll,
         time_major=time_major, backend=backend, check_lengths=check_lengths,
+        remat=remat,
     )  # fmt: skip

@@ -2,12 +2,45 @@
 
 Every backend runs one layer in one direction with the signature of
 :func:`lstm_jax.scan.scan_layer` and is tested against it.
+
+=========  =====================  ===============================================
+backend    cells                  what it is
+=========  =====================  ===============================================
+"scan"     lstm, gru, rnn         the reference: ``lax.scan`` + autodiff
+"fused"    lstm (plain)           hand-written VJP, hoisted GEMMs (``fused.py``)
+"pallas"   lstm (plain)           Pallas forward kernel + the fused backward
+"cudnn"    lstm (plain, float32)  ``jax.experimental.rnn`` on NVIDIA GPUs
+"auto"     all                    "fused" where it applies, else "scan"
+=========  =====================  ===============================================
+
+"Plain" means no peepholes, layer norm or projection. Rules for a variant a
+backend does not implement:
+
+* ``"auto"`` routes it to ``"scan"`` silently (always correct).
+* ``"fused"`` and ``"pallas"`` raise ``ValueError`` at trace time.
+* ``"cudnn"`` warns (``RuntimeWarning``) and runs ``"scan"``: it also falls back
+  off GPU, for non-float32 compute, for recurrent dropout and under ``vmap``.
+* A cell kind outside a backend's list (e.g. ``gru`` with ``"fused"``) raises
+  ``ValueError`` in :func:`select_layer`.
+
+``"auto"`` picks ``"fused"`` on every platform: it was measured faster than
+``"scan"`` for training steps on CPU (``lstm_jax/kernels/TIMINGS.md``). cuDNN
+and Pallas were not measured (no GPU was available), so ``"auto"`` never
+picks them.
+
+``remat`` (False, True or a block size) wraps the chosen layer in
+:func:`lstm_jax.kernels.remat.remat_layer`.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+from typing import Any, Callable, Optional, Union
 
+from lstm_jax.kernels.cudnn import cudnn_lstm_layer
+from lstm_jax.kernels.fused import fused_lstm_layer, unsupported_variant
+from lstm_jax.kernels.pallas import pallas_lstm_layer
+from lstm_jax.kernels.remat import check_remat, remat_layer
 from lstm_jax.scan import scan_layer
 
 __all__ = ["BACKENDS", "select_layer"]
@@ -15,18 +48,59 @@ __all__ = ["BACKENDS", "select_layer"]
 # backend name -> cell kinds it implements
 BACKENDS: dict[str, tuple[str, ...]] = {
     "scan": ("lstm", "gru", "rnn"),
+    "fused": ("lstm",),
+    "pallas": ("lstm",),
+    "cudnn": ("lstm",),
+}
+
+_LSTM_KERNELS = {
+    "fused": fused_lstm_layer,
+    "pallas": pallas_lstm_layer,
+    "cudnn": cudnn_lstm_layer,
 }
 
 
-def select_layer(backend: str, kind: str) -> Callable:
+def _auto_lstm_layer(cell, weights: Any, *args, compute_dtype=None, **kwargs):
+    """``fused`` where it applies, ``scan`` for peephole / layer-norm / projection weights."""
+    if unsupported_variant(weights) is None:
+        return fused_lstm_layer(cell, weights, *args, compute_dtype=compute_dtype, **kwargs)
+    return scan_layer(cell, weights, *args, **kwargs)
+
+
+def select_layer(
+    backend: str,
+    kind: str,
+    *,
+    compute_dtype: Optional[Any] = None,
+    remat: Union[bool, int] = False,
+) -> Callable:
     """The layer function for ``backend`` and cell ``kind`` (``"lstm"``, ``"gru"``, ``"rnn"``).
 
-    ``"auto"`` picks the fastest measured backend for the platform.
+    Args:
+      backend: ``"auto"`` or a key of :data:`BACKENDS`.
+      kind: the cell kind.
+      compute_dtype: matmul input dtype, bound into kernels that need it (the
+        ``scan`` backend reads it from the cell instead).
+      remat: False, True (checkpoint blocks of ``ceil(sqrt(T))`` steps) or a
+        positive integer block size.
+
+    Returns:
+      A function with the signature of :func:`lstm_jax.scan.scan_layer`.
+
+    >>> select_layer("auto", "gru") is scan_layer
+    True
     """
-    if backend == "auto":
-        backend = "scan"
-    if backend not in BACKENDS:
+    check_remat(remat)
+    if backend not in ("auto", *BACKENDS):
         raise ValueError(f"backend must be one of {('auto', *BACKENDS)}, got {backend!r}.")
-    if kind not in BACKENDS[backend]:
+    if backend != "auto" and kind not in BACKENDS[backend]:
         raise ValueError(f"backend={backend!r} does not implement {kind}; use backend='scan'.")
-    return scan_layer
+    if kind != "lstm" or backend == "scan":
+        layer = scan_layer
+    elif backend == "auto":
+        layer = functools.partial(_auto_lstm_layer, compute_dtype=compute_dtype)
+    else:
+        layer = functools.partial(_LSTM_KERNELS[backend], compute_dtype=compute_dtype)
+    if remat:
+        layer = remat_layer(layer, remat)
+    return layer

@@ -1,0 +1,243 @@
+"""A fused LSTM layer with a hand-written backward pass (``backend="fused"``).
+
+Same signature and semantics as :func:`lstm_jax.scan.scan_layer`, for the
+plain LSTM (no peepholes, layer norm or projection; the dispatcher routes
+those to ``scan``).
+
+Forward: the input projection of every step is one GEMM before the loop (as in
+``scan.py``); the loop holds one ``h @ w_hh`` per step and the gate math of
+:func:`lstm_jax.cells.lstm_pointwise`, batched. It saves, per step, the four
+gate activations (``i, f, g, o`` after their non-linearities) and the cell
+state.
+
+Backward (``jax.custom_vjp``): the loop carries only ``(dh, dc)``; per step it
+forms the gate pre-activation gradients ``dz`` from the saved activations and
+one ``dz @ w_hh^T``. After the loop, ``dw_hh = sum_t h_{t-1}^T dz_t`` is one
+GEMM over all ``T * B`` rows, and ``dz`` flows back into the input projection,
+whose gradients (``dw_ih``, ``db``, ``dx``) are again single GEMMs / sums.
+
+Derivatives, with ``c_t = f c_{t-1} + i g`` and ``h_t = o tanh(c_t)``::
+
+    dh  = dh_{t}(carry) + dy_t
+    dc  = dc_{t}(carry) + dh o (1 - tanh^2 c_t)
+    dz_i = dc g i (1 - i)        dz_f = dc c_{t-1} f (1 - f)
+    dz_g = dc i (1 - g^2)        dz_o = dh tanh(c_t) o (1 - o)
+    dc_{t-1} = dc f              dh_{t-1} = (dz @ w_hh^T) * recurrent_mask
+
+Saving the activations (4H per step) was measured against saving the
+pre-activations and recomputing the non-linearities in the backward loop; see
+``lstm_jax/kernels/TIMINGS.md``.
+
+With ``compute_dtype`` (e.g. ``jnp.bfloat16``) the three matmuls (forward
+recurrent, backward recurrent, ``dw_hh``) take inputs in that dtype and
+accumulate in the parameters' dtype; gate math and the cell state stay in the
+parameters' dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from lstm_jax.cells import Cell, lstm_input_projection, lstm_pointwise
+from lstm_jax.params import LSTMWeights
+from lstm_jax.scan import reverse_sequences, valid_mask
+
+__all__ = ["fused_lstm_layer", "unsupported_variant"]
+
+
+def unsupported_variant(weights: Any) -> Optional[str]:
+    """Why the fused kernels cannot run ``weights``, or None if they can."""
+    if not isinstance(weights, LSTMWeights):
+        return f"it implements the LSTM only, got {type(weights).__name__}"
+    if weights.w_peep is not None:
+        return "peephole connections are not supported"
+    if weights.ln is not None:
+        return "layer norm is not supported"
+    if weights.w_hr is not None:
+        return "projections (proj_size) are not supported"
+    return None
+
+
+def _dot(x: Array, w: Array, out_dtype) -> Array:
+    """``x @ w`` with ``w`` already in the compute dtype, accumulated in ``out_dtype``."""
+    return jnp.matmul(x.astype(w.dtype), w, preferred_element_type=out_dtype).astype(out_dtype)
+
+
+def _activations(gates: Array) -> tuple[Array, Array, Array, Array]:
+    """The four gate activations from ``(B, 4H)`` pre-activations (what the backward needs)."""
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+
+
+_POINTWISE = jax.vmap(lstm_pointwise, in_axes=(None, 0, 0))  # over the batch
+
+
+def _forward(w_hh, gx, h0, c0, mask, valid, *, compute_dtype, unroll, save):
+    """The recurrence over time-major ``gx: (T, B, 4H)``.
+
+    Returns ``ys (T, B, H)``, the final ``(h, c)`` and, with ``save``, the
+    residuals ``(acts (T, B, 4H), cs (T, B, H))``.
+    """
+    dtype = gx.dtype
+    w_c = w_hh.astype(compute_dtype or dtype)  # cast once, outside the loop
+    plain = LSTMWeights(w_ih=None, w_hh=None, b=None)  # lstm_pointwise reads no weights
+
+    def body(carry, inputs):
+        h, c = carry
+        gx_t, valid_t = inputs  # [B, 4H], [B] or None
+        hm = h if mask is None else h * mask
+        gates = gx_t + _dot(hm, w_c, dtype)  # [B, 4H]
+        h_new, c_new = _POINTWISE(plain, gates, c)
+        y = h_new
+        if valid_t is not None:
+            keep = valid_t[:, None]
+            h_new = jnp.where(keep, h_new, h)
+            c_new = jnp.where(keep, c_new, c)
+            y = jnp.where(keep, y, jnp.zeros_like(y))
+        out = (y, jnp.concatenate(_activations(gates), axis=-1), c_new) if save else y
+        return (h_new, c_new), out
+
+    (h, c), out = jax.lax.scan(body, (h0, c0), (gx, valid), unroll=unroll)
+    if save:
+        ys, acts, cs = out
+        return ys, (h, c), (acts, cs)
+    return out, (h, c), None
+
+
+def _backward(w_hh, h0, c0, mask, valid, ys, acts, cs, dys, dh, dc, *, compute_dtype, unroll):
+    """Gradients of the recurrence; returns ``(dw_hh, dgx, dh0, dc0, dmask)``."""
+    dtype = dys.dtype
+    cd = compute_dtype or dtype
+    w_t = jnp.transpose(w_hh).astype(cd)  # [4H, R], transposed once outside the loop
+    h_prev = jnp.concatenate([h0[None], ys[:-1]], axis=0)  # [T, B, R] carry before each step
+    c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # [T, B, H]
+    with_mask = mask is not None
+
+    def body(carry, inputs):
+        dh, dc, dm = carry
+        dy_t, act_t, c_t, cp_t, hp_t, valid_t = inputs
+        i, f, g, o = jnp.split(act_t, 4, axis=-1)
+        tc = jnp.tanh(c_t)
+        dh_t = dh + dy_t
+        dc_t = dc + dh_t * o * (1.0 - tc * tc)
+        dz = jnp.concatenate(
+            [
+                dc_t * g * i * (1.0 - i),
+                dc_t * cp_t * f * (1.0 - f),
+                dc_t * i * (1.0 - g * g),
+                dh_t * tc * o * (1.0 - o),
+            ],
+            axis=-1,
+        )  # [B, 4H]
+        dhm = _dot(dz, w_t, dtype)  # gradient w.r.t. h * mask, [B, R]
+        dh_prev = dhm if mask is None else dhm * mask
+        dc_prev = dc_t * f
+        if with_mask:
+            dm_new = dm + dhm * hp_t
+        if valid_t is not None:
+            keep = valid_t[:, None]
+            dh_prev = jnp.where(keep, dh_prev, dh)
+            dc_prev = jnp.where(keep, dc_prev, dc)
+            dz = jnp.where(keep, dz, jnp.zeros_like(dz))
+            if with_mask:
+                dm_new = jnp.where(keep, dm_new, dm)
+        return (dh_prev, dc_prev, dm_new if with_mask else dm), dz
+
+    dm0 = jnp.zeros_like(mask) if with_mask else None
+    (dh0, dc0, dmask), dz = jax.lax.scan(
+        body,
+        (dh, dc, dm0),
+        (dys, acts, cs, c_prev, h_prev if with_mask else None, valid),
+        reverse=True,
+        unroll=unroll,
+    )  # dz [T, B, 4H]
+    hm = h_prev if mask is None else h_prev * mask[None]
+    rows = hm.shape[0] * hm.shape[1]
+    dw_hh = jnp.matmul(
+        hm.reshape(rows, -1).T.astype(cd), dz.reshape(rows, -1).astype(cd),
+        preferred_element_type=dtype,
+    ).astype(w_hh.dtype)  # one GEMM over all T * B rows
+    return dw_hh, dz, dh0, dc0, dmask
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _recurrence(compute_dtype, unroll, w_hh, gx, h0, c0, mask, valid):
+    ys, (h, c), _ = _forward(
+        w_hh, gx, h0, c0, mask, valid, compute_dtype=compute_dtype, unroll=unroll, save=False
+    )
+    return ys, h, c
+
+
+def _recurrence_fwd(compute_dtype, unroll, w_hh, gx, h0, c0, mask, valid):
+    ys, (h, c), (acts, cs) = _forward(
+        w_hh, gx, h0, c0, mask, valid, compute_dtype=compute_dtype, unroll=unroll, save=True
+    )
+    return (ys, h, c), (w_hh, h0, c0, mask, valid, ys, acts, cs)
+
+
+def _recurrence_bwd(compute_dtype, unroll, residuals, cotangents):
+    w_hh, h0, c0, mask, valid, ys, acts, cs = residuals
+    dys, dh, dc = cotangents
+    dw_hh, dgx, dh0, dc0, dmask = _backward(
+        w_hh, h0, c0, mask, valid, ys, acts, cs, dys, dh, dc,
+        compute_dtype=compute_dtype, unroll=unroll,
+    )  # fmt: skip
+    return dw_hh, dgx, dh0, dc0, dmask, None
+
+
+_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+def fused_lstm_layer(
+    cell: Cell,
+    weights: LSTMWeights,
+    xs: Array,
+    initial_carry: tuple[Array, Array],
+    *,
+    seq_lengths: Optional[Array] = None,
+    reverse: bool = False,
+    recurrent_mask: Optional[Array] = None,
+    unroll: int = 1,
+    time_major: bool = False,
+    compute_dtype=None,
+) -> tuple[Array, tuple[Array, Array]]:
+    """One LSTM layer with a hand-written VJP; arguments as :func:`lstm_jax.scan.scan_layer`.
+
+    ``cell`` is accepted for signature compatibility; the gate math is
+    :func:`lstm_jax.cells.lstm_pointwise`, and ``compute_dtype`` (the matmul input
+    dtype) is given here explicitly (``lstm_jax.kernels.select_layer`` binds it).
+
+    Raises:
+      ValueError: for weights with peepholes, layer norm or a projection.
+
+    >>> import lstm_jax as lj
+    >>> from lstm_jax.cells import lstm_kind
+    >>> w = lj.init_lstm(jax.random.key(0), 3, 4).layers[0][0]
+    >>> carry = (jnp.zeros((2, 4)), jnp.zeros((2, 4)))
+    >>> ys, (h, c) = fused_lstm_layer(lstm_kind(), w, jnp.ones((2, 5, 3)), carry)
+    >>> ys.shape
+    (2, 5, 4)
+    """
+    del cell
+    reason = unsupported_variant(weights)
+    if reason is not None:
+        raise ValueError(f"backend='fused': {reason}; use backend='scan' or 'auto'.")
+    if not time_major:
+        xs = jnp.swapaxes(xs, 0, 1)  # [T, B, I]
+    project = jax.vmap(jax.vmap(lambda x: lstm_input_projection(weights, x, compute_dtype=compute_dtype)))
+    gx = project(xs)  # [T, B, 4H], one GEMM for all steps
+    if reverse:
+        gx = reverse_sequences(gx, seq_lengths)
+    valid = valid_mask(gx.shape[0], seq_lengths)  # [T, B] or None
+    h0, c0 = initial_carry
+    ys, h, c = _recurrence(compute_dtype, unroll, weights.w_hh, gx, h0, c0, recurrent_mask, valid)
+    if reverse:
+        ys = reverse_sequences(ys, seq_lengths)
+    if not time_major:
+        ys = jnp.swapaxes(ys, 0, 1)  # [B, T, H]
+    return ys, (h, c)
