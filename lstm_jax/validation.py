@@ -52,7 +52,9 @@ def check_num_steps(num_steps: int) -> None:
 def check_seq_lengths(seq_lengths: Any, batch: Optional[int]) -> None:
     """Shape ``(batch,)`` (or ``()`` for one unbatched sequence) and an integer dtype."""
     expected = () if batch is None else (batch,)
-    shape = tuple(getattr(seq_lengths, "shape", np.shape(seq_lengths)))
+    if not hasattr(seq_lengths, "dtype"):
+        seq_lengths = np.asarray(seq_lengths)
+    shape = tuple(seq_lengths.shape)
     if shape != expected:
         raise ValueError(
             f"seq_lengths must have shape {expected} (one length per sequence), got {shape}."

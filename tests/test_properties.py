@@ -1,0 +1,98 @@
+"""Property tests: ragged batches, jit vs eager, vmap vs batch, float64 mode."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lstm_jax as lj
+
+NETWORKS = {
+    "lstm": (lj.init_lstm, lj.lstm),
+    "gru": (lj.init_gru, lj.gru),
+    "rnn": (lj.init_rnn, lj.rnn),
+}
+
+_settings = settings(max_examples=6, deadline=None)
+
+
+def _final_h(final):
+    return final.h if isinstance(final, lj.LSTMState) else final
+
+
+@st.composite
+def ragged_configs(draw):
+    kind = draw(st.sampled_from(sorted(NETWORKS)))
+    num_layers = draw(st.integers(1, 2))
+    bidirectional = draw(st.booleans())
+    time = draw(st.integers(1, 6))
+    lengths = draw(st.lists(st.integers(1, time), min_size=1, max_size=4))
+    seed = draw(st.integers(0, 2**16))
+    return kind, num_layers, bidirectional, time, lengths, seed
+
+
+@_settings
+@given(ragged_configs())
+def test_padded_batch_equals_each_sequence_alone(config):
+    kind, num_layers, bidirectional, time, lengths, seed = config
+    init, run = NETWORKS[kind]
+    params = init(jax.random.key(seed), 3, 4, num_layers=num_layers, bidirectional=bidirectional)
+    xs = jax.random.normal(jax.random.key(seed + 1), (len(lengths), time, 3))
+    ys, final = run(params, xs, seq_lengths=jnp.array(lengths))
+    for b, n in enumerate(lengths):
+        ys_b, final_b = run(params, xs[b, :n])  # unbatched, exactly n steps
+        np.testing.assert_allclose(ys[b, :n], ys_b, atol=1e-5)
+        np.testing.assert_array_equal(ys[b, n:], 0.0)
+        np.testing.assert_allclose(_final_h(final)[:, b], _final_h(final_b), atol=1e-5)
+        if kind == "lstm":
+            np.testing.assert_allclose(final.c[:, b], final_b.c, atol=1e-5)
+
+
+@_settings
+@given(ragged_configs())
+def test_jit_equals_eager(config):
+    kind, num_layers, bidirectional, time, lengths, seed = config
+    init, run = NETWORKS[kind]
+    params = init(jax.random.key(seed), 3, 4, num_layers=num_layers, bidirectional=bidirectional)
+    xs = jax.random.normal(jax.random.key(seed + 1), (len(lengths), time, 3))
+    seq_lengths = jnp.array(lengths)
+    eager = run(params, xs, seq_lengths=seq_lengths)
+    jitted = jax.jit(run)(params, xs, seq_lengths=seq_lengths)
+    for a, b in zip(jax.tree_util.tree_leaves(eager), jax.tree_util.tree_leaves(jitted)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@_settings
+@given(ragged_configs())
+def test_vmap_of_unbatched_equals_batched(config):
+    kind, num_layers, bidirectional, time, lengths, seed = config
+    init, run = NETWORKS[kind]
+    params = init(jax.random.key(seed), 3, 4, num_layers=num_layers, bidirectional=bidirectional)
+    xs = jax.random.normal(jax.random.key(seed + 1), (len(lengths), time, 3))
+    seq_lengths = jnp.array(lengths)
+    ys, final = run(params, xs, seq_lengths=seq_lengths)
+    ys_v, final_v = jax.vmap(lambda x, n: run(params, x, seq_lengths=n))(xs, seq_lengths)
+    np.testing.assert_allclose(ys_v, ys, atol=1e-6)
+    # vmap puts the batch axis first; the batched call has it second
+    np.testing.assert_allclose(jnp.swapaxes(_final_h(final_v), 0, 1), _final_h(final), atol=1e-6)
+
+
+def test_float64_mode_keeps_float64():
+    with jax.enable_x64(True):
+        params = lj.init_lstm(jax.random.key(0), 3, 4, num_layers=2, dtype=jnp.float64)
+        xs = jax.random.normal(jax.random.key(1), (2, 5, 3), jnp.float64)
+        ys, state = lj.lstm(params, xs, seq_lengths=jnp.array([5, 2]))
+        assert ys.dtype == jnp.float64 and state.h.dtype == jnp.float64
+        grads = jax.grad(lambda p: jnp.sum(lj.lstm(p, xs)[0]))(params)
+        assert all(g.dtype == jnp.float64 for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_second_call_does_not_recompile():
+    params = lj.init_lstm(jax.random.key(0), 3, 4)
+    run = jax.jit(lj.lstm)
+    xs = jnp.ones((2, 5, 3))
+    run(params, xs)
+    size = run._cache_size()
+    run(params, xs + 1.0)
+    assert run._cache_size() == size
