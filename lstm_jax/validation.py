@@ -59,10 +59,8 @@ def check_seq_lengths(seq_lengths: Any, batch: Optional[int]) -> None:
         raise ValueError(
             f"seq_lengths must have shape {expected} (one length per sequence), got {shape}."
         )
-    # not getattr(..., default): the default would be evaluated, and fail, on a tracer
-    dtype = seq_lengths.dtype if hasattr(seq_lengths, "dtype") else np.asarray(seq_lengths).dtype
-    if not jnp.issubdtype(dtype, jnp.integer):
-        raise TypeError(f"seq_lengths must have an integer dtype, got {dtype}.")
+    if not jnp.issubdtype(seq_lengths.dtype, jnp.integer):
+        raise TypeError(f"seq_lengths must have an integer dtype, got {seq_lengths.dtype}.")
 
 
 def check_length_values(seq_lengths: jax.Array, num_steps: int, checked: bool) -> None:
