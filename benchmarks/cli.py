@@ -1,0 +1,83 @@
+"""``python -m benchmarks``: run a grid, write results.json, results.md and the plots."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Optional
+
+__all__ = ["main", "default_out_dir"]
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def default_out_dir(grid: str) -> str:
+    """``benchmarks/results/<machine>`` for --quick, ``.../<machine>/<grid>`` otherwise."""
+    from benchmarks.machine import machine_slug
+
+    base = os.path.join(_HERE, "results", machine_slug())
+    return base if grid == "quick" else os.path.join(base, grid)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Compare lstm_jax (every registered backend) with Flax, Equinox, "
+        "PyTorch and cuDNN: inference and training step time, compile time, memory.",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="grid", action="store_const", const="quick",
+                      help="the performance targets and a short sweep (default; ~3 min on 2 cores)")
+    mode.add_argument("--full", dest="grid", action="store_const", const="full",
+                      help="adds layers, bidirectional, bf16, every peer, and T up to 4096")
+    mode.add_argument("--tiny", dest="grid", action="store_const", const="tiny",
+                      help="tiny shapes in seconds (a smoke test)")
+    parser.set_defaults(grid="quick")
+    parser.add_argument("--peers", default=None,
+                        help="comma list of peers or prefixes, e.g. 'lstm_jax,flax_linen_optimized,"
+                        "torch' (default: all). Speed-ups need flax_linen_optimized.")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: benchmarks/results/<machine>[/<grid>])")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--list-peers", action="store_true", help="list peers and exit")
+    return parser  # fmt: skip
+
+
+def main(argv: Optional[list] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+
+    from benchmarks import grid as grid_lib
+    from benchmarks import peers as peers_lib
+    from benchmarks import report, runner
+    from benchmarks.machine import machine_info, run_info, versions
+
+    try:
+        peers = peers_lib.select_peers(args.peers)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.list_peers:
+        for peer in peers:
+            reason = peer.unavailable()
+            print(f"{peer.name:24s} {peer.description}" + (f"  [unavailable: {reason}]" if reason else ""))
+        return 0
+    grid = grid_lib.GRIDS[args.grid]()
+    out_dir = args.out or default_out_dir(args.grid)
+    start = time.perf_counter()
+    results = runner.run(grid, peers, seed=args.seed, progress=not args.no_progress)
+    results = {
+        "machine": machine_info(),
+        "versions": versions(),
+        **run_info(["python -m benchmarks", *argv]),
+        **results,
+    }
+    results = report.write(results, out_dir)
+    table = report.markdown(results)
+    print(table[: table.index("## Step time")].rstrip())
+    print(f"\nwrote {out_dir}/results.json, results.md, {', '.join(results['plots'])} "
+          f"in {time.perf_counter() - start:.0f} s", file=sys.stderr)  # fmt: skip
+    return 0

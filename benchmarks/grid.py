@@ -1,0 +1,143 @@
+"""Benchmark cases as constants: configurations, workloads and the grids that group them.
+
+Notation: B = batch, T = time steps, I = input features, H = hidden units,
+L = layers, D = directions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+__all__ = [
+    "Config",
+    "Case",
+    "Grid",
+    "TARGETS",
+    "GRIDS",
+    "quick_grid",
+    "full_grid",
+    "tiny_grid",
+]
+
+WORKLOADS = ("train", "infer")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One problem size. ``dtype`` is the compute dtype; parameters are always float32."""
+
+    batch: int
+    time: int
+    input: int
+    hidden: int
+    layers: int = 1
+    bidirectional: bool = False
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}.")
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def label(self) -> str:
+        text = f"B{self.batch} T{self.time} I{self.input} H{self.hidden}"
+        if self.layers != 1:
+            text += f" L{self.layers}"
+        if self.bidirectional:
+            text += " bi"
+        if self.dtype != "float32":
+            text += " bf16"
+        return text
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """A configuration, a workload, and which peers run it.
+
+    ``peers`` lists peer names or prefixes (``"lstm_jax"`` matches every
+    backend); None means every selected peer. ``group`` tags cases for the
+    plots: ``"grid"``, ``"targets"`` or ``"sweep"`` (time vs sequence length,
+    memory vs sequence length).
+    """
+
+    config: Config
+    workload: str
+    group: str = "grid"
+    peers: Optional[tuple[str, ...]] = None
+
+    def __post_init__(self):
+        if self.workload not in WORKLOADS:
+            raise ValueError(f"workload must be one of {WORKLOADS}, got {self.workload!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """Cases plus the timing budget: ``repeats`` interleaved rounds, fewer when a
+    round is slow (at least ``min_repeats``; rounds stop after ``budget_s``)."""
+
+    name: str
+    cases: tuple[Case, ...]
+    repeats: int
+    min_repeats: int
+    budget_s: float
+
+
+# The performance targets (issue 3): (B, T, I, H), 1 layer, float32, training step.
+TARGETS = (
+    Config(8, 512, 32, 64),
+    Config(64, 128, 128, 256),
+    Config(32, 256, 64, 128),
+    Config(128, 64, 256, 512),
+)
+
+# Peers for the slow cases of --quick: every lstm_jax backend, Flax's optimized
+# cell (the baseline) and PyTorch.
+CORE_PEERS = ("lstm_jax", "flax_linen_optimized", "torch")
+
+
+def quick_grid() -> Grid:
+    cases = [Case(c, "train", "targets", CORE_PEERS) for c in TARGETS]
+    # Every peer on the two cheapest targets, inference.
+    cases += [Case(c, "infer", "targets") for c in TARGETS[:1] + TARGETS[2:3]]
+    cases += [
+        Case(Config(16, t, 64, 128), "train", "sweep", CORE_PEERS) for t in (32, 64, 128, 256)
+    ]
+    return Grid("quick", tuple(cases), repeats=7, min_repeats=3, budget_s=6.0)
+
+
+def full_grid() -> Grid:
+    cases = [Case(c, w, "targets") for c in TARGETS for w in WORKLOADS]
+    for dtype in DTYPES:
+        for layers in (1, 2):
+            for bidirectional in (False, True):
+                config = Config(32, 128, 64, 128, layers, bidirectional, dtype)
+                cases += [Case(config, w, "grid") for w in WORKLOADS]
+    cases += [Case(dataclasses.replace(c, dtype="bfloat16"), "train", "grid") for c in TARGETS]
+    # Memory and time vs sequence length, up to T = 4096.
+    cases += [
+        Case(Config(16, t, 64, 256), "train", "sweep")
+        for t in (64, 128, 256, 512, 1024, 2048, 4096)
+    ]
+    return Grid("full", tuple(cases), repeats=15, min_repeats=3, budget_s=30.0)
+
+
+def tiny_grid() -> Grid:
+    """Seconds, for the tests: a two-point sweep and a 2-layer bidirectional forward."""
+    cases = [
+        Case(Config(2, 4, 3, 4), "train", "sweep"),
+        Case(Config(2, 8, 3, 4), "train", "sweep"),
+        Case(Config(2, 8, 3, 4, layers=2, bidirectional=True), "infer", "grid"),
+    ]
+    return Grid("tiny", tuple(cases), repeats=3, min_repeats=2, budget_s=1.0)
+
+
+GRIDS = {"quick": quick_grid, "full": full_grid, "tiny": tiny_grid}

@@ -1,0 +1,114 @@
+"""What the numbers were measured on: machine, versions, date, command line."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import re
+import subprocess
+import sys
+from typing import Optional
+
+import jax
+
+__all__ = ["cpu_model", "num_cores", "machine_info", "versions", "machine_slug", "run_info"]
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def num_cores() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _accelerator() -> Optional[str]:
+    device = jax.devices()[0]
+    return None if device.platform == "cpu" else device.device_kind
+
+
+def machine_info() -> dict:
+    devices = jax.devices()
+    return {
+        "cpu": cpu_model(),
+        "cores": num_cores(),
+        "platform": devices[0].platform,
+        "accelerator": _accelerator(),
+        "devices": [f"{d.platform}:{d.device_kind}" for d in devices],
+        "os": platform.platform(),
+    }
+
+
+def _version(package: str) -> Optional[str]:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> Optional[str]:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here, capture_output=True, text=True, timeout=10,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("+dirty" if dirty else "")) or None
+
+
+def versions() -> dict:
+    import lstm_jax
+
+    return {
+        "python": platform.python_version(),
+        "jax": _version("jax"),
+        "jaxlib": _version("jaxlib"),
+        "flax": _version("flax"),
+        "optax": _version("optax"),
+        "equinox": _version("equinox"),
+        "torch": _version("torch"),
+        "numpy": _version("numpy"),
+        "lstm_jax": lstm_jax.__version__,
+        "lstm_jax_commit": _git_commit(),
+    }
+
+
+def _slugify(text: str) -> str:
+    text = re.sub(r"\((r|tm)\)|cpu @.*|processor|\d+-core", "", text.lower())
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
+
+
+def machine_slug() -> str:
+    """``cpu-<model>-<cores>c`` or ``gpu-<name>``: the folder under ``benchmarks/results``."""
+    accelerator = _accelerator()
+    if accelerator is not None:
+        return f"{jax.devices()[0].platform}-{_slugify(accelerator)}"
+    return f"cpu-{_slugify(cpu_model())}-{num_cores()}c"
+
+
+def run_info(argv: Optional[list] = None) -> dict:
+    argv = sys.argv if argv is None else argv
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m benchmarks", *argv[1:]])
+        if argv and argv[0].endswith("__main__.py")
+        else " ".join(argv),
+    }

@@ -1,0 +1,269 @@
+"""Speed-ups, and the files a run writes: ``results.json``, ``results.md`` and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Optional
+
+from benchmarks.peers import BASELINE
+
+__all__ = ["SCHEMA_VERSION", "PLOTS", "speedups", "geomeans", "markdown", "plot", "write"]
+
+SCHEMA_VERSION = 1
+PLOTS = ("speedup.png", "scaling.png", "memory.png")
+
+
+def _case_key(row: dict) -> tuple:
+    return (row["label"], row["workload"])
+
+
+def _ok(row: dict) -> bool:
+    return row.get("status") == "ok" and row.get("median_s")
+
+
+def speedups(rows: list) -> list:
+    """``[{label, workload, peer, speedup}]``: the baseline's median step time
+    divided by the peer's, from the same interleaved rounds (> 1: faster)."""
+    base = {_case_key(r): r["median_s"] for r in rows if r["peer"] == BASELINE and _ok(r)}
+    out = []
+    for row in rows:
+        key = _case_key(row)
+        if _ok(row) and key in base:
+            out.append({"label": row["label"], "workload": row["workload"], "peer": row["peer"],
+                        "speedup": base[key] / row["median_s"]})  # fmt: skip
+    return out
+
+
+def _geomean(values: list) -> Optional[float]:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
+
+
+def geomeans(speedup_rows: list) -> list:
+    """Geometric mean speed-up per peer, per workload and over all cases."""
+    out = []
+    peers = list(dict.fromkeys(s["peer"] for s in speedup_rows))
+    for workload in ("train", "infer", "all"):
+        for peer in peers:
+            values = [s["speedup"] for s in speedup_rows
+                      if s["peer"] == peer and workload in ("all", s["workload"])]  # fmt: skip
+            if values:
+                out.append({"peer": peer, "workload": workload, "geomean": _geomean(values),
+                            "cases": len(values)})  # fmt: skip
+    return out
+
+
+def _peer_order(results: dict) -> list:
+    seen = {r["peer"] for r in results["rows"]}
+    return [p["name"] for p in results["peers"] if p["name"] in seen]
+
+
+def _cell(row: Optional[dict], speedup: Optional[float]) -> str:
+    if row is None:
+        return "—"
+    if row["status"] == "ok":
+        return f"{speedup:.2f}×" if speedup is not None else f"{row['median_s'] * 1e3:.3g} ms"
+    return {"invalid": "invalid", "unsupported": "unsup.", "error": "error"}.get(row["status"], "?")
+
+
+def _mib(value) -> str:
+    return "" if value is None else f"{value / 2**20:.1f}"
+
+
+def markdown(results: dict) -> str:
+    rows = results["rows"]
+    peers = _peer_order(results)
+    by_key = {(_case_key(r), r["peer"]): r for r in rows}
+    speed = {(s["label"], s["workload"], s["peer"]): s["speedup"] for s in results["speedups"]}
+    cases = list(dict.fromkeys(_case_key(r) for r in rows))
+    machine, versions = results["machine"], results["versions"]
+
+    lines = [f"# lstm_jax benchmarks ({results['grid']})", ""]
+    lines.append(
+        f"- Machine: {machine['cpu']}, {machine['cores']} cores; accelerator: "
+        f"{machine['accelerator'] or 'none'} (`{', '.join(machine['devices'])}`)"
+    )
+    lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
+    lines.append(f"- Date: {results['date']}; command: `{results['command']}`; "
+                 f"took {results['elapsed_s']:.0f} s")  # fmt: skip
+    lines += ["", f"## Speed-up relative to Flax `nn.RNN(nn.OptimizedLSTMCell)` ({BASELINE})", ""]
+    lines.append(
+        "Median step time of the baseline divided by the peer's, measured in the same "
+        "interleaved rounds (> 1: faster than Flax). `train` = forward, backward and Adam "
+        "update; `infer` = forward. Every timed peer first matched lstm_jax[scan] "
+        "(outputs, loss and gradients); `invalid` = failed that check (not timed), "
+        "`unsup.` = not supported for this case, `—` = not run in this case."
+    )
+    lines.append("")
+    header = ["Config", "Workload", "Flax median"] + [f"`{p}`" for p in peers]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|")
+    for key in cases:
+        base = by_key.get((key, BASELINE))
+        base_text = f"{base['median_s'] * 1e3:.3g} ms" if base and _ok(base) else "—"
+        cells = [_cell(by_key.get((key, p)), speed.get((*key, p))) for p in peers]
+        lines.append("| " + " | ".join([key[0], key[1], base_text] + cells) + " |")
+    geo = {(g["peer"], g["workload"]): g["geomean"] for g in results["geomeans"]}
+    for workload in ("train", "infer", "all"):
+        if any((p, workload) in geo for p in peers):
+            cells = [f"**{geo[(p, workload)]:.2f}×**" if (p, workload) in geo else "—" for p in peers]
+            lines.append("| " + " | ".join(["**geomean**", workload, ""] + cells) + " |")
+
+    lines += ["", "## Step time, throughput, compile time, memory", ""]
+    lines.append(
+        "Step time after warm-up: median, interquartile range and min–max over the rounds. "
+        "Compile: `jit(...).lower(...).compile()` (JAX; PyTorch is eager). Memory: "
+        "`xla_temp_bytes` = `compiled.memory_analysis().temp_size_in_bytes`; "
+        "`torch_profiler_peak_bytes` = peak bytes of the tensors allocated during one "
+        "step (torch.profiler memory timeline); `torch_cuda_peak_bytes` = "
+        "`torch.cuda.max_memory_allocated` above the pre-step level. Check: max |Δ| of "
+        "outputs on the check slice, and at full size of outputs (infer) or relative Δ of "
+        "the loss (train)."
+    )
+    lines.append("")
+    lines.append("| Config | Workload | Peer | Status | Median ms | IQR ms | Min–max ms | "
+                 "Tokens/s | Compile s | Memory MiB | Memory kind | Check Δ | Full Δ |")  # fmt: skip
+    lines.append("|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    for row in rows:
+        ok = _ok(row)
+        full = row.get("full_outputs_max_abs_diff", row.get("full_loss_rel_diff"))
+        lines.append("| " + " | ".join([
+            row["label"], row["workload"], f"`{row['peer']}`",
+            row["status"] + (f" ({row['note']})" if row.get("note") and not ok else ""),
+            f"{row['median_s'] * 1e3:.3g}" if ok else "",
+            f"{row['q1_s'] * 1e3:.3g}–{row['q3_s'] * 1e3:.3g}" if ok else "",
+            f"{row['min_s'] * 1e3:.3g}–{row['max_s'] * 1e3:.3g}" if ok else "",
+            f"{row['tokens_per_s']:,.0f}" if ok else "",
+            f"{row['compile_s']:.2f}" if row.get("compile_s") is not None else "",
+            _mib(row.get("memory_bytes")),
+            row.get("memory_kind", ""),
+            f"{row['outputs_max_abs_diff']:.1e}" if row.get("outputs_max_abs_diff") is not None else "",
+            f"{full:.1e}" if full is not None else "",
+        ]) + " |")  # fmt: skip
+
+    lines += ["", "## Peers", ""]
+    for peer in results["peers"]:
+        state = "available" if peer["available"] else f"unavailable: {peer['reason']}"
+        lines.append(f"- `{peer['name']}`: {peer['description']} ({state})")
+    settings = results["settings"]
+    lines += ["", "## Method", ""]
+    lines.append(
+        f"Same weights for every peer (lstm_jax init, seed {settings['seed']}; converted with "
+        "`lstm_jax.to_flax` / `to_torch`, or mapped for NNX, Equinox and cuDNN-JAX), same "
+        f"input, same loss ({settings['loss']}), same optimizer ({settings['optimizer']}, "
+        f"lr {settings['learning_rate']}). JAX steps are jitted with params and optimizer "
+        f"state donated. Float32 matmuls: {settings['float32_matmuls']}. PyTorch threads: "
+        f"{settings['torch_threads']}. Rounds: up to {settings['repeats']} (at least "
+        f"{settings['min_repeats']}, fewer when a round of all peers would exceed "
+        f"{settings['round_budget_s']} s of total budget), peers in rotated order each round. "
+        f"Check tolerances: {json.dumps(settings['tolerances'])}."
+    )
+    plots = [p for p in PLOTS if p in results.get("plots", [])]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _group(rows: list, group: str) -> list:
+    return [r for r in rows if r.get("group") == group and r["workload"] == "train"]
+
+
+def plot(results: dict, out_dir: str) -> list:
+    """Write the PNGs; returns the file names written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, written = results["rows"], []
+    peers = _peer_order(results)
+
+    # 1. speed-up per configuration and workload
+    cases = list(dict.fromkeys((s["label"], s["workload"]) for s in results["speedups"]))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(cases) + 2), 4.5))
+    speed = {(s["label"], s["workload"], s["peer"]): s["speedup"] for s in results["speedups"]}
+    shown = [p for p in peers if any((*c, p) in speed for c in cases)]
+    width = 0.8 / max(len(shown), 1)
+    for i, peer in enumerate(shown):
+        xs = [j + (i - (len(shown) - 1) / 2) * width for j, c in enumerate(cases) if (*c, peer) in speed]
+        ys = [speed[(*c, peer)] for c in cases if (*c, peer) in speed]
+        ax.bar(xs, ys, width, label=peer)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(cases)))
+    ax.set_xticklabels([f"{c[0]}\n{c[1]}" for c in cases], fontsize=7)
+    ax.set_ylabel(f"speed-up vs {BASELINE} (log)")
+    ax.set_title("Speed-up per configuration (median step time)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "speedup.png"), dpi=120)
+    plt.close(fig)
+    written.append("speedup.png")
+
+    # 2. time vs sequence length, 3. memory vs sequence length (the "sweep" cases)
+    sweep = _group(rows, "sweep")
+    for name, field, ylabel, title in (
+        ("scaling.png", "median_s", "median step time (ms)", "Training step time vs sequence length"),
+        ("memory.png", "memory_bytes", "memory (MiB)", "Training step memory vs sequence length"),
+    ):
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for peer in peers:
+            points = sorted((r["config"]["time"], r[field]) for r in sweep
+                            if r["peer"] == peer and _ok(r) and r.get(field) is not None)  # fmt: skip
+            if not points:
+                continue
+            scale = 1e3 if field == "median_s" else 1 / 2**20
+            kind = ""
+            if field == "memory_bytes":
+                kind = next((f" ({r['memory_kind']})" for r in sweep if r["peer"] == peer), "")
+            ax.plot([p[0] for p in points], [p[1] * scale for p in points], marker="o",
+                    label=peer + kind)  # fmt: skip
+        if sweep:
+            c = sweep[0]["config"]
+            ax.set_title(f"{title}\nB{c['batch']} I{c['input']} H{c['hidden']}, train", fontsize=10)
+        ax.set_xlabel("sequence length T")
+        ax.set_ylabel(ylabel)
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no sweep cases in this run", ha="center", transform=ax.transAxes)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, name), dpi=120)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def write(results: dict, out_dir: str) -> dict:
+    """Add speed-ups, write ``results.json``, the plots and ``results.md`` to ``out_dir``."""
+    os.makedirs(out_dir, exist_ok=True)
+    results = {"schema_version": SCHEMA_VERSION, **results}
+    results["speedups"] = speedups(results["rows"])
+    results["geomeans"] = geomeans(results["speedups"])
+    results["plots"] = plot(results, out_dir)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(_finite(results), f, indent=1, allow_nan=False, default=_json_default)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(markdown(results))
+    return results
+
+
+def _finite(value):
+    """JSON has no inf/nan: write them as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
