@@ -206,7 +206,7 @@ def make_train_step(
             state.params, batch, step_key
         )
         new_state = _apply_gradients(state, optimizer, grads, key)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
         return new_state, metrics
 
     if not jit:
@@ -276,7 +276,7 @@ def make_tbptt_train_step(
             state.params, chunk, carry, step_key
         )
         new_state = _apply_gradients(state, optimizer, grads, key)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
         return new_state, jax.lax.stop_gradient(new_carry), metrics
 
     if not jit:
@@ -401,7 +401,8 @@ def init_dense(key: Array, in_size: int, out_size: int, *, dtype=jnp.float32) ->
 
 def dense(params: Dense, x: Array) -> Array:
     """``(..., F_in) -> (..., F_out)``."""
-    return jnp.matmul(x, params.w) + params.b
+    y = jnp.matmul(x, params.w)
+    return y + params.b.reshape((1,) * (y.ndim - 1) + params.b.shape)  # explicit rank
 
 
 def apply_network(params: Any, xs: Array, **kwargs) -> tuple[Array, Any]:

@@ -1,0 +1,235 @@
+"""Tests of lstm_jax.training: train step, optimizers, masked losses, TBPTT, streaming, metrics."""
+
+import csv
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lstm_jax as lj
+from lstm_jax import training as tr
+
+
+def assert_trees_equal(a, b):
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _regression_setup(hidden=8):
+    params = {
+        "rnn": lj.init_lstm(jax.random.key(0), 2, hidden),
+        "head": tr.init_dense(jax.random.key(1), hidden, 1),
+    }
+
+    def loss_fn(params, batch, key):
+        del key
+        ys, _ = lj.lstm(params["rnn"], batch["x"], seq_lengths=batch["lengths"])
+        preds = tr.dense(params["head"], ys)
+        return tr.regression_loss(preds, batch["y"], batch["lengths"]), {}
+
+    x = jax.random.normal(jax.random.key(2), (8, 6, 2))
+    batch = {"x": x, "y": jnp.cumsum(x[..., :1], axis=1), "lengths": jnp.array([6, 5, 4, 3, 6, 2, 1, 6])}
+    return params, loss_fn, batch
+
+
+def test_train_step_decreases_loss_and_counts_steps():
+    params, loss_fn, batch = _regression_setup()
+    opt = tr.make_optimizer(1e-2, clip_norm=1.0)
+    state = tr.init_train_state(params, opt, jax.random.key(3))
+    step = tr.make_train_step(loss_fn, opt)
+    first = None
+    for _ in range(30):
+        state, metrics = step(state, batch)
+        first = float(metrics["loss"]) if first is None else first
+    assert int(state.step) == 30
+    assert set(metrics) == {"loss", "grad_norm"}
+    assert float(metrics["loss"]) < 0.5 * first
+    assert step._cache_size() == 1  # no recompilation after the first call
+
+
+def test_train_step_matches_a_hand_written_update():
+    params, loss_fn, batch = _regression_setup()
+    opt = optax.sgd(0.1)
+    state = tr.init_train_state(params, opt, jax.random.key(3))
+    new_state, metrics = tr.make_train_step(loss_fn, opt, jit=False)(state, batch)
+    loss, grads = jax.value_and_grad(lambda p: loss_fn(p, batch, None)[0])(params)
+    expected = jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, params, grads)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), new_state.params, expected
+    )
+    np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-6)
+    np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(grads), rtol=1e-6)
+
+
+def test_clipping_and_warmup_are_applied():
+    params, loss_fn, batch = _regression_setup()
+    # warm-up starts at learning rate 0: the first update changes nothing
+    opt = tr.make_optimizer(1e-2, warmup_steps=10)
+    state = tr.init_train_state(params, opt, jax.random.key(0))
+    new_state, _ = tr.make_train_step(loss_fn, opt, jit=False)(state, batch)
+    assert_trees_equal(new_state.params, params)
+    # clipping to a tiny norm bounds an SGD step by lr * clip_norm
+    clipped = optax.chain(optax.clip_by_global_norm(1e-3), optax.sgd(1.0))
+    state = tr.init_train_state(params, clipped, jax.random.key(0))
+    new_state, metrics = tr.make_train_step(loss_fn, clipped, jit=False)(state, batch)
+    delta = jax.tree_util.tree_map(lambda a, b: a - b, new_state.params, params)
+    assert float(metrics["grad_norm"]) > 1e-2
+    np.testing.assert_allclose(optax.tree.norm(delta), 1e-3, rtol=1e-4)
+
+
+def test_step_key_changes_every_step_and_feeds_the_loss():
+    seen = []
+
+    def loss_fn(params, batch, key):
+        del batch
+        return jnp.sum(params["w"]) * 0.0, {"draw": jax.random.uniform(key)}
+
+    opt = optax.sgd(0.1)
+    state = tr.init_train_state({"w": jnp.zeros(2)}, opt, jax.random.key(0))
+    step = tr.make_train_step(loss_fn, opt)
+    for _ in range(3):
+        state, metrics = step(state, None)
+        seen.append(float(metrics["draw"]))
+    assert len(set(seen)) == 3
+
+
+def test_masked_losses_ignore_padding():
+    logits = jax.random.normal(jax.random.key(0), (2, 4, 5))
+    tokens = jnp.array([[1, 2, 3, 4], [0, 1, 9, 9]]) % 5
+    lengths = jnp.array([4, 2])
+    loss = tr.next_token_loss(logits, tokens, lengths)
+    # explicit: targets tokens[b, t+1] for t + 1 < length
+    logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+    terms = [-logp[0, t, tokens[0, t + 1]] for t in range(3)] + [-logp[1, 0, tokens[1, 1]]]
+    np.testing.assert_allclose(loss, np.mean(terms), rtol=1e-6)
+    # changing values at padded positions changes nothing
+    other = tokens.at[1, 2:].set(3)
+    np.testing.assert_allclose(tr.next_token_loss(logits, other, lengths), loss, rtol=1e-6)
+    preds, targets = jnp.zeros((2, 3, 1)), jnp.ones((2, 3, 1))
+    assert float(tr.regression_loss(preds, targets.at[1, 2].set(100.0), jnp.array([3, 2]))) == 1.0
+    assert float(tr.regression_loss(preds, targets, kind="mae")) == 1.0
+    with pytest.raises(ValueError, match="kind must be one of"):
+        tr.regression_loss(preds, targets, kind="l3")
+    assert math.isclose(tr.bits_per_token(math.log(2.0)), 1.0)
+
+
+def test_pooling_matches_the_network_final_state():
+    params = lj.init_lstm(jax.random.key(0), 3, 4)
+    xs = jax.random.normal(jax.random.key(1), (3, 5, 3))
+    lengths = jnp.array([5, 2, 3])
+    ys, state = lj.lstm(params, xs, seq_lengths=lengths)
+    np.testing.assert_allclose(tr.last_valid(ys, lengths), state.h[0], rtol=1e-6)
+    expected = np.stack([np.asarray(ys[b, : int(n)]).mean(0) for b, n in enumerate(lengths)])
+    np.testing.assert_allclose(tr.masked_mean_pool(ys, lengths), expected, rtol=1e-6)
+    labels = jnp.array([0, 3, 1])
+    logits = jax.random.normal(jax.random.key(2), (3, 4))
+    np.testing.assert_allclose(
+        tr.softmax_cross_entropy(logits, labels),
+        optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(),
+        rtol=1e-6,
+    )
+    assert float(tr.accuracy(jnp.eye(3), jnp.array([0, 1, 0]))) == pytest.approx(2 / 3)
+
+
+def test_evaluate_weights_batches_by_count():
+    def metric_fn(params, batch):
+        return {"err": jnp.mean(batch), "count": jnp.asarray(batch.size, jnp.float32)}
+
+    out = tr.evaluate(tr.make_eval_step(metric_fn), None, [jnp.zeros(3), jnp.ones(1)])
+    assert out == {"err": 0.25, "count": 4.0}
+    with pytest.raises(ValueError, match="no batches"):
+        tr.evaluate(metric_fn, None, [])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_stream_step_equals_the_network(kind):
+    init = {"lstm": lj.init_lstm, "gru": lj.init_gru, "rnn": lj.init_rnn}[kind]
+    params = init(jax.random.key(0), 3, 5, num_layers=2)
+    xs = jax.random.normal(jax.random.key(1), (2, 6, 3))
+    ys, final = tr.apply_network(params, xs)
+    state = tr.init_stream_state(params, (2,))
+    step = jax.jit(tr.stream_step)
+    outs = []
+    for t in range(6):
+        y, state = step(params, state, xs[:, t])
+        outs.append(y)
+    np.testing.assert_allclose(jnp.stack(outs, 1), ys, rtol=1e-5, atol=1e-6)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), state, final)
+    # unbatched: one sequence, state without a batch axis
+    state = tr.init_stream_state(params)
+    for t in range(6):
+        y, state = tr.stream_step(params, state, xs[1, t])
+    np.testing.assert_allclose(y, ys[1, -1], rtol=1e-5, atol=1e-6)
+
+
+def test_stream_step_rejects_bidirectional():
+    params = lj.init_lstm(jax.random.key(0), 3, 5, bidirectional=True)
+    with pytest.raises(ValueError, match="unidirectional"):
+        tr.init_stream_state(params)
+
+
+def test_tbptt_carries_the_state_exactly_and_stops_its_gradient():
+    params = {"rnn": lj.init_lstm(jax.random.key(0), 2, 4), "head": tr.init_dense(jax.random.key(1), 4, 1)}
+    xs = jax.random.normal(jax.random.key(2), (3, 12, 2))
+    targets = jnp.sin(xs[..., :1])
+
+    def chunk_loss(params, chunk, carry, key):
+        del key
+        ys, new_carry = lj.lstm(params["rnn"], chunk["x"], initial_state=carry)
+        return tr.regression_loss(tr.dense(params["head"], ys), chunk["y"]), (new_carry, {})
+
+    chunks = [{"x": a, "y": b} for a, b in zip(tr.split_chunks(xs, 4), tr.split_chunks(targets, 4))]
+    assert len(chunks) == 3
+    # forward: chunked losses with the carried state equal the full-sequence per-chunk losses
+    ys, _ = lj.lstm(params["rnn"], xs)
+    full = jnp.square(tr.dense(params["head"], ys) - targets)  # [B, T, 1]
+    opt = optax.sgd(0.0)  # no update: the params stay fixed across chunks
+    state = tr.init_train_state(params, opt, jax.random.key(0))
+    step = tr.make_tbptt_train_step(chunk_loss, opt, donate=False)
+    carry = lj.LSTMState(jnp.zeros((1, 3, 4)), jnp.zeros((1, 3, 4)))
+    carries = [carry]
+    for k, chunk in enumerate(chunks):
+        state, carry, metrics = step(state, carry, chunk)
+        carries.append(carry)
+        np.testing.assert_allclose(metrics["loss"], jnp.mean(full[:, 4 * k : 4 * k + 4]), rtol=1e-5)
+    # backward: the gradient on chunk 2 is that of its loss with the incoming carry a constant
+    _, _, metrics = tr.make_tbptt_train_step(chunk_loss, opt, jit=False)(state, carries[1], chunks[1])
+    const = carries[1]
+    grads = jax.grad(lambda p: chunk_loss(p, chunks[1], const, None)[0])(params)
+    np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(grads), rtol=1e-6)
+    with pytest.raises(ValueError, match="longer than the stream"):
+        tr.split_chunks(xs, 13)
+
+
+def test_fit_logs_and_writes_metrics(tmp_path):
+    params, loss_fn, batch = _regression_setup()
+    opt = tr.make_optimizer(1e-2)
+    state = tr.init_train_state(params, opt, jax.random.key(0))
+    writer = tr.MetricsWriter(tmp_path)
+    state, history = tr.fit(
+        state, tr.make_train_step(loss_fn, opt), lambda step: batch, num_steps=6, log_every=2,
+        eval_every=3, eval_fn=lambda p: {"loss": loss_fn(p, batch, None)[0]}, writer=writer,
+        progress=False,
+    )
+    assert [r["step"] for r in history] == [2, 3, 4, 6]
+    assert "val_loss" in history[1] and "loss" not in history[1]
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert rows == history
+    with open(tmp_path / "metrics.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 4 and set(table[0]) == {"step", "time_s", "loss", "grad_norm", "val_loss"}
+    tr.write_json(tmp_path / "x.json", {"a": jnp.ones(2), "b": np.float32(1.5)})
+    assert json.load(open(tmp_path / "x.json")) == {"a": [1.0, 1.0], "b": 1.5}
+
+
+def test_apply_network_and_count_params():
+    p = lj.init_rnn(jax.random.key(0), 3, 4)
+    assert tr.count_params(p) == 3 * 4 + 4 * 4 + 4
+    with pytest.raises(TypeError, match="LSTMParams, GRUParams or RNNParams"):
+        tr.apply_network({"w": 1}, jnp.ones((1, 2, 3)))
