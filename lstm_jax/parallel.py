@@ -337,7 +337,7 @@ def shard_batch(batch: Any, mesh: Mesh, *, process_local: bool = False) -> Any:
 def shard_train_step(
     step: Callable[[Any, Any], tuple[Any, Any]],
     mesh: Mesh,
-    state: Any,
+    state: Any = None,
     *,
     donate_state: bool = False,
 ) -> Callable[[Any, Any], tuple[Any, Any]]:
@@ -353,7 +353,8 @@ def shard_train_step(
       step: pure function ``(state, batch) -> (new_state, aux)``.
       mesh: from :func:`make_mesh`.
       state: an example state (arrays or ``jax.ShapeDtypeStruct``), used for
-        its structure only.
+        its structure and shapes only. If None, the step is jitted on its first
+        call from the state it gets (once per state structure and shapes).
       donate_state: donate the input state's buffers to the output.
 
     Returns:
@@ -371,13 +372,31 @@ def shard_train_step(
     >>> batch = shard_batch({"xs": jnp.ones((mesh.shape["data"], 5, 3))}, mesh)
     >>> params, loss = sharded_step(params, batch)
     """
-    state_sharding = param_sharding(state, mesh)
-    return jax.jit(
-        step,
-        in_shardings=(state_sharding, data_sharding(mesh)),
-        out_shardings=(state_sharding, replicated(mesh)),
-        donate_argnums=(0,) if donate_state else (),
-    )
+    if not callable(step):
+        raise TypeError(f"step must be a function (state, batch) -> (state, aux), got {step!r}.")
+    batch_sharding, aux_sharding = data_sharding(mesh), replicated(mesh)
+
+    def build(state):
+        state_sharding = param_sharding(state, mesh)
+        return jax.jit(
+            step,
+            in_shardings=(state_sharding, batch_sharding),
+            out_shardings=(state_sharding, aux_sharding),
+            donate_argnums=(0,) if donate_state else (),
+        )
+
+    if state is not None:
+        return build(state)
+    compiled: dict = {}
+
+    def sharded_step(state, batch):
+        leaves, treedef = jax.tree_util.tree_flatten(state)
+        signature = (treedef, tuple(np.shape(x) for x in leaves))
+        if signature not in compiled:
+            compiled[signature] = build(state)
+        return compiled[signature](state, batch)
+
+    return sharded_step
 
 
 def initialize_distributed(

@@ -13,6 +13,8 @@ with one device. Two modes:
       one of two processes (2 CPU devices each) joined by
       ``jax.distributed.initialize`` on 127.0.0.1:P; a global mesh over the 4
       devices; process 0 writes DIR/distributed.npz and DIR/distributed.json.
+      Without --port, the coordinator address, process count and process id
+      come from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID.
 
 The problem (model, data, loss, optimizer) is defined here once and imported
 by the test, which computes the single-device reference in its own process
@@ -219,7 +221,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--port", type=int)
     parser.add_argument("--process-id", type=int)
-    parser.add_argument("--num-processes", type=int, default=2)
+    parser.add_argument("--num-processes", type=int)
     args = parser.parse_args(argv)
 
     import jax
@@ -231,7 +233,7 @@ def main(argv=None) -> int:
         from lstm_jax import parallel
 
         parallel.initialize_distributed(
-            f"127.0.0.1:{args.port}",
+            None if args.port is None else f"127.0.0.1:{args.port}",
             args.num_processes,
             args.process_id,
             initialization_timeout=60,

@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -88,52 +89,56 @@ class _Workers:
 
     def __init__(self, out_dir, *, local: bool, distributed: bool):
         self.out_dir = str(out_dir)
+        self.deadline = time.monotonic() + WORKER_TIMEOUT_S
         self.procs: dict[str, list] = {}
         if local:
-            self._start("local", [["local"]], XLA_FLAGS="--xla_force_host_platform_device_count=4")
+            self._start("local", [], XLA_FLAGS="--xla_force_host_platform_device_count=4")
         if distributed:
             port = str(_free_port())
+            # process 0 gets its coordinates as arguments, process 1 from the
+            # environment variables of the documented launch
+            self._start("distributed", ["--port", port, "--process-id", "0", "--num-processes", "2"])
             self._start(
-                "distributed",
-                [["distributed", "--port", port, "--process-id", str(i), "--num-processes", "2"]
-                 for i in range(2)],
+                "distributed", [],
+                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID="1",
             )  # fmt: skip
 
-    def _start(self, mode, arg_lists, **env):
-        self.procs[mode] = []
-        for i, args in enumerate(arg_lists):
-            log = open(os.path.join(self.out_dir, f"{mode}{i}.log"), "w+")
+    def _start(self, mode, args, **env):
+        entries = self.procs.setdefault(mode, [])
+        log_path = os.path.join(self.out_dir, f"{mode}{len(entries)}.log")
+        with open(log_path, "w") as log:
             proc = subprocess.Popen(
-                [sys.executable, WORKER, *args, "--out", self.out_dir],
+                [sys.executable, WORKER, mode, *args, "--out", self.out_dir],
                 env=_env(**env),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-            self.procs[mode].append((proc, log))
+        entries.append((proc, log_path))
 
     def result(self, mode):
         """Wait for ``mode``'s processes (bounded), check they succeeded, load their output."""
         entries = self.procs[mode]
         try:
-            codes = [proc.wait(timeout=WORKER_TIMEOUT_S) for proc, _ in entries]
+            codes = [
+                proc.wait(timeout=max(1.0, self.deadline - time.monotonic())) for proc, _ in entries
+            ]
         except subprocess.TimeoutExpired:
             self.kill()
-            raise
+            codes = [proc.returncode for proc, _ in entries]
         if codes != [0] * len(entries):
             logs = []
-            for _, log in entries:
-                log.seek(0)
-                logs.append(log.read()[-3000:])
-            pytest.fail(f"{mode} worker exit codes {codes}:\n" + "\n".join(logs))
+            for _, log_path in entries:
+                with open(log_path) as log:
+                    logs.append(log.read()[-3000:])
+            pytest.fail(f"{mode} worker exit codes {codes} (-9: killed at the time limit):\n" + "\n".join(logs))
         return _load(self.out_dir, mode)
 
     def kill(self):
         for entries in self.procs.values():
-            for proc, log in entries:
+            for proc, _ in entries:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-                log.close()
 
 
 @pytest.fixture(scope="module")
