@@ -36,17 +36,17 @@ INPUT, HIDDEN, CLASSES, TIME = 3, 8, 5, 6
 NUM_STEPS = 2
 LEARNING_RATE, MOMENTUM = 0.5, 0.9
 
-# name -> (model_parallel, real batch size, process_local)
+# name -> (model_parallel, real batch size, process_local, jit on first call)
 LOCAL_CASES = {
-    "data": (1, 8, False),
-    "ragged_data": (1, 5, False),
-    "data_model": (2, 8, False),
-    "ragged_data_model": (2, 5, False),
+    "data": (1, 8, False, False),
+    "ragged_data": (1, 5, False, False),
+    "data_model": (2, 8, False, False),
+    "ragged_data_model": (2, 5, False, True),
 }
 # The data axis spans both processes, the model axis stays within each.
 DISTRIBUTED_CASES = {
-    "ragged_data_model": (2, 5, False),
-    "ragged_data_model_process_local": (2, 5, True),
+    "ragged_data_model": (2, 5, False, False),
+    "ragged_data_model_process_local": (2, 5, True, False),
 }
 
 
@@ -141,7 +141,9 @@ def flat(tree) -> np.ndarray:
     return np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree_util.tree_leaves(tree)])
 
 
-def run_case(model_parallel: int, batch_size: int, process_local: bool) -> tuple[dict, dict]:
+def run_case(
+    model_parallel: int, batch_size: int, process_local: bool, lazy: bool
+) -> tuple[dict, dict]:
     """Two sharded train steps; returns (arrays, facts about the placement)."""
     import jax
     from jax.experimental import multihost_utils
@@ -152,7 +154,7 @@ def run_case(model_parallel: int, batch_size: int, process_local: bool) -> tuple
     mesh = parallel.make_mesh(model_parallel=model_parallel)
     data = mesh.shape["data"]
     state = parallel.shard_params(init_state(), mesh)
-    step = parallel.shard_train_step(train_step, mesh, state)
+    step = parallel.shard_train_step(train_step, mesh, None if lazy else state)
     losses, facts = [], {"cache_sizes": []}
     for batch in make_batches(batch_size):
         padded, weights = parallel.pad_batch_to_multiple(batch, data)
@@ -166,7 +168,7 @@ def run_case(model_parallel: int, batch_size: int, process_local: bool) -> tuple
             sharded = parallel.shard_batch(padded, mesh)
         state, loss = step(state, sharded)
         losses.append(float(loss))
-        facts["cache_sizes"].append(step._cache_size())
+        facts["cache_sizes"].append(None if lazy else step._cache_size())
         facts["padded_batch"] = int(padded["xs"].shape[0])
         facts["weights"] = np.asarray(weights).tolist()
         facts["batch_shards"] = len(sharded["xs"].sharding.device_set)
