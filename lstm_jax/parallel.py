@@ -14,9 +14,12 @@ Mesh axes:
              ``w_hh (R, G*H)``, the biases ``(G*H,)`` and the layer-norm gains
              of the gate pre-activations -- is split over it (G = 4 LSTM,
              3 GRU, 1 RNN). Every other array is replicated. This divides the
-             memory of parameters and optimizer state of very wide layers;
-             each time step then gathers the ``(B, G*H)`` gate
-             pre-activations, so it saves memory, not time.
+             memory of parameters and optimizer state of very wide layers,
+             at a price in time: the gate math needs all four gates of a
+             unit, so every scan iteration communicates over ``model`` (in
+             the compiled LSTM step an all-gather plus all-reduces per time
+             step, forward and backward), whereas ``data`` alone costs one
+             gradient all-reduce per step.
 
 Ragged batches: :func:`pad_batch_to_multiple` pads the batch axis to a
 multiple of the ``data`` size by repeating the last example, and returns
