@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None,
                         help="output folder (default: benchmarks/results/<machine>[/<grid>])")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch.set_num_threads (default: the cores of this process, "
+                        "which XLA's CPU client uses too)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--list-peers", action="store_true", help="list peers and exit")
     return parser  # fmt: skip
@@ -56,7 +59,7 @@ def main(argv: Optional[list] = None) -> int:
     from benchmarks.machine import machine_info, run_info, versions
 
     try:
-        peers = peers_lib.select_peers(args.peers)
+        peers = peers_lib.select_peers(args.peers, torch_threads=args.torch_threads)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

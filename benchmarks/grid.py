@@ -64,14 +64,14 @@ class Case:
     """A configuration, a workload, and which peers run it.
 
     ``peers`` lists peer names or prefixes (``"lstm_jax"`` matches every
-    backend); None means every selected peer. ``group`` tags cases for the
-    plots: ``"grid"``, ``"targets"`` or ``"sweep"`` (time vs sequence length,
-    memory vs sequence length).
+    backend); None means every selected peer. ``tags`` group cases for the
+    report: ``"targets"`` (the performance targets), ``"sweep"`` (the plots of
+    time and memory vs sequence length), ``"grid"``.
     """
 
     config: Config
     workload: str
-    group: str = "grid"
+    tags: tuple[str, ...] = ("grid",)
     peers: Optional[tuple[str, ...]] = None
 
     def __post_init__(self):
@@ -105,26 +105,34 @@ CORE_PEERS = ("lstm_jax", "flax_linen_optimized", "torch")
 
 
 def quick_grid() -> Grid:
-    cases = [Case(c, "train", "targets", CORE_PEERS) for c in TARGETS]
-    # Every peer on the two cheapest targets, inference.
-    cases += [Case(c, "infer", "targets") for c in TARGETS[:1] + TARGETS[2:3]]
-    cases += [
-        Case(Config(16, t, 64, 128), "train", "sweep", CORE_PEERS) for t in (32, 64, 128, 256)
+    """The four targets (training) for lstm_jax, Flax and PyTorch; every peer on
+    the third target (training and inference); a sweep over T at its sizes."""
+    t1, t2, t3, t4 = TARGETS
+    cases = [
+        Case(t1, "train", ("targets",), CORE_PEERS),
+        Case(t2, "train", ("targets",), CORE_PEERS),
+        Case(t3, "train", ("targets", "sweep")),
+        Case(t4, "train", ("targets",), CORE_PEERS),
+        Case(t3, "infer", ("targets",)),
     ]
-    return Grid("quick", tuple(cases), repeats=7, min_repeats=3, budget_s=6.0)
+    cases += [
+        Case(dataclasses.replace(t3, time=t), "train", ("sweep",), CORE_PEERS) for t in (32, 64, 128)
+    ]
+    return Grid("quick", tuple(cases), repeats=7, min_repeats=3, budget_s=3.0)
 
 
 def full_grid() -> Grid:
-    cases = [Case(c, w, "targets") for c in TARGETS for w in WORKLOADS]
+    """Every peer: the targets (both workloads, and bf16 training), layers x
+    directions x dtype at one size, and time and memory vs T up to 4096."""
+    cases = [Case(c, w, ("targets",)) for c in TARGETS for w in WORKLOADS]
+    cases += [Case(dataclasses.replace(c, dtype="bfloat16"), "train") for c in TARGETS]
     for dtype in DTYPES:
         for layers in (1, 2):
             for bidirectional in (False, True):
                 config = Config(32, 128, 64, 128, layers, bidirectional, dtype)
-                cases += [Case(config, w, "grid") for w in WORKLOADS]
-    cases += [Case(dataclasses.replace(c, dtype="bfloat16"), "train", "grid") for c in TARGETS]
-    # Memory and time vs sequence length, up to T = 4096.
+                cases += [Case(config, w) for w in WORKLOADS]
     cases += [
-        Case(Config(16, t, 64, 256), "train", "sweep")
+        Case(Config(16, t, 64, 256), "train", ("sweep",))
         for t in (64, 128, 256, 512, 1024, 2048, 4096)
     ]
     return Grid("full", tuple(cases), repeats=15, min_repeats=3, budget_s=30.0)
@@ -133,9 +141,9 @@ def full_grid() -> Grid:
 def tiny_grid() -> Grid:
     """Seconds, for the tests: a two-point sweep and a 2-layer bidirectional forward."""
     cases = [
-        Case(Config(2, 4, 3, 4), "train", "sweep"),
-        Case(Config(2, 8, 3, 4), "train", "sweep"),
-        Case(Config(2, 8, 3, 4, layers=2, bidirectional=True), "infer", "grid"),
+        Case(Config(2, 4, 3, 4), "train", ("sweep",)),
+        Case(Config(2, 8, 3, 4), "train", ("sweep",)),
+        Case(Config(2, 8, 3, 4, layers=2, bidirectional=True), "infer"),
     ]
     return Grid("tiny", tuple(cases), repeats=3, min_repeats=2, budget_s=1.0)
 

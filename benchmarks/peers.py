@@ -229,6 +229,8 @@ class LstmJaxPeer(JaxPeer):
                 return f"backend runs on {', '.join(platforms[self.backend])} only"
         elif self.backend in _GPU_ONLY_BACKENDS and platform() == "cpu":
             return "GPU-only backend, skipped on CPU"
+        if self.backend == "scan":  # the reference: runs everywhere
+            return None
         try:  # a tiny forward and backward pass: does it run here at all?
             params = lj.init_lstm(jax.random.key(0), 2, 3)
             xs = jnp.ones((2, 4, 2), jnp.float32)
@@ -556,13 +558,16 @@ class TorchPeer(Peer):
     ``torch.autocast(dtype=torch.bfloat16)`` with float32 master weights.
     Inference runs under ``torch.inference_mode()``. Memory: on GPU the peak of
     ``torch.cuda.max_memory_allocated`` above what was allocated before the
-    step; on CPU the peak of the tensor bytes allocated during one step,
-    from ``torch.profiler``'s memory timeline (params and optimizer state that
-    existed before the step excluded, like XLA's temp bytes).
+    step; on CPU the peak of the CPU allocator's total above its level before
+    one step, from ``torch.profiler``'s allocation events (params and optimizer
+    state that existed before the step excluded, like XLA's temp bytes).
     """
 
     name = "torch"
     description = "torch.nn.LSTM"
+
+    def __init__(self, threads: Optional[int] = None):
+        self.threads = threads  # None: the cores of this process, as XLA uses
 
     def unavailable(self):
         return _package_missing("torch")
@@ -575,7 +580,7 @@ class TorchPeer(Peer):
     def _setup(self, params, config):
         import torch
 
-        torch.set_num_threads(num_cores())
+        torch.set_num_threads(self.threads or num_cores())
         if config.dtype == "float32":
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
@@ -662,35 +667,36 @@ class TorchPeer(Peer):
 
 
 def _torch_cpu_peak(step) -> Optional[int]:
-    """Peak bytes of the tensors created during ``step()`` (torch.profiler memory timeline)."""
+    """Peak bytes allocated by PyTorch's CPU allocator during ``step()``, above the
+    level before it, from the allocation events of ``torch.profiler``."""
     from torch.profiler import ProfilerActivity, profile
 
-    try:
-        from torch.profiler._memory_profiler import Action
-    except ImportError:
-        return None
-    with profile(
-        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
-    ) as prof:
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    try:
-        timeline = prof._memory_profile().timeline
-    except Exception:  # private API: report no number rather than a wrong one
+    try:  # the event tree is semi-private API: report no number rather than a wrong one
+        from torch._C._profiler import _EventType
+
+        events = []
+        stack = list(prof.profiler.kineto_results.experimental_event_tree())
+        while stack:
+            node = stack.pop()
+            if node.tag == _EventType.Allocation:
+                fields = node.extra_fields
+                events.append((node.start_time_ns, fields.total_allocated, fields.alloc_size))
+            stack.extend(node.children)
+    except Exception:
         return None
-    current = peak = 0
-    for _, action, _, size in timeline:
-        if action == Action.CREATE:
-            current += size
-        elif action == Action.DESTROY:
-            current -= size
-        peak = max(peak, current)
-    return int(peak)
+    if not events:
+        return None
+    events.sort()
+    before = events[0][1] - events[0][2]
+    return int(max(total for _, total, _ in events) - before)
 
 
 # ------------------------------------------------------------------ registry
 
 
-def all_peers() -> list[Peer]:
+def all_peers(*, torch_threads: Optional[int] = None) -> list[Peer]:
     """Every peer, in table order: each lstm_jax backend that implements "lstm"
     (read from the registry now, so new backends appear), then the others."""
     from lstm_jax import kernels
@@ -704,7 +710,7 @@ def all_peers() -> list[Peer]:
         FlaxNnxPeer("optimized"),
         FlaxNnxPeer("lstm"),
         EquinoxPeer(),
-        TorchPeer(),
+        TorchPeer(torch_threads),
         JaxCudnnPeer(),
     ]
     return peers
@@ -717,9 +723,9 @@ def matches(name: str, patterns) -> bool:
     )
 
 
-def select_peers(spec: Optional[str]) -> list[Peer]:
+def select_peers(spec: Optional[str], *, torch_threads: Optional[int] = None) -> list[Peer]:
     """Peers named by a comma list (names or prefixes: ``lstm_jax,flax,torch``); all if None."""
-    peers = all_peers()
+    peers = all_peers(torch_threads=torch_threads)
     if not spec:
         return peers
     patterns = [p.strip() for p in spec.split(",") if p.strip()]

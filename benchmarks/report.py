@@ -86,7 +86,7 @@ def markdown(results: dict) -> str:
     )
     lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
     lines.append(f"- Date: {results['date']}; command: `{results['command']}`; "
-                 f"took {results['elapsed_s']:.0f} s")  # fmt: skip
+                 f"took {results['elapsed_s']:.0f} s ({results['cpu_s']:.0f} s CPU)")  # fmt: skip
     lines += ["", f"## Speed-up relative to Flax `nn.RNN(nn.OptimizedLSTMCell)` ({BASELINE})", ""]
     lines.append(
         "Median step time of the baseline divided by the peer's, measured in the same "
@@ -116,7 +116,8 @@ def markdown(results: dict) -> str:
         "Compile: `jit(...).lower(...).compile()` (JAX; PyTorch is eager). Memory: "
         "`xla_temp_bytes` = `compiled.memory_analysis().temp_size_in_bytes`; "
         "`torch_profiler_peak_bytes` = peak bytes of the tensors allocated during one "
-        "step (torch.profiler memory timeline); `torch_cuda_peak_bytes` = "
+        "step, above the level before it (torch.profiler allocation events); "
+        "`torch_cuda_peak_bytes` = "
         "`torch.cuda.max_memory_allocated` above the pre-step level. Check: max |Δ| of "
         "outputs on the check slice, and at full size of outputs (infer) or relative Δ of "
         "the loss (train)."
@@ -154,9 +155,10 @@ def markdown(results: dict) -> str:
         f"input, same loss ({settings['loss']}), same optimizer ({settings['optimizer']}, "
         f"lr {settings['learning_rate']}). JAX steps are jitted with params and optimizer "
         f"state donated. Float32 matmuls: {settings['float32_matmuls']}. PyTorch threads: "
-        f"{settings['torch_threads']}. Rounds: up to {settings['repeats']} (at least "
-        f"{settings['min_repeats']}, fewer when a round of all peers would exceed "
-        f"{settings['round_budget_s']} s of total budget), peers in rotated order each round. "
+        f"{settings['torch_threads']}. After compilation, a first step (checked) and one "
+        f"warm-up step, each case runs {settings['min_repeats']} to {settings['repeats']} "
+        f"rounds (as many as fit in about {settings['round_budget_s']} s), every peer once "
+        "per round, in an order rotated each round. "
         f"Check tolerances: {json.dumps(settings['tolerances'])}."
     )
     plots = [p for p in PLOTS if p in results.get("plots", [])]
@@ -165,8 +167,8 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _group(rows: list, group: str) -> list:
-    return [r for r in rows if r.get("group") == group and r["workload"] == "train"]
+def _tagged(rows: list, tag: str) -> list:
+    return [r for r in rows if tag in r.get("tags", ()) and r["workload"] == "train"]
 
 
 def plot(results: dict, out_dir: str) -> list:
@@ -181,7 +183,7 @@ def plot(results: dict, out_dir: str) -> list:
 
     # 1. speed-up per configuration and workload
     cases = list(dict.fromkeys((s["label"], s["workload"]) for s in results["speedups"]))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(cases) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(cases) + 4), 4.5))
     speed = {(s["label"], s["workload"], s["peer"]): s["speedup"] for s in results["speedups"]}
     shown = [p for p in peers if any((*c, p) in speed for c in cases)]
     width = 0.8 / max(len(shown), 1)
@@ -195,14 +197,18 @@ def plot(results: dict, out_dir: str) -> list:
     ax.set_xticklabels([f"{c[0]}\n{c[1]}" for c in cases], fontsize=7)
     ax.set_ylabel(f"speed-up vs {BASELINE} (log)")
     ax.set_title("Speed-up per configuration (median step time)")
-    ax.legend(fontsize=7)
+    if shown:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.text(0.5, 0.5, f"no speed-ups: {BASELINE} did not run", ha="center",
+                transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "speedup.png"), dpi=120)
     plt.close(fig)
     written.append("speedup.png")
 
     # 2. time vs sequence length, 3. memory vs sequence length (the "sweep" cases)
-    sweep = _group(rows, "sweep")
+    sweep = _tagged(rows, "sweep")
     for name, field, ylabel, title in (
         ("scaling.png", "median_s", "median step time (ms)", "Training step time vs sequence length"),
         ("memory.png", "memory_bytes", "memory (MiB)", "Training step memory vs sequence length"),

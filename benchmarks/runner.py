@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import resource
 import statistics
 import sys
 import time
@@ -100,7 +101,10 @@ class _Checker:
                 params, xs, ys_target, ref_key
             )
         ref_ys, ref_loss, ref_grads = self._ref_cache[ref_key]
-        ys, loss, grads = peer.reference_outputs_and_grads(params, xs, ys_target, small)
+        if peer.name == peers_lib.REFERENCE and config.dtype == "float32":
+            ys, loss, grads = ref_ys, ref_loss, ref_grads  # the reference itself
+        else:
+            ys, loss, grads = peer.reference_outputs_and_grads(params, xs, ys_target, small)
         tol = TOLERANCES[config.dtype]
         result = {
             "check_shape": [small.batch, small.time],
@@ -152,7 +156,7 @@ def _run_case(case: Case, peers: list, grid: Grid, checker: _Checker, seed: int,
     params, x, target = make_inputs(config, seed)
     rows, live = [], []  # live: (row, prepared)
     base = {"config": config.as_dict(), "label": config.label, "workload": workload,
-            "group": case.group}  # fmt: skip
+            "tags": list(case.tags)}  # fmt: skip
 
     # Reference values at full size: the first step of lstm_jax[scan] in float32;
     # the timed scan peer's own first step when it runs this case in float32.
@@ -255,7 +259,7 @@ def run(
             log(f"peer {peer.name} unavailable: {reason}")
     checker = _Checker()
     rows = []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     bar = tqdm(grid.cases, desc=f"benchmarks ({grid.name})", unit="case", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)  # fmt: skip
     for case in bar:
@@ -270,6 +274,7 @@ def run(
         "peers": peer_status,
         "rows": rows,
         "elapsed_s": time.perf_counter() - start,
+        "cpu_s": _cpu_seconds() - cpu_start,
         "settings": {
             "seed": seed,
             "repeats": grid.repeats,
@@ -288,9 +293,12 @@ def run(
     }
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process (with its threads) so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _torch_threads() -> Optional[int]:
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch.get_num_threads()
+    torch = sys.modules.get("torch")  # only when the PyTorch peer ran
+    return None if torch is None else torch.get_num_threads()
