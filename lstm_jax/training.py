@@ -105,10 +105,15 @@ def init_train_state(
 ) -> TrainState:
     """A :class:`TrainState` at step 0.
 
+    The state gets its own copies of ``params`` and ``key``: train steps donate
+    the state's buffers, which must not invalidate the caller's arrays.
+
     >>> state = init_train_state({"w": jnp.zeros(3)}, optax.sgd(0.1), jax.random.key(0))
     >>> int(state.step)
     0
     """
+    params = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), params)
+    key = jnp.array(key, copy=True)
     return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), key)
 
 
