@@ -147,8 +147,10 @@ def make_optimizer(
     schedule = learning_rate
     if not callable(learning_rate):
         if decay_steps is not None:
+            # a warm-up longer than the run is shortened to leave one decay step
+            warmup = min(max(warmup_steps, 0), max(decay_steps - 1, 0))
             schedule = optax.warmup_cosine_decay_schedule(
-                0.0, learning_rate, max(warmup_steps, 0), decay_steps,
+                0.0, learning_rate, warmup, decay_steps,
                 end_value=learning_rate * end_lr_fraction,
             )  # fmt: skip
         elif warmup_steps > 0:
