@@ -14,8 +14,13 @@ implementation), ``runner`` (check, compile, interleaved timing), ``report``
 >>> results = write(run(tiny_grid()), "/tmp/bench")  # doctest: +SKIP
 """
 
-from benchmarks.grid import Case, Config, Grid, full_grid, quick_grid, tiny_grid
-from benchmarks.runner import run
+import os
+
+# JAX and PyTorch share the GPU in one process: no 75% preallocation by XLA.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+from benchmarks.grid import Case, Config, Grid, full_grid, quick_grid, tiny_grid  # noqa: E402
+from benchmarks.runner import run  # noqa: E402
 
 
 def write(results: dict, out_dir: str) -> dict:

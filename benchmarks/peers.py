@@ -18,10 +18,12 @@ off, so on GPU every peer computes true float32 matmuls.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib.util
 import time
+import warnings
 from typing import Any, Callable, Optional
 
 import jax
@@ -43,6 +45,7 @@ __all__ = [
     "EquinoxPeer",
     "TorchPeer",
     "JaxCudnnPeer",
+    "Unsupported",
     "BASELINE",
     "REFERENCE",
     "all_peers",
@@ -76,6 +79,11 @@ def mse(ys, target):
     return jnp.mean(jnp.square(ys.astype(jnp.float32) - target))
 
 
+class Unsupported(Exception):
+    """Raised while tracing when a peer cannot run a case as labelled (e.g. a
+    backend that would silently fall back to another implementation)."""
+
+
 @dataclasses.dataclass
 class Prepared:
     """One peer compiled for one case. ``step()`` runs one step and waits for it.
@@ -90,6 +98,10 @@ class Prepared:
     memory_bytes: Optional[int]
     memory_kind: str
     measure_memory: Optional[Callable[[], Optional[int]]] = None
+    # an extra untimed step after the first: PyTorch builds the Adam state and
+    # oneDNN primitives lazily in its first step; a compiled JAX step is warm
+    # after its first call
+    extra_warmup: bool = False
 
 
 class Peer:
@@ -154,6 +166,10 @@ class JaxPeer(Peer):
     def loss(self, peer_params, x, target, config: Config):
         return mse(self.apply(peer_params, x, config), target)
 
+    def trace_guard(self):
+        """Context around tracing; subclasses may raise :class:`Unsupported`."""
+        return contextlib.nullcontext()
+
     def reference_outputs_and_grads(self, params, x, target, config: Config):
         peer_params = self.convert(params, config)
 
@@ -161,7 +177,7 @@ class JaxPeer(Peer):
             ys = self.apply(peer_params, x, config)
             return mse(ys, target), ys
 
-        with precision_scope(config):
+        with precision_scope(config), self.trace_guard():
             (loss, ys), grads = jax.jit(jax.value_and_grad(loss_and_outputs, has_aux=True))(
                 peer_params, x, target
             )
@@ -187,7 +203,7 @@ class JaxPeer(Peer):
             fn = jax.jit(train_step, donate_argnums=(0, 1))
             args = (peer_params, optimizer.init(peer_params), x, target)
         start = time.perf_counter()
-        with precision_scope(config):
+        with precision_scope(config), self.trace_guard():
             compiled = fn.lower(*args).compile()
         compile_s = time.perf_counter() - start
 
@@ -240,6 +256,19 @@ class LstmJaxPeer(JaxPeer):
         except Exception as error:  # report, never crash the suite
             return f"fails on {platform()}: {type(error).__name__}: {str(error)[:200]}"
         return None
+
+    @contextlib.contextmanager
+    def trace_guard(self):
+        """A backend that warns it falls back (e.g. "cudnn" off GPU or in bf16) would be
+        timed under a wrong name: report the case unsupported instead."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            yield
+        fallbacks = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+        if fallbacks:
+            raise Unsupported(f"backend {self.backend!r}: {str(fallbacks[0].message)[:200]}")
+        for w in caught:  # pass the other warnings on
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
     def convert(self, params, config):
         return params
@@ -663,7 +692,7 @@ class TorchPeer(Peer):
             return _torch_cpu_peak(step)
 
         kind = "torch_cuda_peak_bytes" if cuda else "torch_profiler_peak_bytes"
-        return Prepared(step, None, None, kind, measure_memory)
+        return Prepared(step, None, None, kind, measure_memory, extra_warmup=True)
 
 
 def _torch_cpu_peak(step) -> Optional[int]:

@@ -198,10 +198,14 @@ def _run_case(case: Case, peers: list, grid: Grid, checker: _Checker, seed: int,
             if not row["same_function"]:
                 row.update(status="invalid", note="differs from lstm_jax[scan]; not timed")
                 continue
-            start = time.perf_counter()
-            prepared.step()  # warm-up after the first call
-            row["warmup_s"] = time.perf_counter() - start
+            row["warmup_s"] = row["first_step_s"]
+            if prepared.extra_warmup:
+                start = time.perf_counter()
+                prepared.step()
+                row["warmup_s"] = time.perf_counter() - start
             live.append((row, prepared))
+        except peers_lib.Unsupported as reason:
+            row.update(status="unsupported", note=str(reason))
         except Exception as error:  # one broken peer must not stop the suite
             row.update(status="error", note=f"{type(error).__name__}: {str(error)[:300]}")
 
