@@ -208,31 +208,41 @@ def plot(results: dict, out_dir: str) -> list:
     plt.close(fig)
     written.append("speedup.png")
 
-    # 2. time vs sequence length, 3. memory vs sequence length (the "sweep" cases)
+    # 2. time vs sequence length (log-log, with a slope-1 guide: linear scaling),
+    # 3. memory vs sequence length; peers with at least two points of the sweep
     sweep = _tagged(rows, "sweep")
     for name, field, ylabel, title in (
-        ("scaling.png", "median_s", "median step time (ms)", "Training step time vs sequence length"),
+        ("scaling.png", "median_s", "median step time (ms, log)", "Training step time vs sequence length"),
         ("memory.png", "memory_bytes", "memory (MiB)", "Training step memory vs sequence length"),
     ):
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        scale = 1e3 if field == "median_s" else 1 / 2**20
         for peer in peers:
             points = sorted((r["config"]["time"], r[field]) for r in sweep
                             if r["peer"] == peer and _ok(r) and r.get(field) is not None)  # fmt: skip
-            if not points:
+            if len(points) < 2:
                 continue
-            scale = 1e3 if field == "median_s" else 1 / 2**20
             kind = ""
             if field == "memory_bytes":
                 kind = next((f" ({r['memory_kind']})" for r in sweep if r["peer"] == peer), "")
             ax.plot([p[0] for p in points], [p[1] * scale for p in points], marker="o",
                     label=peer + kind)  # fmt: skip
+            if field == "median_s" and peer == BASELINE:
+                t0, y0 = points[0]
+                ts = [p[0] for p in points]
+                ax.plot(ts, [y0 * scale * t / t0 for t in ts], "k--", linewidth=0.8,
+                        label=f"∝ T (from {BASELINE})")  # fmt: skip
         if sweep:
             c = sweep[0]["config"]
             ax.set_title(f"{title}\nB{c['batch']} I{c['input']} H{c['hidden']}, train", fontsize=10)
-        ax.set_xlabel("sequence length T")
+        ax.set_xlabel("sequence length T" + (" (log)" if field == "median_s" else ""))
         ax.set_ylabel(ylabel)
-        ax.set_xlim(left=0)
-        ax.set_ylim(bottom=0)
+        if field == "median_s":
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+        else:
+            ax.set_xlim(left=0)
+            ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
