@@ -1,0 +1,115 @@
+"""Each example's --quick run: it finishes and writes metrics JSON, PNG plots and a checkpoint."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+
+
+def run_example(name, out, *extra):
+    cmd = [sys.executable, os.path.join(EXAMPLES, name), "--quick", "--no-progress", "--out",
+           str(out), *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def assert_png(path):
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n", path
+
+
+def assert_checkpoint(directory):
+    steps = [d for d in os.listdir(directory) if d.isdigit()]
+    assert steps, f"no checkpoint in {directory}"
+
+
+def test_digits_quick(tmp_path):
+    run_example("digits.py", tmp_path)
+    m = load(tmp_path / "metrics.json")
+    assert 0.3 < m["test_accuracy"] <= 1.0  # well above chance (0.1) after 120 steps
+    assert m["params"] > 0 and len(m["grad_norm_h"]) == 8
+    assert set(m["saturation"]) == {"i", "f", "g", "o"}
+    for png in ("training.png", "gradient_flow.png", "gates.png"):
+        assert_png(tmp_path / png)
+    assert_checkpoint(tmp_path / "checkpoints")
+    assert os.path.getsize(tmp_path / "metrics.csv") > 0
+
+
+def test_sunspots_quick(tmp_path):
+    run_example("sunspots.py", tmp_path)
+    m = load(tmp_path / "metrics.json")
+    assert m["test_years"] == [1950, 2008]
+    for name in ("model", "persistence", "seasonal_naive_11y"):
+        assert math.isfinite(m[name]["rmse"]) and m[name]["mae"] <= m[name]["rmse"]
+    assert_png(tmp_path / "forecast.png")
+    assert_checkpoint(tmp_path / "seed0" / "checkpoints")
+
+
+def test_char_lm_quick(tmp_path):
+    run_example("char_lm.py", tmp_path)
+    m = load(tmp_path / "metrics.json")
+    assert 0.0 < m["val_bpc"] < math.log2(m["vocab_size"]) + 1.0
+    assert m["corpus_files"] >= 1 and m["corpus_chars"] == 60_000
+    for sample in m["samples"].values():
+        assert sample.startswith("def ") and len(sample) == len("def ") + 80
+    assert_png(tmp_path / "training.png")
+    assert_png(tmp_path / "gradient_flow.png")
+    assert_checkpoint(tmp_path / "checkpoints")
+
+
+def test_char_lm_reads_a_given_text_file(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    run_example("char_lm.py", tmp_path / "out", "--text", str(text), "--steps", "5",
+                "--prime", "the ")
+    m = load(tmp_path / "out" / "metrics.json")
+    assert m["corpus_files"] == 1 and m["vocab_size"] == len(set("the quick brown fox jumps over the lazy dog. "))
+
+
+@pytest.fixture(scope="module")
+def long_range_quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("long_range")
+    run_example("long_range.py", out)
+    return out
+
+
+def test_long_range_quick(long_range_quick):
+    out = long_range_quick
+    m = load(out / "metrics.json")
+    assert set(m) >= {"adding/lstm", "adding/rnn", "memory/lstm", "memory/rnn"}
+    assert abs(m["adding_baseline_mse"] - 1 / 6) < 1e-9
+    for task in ("adding", "memory"):
+        assert_png(out / f"gradient_flow_{task}.png")
+        for cell in ("lstm", "rnn"):
+            r = load(out / f"{task}_{cell}" / "metrics.json")
+            assert len(r["grad_norm_h_init"]) == 12 + 12 // 10  # T_max = T + T // 10
+            assert_checkpoint(out / f"{task}_{cell}" / "checkpoints")
+
+
+def test_compare_cells_quick(long_range_quick, tmp_path):
+    out = run_example_compare(tmp_path, long_range_quick)
+    table = open(tmp_path / "comparison.md").read()
+    assert table.count("\n") == 2 + 4  # header, rule, 2 tasks x 2 cells
+    assert "| adding |" in table and "| sunspots |" in table and "RNN" in table
+    assert "adding" in out
+
+
+def run_example_compare(tmp_path, long_range_dir):
+    cmd = [sys.executable, os.path.join(EXAMPLES, "compare_cells.py"), "--quick", "--out",
+           str(tmp_path), "--long-range-dir", str(long_range_dir), "--tasks", "adding,sunspots",
+           "--cells", "lstm,rnn"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
