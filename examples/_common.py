@@ -14,8 +14,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 import lstm_jax as lj
 from lstm_jax import checkpoint as ckpt
