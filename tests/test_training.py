@@ -233,3 +233,58 @@ def test_apply_network_and_count_params():
     assert tr.count_params(p) == 3 * 4 + 4 * 4 + 4
     with pytest.raises(TypeError, match="LSTMParams, GRUParams or RNNParams"):
         tr.apply_network({"w": 1}, jnp.ones((1, 2, 3)))
+
+
+# ------------------------------------------------------------- data helpers
+
+from lstm_jax import data  # noqa: E402
+
+
+def test_adding_problem_layout_and_baseline():
+    batch = data.adding_problem(np.random.default_rng(0), 4000, 50)
+    x, y, lengths = batch["x"], batch["y"], batch["lengths"]
+    assert x.shape == (4000, 55, 2) and lengths.min() >= 50 and lengths.max() <= 55
+    assert np.all(x[..., 1].sum(1) == 2)  # exactly two markers
+    for b in range(20):
+        marked = np.flatnonzero(x[b, :, 1])
+        n = lengths[b]
+        assert marked[0] < n // 2 <= marked[1] < n
+        np.testing.assert_allclose(x[b, marked, 0].sum(), y[b], rtol=1e-6)
+        assert np.all(x[b, n:] == 0)
+    assert abs(np.mean((y - 1.0) ** 2) - 1 / 6) < 0.01  # the baseline MSE
+
+
+def test_memory_task_layout():
+    batch = data.memory_task(np.random.default_rng(0), 64, 30, num_symbols=4, num_distractors=3)
+    x, y, lengths = batch["x"], batch["y"], batch["lengths"]
+    assert x.shape == (64, 33, 8)
+    np.testing.assert_array_equal(x[:, 0].argmax(-1), y)
+    rows = np.arange(64)
+    assert np.all(x[rows, lengths - 1, 7] == 1)  # the query marker at the last valid step
+    assert np.all(x[:, 1:-1, :4].sum(-1)[np.arange(1, 32)[None] < lengths[:, None] - 1] == 0)
+
+
+def test_windows_vocab_and_batches():
+    x, y = data.make_windows(np.arange(6.0), 3)
+    assert x.shape == (3, 3, 1)
+    np.testing.assert_array_equal(y[:, :, 0], x[:, :, 0] + 1)
+    vocab = data.CharVocab.from_text("hello world")
+    assert vocab.decode(vocab.encode("hello")) == "hello" and vocab.size == 8
+    get_batch = data.make_batch_fn({"i": np.arange(10)}, 3, seed=1)
+    epoch = np.concatenate([get_batch(s)["i"] for s in range(3)])
+    assert len(set(epoch.tolist())) == 9  # one epoch: distinct examples, a remainder dropped
+    np.testing.assert_array_equal(get_batch(4)["i"], get_batch(4)["i"])
+    assert not np.array_equal(get_batch(0)["i"], get_batch(3)["i"])  # the next epoch reshuffles
+    assert [len(b["i"]) for b in data.iterate_batches({"i": np.arange(7)}, 3)] == [3, 3, 1]
+    with pytest.raises(ValueError, match="too short"):
+        data.make_windows(np.arange(3.0), 3)
+
+
+def test_loaders_read_local_data():
+    splits = data.load_digits_sequences()
+    assert splits["train"]["x"].shape[1:] == (8, 8) and splits["test"]["x"].shape[0] == 450
+    assert splits["train"]["x"].max() <= 1.0
+    years, values = data.load_sunspots()
+    assert years[0] == 1700 and len(years) == len(values) == 309
+    text, files = data.load_text(max_chars=10_000)
+    assert len(text) == 10_000 and files == sorted(files) and files[0].endswith(".py")
