@@ -69,6 +69,7 @@ def test_char_lm_quick(tmp_path):
     assert_checkpoint(tmp_path / "checkpoints")
 
 
+@pytest.mark.slow
 def test_char_lm_reads_a_given_text_file(tmp_path):
     text = tmp_path / "corpus.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. " * 400)
