@@ -76,6 +76,19 @@ def _activations(gates: Array) -> tuple[Array, Array, Array, Array]:
 
 _POINTWISE = jax.vmap(lstm_pointwise, in_axes=(None, 0, 0))  # over the batch
 
+# What the forward saves per step for the backward: "activations" (the gate
+# non-linearities, 4H) or "gates" (their pre-activations, 4H; the backward then
+# recomputes the non-linearities). Read at trace time; see TIMINGS.md.
+SAVE = "activations"
+
+
+def _saved(gates: Array) -> Array:
+    return jnp.concatenate(_activations(gates), axis=-1) if SAVE == "activations" else gates
+
+
+def _restore(saved: Array) -> tuple[Array, Array, Array, Array]:
+    return tuple(jnp.split(saved, 4, axis=-1)) if SAVE == "activations" else _activations(saved)
+
 
 def _forward(w_hh, gx, h0, c0, mask, valid, *, compute_dtype, unroll, save):
     """The recurrence over time-major ``gx: (T, B, 4H)``.
@@ -99,7 +112,7 @@ def _forward(w_hh, gx, h0, c0, mask, valid, *, compute_dtype, unroll, save):
             h_new = jnp.where(keep, h_new, h)
             c_new = jnp.where(keep, c_new, c)
             y = jnp.where(keep, y, jnp.zeros_like(y))
-        out = (y, jnp.concatenate(_activations(gates), axis=-1), c_new) if save else y
+        out = (y, _saved(gates), c_new) if save else y
         return (h_new, c_new), out
 
     (h, c), out = jax.lax.scan(body, (h0, c0), (gx, valid), unroll=unroll)
@@ -121,7 +134,7 @@ def _backward(w_hh, h0, c0, mask, valid, ys, acts, cs, dys, dh, dc, *, compute_d
     def body(carry, inputs):
         dh, dc, dm = carry
         dy_t, act_t, c_t, cp_t, hp_t, valid_t = inputs
-        i, f, g, o = jnp.split(act_t, 4, axis=-1)
+        i, f, g, o = _restore(act_t)
         tc = jnp.tanh(c_t)
         dh_t = dh + dy_t
         dc_t = dc + dh_t * o * (1.0 - tc * tc)
