@@ -7,6 +7,8 @@
 (2, 5, 8)
 """
 
+from lstm_jax import diagnostics
+from lstm_jax import training
 from lstm_jax.cells import gru_cell
 from lstm_jax.cells import lstm_cell
 from lstm_jax.cells import rnn_cell
@@ -30,6 +32,13 @@ from lstm_jax.params import RNNWeights
 from lstm_jax.params import init_gru
 from lstm_jax.params import init_lstm
 from lstm_jax.params import init_rnn
+from lstm_jax.training import TrainState
+from lstm_jax.training import init_stream_state
+from lstm_jax.training import init_train_state
+from lstm_jax.training import make_optimizer
+from lstm_jax.training import make_tbptt_train_step
+from lstm_jax.training import make_train_step
+from lstm_jax.training import stream_step
 
 __version__ = "0.1.0"
 
@@ -57,4 +66,13 @@ __all__ = [
     "to_flax",
     "to_keras",
     "to_torch",
+    "TrainState",
+    "init_train_state",
+    "make_optimizer",
+    "make_train_step",
+    "make_tbptt_train_step",
+    "init_stream_state",
+    "stream_step",
+    "training",
+    "diagnostics",
 ]
