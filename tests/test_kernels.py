@@ -113,6 +113,15 @@ def test_network_bidirectional_ragged(backend):
     assert_trees_close(got, ref, atol=2e-5)
 
 
+def test_auto_blocked_long_sequence():
+    """``auto`` runs the fused kernel in blocks of AUTO_BLOCK steps past 2 * AUTO_BLOCK."""
+    params = lj.init_lstm(jax.random.key(23), I, H, bidirectional=True)
+    xs = jax.random.normal(jax.random.key(24), (B, 37, I))
+    lengths = jnp.array([37, 20, 1], jnp.int32)
+    run = lambda b: jax.jit(jax.value_and_grad(_network_loss(b, seq_lengths=lengths), (0, 1, 2)))  # noqa: E731
+    assert_trees_close(run("auto")(params, xs, None), run("scan")(params, xs, None), atol=2e-5)
+
+
 def test_fused_under_vmap_and_unbatched():
     params = lj.init_lstm(jax.random.key(7), I, H)
     xs = jax.random.normal(jax.random.key(8), (2, B, T, I))

@@ -48,8 +48,12 @@ def check_remat(remat: Any) -> None:
         )
 
 
-def remat_layer(layer_fn: Callable, remat: Union[bool, int]) -> Callable:
-    """Wrap ``layer_fn`` so that it checkpoints every ``block_size(remat, T)`` steps."""
+def remat_layer(layer_fn: Callable, remat: Union[bool, int], *, checkpoint: bool = True) -> Callable:
+    """Wrap ``layer_fn`` so that it checkpoints every ``block_size(remat, T)`` steps.
+
+    With ``checkpoint=False`` the blocks are only a loop nest (no recomputation):
+    each block's GEMMs are smaller, which changes cache behaviour, not memory.
+    """
     check_remat(remat)
 
     def layer(
@@ -63,6 +67,7 @@ def remat_layer(layer_fn: Callable, remat: Union[bool, int]) -> Callable:
         recurrent_mask: Optional[Array] = None,
         unroll: int = 1,
         time_major: bool = False,
+        **options,
     ):
         if not time_major:
             xs = jnp.swapaxes(xs, 0, 1)  # [T, B, I]
@@ -86,12 +91,14 @@ def remat_layer(layer_fn: Callable, remat: Union[bool, int]) -> Callable:
             ys, carry = layer_fn(
                 cell, weights, x_block, carry,
                 seq_lengths=block_lengths, reverse=False, recurrent_mask=recurrent_mask,
-                unroll=unroll, time_major=True,
+                unroll=unroll, time_major=True, **options,
             )  # fmt: skip
             return carry, ys
 
         final, ys = jax.lax.scan(
-            jax.checkpoint(run_block, prevent_cse=False), initial_carry, (blocks, starts)
+            jax.checkpoint(run_block, prevent_cse=False) if checkpoint else run_block,
+            initial_carry,
+            (blocks, starts),
         )  # ys [N, k, B, O]
         ys = ys.reshape((num_blocks * k,) + ys.shape[2:])[:num_steps]  # [T, B, O]
         if reverse:
