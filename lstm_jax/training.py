@@ -188,6 +188,7 @@ def make_train_step(
     *,
     jit: bool = True,
     donate: bool = True,
+    mesh: Any = None,
     **jit_kwargs,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """A train step ``(state, batch) -> (state, metrics)`` for any Optax optimizer.
@@ -200,7 +201,11 @@ def make_train_step(
         are part of it, see :func:`make_optimizer`).
       jit: return the jitted step (default) or the pure function.
       donate: donate the input state's buffers (the caller must not reuse it).
-      **jit_kwargs: passed to ``jax.jit`` (e.g. shardings).
+      mesh: a ``jax.sharding.Mesh`` from ``lstm_jax.parallel.make_mesh``: the
+        step is jitted with the state laid out by ``parallel.param_sharding``
+        and the batch split over ``data`` (see ``parallel.shard_train_step``);
+        place them with ``parallel.shard_params`` / ``parallel.shard_batch``.
+      **jit_kwargs: passed to ``jax.jit`` (e.g. shardings; not with ``mesh``).
 
     Returns:
       ``train_step``; its metrics hold ``loss``, ``grad_norm`` (before
@@ -218,6 +223,12 @@ def make_train_step(
 
     if not jit:
         return train_step
+    if mesh is not None:
+        if jit_kwargs:
+            raise ValueError(f"pass mesh or jax.jit shardings, not both; got {sorted(jit_kwargs)}.")
+        from lstm_jax import parallel  # imported here: only sharded steps need it
+
+        return parallel.shard_train_step(train_step, mesh, donate_state=donate)
     return compile_step(train_step, donate_state=donate, **jit_kwargs)
 
 
