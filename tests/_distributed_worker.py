@@ -36,17 +36,20 @@ INPUT, HIDDEN, CLASSES, TIME = 3, 8, 5, 6
 NUM_STEPS = 2
 LEARNING_RATE, MOMENTUM = 0.5, 0.9
 
-# name -> (model_parallel, real batch size, process_local, jit on first call)
+# name -> (model_parallel, real batch size, process_local, how the step is built):
+# "jit": parallel.shard_train_step(train_step, mesh, state);
+# "training": lstm_jax.training.make_train_step(..., mesh=mesh), which calls
+# parallel.shard_train_step without an example state (jitted on first call).
 LOCAL_CASES = {
-    "data": (1, 8, False, False),
-    "ragged_data": (1, 5, False, False),
-    "data_model": (2, 8, False, False),
-    "ragged_data_model": (2, 5, False, True),
+    "data": (1, 8, False, "jit"),
+    "ragged_data": (1, 5, False, "jit"),
+    "data_model": (2, 8, False, "jit"),
+    "ragged_data_model": (2, 5, False, "training"),
 }
 # The data axis spans both processes, the model axis stays within each.
 DISTRIBUTED_CASES = {
-    "ragged_data_model": (2, 5, False, False),
-    "ragged_data_model_process_local": (2, 5, True, False),
+    "ragged_data_model": (2, 5, False, "jit"),
+    "ragged_data_model_process_local": (2, 5, True, "jit"),
 }
 
 
@@ -141,8 +144,25 @@ def flat(tree) -> np.ndarray:
     return np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree_util.tree_leaves(tree)])
 
 
+def training_step_and_state(mesh):
+    """The same problem through lstm_jax.training: its TrainState and train-step factory."""
+    import jax
+
+    from lstm_jax import parallel, training
+
+    state = training.init_train_state(init_params(), optimizer(), jax.random.key(0))
+    step = training.make_train_step(
+        lambda params, batch, key: (loss_fn(params, batch), {}), optimizer(), mesh=mesh
+    )
+    return (lambda state, batch: _loss_only(*step(state, batch))), parallel.shard_params(state, mesh)
+
+
+def _loss_only(state, metrics):
+    return state, metrics["loss"]
+
+
 def run_case(
-    model_parallel: int, batch_size: int, process_local: bool, lazy: bool
+    model_parallel: int, batch_size: int, process_local: bool, how: str
 ) -> tuple[dict, dict]:
     """Two sharded train steps; returns (arrays, facts about the placement)."""
     import jax
@@ -153,8 +173,11 @@ def run_case(
 
     mesh = parallel.make_mesh(model_parallel=model_parallel)
     data = mesh.shape["data"]
-    state = parallel.shard_params(init_state(), mesh)
-    step = parallel.shard_train_step(train_step, mesh, None if lazy else state)
+    if how == "training":
+        step, state = training_step_and_state(mesh)
+    else:
+        state = parallel.shard_params(init_state(), mesh)
+        step = parallel.shard_train_step(train_step, mesh, state)
     losses, facts = [], {"cache_sizes": []}
     for batch in make_batches(batch_size):
         padded, weights = parallel.pad_batch_to_multiple(batch, data)
@@ -168,7 +191,7 @@ def run_case(
             sharded = parallel.shard_batch(padded, mesh)
         state, loss = step(state, sharded)
         losses.append(float(loss))
-        facts["cache_sizes"].append(None if lazy else step._cache_size())
+        facts["cache_sizes"].append(step._cache_size() if how == "jit" else None)
         facts["padded_batch"] = int(padded["xs"].shape[0])
         facts["weights"] = np.asarray(weights).tolist()
         facts["batch_shards"] = len(sharded["xs"].sharding.device_set)

@@ -172,7 +172,7 @@ def _check_case(arrays, facts, name, reference, *, data, model, batch):
     assert case["momentum_w_hh_shard_shape"] == [worker.HIDDEN, 4 * worker.HIDDEN // model]
     assert case["head_w_replicated"]
     # the state keeps its layout from step to step: the second step does not recompile
-    # (None: the step was jitted lazily, on its first call, and has no single cache)
+    # (None: built by lstm_jax.training.make_train_step(mesh=...), jitted on first call)
     assert case["cache_sizes"][0] == case["cache_sizes"][-1], case["cache_sizes"]
 
 
