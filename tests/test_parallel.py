@@ -291,3 +291,12 @@ def test_parallel_param_sharding_structure():
         parallel.param_sharding(params, other)
     with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh"):
         parallel.data_sharding("data")
+
+
+def test_parallel_training_make_train_step_mesh_excludes_jit_shardings():
+    from lstm_jax import training
+
+    with pytest.raises(ValueError, match="pass mesh or jax.jit shardings, not both"):
+        training.make_train_step(
+            lambda p, b, k: (0.0, {}), optax.sgd(0.1), mesh=parallel.make_mesh(), in_shardings=None
+        )
