@@ -8,6 +8,7 @@
 """
 
 from lstm_jax import diagnostics
+from lstm_jax import parallel
 from lstm_jax import training
 from lstm_jax.cells import gru_cell
 from lstm_jax.cells import lstm_cell
@@ -75,4 +76,5 @@ __all__ = [
     "stream_step",
     "training",
     "diagnostics",
+    "parallel",
 ]
