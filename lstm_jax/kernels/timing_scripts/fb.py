@@ -4,7 +4,7 @@ params = lj.init_lstm(jax.random.key(0), I, H); xs = jax.random.normal(jax.rando
 model = nn.RNN(nn.OptimizedLSTMCell(H)); fp = {"params": {"cell": lj.to_flax(params.layers[0][0])}}
 fl = lambda p, x: jnp.sum(model.apply(p, x))
 mk = lambda b: (lambda p, x: jnp.sum(lj.lstm(p, x, backend=b)[0]))
-fns = {"flax fwd": (jax.jit(fl), fp), "fused fwd": (jax.jit(mk("fused")), params), "scan fwd": (jax.jit(mk("scan")), params),
+fns = {"flax fwd": (jax.jit(fl), fp), "fused fwd": (jax.jit(mk("fused")), params), "scan fwd": (jax.jit(mk("scan")), params), "auto fwd": (jax.jit(mk("auto")), params),
        "flax step": (jax.jit(jax.grad(fl, (0,1))), fp), "fused step": (jax.jit(jax.grad(mk("fused"), (0,1))), params),
        "auto step": (jax.jit(jax.grad(mk("auto"), (0,1))), params)}
 for f, p in fns.values(): jax.block_until_ready(f(p, xs))
