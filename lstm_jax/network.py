@@ -155,7 +155,7 @@ def lstm(
     compute_dtype=None,
     unroll: int = 1,
     time_major: bool = False,
-    backend: str = "scan",
+    backend: str = "auto",
     check_lengths: bool = False,
     remat: bool | int = False,
 ) -> tuple[Array, LSTMState]:
@@ -180,7 +180,8 @@ def lstm(
       unroll: time steps per loop iteration of ``lax.scan``.
       time_major: ``xs`` and ``ys`` are ``(T, B, ...)``.
       backend: which layer implementation runs the recurrence (see
-        ``lstm_jax.kernels.BACKENDS``); ``"scan"`` is the reference.
+        ``lstm_jax.kernels.BACKENDS``); ``"auto"`` (default) picks the fastest measured one
+        that supports the weights, ``"scan"`` is the reference.
       check_lengths: under ``jit`` the values of ``seq_lengths`` cannot be read
         at trace time; with True a ``checkify`` check is inserted (wrap the
         function with ``jax.experimental.checkify.checkify`` and call
@@ -292,7 +293,7 @@ def gru(
     compute_dtype=None,
     unroll: int = 1,
     time_major: bool = False,
-    backend: str = "scan",
+    backend: str = "auto",
     check_lengths: bool = False,
     remat: bool | int = False,
 ) -> tuple[Array, Array]:
@@ -331,7 +332,7 @@ def rnn(
     compute_dtype=None,
     unroll: int = 1,
     time_major: bool = False,
-    backend: str = "scan",
+    backend: str = "auto",
     check_lengths: bool = False,
     remat: bool | int = False,
 ) -> tuple[Array, Array]:
