@@ -730,7 +730,8 @@ def all_peers(*, torch_threads: Optional[int] = None) -> list[Peer]:
     (read from the registry now, so new backends appear), then the others."""
     from lstm_jax import kernels
 
-    peers: list[Peer] = [
+    # "auto" (the default) first: what a user gets without choosing
+    peers: list[Peer] = [LstmJaxPeer("auto")] + [
         LstmJaxPeer(name) for name, kinds in kernels.BACKENDS.items() if "lstm" in kinds
     ]
     peers += [

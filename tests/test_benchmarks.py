@@ -104,7 +104,9 @@ def test_every_registered_lstm_backend_is_a_peer(monkeypatch):
 
     monkeypatch.setitem(kernels.BACKENDS, "made_up", ("gru",))
     names = [p.name for p in peers.all_peers()]
-    expected = [f"lstm_jax[{b}]" for b, kinds in kernels.BACKENDS.items() if "lstm" in kinds]
+    expected = ["lstm_jax[auto]"] + [
+        f"lstm_jax[{b}]" for b, kinds in kernels.BACKENDS.items() if "lstm" in kinds
+    ]
     assert names[: len(expected)] == expected
     assert "lstm_jax[made_up]" not in names  # no LSTM in it
     assert {FLAX, "torch", "equinox", "flax_nnx_optimized", "jax_cudnn"} <= set(names)
