@@ -113,8 +113,8 @@ def test_network_bidirectional_ragged(backend):
     assert_trees_close(got, ref, atol=2e-5)
 
 
-def test_auto_blocked_long_sequence():
-    """``auto`` runs the fused kernel in blocks of AUTO_BLOCK steps past 2 * AUTO_BLOCK."""
+def test_auto_long_ragged_sequence():
+    """``auto`` (the fused kernel) equals scan on a long, ragged, bidirectional batch."""
     params = lj.init_lstm(jax.random.key(23), I, H, bidirectional=True)
     xs = jax.random.normal(jax.random.key(24), (B, 37, I))
     lengths = jnp.array([37, 20, 1], jnp.int32)

@@ -23,9 +23,10 @@ backend does not implement:
 * A cell kind outside a backend's list (e.g. ``gru`` with ``"fused"``) raises
   ``ValueError`` in :func:`select_layer`.
 
-``"auto"`` picks ``"fused"`` on every platform, run in blocks of ``AUTO_BLOCK``
-steps for sequences longer than ``2 * AUTO_BLOCK``: it was measured faster than
-``"scan"`` for training steps on CPU (``lstm_jax/kernels/TIMINGS.md``). cuDNN
+``"auto"`` picks ``"fused"`` on every platform: it was measured faster than
+``"scan"`` for training steps and inference on CPU, and (since its forward
+computes the input projection inside the loop) also faster than running it in
+blocks of 16 steps (``lstm_jax/kernels/TIMINGS.md``). cuDNN
 and Pallas were not measured (no GPU was available), so ``"auto"`` never
 picks them.
 
@@ -61,21 +62,11 @@ _LSTM_KERNELS = {
 }
 
 
-# "auto" runs the fused kernel in a loop nest of blocks of this many steps (no
-# recomputation): each block's input-projection and weight-gradient GEMMs stay
-# cache-sized. Measured 1.0-1.3x faster than one whole-sequence fused call on
-# CPU for blocks of 8-16 (TIMINGS.md).
-AUTO_BLOCK = 16
-_BLOCKED_FUSED = remat_layer(fused_lstm_layer, AUTO_BLOCK, checkpoint=False)
-
-
 def _auto_lstm_layer(cell, weights: Any, xs, *args, compute_dtype=None, **kwargs):
-    """Blocked ``fused`` where it applies, ``scan`` for peephole / layer-norm / projection."""
+    """``fused`` where it applies, ``scan`` for peephole / layer-norm / projection."""
     if unsupported_variant(weights) is not None:
         return scan_layer(cell, weights, xs, *args, **kwargs)
-    steps = xs.shape[0] if kwargs.get("time_major") else xs.shape[1]
-    layer = _BLOCKED_FUSED if steps > 2 * AUTO_BLOCK else fused_lstm_layer
-    return layer(cell, weights, xs, *args, compute_dtype=compute_dtype, **kwargs)
+    return fused_lstm_layer(cell, weights, xs, *args, compute_dtype=compute_dtype, **kwargs)
 
 
 def select_layer(

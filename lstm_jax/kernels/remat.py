@@ -48,12 +48,8 @@ def check_remat(remat: Any) -> None:
         )
 
 
-def remat_layer(layer_fn: Callable, remat: Union[bool, int], *, checkpoint: bool = True) -> Callable:
-    """Wrap ``layer_fn`` so that it checkpoints every ``block_size(remat, T)`` steps.
-
-    With ``checkpoint=False`` the blocks are only a loop nest (no recomputation):
-    each block's GEMMs are smaller, which changes cache behaviour, not memory.
-    """
+def remat_layer(layer_fn: Callable, remat: Union[bool, int]) -> Callable:
+    """Wrap ``layer_fn`` so that it checkpoints every ``block_size(remat, T)`` steps."""
     check_remat(remat)
 
     def layer(
@@ -96,7 +92,7 @@ def remat_layer(layer_fn: Callable, remat: Union[bool, int], *, checkpoint: bool
             return carry, ys
 
         final, ys = jax.lax.scan(
-            jax.checkpoint(run_block, prevent_cse=False) if checkpoint else run_block,
+            jax.checkpoint(run_block, prevent_cse=False),
             initial_carry,
             (blocks, starts),
         )  # ys [N, k, B, O]
