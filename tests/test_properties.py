@@ -22,25 +22,26 @@ def _final_h(final):
 
 
 @st.composite
-def ragged_configs(draw):
+def ragged_cases(draw):
+    """``(kind, run, params, xs (B, T, 3), lengths (B,))`` for a random network and ragged batch."""
     kind = draw(st.sampled_from(sorted(NETWORKS)))
     num_layers = draw(st.integers(1, 2))
     bidirectional = draw(st.booleans())
     time = draw(st.integers(1, 6))
     lengths = draw(st.lists(st.integers(1, time), min_size=1, max_size=4))
     seed = draw(st.integers(0, 2**16))
-    return kind, num_layers, bidirectional, time, lengths, seed
-
-
-@_settings
-@given(ragged_configs())
-def test_padded_batch_equals_each_sequence_alone(config):
-    kind, num_layers, bidirectional, time, lengths, seed = config
     init, run = NETWORKS[kind]
     params = init(jax.random.key(seed), 3, 4, num_layers=num_layers, bidirectional=bidirectional)
     xs = jax.random.normal(jax.random.key(seed + 1), (len(lengths), time, 3))
-    ys, final = run(params, xs, seq_lengths=jnp.array(lengths))
-    for b, n in enumerate(lengths):
+    return kind, run, params, xs, jnp.array(lengths)
+
+
+@_settings
+@given(ragged_cases())
+def test_padded_batch_equals_each_sequence_alone(case):
+    kind, run, params, xs, lengths = case
+    ys, final = run(params, xs, seq_lengths=lengths)
+    for b, n in enumerate(lengths.tolist()):
         ys_b, final_b = run(params, xs[b, :n])  # unbatched, exactly n steps
         np.testing.assert_allclose(ys[b, :n], ys_b, atol=1e-5)
         np.testing.assert_array_equal(ys[b, n:], 0.0)
@@ -50,29 +51,21 @@ def test_padded_batch_equals_each_sequence_alone(config):
 
 
 @_settings
-@given(ragged_configs())
-def test_jit_equals_eager(config):
-    kind, num_layers, bidirectional, time, lengths, seed = config
-    init, run = NETWORKS[kind]
-    params = init(jax.random.key(seed), 3, 4, num_layers=num_layers, bidirectional=bidirectional)
-    xs = jax.random.normal(jax.random.key(seed + 1), (len(lengths), time, 3))
-    seq_lengths = jnp.array(lengths)
-    eager = run(params, xs, seq_lengths=seq_lengths)
-    jitted = jax.jit(run)(params, xs, seq_lengths=seq_lengths)
+@given(ragged_cases())
+def test_jit_equals_eager(case):
+    _, run, params, xs, lengths = case
+    eager = run(params, xs, seq_lengths=lengths)
+    jitted = jax.jit(run)(params, xs, seq_lengths=lengths)
     for a, b in zip(jax.tree_util.tree_leaves(eager), jax.tree_util.tree_leaves(jitted)):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 @_settings
-@given(ragged_configs())
-def test_vmap_of_unbatched_equals_batched(config):
-    kind, num_layers, bidirectional, time, lengths, seed = config
-    init, run = NETWORKS[kind]
-    params = init(jax.random.key(seed), 3, 4, num_layers=num_layers, bidirectional=bidirectional)
-    xs = jax.random.normal(jax.random.key(seed + 1), (len(lengths), time, 3))
-    seq_lengths = jnp.array(lengths)
-    ys, final = run(params, xs, seq_lengths=seq_lengths)
-    ys_v, final_v = jax.vmap(lambda x, n: run(params, x, seq_lengths=n))(xs, seq_lengths)
+@given(ragged_cases())
+def test_vmap_of_unbatched_equals_batched(case):
+    _, run, params, xs, lengths = case
+    ys, final = run(params, xs, seq_lengths=lengths)
+    ys_v, final_v = jax.vmap(lambda x, n: run(params, x, seq_lengths=n))(xs, lengths)
     np.testing.assert_allclose(ys_v, ys, atol=1e-6)
     # vmap puts the batch axis first; the batched call has it second
     np.testing.assert_allclose(jnp.swapaxes(_final_h(final_v), 0, 1), _final_h(final), atol=1e-6)
