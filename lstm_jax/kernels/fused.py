@@ -9,8 +9,9 @@ Forward: each step computes ``x_t @ w_ih + b + h @ w_hh`` and the gate math of
 projection is not hoisted into one ``(T, B, 4H)`` array before the loop: on
 XLA:CPU that array falls out of cache, and the per-step form measured 2.2x
 faster for inference at (B, T, I, H) = (32, 256, 64, 128). It saves, per
-step, the four gate activations (``i, f, g, o`` after their non-linearities)
-and the cell state.
+step, the four gate activations (``i, f, g, o`` after their non-linearities),
+the cell state before the step and ``tanh`` of the one after it
+(:class:`Residuals`), each as its own ``(T, B, H)`` stack.
 
 Backward (``jax.custom_vjp``): the loop carries only ``(dh, dc)``; per step it
 forms the gate pre-activation gradients ``dz`` from the saved activations and
@@ -26,9 +27,12 @@ Derivatives, with ``c_t = f c_{t-1} + i g`` and ``h_t = o tanh(c_t)``::
     dz_g = dc i (1 - g^2)        dz_o = dh tanh(c_t) o (1 - o)
     dc_{t-1} = dc f              dh_{t-1} = (dz @ w_hh^T) * recurrent_mask
 
-Saving the activations (4H per step) was measured against saving the
-pre-activations and recomputing the non-linearities in the backward loop; see
-``lstm_jax/kernels/TIMINGS.md``.
+Saving the activations was measured against saving the pre-activations and
+recomputing the non-linearities in the backward loop, and the layout of the
+saved stacks against one ``(T, B, 4H)`` array; see
+``lstm_jax/kernels/TIMINGS.md``. Both loops are ``lax.fori_loop`` over
+explicit output buffers (not ``lax.scan``), so that their fills are not
+merged and copied by XLA (:func:`_stacks`).
 
 With ``compute_dtype`` (e.g. ``jnp.bfloat16``) the three matmuls (forward
 recurrent, backward recurrent, ``dw_hh``) take inputs in that dtype and
@@ -39,7 +43,7 @@ parameters' dtype.
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -78,18 +82,40 @@ def _activations(gates: Array) -> tuple[Array, Array, Array, Array]:
 
 _POINTWISE = jax.vmap(lstm_pointwise, in_axes=(None, 0, 0))  # over the batch
 
-# What the forward saves per step for the backward: "activations" (the gate
-# non-linearities, 4H) or "gates" (their pre-activations, 4H; the backward then
-# recomputes the non-linearities). Read at trace time; see TIMINGS.md.
-SAVE = "activations"
+
+class Residuals(NamedTuple):
+    """What the forward saves for the backward: six ``(T, B, H)`` stacks.
+
+    One stack per quantity rather than one ``(T, B, 4H)`` array: on XLA:CPU a
+    loop body that reads four column slices of one dynamically indexed array
+    ran ~8x slower than one reading four whole ``(B, H)`` slices
+    (``TIMINGS.md``).
+    """
+
+    i: Array  # input gate activation
+    f: Array  # forget gate activation
+    g: Array  # candidate (tanh) activation
+    o: Array  # output gate activation
+    c_prev: Array  # cell state before the step
+    tanh_c: Array  # tanh of the cell state after the step
 
 
-def _saved(gates: Array) -> Array:
-    return jnp.concatenate(_activations(gates), axis=-1) if SAVE == "activations" else gates
+def _index(stack: Array, t) -> Array:
+    return jax.lax.dynamic_index_in_dim(stack, t, keepdims=False)
 
 
-def _restore(saved: Array) -> tuple[Array, Array, Array, Array]:
-    return tuple(jnp.split(saved, 4, axis=-1)) if SAVE == "activations" else _activations(saved)
+def _write(stack: Array, value: Array, t) -> Array:
+    return jax.lax.dynamic_update_index_in_dim(stack, value, t, 0)
+
+
+def _stacks(count: int, shape, dtype, first_fill: float) -> tuple[Array, ...]:
+    """``count`` output buffers for a time loop to overwrite, step by step.
+
+    Each gets its own fill value: XLA merges identical broadcasts into one and
+    then copies it once per buffer, which costs as much as the fill itself.
+    Every element is overwritten, so the values are never seen.
+    """
+    return tuple(jnp.full(shape, first_fill + k, dtype) for k in range(count))
 
 
 def _forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, *, compute_dtype, unroll, save):
@@ -100,56 +126,63 @@ def _forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, *, compute_dtype, unroll, s
     ``(T, B, 4H)`` array, which falls out of cache (``TIMINGS.md``).
 
     Returns ``ys (T, B, H)``, the final ``(h, c)`` and, with ``save``, the
-    residuals ``(acts (T, B, 4H), cs (T, B, H))``.
+    :class:`Residuals`.
     """
     dtype = w_hh.dtype
     cd = compute_dtype or dtype
     w_x, w_c = w_ih.astype(cd), w_hh.astype(cd)  # cast once, outside the loop
     bias = b[None, :]  # [1, 4H]
     plain = LSTMWeights(w_ih=None, w_hh=None, b=None)  # lstm_pointwise reads no weights
+    steps, batch = xs.shape[:2]
+    hidden = h0.shape[-1]
 
-    def body(carry, inputs):
-        h, c = carry
-        x_t, valid_t = inputs  # [B, I], [B] or None
+    def body(t, carry):
+        h, c, ys, saved = carry
         hm = h if mask is None else h * mask
-        gates = _dot(x_t, w_x, dtype) + bias + _dot(hm, w_c, dtype)  # [B, 4H]
+        gates = _dot(_index(xs, t), w_x, dtype) + bias + _dot(hm, w_c, dtype)  # [B, 4H]
         h_new, c_new = _POINTWISE(plain, gates, c)
+        if save:  # XLA shares these with lstm_pointwise's identical expressions
+            saved = tuple(
+                _write(stack, value, t)
+                for stack, value in zip(saved, (*_activations(gates), c, jnp.tanh(c_new)))
+            )
         y = h_new
-        if valid_t is not None:
-            keep = valid_t[:, None]
+        if valid is not None:
+            keep = _index(valid, t)[:, None]
             h_new = jnp.where(keep, h_new, h)
             c_new = jnp.where(keep, c_new, c)
             y = jnp.where(keep, y, jnp.zeros_like(y))
-        out = (y, _saved(gates), c_new) if save else y
-        return (h_new, c_new), out
+        return h_new, c_new, _write(ys, y, t), saved
 
-    (h, c), out = jax.lax.scan(body, (h0, c0), (xs, valid), unroll=unroll)
-    if save:
-        ys, acts, cs = out
-        return ys, (h, c), (acts, cs)
-    return out, (h, c), None
+    shape = (steps, batch, hidden)
+    (ys,) = _stacks(1, shape, dtype, 0.0)
+    saved = _stacks(len(Residuals._fields), shape, dtype, 1.0) if save else ()
+    h, c, ys, saved = jax.lax.fori_loop(0, steps, body, (h0, c0, ys, saved), unroll=unroll)
+    return ys, (h, c), (Residuals(*saved) if save else None)
 
 
-def _backward(w_hh, h0, c0, mask, valid, ys, acts, cs, dys, dh, dc, *, compute_dtype, unroll):
-    """Gradients of the recurrence; returns ``(dw_hh, dgx, dh0, dc0, dmask)``."""
+def _backward(w_hh, h0, mask, valid, ys, saved: Residuals, dys, dh, dc, *, compute_dtype, unroll):
+    """Gradients of the recurrence; returns ``(dw_hh, dz, dh0, dc0, dmask)``.
+
+    ``dz (T, B, 4H)`` are the gate pre-activation gradients, from which the
+    caller forms the input-projection gradients.
+    """
     dtype = dys.dtype
     cd = compute_dtype or dtype
     w_t = jnp.transpose(w_hh).astype(cd)  # [4H, R], transposed once outside the loop
-    h_prev = jnp.concatenate([h0[None], ys[:-1]], axis=0)  # [T, B, R] carry before each step
-    c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # [T, B, H]
+    steps, batch = ys.shape[:2]
     with_mask = mask is not None
 
-    def body(carry, inputs):
-        dh, dc, dm = carry
-        dy_t, act_t, c_t, cp_t, hp_t, valid_t = inputs
-        i, f, g, o = _restore(act_t)
-        tc = jnp.tanh(c_t)
-        dh_t = dh + dy_t
+    def body(k, carry):
+        dh, dc, dm, dzs = carry
+        t = steps - 1 - k
+        i, f, g, o, c_prev, tc = (_index(stack, t) for stack in saved)
+        dh_t = dh + _index(dys, t)
         dc_t = dc + dh_t * o * (1.0 - tc * tc)
         dz = jnp.concatenate(
             [
                 dc_t * g * i * (1.0 - i),
-                dc_t * cp_t * f * (1.0 - f),
+                dc_t * c_prev * f * (1.0 - f),
                 dc_t * i * (1.0 - g * g),
                 dh_t * tc * o * (1.0 - o),
             ],
@@ -159,31 +192,33 @@ def _backward(w_hh, h0, c0, mask, valid, ys, acts, cs, dys, dh, dc, *, compute_d
         dh_prev = dhm if mask is None else dhm * mask
         dc_prev = dc_t * f
         if with_mask:
-            dm_new = dm + dhm * hp_t
-        if valid_t is not None:
-            keep = valid_t[:, None]
+            h_prev = jnp.where(t > 0, _index(ys, jnp.maximum(t - 1, 0)), h0)
+            dm_new = dm + dhm * h_prev
+        if valid is not None:
+            keep = _index(valid, t)[:, None]
             dh_prev = jnp.where(keep, dh_prev, dh)
             dc_prev = jnp.where(keep, dc_prev, dc)
             dz = jnp.where(keep, dz, jnp.zeros_like(dz))
             if with_mask:
                 dm_new = jnp.where(keep, dm_new, dm)
-        return (dh_prev, dc_prev, dm_new if with_mask else dm), dz
+        return dh_prev, dc_prev, (dm_new if with_mask else dm), _write(dzs, dz, t)
 
     dm0 = jnp.zeros_like(mask) if with_mask else None
-    (dh0, dc0, dmask), dz = jax.lax.scan(
-        body,
-        (dh, dc, dm0),
-        (dys, acts, cs, c_prev, h_prev if with_mask else None, valid),
-        reverse=True,
-        unroll=unroll,
-    )  # dz [T, B, 4H]
-    hm = h_prev if mask is None else h_prev * mask[None]
-    rows = hm.shape[0] * hm.shape[1]
-    dw_hh = jnp.matmul(
-        hm.reshape(rows, -1).T.astype(cd), dz.reshape(rows, -1).astype(cd),
-        preferred_element_type=dtype,
-    ).astype(w_hh.dtype)  # one GEMM over all T * B rows
-    return dw_hh, dz, dh0, dc0, dmask
+    (dz0,) = _stacks(1, (steps, batch, 4 * saved.i.shape[-1]), dtype, 7.0)
+    dh0, dc0, dmask, dz = jax.lax.fori_loop(0, steps, body, (dh, dc, dm0, dz0), unroll=unroll)
+
+    def gemm(a, b):  # one GEMM over all rows
+        return jnp.matmul(a.astype(cd), b.astype(cd), preferred_element_type=dtype)
+
+    # dw_hh = sum_t (h_{t-1} * mask)^T dz_t; h_{t-1} is ys[t-1] (or h0) wherever dz_t != 0
+    if mask is None:
+        rows = (steps - 1) * batch
+        dw_hh = gemm(ys[:-1].reshape(rows, -1).T, dz[1:].reshape(rows, -1)) + gemm(h0.T, dz[0])
+    else:
+        h_prev = jnp.concatenate([h0[None], ys[:-1]], axis=0) * mask[None]  # [T, B, R]
+        rows = steps * batch
+        dw_hh = gemm(h_prev.reshape(rows, -1).T, dz.reshape(rows, -1))
+    return dw_hh.astype(w_hh.dtype), dz, dh0, dc0, dmask
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -196,18 +231,18 @@ def _recurrence(compute_dtype, unroll, w_ih, b, w_hh, xs, h0, c0, mask, valid):
 
 
 def _recurrence_fwd(compute_dtype, unroll, w_ih, b, w_hh, xs, h0, c0, mask, valid):
-    ys, (h, c), (acts, cs) = _forward(
+    ys, (h, c), saved = _forward(
         w_ih, b, w_hh, xs, h0, c0, mask, valid,
         compute_dtype=compute_dtype, unroll=unroll, save=True,
     )  # fmt: skip
-    return (ys, h, c), (w_ih, w_hh, xs, h0, c0, mask, valid, ys, acts, cs)
+    return (ys, h, c), (w_ih, w_hh, xs, h0, mask, valid, ys, saved)
 
 
 def _recurrence_bwd(compute_dtype, unroll, residuals, cotangents):
-    w_ih, w_hh, xs, h0, c0, mask, valid, ys, acts, cs = residuals
+    w_ih, w_hh, xs, h0, mask, valid, ys, saved = residuals
     dys, dh, dc = cotangents
     dw_hh, dz, dh0, dc0, dmask = _backward(
-        w_hh, h0, c0, mask, valid, ys, acts, cs, dys, dh, dc,
+        w_hh, h0, mask, valid, ys, saved, dys, dh, dc,
         compute_dtype=compute_dtype, unroll=unroll,
     )  # fmt: skip
     # the input projection's gradients: one GEMM each over all T * B rows

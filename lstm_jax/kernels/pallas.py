@@ -3,9 +3,9 @@
 One ``pallas_call`` runs the whole time loop: ``w_hh``, ``h``, ``c`` and the
 recurrent mask are loaded on chip once and stay there across time steps
 (persistent-RNN style, Diamos et al. 2016); per step the kernel reads one
-``(B, 4H)`` slice of the precomputed input projection and writes the output,
-the gate activations and the cell state. The gate math is
-:func:`lstm_jax.cells.lstm_pointwise`.
+``(B, 4H)`` slice of the precomputed input projection and writes the output
+and the fused kernel's :class:`~lstm_jax.kernels.fused.Residuals`. The gate
+math is :func:`lstm_jax.cells.lstm_pointwise`.
 
 The backward pass is the fused kernel's (``lstm_jax.kernels.fused``): the
 forward kernel saves exactly the residuals it needs (activations and cell
@@ -29,7 +29,7 @@ from jax import Array
 from jax.experimental import pallas as pl
 
 from lstm_jax.cells import Cell, lstm_input_projection, lstm_pointwise
-from lstm_jax.kernels.fused import _backward, _saved, unsupported_variant
+from lstm_jax.kernels.fused import Residuals, _activations, _backward, unsupported_variant
 from lstm_jax.params import LSTMWeights
 from lstm_jax.scan import reverse_sequences, valid_mask
 
@@ -38,10 +38,11 @@ __all__ = ["pallas_lstm_layer"]
 _POINTWISE = jax.vmap(lstm_pointwise, in_axes=(None, 0, 0))
 
 
-def _kernel(gx_ref, w_ref, h0_ref, c0_ref, mask_ref, valid_ref,
-            ys_ref, acts_ref, cs_ref, h_ref, c_ref):  # fmt: skip
+def _kernel(gx_ref, w_ref, h0_ref, c0_ref, mask_ref, valid_ref, ys_ref,
+            i_ref, f_ref, g_ref, o_ref, c_prev_ref, tanh_c_ref, h_ref, c_ref):  # fmt: skip
     """Refs: gx (T, B, 4H), w_hh (R, 4H) in the compute dtype, h0/c0/mask (B, H),
-    valid (T, B, 1) as the gx dtype; outputs ys/cs (T, B, H), acts (T, B, 4H), h/c (B, H)."""
+    valid (T, B, 1) as the gx dtype; outputs ys and the six residual stacks
+    (T, B, H), h/c (B, H)."""
     dtype = gx_ref.dtype
     w = w_ref[...]  # stays on chip for the whole sequence
     mask = mask_ref[...]
@@ -53,12 +54,13 @@ def _kernel(gx_ref, w_ref, h0_ref, c0_ref, mask_ref, valid_ref,
             (h * mask).astype(w.dtype), w, preferred_element_type=dtype
         ).astype(dtype)
         h_new, c_new = _POINTWISE(plain, gates, c)
+        residuals = (*_activations(gates), c, jnp.tanh(c_new))
+        for ref, value in zip((i_ref, f_ref, g_ref, o_ref, c_prev_ref, tanh_c_ref), residuals):
+            ref[t] = value
         keep = valid_ref[t] > 0  # [B, 1]
         h_new = jnp.where(keep, h_new, h)
         c_new = jnp.where(keep, c_new, c)
         ys_ref[t] = jnp.where(keep, h_new, jnp.zeros_like(h_new))
-        acts_ref[t] = _saved(gates)
-        cs_ref[t] = c_new
         return h_new, c_new
 
     h, c = jax.lax.fori_loop(0, gx_ref.shape[0], step, (h0_ref[...], c0_ref[...]))
@@ -74,40 +76,37 @@ def _pallas_forward(w_hh, gx, h0, c0, mask, valid, *, compute_dtype, interpret):
     valid_in = (
         jnp.ones((steps, batch, 1), dtype) if valid is None else valid[:, :, None].astype(dtype)
     )
-    out_shape = (
-        jax.ShapeDtypeStruct((steps, batch, hidden), dtype),  # ys
-        jax.ShapeDtypeStruct((steps, batch, gates), dtype),  # acts
-        jax.ShapeDtypeStruct((steps, batch, hidden), dtype),  # cs
-        jax.ShapeDtypeStruct((batch, hidden), dtype),  # h
-        jax.ShapeDtypeStruct((batch, hidden), dtype),  # c
-    )
+    stack = jax.ShapeDtypeStruct((steps, batch, hidden), dtype)
+    carry = jax.ShapeDtypeStruct((batch, hidden), dtype)
+    out_shape = (stack,) * (1 + len(Residuals._fields)) + (carry, carry)  # ys, residuals, h, c
     w_c = w_hh.astype(compute_dtype or dtype)
-    return pl.pallas_call(_kernel, out_shape=out_shape, interpret=interpret)(
+    ys, *saved, h, c = pl.pallas_call(_kernel, out_shape=out_shape, interpret=interpret)(
         gx, w_c, h0, c0, mask_in, valid_in
     )
+    return ys, Residuals(*saved), h, c
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _recurrence(compute_dtype, interpret, w_hh, gx, h0, c0, mask, valid):
-    ys, _, _, h, c = _pallas_forward(
+    ys, _, h, c = _pallas_forward(
         w_hh, gx, h0, c0, mask, valid, compute_dtype=compute_dtype, interpret=interpret
     )
     return ys, h, c
 
 
 def _recurrence_fwd(compute_dtype, interpret, w_hh, gx, h0, c0, mask, valid):
-    ys, acts, cs, h, c = _pallas_forward(
+    ys, saved, h, c = _pallas_forward(
         w_hh, gx, h0, c0, mask, valid, compute_dtype=compute_dtype, interpret=interpret
     )
-    return (ys, h, c), (w_hh, h0, c0, mask, valid, ys, acts, cs)
+    return (ys, h, c), (w_hh, h0, mask, valid, ys, saved)
 
 
 def _recurrence_bwd(compute_dtype, interpret, residuals, cotangents):
     del interpret
-    w_hh, h0, c0, mask, valid, ys, acts, cs = residuals
+    w_hh, h0, mask, valid, ys, saved = residuals
     dys, dh, dc = cotangents
     dw_hh, dgx, dh0, dc0, dmask = _backward(
-        w_hh, h0, c0, mask, valid, ys, acts, cs, dys, dh, dc,
+        w_hh, h0, mask, valid, ys, saved, dys, dh, dc,
         compute_dtype=compute_dtype, unroll=1,
     )  # fmt: skip
     return dw_hh, dgx, dh0, dc0, dmask, None
