@@ -14,6 +14,7 @@ import lstm_jax as lj
 from lstm_jax.cells import lstm_kind
 from lstm_jax.kernels import BACKENDS, select_layer
 from lstm_jax.kernels.cudnn import cudnn_lstm_layer, to_cudnn_weights
+from lstm_jax.kernels import fused
 from lstm_jax.kernels.fused import fused_lstm_layer
 from lstm_jax.kernels.pallas import pallas_lstm_layer
 from lstm_jax.kernels.remat import block_size, remat_layer
@@ -80,6 +81,21 @@ def test_layer_matches_scan(backend, reverse, ragged, masked):
     if ragged:  # padding outputs are exact zeros
         ys = out[0]
         assert float(jnp.max(jnp.abs(ys[2, 1:]))) == 0.0
+
+
+@pytest.mark.parametrize("block", [1, 3, 7])
+@pytest.mark.parametrize("reverse, ragged, masked", CASES)
+def test_fused_backward_blocks_match_scan(monkeypatch, block, reverse, ragged, masked):
+    """The backward walks time in blocks: several full blocks plus a remainder, one exact block."""
+    monkeypatch.setattr(fused, "BLOCK", block)
+    w, xs, h0, c0, mask = _inputs()
+    loss = _layer_loss(fused_lstm_layer, seq_lengths=LENGTHS if ragged else None, reverse=reverse)
+    g, out = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))(
+        w, xs, h0, c0, mask if masked else None
+    )
+    g_ref, out_ref = _layer_grads("scan", reverse, ragged, masked)
+    assert_trees_close(out, out_ref)
+    assert_trees_close(g, g_ref)
 
 
 def test_fused_time_major_and_unroll():

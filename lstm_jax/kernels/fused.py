@@ -161,21 +161,50 @@ def _forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, *, compute_dtype, unroll, s
     return ys, (h, c), (Residuals(*saved) if save else None)
 
 
-def _backward(w_hh, h0, mask, valid, ys, saved: Residuals, dys, dh, dc, *, compute_dtype, unroll):
-    """Gradients of the recurrence; returns ``(dw_hh, dz, dh0, dc0, dmask)``.
+# Steps per block of the backward pass. Each block's gate gradients dz stay in
+# a (BLOCK, B, 4H) buffer, and its weight and input gradients are a few GEMMs
+# over BLOCK * B rows, instead of one (T, B, 4H) array and GEMMs over all T * B
+# rows after the loop: less fresh memory per call, and dz is still in cache
+# when the GEMMs read it. 1.03-1.2x faster on the CPU targets (TIMINGS.md).
+BLOCK = 32
 
-    ``dz (T, B, 4H)`` are the gate pre-activation gradients, from which the
-    caller forms the input-projection gradients.
+
+class Gradients(NamedTuple):
+    """What :func:`_backward` returns: gradients w.r.t. the recurrence's inputs."""
+
+    w_ih: Array
+    b: Array
+    w_hh: Array
+    xs: Array
+    h0: Array
+    c0: Array
+    mask: Optional[Array]
+
+
+def _backward(w_ih, w_hh, xs, h0, mask, valid, ys, saved: Residuals, dys, dh, dc, *,
+              compute_dtype, unroll) -> Gradients:  # fmt: skip
+    """Gradients of ``ys, (h, c) = recurrence(xs, h0, c0)`` with input projection ``xs @ w_ih + b``.
+
+    Walks the time steps backwards in blocks of :data:`BLOCK`. Per step: the
+    gate pre-activation gradients ``dz (B, 4H)`` and one ``dz @ w_hh^T``. Per
+    block: ``dw_hh += h_prev^T dz``, ``dw_ih += x^T dz``, ``db += sum(dz)`` and
+    ``dx = dz @ w_ih^T``, one GEMM each over the block's rows.
     """
     dtype = dys.dtype
     cd = compute_dtype or dtype
-    w_t = jnp.transpose(w_hh).astype(cd)  # [4H, R], transposed once outside the loop
+    w_t = jnp.transpose(w_hh).astype(cd)  # [4H, R], transposed once outside the loops
+    w_ih_t = jnp.transpose(w_ih).astype(cd)  # [4H, I]
     steps, batch = ys.shape[:2]
+    block = min(BLOCK, steps)
     with_mask = mask is not None
 
-    def body(k, carry):
-        dh, dc, dm, dzs = carry
-        t = steps - 1 - k
+    def gemm(a, b):
+        return jnp.matmul(a.astype(cd), b.astype(cd), preferred_element_type=dtype)
+
+    def step(j, start, carry):
+        """Step ``start + j``: dz into row ``j`` of the block buffer, (dh, dc, dm) one step back."""
+        dh, dc, dm, dz_block = carry
+        t = start + j
         i, f, g, o, c_prev, tc = (_index(stack, t) for stack in saved)
         dh_t = dh + _index(dys, t)
         dc_t = dc + dh_t * o * (1.0 - tc * tc)
@@ -192,8 +221,7 @@ def _backward(w_hh, h0, mask, valid, ys, saved: Residuals, dys, dh, dc, *, compu
         dh_prev = dhm if mask is None else dhm * mask
         dc_prev = dc_t * f
         if with_mask:
-            h_prev = jnp.where(t > 0, _index(ys, jnp.maximum(t - 1, 0)), h0)
-            dm_new = dm + dhm * h_prev
+            dm_new = dm + dhm * _h_prev(ys, h0, t)
         if valid is not None:
             keep = _index(valid, t)[:, None]
             dh_prev = jnp.where(keep, dh_prev, dh)
@@ -201,24 +229,56 @@ def _backward(w_hh, h0, mask, valid, ys, saved: Residuals, dys, dh, dc, *, compu
             dz = jnp.where(keep, dz, jnp.zeros_like(dz))
             if with_mask:
                 dm_new = jnp.where(keep, dm_new, dm)
-        return dh_prev, dc_prev, (dm_new if with_mask else dm), _write(dzs, dz, t)
+        return dh_prev, dc_prev, (dm_new if with_mask else dm), _write(dz_block, dz, j)
 
+    def run_block(start, size, carry):
+        """Steps ``start + size - 1`` down to ``start`` (``size`` static), then the block's GEMMs."""
+        dh, dc, dm, dz_block, grads = carry
+        dh, dc, dm, dz_block = jax.lax.fori_loop(
+            0, size, lambda k, c: step(size - 1 - k, start, c), (dh, dc, dm, dz_block),
+            unroll=unroll,
+        )  # fmt: skip
+        dw_ih, db, dw_hh, dxs = grads
+        dz = dz_block[:size].reshape(size * batch, -1)  # [rows, 4H]
+        x_rows = jax.lax.dynamic_slice_in_dim(xs, start, size).reshape(size * batch, -1)
+        # h_{t-1} for the block's first step is ys[start - 1] or h0; for the rest it is
+        # ys[t - 1] wherever dz_t != 0 (ragged steps past a sequence's end have dz = 0)
+        h_first = _h_prev(ys, h0, start)  # [B, R]
+        dw_hh = dw_hh + gemm((h_first if mask is None else h_first * mask).T, dz[:batch])
+        if size > 1:
+            h_rest = jax.lax.dynamic_slice_in_dim(ys, start, size - 1)  # [size - 1, B, R]
+            h_rest = h_rest if mask is None else h_rest * mask[None]
+            dw_hh = dw_hh + gemm(h_rest.reshape((size - 1) * batch, -1).T, dz[batch:])
+        dw_ih = dw_ih + gemm(x_rows.T, dz)
+        db = db + jnp.sum(dz, axis=0)
+        dx = gemm(dz, w_ih_t).reshape(size, batch, -1)
+        dxs = jax.lax.dynamic_update_slice_in_dim(dxs, dx, start, 0)
+        return dh, dc, dm, dz_block, (dw_ih, db, dw_hh, dxs)
+
+    gates = 4 * saved.i.shape[-1]
+    grads = (
+        jnp.zeros(w_ih.shape, dtype), jnp.zeros((gates,), dtype), jnp.zeros(w_hh.shape, dtype),
+        *_stacks(1, xs.shape, dtype, 8.0),
+    )  # fmt: skip
+    (dz_block,) = _stacks(1, (block, batch, gates), dtype, 9.0)
     dm0 = jnp.zeros_like(mask) if with_mask else None
-    (dz0,) = _stacks(1, (steps, batch, 4 * saved.i.shape[-1]), dtype, 7.0)
-    dh0, dc0, dmask, dz = jax.lax.fori_loop(0, steps, body, (dh, dc, dm0, dz0), unroll=unroll)
+    carry = (dh, dc, dm0, dz_block, grads)
+    full_blocks, remainder = divmod(steps, block)
+    carry = jax.lax.fori_loop(
+        0, full_blocks, lambda n, c: run_block(steps - (n + 1) * block, block, c), carry
+    )
+    if remainder:  # steps [0, remainder), last
+        carry = run_block(0, remainder, carry)
+    dh0, dc0, dmask, _, (dw_ih, db, dw_hh, dxs) = carry
+    return Gradients(
+        w_ih=dw_ih.astype(w_ih.dtype), b=db.astype(w_ih.dtype), w_hh=dw_hh.astype(w_hh.dtype),
+        xs=dxs.astype(xs.dtype), h0=dh0, c0=dc0, mask=dmask,
+    )  # fmt: skip
 
-    def gemm(a, b):  # one GEMM over all rows
-        return jnp.matmul(a.astype(cd), b.astype(cd), preferred_element_type=dtype)
 
-    # dw_hh = sum_t (h_{t-1} * mask)^T dz_t; h_{t-1} is ys[t-1] (or h0) wherever dz_t != 0
-    if mask is None:
-        rows = (steps - 1) * batch
-        dw_hh = gemm(ys[:-1].reshape(rows, -1).T, dz[1:].reshape(rows, -1)) + gemm(h0.T, dz[0])
-    else:
-        h_prev = jnp.concatenate([h0[None], ys[:-1]], axis=0) * mask[None]  # [T, B, R]
-        rows = steps * batch
-        dw_hh = gemm(h_prev.reshape(rows, -1).T, dz.reshape(rows, -1))
-    return dw_hh.astype(w_hh.dtype), dz, dh0, dc0, dmask
+def _h_prev(ys, h0, t):
+    """The hidden state before step ``t``: ``ys[t - 1]``, or ``h0`` at ``t = 0``."""
+    return jnp.where(t > 0, _index(ys, jnp.maximum(t - 1, 0)), h0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -241,24 +301,11 @@ def _recurrence_fwd(compute_dtype, unroll, w_ih, b, w_hh, xs, h0, c0, mask, vali
 def _recurrence_bwd(compute_dtype, unroll, residuals, cotangents):
     w_ih, w_hh, xs, h0, mask, valid, ys, saved = residuals
     dys, dh, dc = cotangents
-    dw_hh, dz, dh0, dc0, dmask = _backward(
-        w_hh, h0, mask, valid, ys, saved, dys, dh, dc,
+    grads = _backward(
+        w_ih, w_hh, xs, h0, mask, valid, ys, saved, dys, dh, dc,
         compute_dtype=compute_dtype, unroll=unroll,
     )  # fmt: skip
-    # the input projection's gradients: one GEMM each over all T * B rows
-    dtype = w_hh.dtype
-    cd = compute_dtype or dtype
-    rows = xs.shape[0] * xs.shape[1]
-    dz_rows = dz.reshape(rows, -1).astype(cd)  # [T*B, 4H]
-    dxs = jnp.matmul(dz_rows, jnp.transpose(w_ih).astype(cd), preferred_element_type=dtype)
-    dw_ih = jnp.matmul(
-        xs.reshape(rows, -1).T.astype(cd), dz_rows, preferred_element_type=dtype
-    )  # [I, 4H]
-    db = jnp.sum(dz, axis=(0, 1))
-    return (
-        dw_ih.astype(w_ih.dtype), db.astype(w_ih.dtype), dw_hh,
-        dxs.reshape(xs.shape).astype(xs.dtype), dh0, dc0, dmask, None,
-    )  # fmt: skip
+    return (*grads, None)  # no gradient for the validity mask
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)

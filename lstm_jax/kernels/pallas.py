@@ -86,30 +86,39 @@ def _pallas_forward(w_hh, gx, h0, c0, mask, valid, *, compute_dtype, interpret):
     return ys, Residuals(*saved), h, c
 
 
+def _project(w_ih, b, xs, compute_dtype):
+    """The input projection of every step, ``(T, B, 4H)``, hoisted before the kernel."""
+    weights = LSTMWeights(w_ih=w_ih, w_hh=None, b=b)
+    project = jax.vmap(jax.vmap(lambda x: lstm_input_projection(weights, x, compute_dtype=compute_dtype)))
+    return project(xs)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _recurrence(compute_dtype, interpret, w_hh, gx, h0, c0, mask, valid):
+def _recurrence(compute_dtype, interpret, w_ih, b, w_hh, xs, h0, c0, mask, valid):
     ys, _, h, c = _pallas_forward(
-        w_hh, gx, h0, c0, mask, valid, compute_dtype=compute_dtype, interpret=interpret
-    )
+        w_hh, _project(w_ih, b, xs, compute_dtype), h0, c0, mask, valid,
+        compute_dtype=compute_dtype, interpret=interpret,
+    )  # fmt: skip
     return ys, h, c
 
 
-def _recurrence_fwd(compute_dtype, interpret, w_hh, gx, h0, c0, mask, valid):
+def _recurrence_fwd(compute_dtype, interpret, w_ih, b, w_hh, xs, h0, c0, mask, valid):
     ys, saved, h, c = _pallas_forward(
-        w_hh, gx, h0, c0, mask, valid, compute_dtype=compute_dtype, interpret=interpret
-    )
-    return (ys, h, c), (w_hh, h0, mask, valid, ys, saved)
+        w_hh, _project(w_ih, b, xs, compute_dtype), h0, c0, mask, valid,
+        compute_dtype=compute_dtype, interpret=interpret,
+    )  # fmt: skip
+    return (ys, h, c), (w_ih, w_hh, xs, h0, mask, valid, ys, saved)
 
 
 def _recurrence_bwd(compute_dtype, interpret, residuals, cotangents):
     del interpret
-    w_hh, h0, mask, valid, ys, saved = residuals
+    w_ih, w_hh, xs, h0, mask, valid, ys, saved = residuals
     dys, dh, dc = cotangents
-    dw_hh, dgx, dh0, dc0, dmask = _backward(
-        w_hh, h0, mask, valid, ys, saved, dys, dh, dc,
+    grads = _backward(
+        w_ih, w_hh, xs, h0, mask, valid, ys, saved, dys, dh, dc,
         compute_dtype=compute_dtype, unroll=1,
     )  # fmt: skip
-    return dw_hh, dgx, dh0, dc0, dmask, None
+    return (*grads, None)  # no gradient for the validity mask
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
@@ -153,15 +162,14 @@ def pallas_lstm_layer(
         interpret = jax.default_backend() not in ("gpu", "cuda", "rocm", "tpu")
     if not time_major:
         xs = jnp.swapaxes(xs, 0, 1)  # [T, B, I]
-    project = jax.vmap(jax.vmap(lambda x: lstm_input_projection(weights, x, compute_dtype=compute_dtype)))
-    gx = project(xs)  # [T, B, 4H]
     if reverse:
-        gx = reverse_sequences(gx, seq_lengths)
-    valid = valid_mask(gx.shape[0], seq_lengths)
+        xs = reverse_sequences(xs, seq_lengths)
+    valid = valid_mask(xs.shape[0], seq_lengths)
     h0, c0 = initial_carry
     ys, h, c = _recurrence(
-        compute_dtype, interpret, weights.w_hh, gx, h0, c0, recurrent_mask, valid
-    )
+        compute_dtype, interpret, weights.w_ih, weights.b, weights.w_hh, xs, h0, c0,
+        recurrent_mask, valid,
+    )  # fmt: skip
     if reverse:
         ys = reverse_sequences(ys, seq_lengths)
     if not time_major:
