@@ -154,3 +154,19 @@ def test_default_out_dir_follows_the_convention():
     assert os.path.basename(os.path.dirname(path)) == "results"
     assert os.path.basename(path).startswith(("cpu-", "gpu-", "tpu-"))
     assert cli.default_out_dir("full") == os.path.join(path, "full")
+
+
+def test_bound_tool_writes_results(tmp_path):
+    from benchmarks import bound
+
+    assert bound.main(["--tiny", "--reps", "2", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "bound.json").read_text())
+    for field in ("machine", "versions", "date", "command", "gemm_peak_gflops", "rows", "geomean"):
+        assert field in results, field
+    (row,) = results["rows"]
+    assert row["config"] == dict(zip(("batch", "time", "input", "hidden"), bound.TINY_CONFIGS[0]))
+    for key in ("sequential_matmuls_s", "batched_matmuls_s", "bound_s", "flax_s", "lstm_jax_s"):
+        assert row[key] > 0, key
+    assert row["input_grad_rel_error_vs_flax"] < 1e-4
+    assert row["max_speedup_over_flax"] == row["flax_s"] / row["bound_s"]
+    assert "| max speed-up (Flax / bound) |" in (tmp_path / "bound.md").read_text()
