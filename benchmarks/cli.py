@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="the performance targets and a short sweep (default; ~3 min on 2 cores)")
     mode.add_argument("--full", dest="grid", action="store_const", const="full",
                       help="adds layers, bidirectional, bf16, every peer, and T up to 4096")
+    mode.add_argument("--targets", dest="grid", action="store_const", const="targets",
+                      help="the four training targets only (lstm_jax[auto], Flax, PyTorch), more rounds")
     mode.add_argument("--tiny", dest="grid", action="store_const", const="tiny",
                       help="tiny shapes in seconds (a smoke test)")
     parser.set_defaults(grid="quick")

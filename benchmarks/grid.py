@@ -17,6 +17,7 @@ __all__ = [
     "GRIDS",
     "quick_grid",
     "full_grid",
+    "targets_grid",
     "tiny_grid",
 ]
 
@@ -138,6 +139,14 @@ def full_grid() -> Grid:
     return Grid("full", tuple(cases), repeats=15, min_repeats=3, budget_s=30.0)
 
 
+def targets_grid() -> Grid:
+    """The four training targets only, for lstm_jax[auto], Flax and PyTorch, with
+    more rounds than --quick (its few rounds per case leave ~10% noise here)."""
+    peers = ("lstm_jax[auto]", "flax_linen_optimized", "torch")
+    cases = [Case(c, "train", ("targets",), peers) for c in TARGETS]
+    return Grid("targets", tuple(cases), repeats=25, min_repeats=7, budget_s=25.0)
+
+
 def tiny_grid() -> Grid:
     """Seconds, for the tests: a two-point sweep and a 2-layer bidirectional forward."""
     cases = [
@@ -148,4 +157,4 @@ def tiny_grid() -> Grid:
     return Grid("tiny", tuple(cases), repeats=3, min_repeats=2, budget_s=1.0)
 
 
-GRIDS = {"quick": quick_grid, "full": full_grid, "tiny": tiny_grid}
+GRIDS = {"quick": quick_grid, "full": full_grid, "targets": targets_grid, "tiny": tiny_grid}
