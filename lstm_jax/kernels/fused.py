@@ -15,9 +15,10 @@ the cell state before the step and ``tanh`` of the one after it
 
 Backward (``jax.custom_vjp``): the loop carries only ``(dh, dc)``; per step it
 forms the gate pre-activation gradients ``dz`` from the saved activations and
-one ``dz @ w_hh^T``. After the loop, ``dw_hh = sum_t h_{t-1}^T dz_t``,
-``dw_ih = sum_t x_t^T dz_t`` and ``dx = dz @ w_ih^T`` are one GEMM each over
-all ``T * B`` rows, and ``db`` one sum.
+one ``dz @ w_hh^T``. It walks time in blocks of :data:`BLOCK` steps; after
+each block, ``dw_hh += sum_t h_{t-1}^T dz_t``, ``dw_ih += sum_t x_t^T dz_t``
+and ``dx = dz @ w_ih^T`` are one GEMM each over the block's rows, and ``db``
+one sum.
 
 Derivatives, with ``c_t = f c_{t-1} + i g`` and ``h_t = o tanh(c_t)``::
 
