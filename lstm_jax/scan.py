@@ -11,7 +11,7 @@ body holds the recurrent matmul and the pointwise gate math of a cell,
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +19,7 @@ from jax import Array
 
 from lstm_jax.cells import Cell
 
-__all__ = ["scan_layer", "reverse_sequences", "valid_mask"]
+__all__ = ["scan_layer", "over_time", "reverse_sequences", "valid_mask"]
 
 
 def reverse_sequences(xs: Array, seq_lengths: Optional[Array]) -> Array:
@@ -46,6 +46,34 @@ def valid_mask(num_steps: int, seq_lengths: Optional[Array]) -> Optional[Array]:
     if seq_lengths is None:
         return None
     return jnp.arange(num_steps)[:, None] < seq_lengths[None, :]
+
+
+def over_time(
+    run: Callable[[Array, Optional[Array]], tuple[Array, Any]],
+    xs: Array,
+    *,
+    seq_lengths: Optional[Array],
+    reverse: bool,
+    time_major: bool,
+) -> tuple[Array, Any]:
+    """The sequence plumbing every layer implementation shares.
+
+    Calls ``run(xs, valid)`` with ``xs`` time-major ``(T, B, I)`` and, for
+    ``reverse``, each sequence's valid part reversed; ``valid`` is the
+    ``(T, B)`` mask of :func:`valid_mask` (None without ``seq_lengths``).
+    ``run`` returns time-major ``ys (T, B, O)`` and its final carry; ``ys`` is
+    reversed back and returned in the caller's layout.
+    """
+    if not time_major:
+        xs = jnp.swapaxes(xs, 0, 1)  # [T, B, I]
+    if reverse:
+        xs = reverse_sequences(xs, seq_lengths)
+    ys, final = run(xs, valid_mask(xs.shape[0], seq_lengths))
+    if reverse:
+        ys = reverse_sequences(ys, seq_lengths)
+    if not time_major:
+        ys = jnp.swapaxes(ys, 0, 1)  # [B, T, O]
+    return ys, final
 
 
 def scan_layer(
@@ -80,13 +108,7 @@ def scan_layer(
       ``(ys, final_carry)``: ``ys`` is ``(B, T, O)`` (or ``(T, B, O)``), the final
       carry is the carry after each sequence's last valid step.
     """
-    if not time_major:
-        xs = jnp.swapaxes(xs, 0, 1)  # [T, B, I]
     project = jax.vmap(jax.vmap(lambda x: cell.project(weights, x)))
-    gx = project(xs)  # [T, B, G], one GEMM for all steps
-    if reverse:
-        gx = reverse_sequences(gx, seq_lengths)
-    mask = valid_mask(gx.shape[0], seq_lengths)  # [T, B] or None
     step = jax.vmap(cell.step, in_axes=(None, 0, 0, None if recurrent_mask is None else 0))
 
     def body(carry, inputs):
@@ -101,9 +123,9 @@ def scan_layer(
             y = jnp.where(keep, y, jnp.zeros_like(y))
         return new_carry, y
 
-    final_carry, ys = jax.lax.scan(body, initial_carry, (gx, mask), unroll=unroll)  # ys [T, B, O]
-    if reverse:
-        ys = reverse_sequences(ys, seq_lengths)
-    if not time_major:
-        ys = jnp.swapaxes(ys, 0, 1)  # [B, T, O]
-    return ys, final_carry
+    def run(xs, valid):
+        gx = project(xs)  # [T, B, G], one GEMM for all steps
+        final_carry, ys = jax.lax.scan(body, initial_carry, (gx, valid), unroll=unroll)
+        return ys, final_carry
+
+    return over_time(run, xs, seq_lengths=seq_lengths, reverse=reverse, time_major=time_major)

@@ -52,7 +52,7 @@ from jax import Array
 
 from lstm_jax.cells import Cell, lstm_pointwise
 from lstm_jax.params import LSTMWeights
-from lstm_jax.scan import reverse_sequences, valid_mask
+from lstm_jax.scan import over_time
 
 __all__ = ["fused_lstm_layer", "unsupported_variant"]
 
@@ -346,18 +346,13 @@ def fused_lstm_layer(
     reason = unsupported_variant(weights)
     if reason is not None:
         raise ValueError(f"backend='fused': {reason}; use backend='scan' or 'auto'.")
-    if not time_major:
-        xs = jnp.swapaxes(xs, 0, 1)  # [T, B, I]
-    if reverse:
-        xs = reverse_sequences(xs, seq_lengths)
-    valid = valid_mask(xs.shape[0], seq_lengths)  # [T, B] or None
     h0, c0 = initial_carry
-    ys, h, c = _recurrence(
-        compute_dtype, unroll, weights.w_ih, weights.b, weights.w_hh, xs, h0, c0,
-        recurrent_mask, valid,
-    )  # fmt: skip
-    if reverse:
-        ys = reverse_sequences(ys, seq_lengths)
-    if not time_major:
-        ys = jnp.swapaxes(ys, 0, 1)  # [B, T, H]
-    return ys, (h, c)
+
+    def run(xs, valid):
+        ys, h, c = _recurrence(
+            compute_dtype, unroll, weights.w_ih, weights.b, weights.w_hh, xs, h0, c0,
+            recurrent_mask, valid,
+        )  # fmt: skip
+        return ys, (h, c)
+
+    return over_time(run, xs, seq_lengths=seq_lengths, reverse=reverse, time_major=time_major)

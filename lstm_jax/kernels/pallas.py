@@ -29,9 +29,10 @@ from jax import Array
 from jax.experimental import pallas as pl
 
 from lstm_jax.cells import Cell, lstm_input_projection, lstm_pointwise
-from lstm_jax.kernels.fused import Residuals, _activations, _backward, unsupported_variant
+from lstm_jax.kernels.fused import Residuals, _activations, unsupported_variant
+from lstm_jax.kernels.fused import _recurrence_bwd as fused_backward
 from lstm_jax.params import LSTMWeights
-from lstm_jax.scan import reverse_sequences, valid_mask
+from lstm_jax.scan import over_time
 
 __all__ = ["pallas_lstm_layer"]
 
@@ -112,13 +113,7 @@ def _recurrence_fwd(compute_dtype, interpret, w_ih, b, w_hh, xs, h0, c0, mask, v
 
 def _recurrence_bwd(compute_dtype, interpret, residuals, cotangents):
     del interpret
-    w_ih, w_hh, xs, h0, mask, valid, ys, saved = residuals
-    dys, dh, dc = cotangents
-    grads = _backward(
-        w_ih, w_hh, xs, h0, mask, valid, ys, saved, dys, dh, dc,
-        compute_dtype=compute_dtype, unroll=1,
-    )  # fmt: skip
-    return (*grads, None)  # no gradient for the validity mask
+    return fused_backward(compute_dtype, 1, residuals, cotangents)
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
@@ -160,18 +155,13 @@ def pallas_lstm_layer(
         raise ValueError(f"backend='pallas': {reason}; use backend='scan' or 'auto'.")
     if interpret is None:
         interpret = jax.default_backend() not in ("gpu", "cuda", "rocm", "tpu")
-    if not time_major:
-        xs = jnp.swapaxes(xs, 0, 1)  # [T, B, I]
-    if reverse:
-        xs = reverse_sequences(xs, seq_lengths)
-    valid = valid_mask(xs.shape[0], seq_lengths)
     h0, c0 = initial_carry
-    ys, h, c = _recurrence(
-        compute_dtype, interpret, weights.w_ih, weights.b, weights.w_hh, xs, h0, c0,
-        recurrent_mask, valid,
-    )  # fmt: skip
-    if reverse:
-        ys = reverse_sequences(ys, seq_lengths)
-    if not time_major:
-        ys = jnp.swapaxes(ys, 0, 1)  # [B, T, H]
-    return ys, (h, c)
+
+    def run(xs, valid):
+        ys, h, c = _recurrence(
+            compute_dtype, interpret, weights.w_ih, weights.b, weights.w_hh, xs, h0, c0,
+            recurrent_mask, valid,
+        )  # fmt: skip
+        return ys, (h, c)
+
+    return over_time(run, xs, seq_lengths=seq_lengths, reverse=reverse, time_major=time_major)
