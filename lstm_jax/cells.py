@@ -1,10 +1,11 @@
 r"""Pure one-step cells for ONE example; batches come from ``jax.vmap``.
 
-Each cell is split in two so that the input projection of a whole sequence can
-be one GEMM before the time loop (``scan.py``):
+Each cell is split in two, so that a layer implementation can place the input
+projection where it runs fastest (inside the time loop in ``scan.py``, hoisted
+before the Pallas kernel):
 
 * ``*_input_projection(w, x)``: the part that does not depend on the state,
-  ``(I,) -> (G,)`` (``scan.py`` vmaps it over time and batch: one GEMM);
+  ``(I,) -> (G,)`` (vmapped over the batch: one GEMM per step);
 * ``*_step(w, state, gx)``: the recurrence for one example, ``gx`` of shape
   ``(G,)``.
 
@@ -280,7 +281,7 @@ def rnn_cell(
 class Cell(NamedTuple):
     """What ``scan.py`` needs to run any cell over a sequence.
 
-    project: ``(weights, x (I,)) -> (G,)``, hoisted before the loop (vmapped).
+    project: ``(weights, x (I,)) -> (G,)``, the state-independent part (vmapped).
     step:    ``(weights, carry, gx (G,), recurrent_mask) -> carry``, one example.
     output:  ``carry -> h``, the per-step output.
     """

@@ -4,9 +4,13 @@
 Faster kernels (``lstm_jax.kernels``) implement the same signature and are
 tested against it. Nothing here knows about layers, directions or PyTorch.
 
-The input projection of every time step is one GEMM before the loop; the loop
-body holds the recurrent matmul and the pointwise gate math of a cell,
-``vmap``-ped over the batch.
+Each loop step runs the cell's input projection and its step, both
+``vmap``-ped over the batch: ``x_t @ w_ih`` is computed inside the loop rather
+than for all steps in one GEMM before it. On XLA:CPU the hoisted form was
+measured 2.0-2.6x slower for inference (LSTM, GRU, peephole LSTM at
+(B, T, I, H) = (32, 256, 64, 128)) and no faster for training: reading column
+slices of a ``(T, B, G)`` array per step is slow there
+(``lstm_jax/kernels/TIMINGS.md``).
 """
 
 from __future__ import annotations
@@ -108,12 +112,12 @@ def scan_layer(
       ``(ys, final_carry)``: ``ys`` is ``(B, T, O)`` (or ``(T, B, O)``), the final
       carry is the carry after each sequence's last valid step.
     """
-    project = jax.vmap(jax.vmap(lambda x: cell.project(weights, x)))
+    project = jax.vmap(lambda x: cell.project(weights, x))  # [B, I] -> [B, G]
     step = jax.vmap(cell.step, in_axes=(None, 0, 0, None if recurrent_mask is None else 0))
 
     def body(carry, inputs):
-        gx_t, valid_t = inputs  # [B, G], [B] or None
-        new_carry = step(weights, carry, gx_t, recurrent_mask)
+        x_t, valid_t = inputs  # [B, I], [B] or None
+        new_carry = step(weights, carry, project(x_t), recurrent_mask)
         y = cell.output(new_carry)  # [B, O]
         if valid_t is not None:
             keep = valid_t[:, None]
@@ -124,8 +128,7 @@ def scan_layer(
         return new_carry, y
 
     def run(xs, valid):
-        gx = project(xs)  # [T, B, G], one GEMM for all steps
-        final_carry, ys = jax.lax.scan(body, initial_carry, (gx, valid), unroll=unroll)
+        final_carry, ys = jax.lax.scan(body, initial_carry, (xs, valid), unroll=unroll)
         return ys, final_carry
 
     return over_time(run, xs, seq_lengths=seq_lengths, reverse=reverse, time_major=time_major)

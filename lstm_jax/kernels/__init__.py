@@ -7,7 +7,7 @@ Every backend runs one layer in one direction with the signature of
 backend    cells                  what it is
 =========  =====================  ===============================================
 "scan"     lstm, gru, rnn         the reference: ``lax.scan`` + autodiff
-"fused"    lstm (plain)           hand-written VJP, hoisted GEMMs (``fused.py``)
+"fused"    lstm (plain)           hand-written VJP, blocked gradient GEMMs (``fused.py``)
 "pallas"   lstm (plain)           Pallas forward kernel + the fused backward
 "cudnn"    lstm (plain, float32)  ``jax.experimental.rnn`` on NVIDIA GPUs
 "auto"     all                    "fused" where it applies, else "scan"

@@ -5,7 +5,7 @@ plain LSTM (no peepholes, layer norm or projection; the dispatcher routes
 those to ``scan``).
 
 Forward: each step computes ``x_t @ w_ih + b + h @ w_hh`` and the gate math of
-:func:`lstm_jax.cells.lstm_pointwise`, batched. Unlike ``scan.py`` the input
+:func:`lstm_jax.cells.lstm_pointwise`, batched. As in ``scan.py`` the input
 projection is not hoisted into one ``(T, B, 4H)`` array before the loop: on
 XLA:CPU that array falls out of cache, and the per-step form measured 2.2x
 faster for inference at (B, T, I, H) = (32, 256, 64, 128). It saves, per
