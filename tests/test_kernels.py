@@ -278,3 +278,20 @@ def test_remat_layer_wraps_any_layer():
     ref = _layer_loss(scan_layer, seq_lengths=LENGTHS, reverse=True)
     grad = lambda f: jax.jit(jax.grad(f, (0, 1, 2, 3, 4), has_aux=True))(w, xs, h0, c0, mask)  # noqa: E731
     assert_trees_close(grad(loss), grad(ref))
+
+
+def test_forward_mode_needs_scan():
+    """Documented: the custom-VJP kernels support reverse mode only; "scan" supports both."""
+    w, xs, *_ = _inputs()
+    params = lj.LSTMParams(layers=((w,),))
+
+    def loss(x, backend):
+        return jnp.sum(lj.lstm(params, x, backend=backend)[0] ** 2)
+
+    jac_fwd = jax.jacfwd(functools.partial(loss, backend="scan"))(xs)
+    np.testing.assert_allclose(jac_fwd, jax.grad(functools.partial(loss, backend="auto"))(xs), atol=1e-5)
+    hess_auto = jax.hessian(functools.partial(loss, backend="auto"))(xs[:1, :3])
+    hess_scan = jax.hessian(functools.partial(loss, backend="scan"))(xs[:1, :3])
+    np.testing.assert_allclose(hess_auto, hess_scan, atol=1e-4)
+    with pytest.raises(TypeError, match="forward-mode"):
+        jax.jacfwd(functools.partial(loss, backend="auto"))(xs)
