@@ -89,7 +89,7 @@ class Residuals(NamedTuple):
 
     One stack per quantity rather than one ``(T, B, 4H)`` array: on XLA:CPU a
     loop body that reads four column slices of one dynamically indexed array
-    ran ~8x slower than one reading four whole ``(B, H)`` slices
+    ran ~5x slower than one reading four whole ``(B, H)`` slices
     (``TIMINGS.md``).
     """
 
@@ -166,7 +166,8 @@ def _forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, *, compute_dtype, unroll, s
 # a (BLOCK, B, 4H) buffer, and its weight and input gradients are a few GEMMs
 # over BLOCK * B rows, instead of one (T, B, 4H) array and GEMMs over all T * B
 # rows after the loop: less fresh memory per call, and dz is still in cache
-# when the GEMMs read it. 1.03-1.2x faster on the CPU targets (TIMINGS.md).
+# when the GEMMs read it. 0.97-1.19x the unblocked speed on the four CPU
+# targets, 1.1x on the two mid-sized ones (TIMINGS.md).
 BLOCK = 32
 
 
