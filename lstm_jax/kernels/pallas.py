@@ -73,6 +73,9 @@ def _pallas_forward(w_hh, gx, h0, c0, mask, valid, *, compute_dtype, interpret):
     steps, batch, gates = gx.shape
     hidden = gates // 4
     dtype = gx.dtype
+    if batch == 0:  # nothing to compute, and Pallas cannot tile an empty axis
+        empty = jnp.zeros((steps, 0, hidden), dtype)
+        return empty, Residuals(*(empty,) * len(Residuals._fields)), h0, c0
     mask_in = jnp.ones_like(h0) if mask is None else mask
     valid_in = (
         jnp.ones((steps, batch, 1), dtype) if valid is None else valid[:, :, None].astype(dtype)
