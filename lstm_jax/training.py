@@ -64,6 +64,7 @@ __all__ = [
     "compile_step",
     "evaluate",
     "fit",
+    "TrainingInterrupted",
     "Dense",
     "init_dense",
     "dense",
@@ -422,7 +423,9 @@ def fit(
       log_every: average the train metrics over this many steps, then log.
       eval_every: call ``eval_fn(params)`` every this many steps (and at the end).
       eval_fn: ``params -> dict`` of validation metrics.
-      writer: a :class:`MetricsWriter` receiving every logged row.
+      writer: a :class:`MetricsWriter` receiving every logged row; its rows
+        past the starting step are dropped first (:meth:`MetricsWriter.rewind`),
+        so a resumed run's log equals an uninterrupted run's.
       checkpoint_manager: an ``lstm_jax.checkpoint`` manager; the state is
         offered to it after every step (it saves every N steps) and at the end.
       max_consecutive_skips: stop with ``FloatingPointError`` once this many
@@ -434,47 +437,98 @@ def fit(
 
     Returns:
       ``(state, history)``: the final state and the logged rows.
+
+    Raises:
+      TrainingInterrupted: on Ctrl-C (``KeyboardInterrupt``), after saving the
+        last completed step with ``checkpoint_manager``. The metrics of steps
+        not yet logged are lost, so after resuming, the first row averages
+        only the steps run since (exact when the step resumed from is a
+        multiple of ``log_every``).
+      FloatingPointError: after ``max_consecutive_skips`` skipped steps in a row.
     """
     from tqdm.auto import tqdm  # imported here: only the loop needs it
+
+    from lstm_jax import checkpoint as ckpt  # imported here: checkpoint imports this module
 
     if max_consecutive_skips is not None:
         _check_int("max_consecutive_skips", max_consecutive_skips, low=1)
     start = int(state.step)
+    if writer is not None:
+        writer.rewind(start)
     history: list[dict] = []
     pending: list[dict] = []
     skips = _SkipCounter(max_consecutive_skips)
     t0 = time.perf_counter()
     bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, leave=False)
-    for step in range(start, num_steps):
-        state, metrics = train_step(state, get_batch(step))
-        skips.push(step, metrics)
-        pending.append(metrics)
-        done = step + 1
-        is_last = done == num_steps
-        if checkpoint_manager is not None:
-            from lstm_jax import checkpoint as _ckpt
-
-            _ckpt.save(checkpoint_manager, state, force=is_last)
-        row: dict = {}
-        if pending and (done % max(log_every, 1) == 0 or is_last):
-            row.update(_summarize(jax.device_get(pending)))
-            pending = []
-        if eval_fn is not None and ((eval_every and done % eval_every == 0) or is_last):
-            row.update({f"val_{k}": float(v) for k, v in eval_fn(state.params).items()})
-        if row:
-            row = {"step": done, "time_s": round(time.perf_counter() - t0, 3), **row}
-            history.append(row)
-            if writer is not None:
-                writer.write(row)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("step",)})
-        bar.update(1)
-    bar.close()
-    skips.flush()
+    try:
+        for step in range(start, num_steps):
+            state, metrics = train_step(state, get_batch(step))
+            skips.push(step, metrics)
+            pending.append(metrics)
+            done = step + 1
+            is_last = done == num_steps
+            if checkpoint_manager is not None:
+                ckpt.save(checkpoint_manager, state, force=is_last)
+            row: dict = {}
+            if pending and (done % max(log_every, 1) == 0 or is_last):
+                row.update(_summarize(jax.device_get(pending)))
+                pending = []
+            if eval_fn is not None and ((eval_every and done % eval_every == 0) or is_last):
+                row.update({f"val_{k}": float(v) for k, v in eval_fn(state.params).items()})
+            if row:
+                row = {"step": done, "time_s": round(time.perf_counter() - t0, 3), **row}
+                history.append(row)
+                if writer is not None:
+                    writer.write(row)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("step",)})
+            bar.update(1)
+        skips.flush()
+    except KeyboardInterrupt:
+        raise _interrupted(state, history, checkpoint_manager) from None
+    finally:
+        bar.close()
     if checkpoint_manager is not None:
-        from lstm_jax import checkpoint as _ckpt
-
-        _ckpt.wait(checkpoint_manager)
+        ckpt.wait(checkpoint_manager)
     return state, history
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised by :func:`fit` on Ctrl-C, once the state is checkpointed.
+
+    A ``KeyboardInterrupt``, so the program still stops; ``state`` and
+    ``history`` hold the last completed step's state and the rows logged.
+    """
+
+    def __init__(self, message: str, state: TrainState, history: list[dict]):
+        super().__init__(message)
+        self.state = state
+        self.history = history
+
+
+def _interrupted(state: TrainState, history: list[dict], manager: Any) -> TrainingInterrupted:
+    """Save ``state`` (when a manager is given) and describe where training stopped."""
+    from lstm_jax import checkpoint as ckpt
+
+    leaves = jax.tree_util.tree_leaves(state)
+    if any(isinstance(x, jax.Array) and x.is_deleted() for x in leaves):
+        # Ctrl-C landed inside a train step that had already consumed its donated input
+        saved = None if manager is None else ckpt.latest_step(manager)
+        message = (
+            "training interrupted inside a train step; its input state was donated, so "
+            f"it cannot be saved (newest checkpoint: step {saved})."
+        )
+        return TrainingInterrupted(message, state, history)
+    step = int(state.step)
+    if manager is None:
+        message = f"training interrupted after step {step} (no checkpoint_manager: not saved)."
+    else:
+        ckpt.save(manager, state, force=True)
+        ckpt.wait(manager)
+        message = (
+            f"training interrupted after step {step}; checkpoint saved at step {step} in "
+            f"{manager.directory}: restore it and call fit again to resume."
+        )
+    return TrainingInterrupted(message, state, history)
 
 
 def _summarize(metrics: list[dict]) -> dict:
@@ -839,24 +893,69 @@ class MetricsWriter:
 
     The CSV's columns are the union of the keys seen so far (rows missing a
     key leave it empty), so training and validation rows share one file.
+
+    Rows already in the JSONL file are kept, so a resumed run continues its
+    log. :meth:`rewind` drops the rows logged after a step; :func:`fit` calls
+    it with the step it starts from, so a run from step 0 starts a new log and
+    a run resumed from a checkpoint at step s first drops what the interrupted
+    run logged after s. Outside :func:`fit`, pass ``start_step`` (0 for a new
+    run, the restored step when resuming).
     """
 
-    def __init__(self, out_dir: Union[str, os.PathLike], name: str = "metrics"):
+    def __init__(
+        self,
+        out_dir: Union[str, os.PathLike],
+        name: str = "metrics",
+        *,
+        start_step: Optional[int] = None,
+    ):
         os.makedirs(out_dir, exist_ok=True)
         self.jsonl_path = os.path.join(out_dir, f"{name}.jsonl")
         self.csv_path = os.path.join(out_dir, f"{name}.csv")
-        self.rows: list[dict] = []
-        open(self.jsonl_path, "w").close()
+        self.rows: list[dict] = self._read_jsonl()
+        if start_step is not None:
+            self.rewind(start_step)
+
+    def _read_jsonl(self) -> list[dict]:
+        if not os.path.exists(self.jsonl_path):
+            return []
+        with open(self.jsonl_path) as f:
+            lines = [line for line in f.read().splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(lines, 1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                if number == len(lines):  # a write cut short by a killed process
+                    break
+                raise ValueError(f"{self.jsonl_path}, line {number}: not JSON ({error}).") from None
+        return rows
+
+    def rewind(self, step: int) -> None:
+        """Drop the rows whose ``step`` is past ``step`` (and rows without one), in both files."""
+        kept = [r for r in self.rows if isinstance(r.get("step"), int) and r["step"] <= step]
+        if kept == self.rows and os.path.exists(self.jsonl_path):
+            return
+        self.rows = kept
+        tmp = self.jsonl_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in self.rows)
+        os.replace(tmp, self.jsonl_path)  # a kill mid-write leaves the old log whole
+        self._write_csv()
 
     def write(self, row: Mapping[str, Any]) -> None:
         row = _to_builtin(dict(row))
         self.rows.append(row)
         with open(self.jsonl_path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        self._write_csv()
+
+    def _write_csv(self) -> None:
         columns: list[str] = []
         for r in self.rows:
             columns.extend(k for k in r if k not in columns)
         with open(self.csv_path, "w", newline="") as f:
-            out = csv.DictWriter(f, fieldnames=columns)
-            out.writeheader()
-            out.writerows(self.rows)
+            if self.rows:
+                out = csv.DictWriter(f, fieldnames=columns)
+                out.writeheader()
+                out.writerows(self.rows)

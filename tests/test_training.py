@@ -355,6 +355,28 @@ def test_make_optimizer_accepts_numpy_and_jax_scalars_and_schedules():
     tr.make_optimizer(optax.constant_schedule(1e-3), clip_norm=None, weight_decay=0.0)
 
 
+def test_metrics_writer_appends_and_rewinds(tmp_path):
+    writer = tr.MetricsWriter(tmp_path)
+    for step in (1, 2, 3):
+        writer.write({"step": step, "loss": 1.0 / step})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "lo')  # a write cut short by a killed process
+    writer = tr.MetricsWriter(tmp_path)  # a resumed run keeps the history
+    assert [r["step"] for r in writer.rows] == [1, 2, 3]
+    writer.rewind(2)
+    writer.write({"step": 3, "loss": 0.5, "val_loss": 0.7})
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert rows == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}, {"step": 3, "loss": 0.5, "val_loss": 0.7}]
+    with open(tmp_path / "metrics.csv") as f:
+        assert [r["val_loss"] for r in csv.DictReader(f)] == ["", "", "0.7"]
+    assert tr.MetricsWriter(tmp_path, start_step=0).rows == []  # a new run starts a new log
+    assert open(tmp_path / "metrics.jsonl").read() == "" and open(tmp_path / "metrics.csv").read() == ""
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        f.write('{"step": 1}\nnot json\n{"step": 3}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl, line 2: not JSON"):
+        tr.MetricsWriter(tmp_path)
+
+
 def test_apply_network_and_count_params():
     p = lj.init_rnn(jax.random.key(0), 3, 4)
     assert tr.count_params(p) == 3 * 4 + 4 * 4 + 4
