@@ -143,7 +143,7 @@ def run(args) -> dict:
                                   decay_steps=args.steps)  # fmt: skip
     state = tr.init_train_state(params, optimizer, jax.random.fold_in(key, 1))
     step_fn = tr.make_tbptt_train_step(chunk_loss, optimizer)
-    writer = tr.MetricsWriter(args.out)
+    writer = tr.MetricsWriter(args.out, start_step=0)  # a new run: a new log
     manager = _common.checkpoint_manager(args.out, save_every=max(args.steps // 4, 1))
     from lstm_jax import checkpoint as ckpt
     from tqdm.auto import tqdm

@@ -64,6 +64,7 @@ __all__ = [
     "compile_step",
     "evaluate",
     "fit",
+    "TrainingInterrupted",
     "Dense",
     "init_dense",
     "dense",
@@ -96,7 +97,7 @@ class TrainState(NamedTuple):
 
     params: Any  # model parameters, any pytree
     opt_state: Any  # optax state for params
-    step: Array  # shape=(), int32; optimizer updates applied so far
+    step: Array  # shape=(), int32; train steps taken (skipped ones included)
     key: Array  # PRNG key, split once per step (dropout etc.)
 
 
@@ -140,15 +141,29 @@ def make_optimizer(
     Returns:
       An ``optax.GradientTransformation``.
 
+    Raises:
+      ValueError: for a value outside the ranges above (e.g. ``clip_norm=-1``,
+        which would turn every update into gradient ascent).
+
     >>> opt = make_optimizer(1e-3, clip_norm=1.0, warmup_steps=10, decay_steps=100)
     >>> opt.init({"w": jnp.zeros(2)}) is not None
     True
     """
+    if not callable(learning_rate):
+        _check_real("learning_rate", learning_rate, "a number > 0 or an optax schedule", low=0.0)
+    if clip_norm is not None:
+        _check_real("clip_norm", clip_norm, "a number > 0 or None", low=0.0)
+    _check_real("weight_decay", weight_decay, "a number >= 0", low=0.0, low_ok=True)
+    _check_int("warmup_steps", warmup_steps, low=0)
+    if decay_steps is not None:
+        _check_int("decay_steps", decay_steps, low=1)
+    _check_real("end_lr_fraction", end_lr_fraction, "a number in [0, 1]", low=0.0, low_ok=True,
+                high=1.0)  # fmt: skip
     schedule = learning_rate
     if not callable(learning_rate):
         if decay_steps is not None:
             # a warm-up longer than the run is shortened to leave one decay step
-            warmup = min(max(warmup_steps, 0), max(decay_steps - 1, 0))
+            warmup = min(warmup_steps, decay_steps - 1)
             schedule = optax.warmup_cosine_decay_schedule(
                 0.0, learning_rate, warmup, decay_steps,
                 end_value=learning_rate * end_lr_fraction,
@@ -165,6 +180,28 @@ def make_optimizer(
     return optax.chain(*parts)
 
 
+def _check_real(
+    name: str, value: Any, expected: str, *, low: float, low_ok: bool = False,
+    high: Optional[float] = None,
+) -> None:
+    """Raise ValueError unless ``value`` is a finite real in ``(low, high]`` (``[low, ...`` with low_ok)."""
+    array = np.asarray(value) if isinstance(value, (int, float, np.generic, jax.Array)) else None
+    is_real = array is not None and array.ndim == 0 and array.dtype.kind in "iuf"  # not bool
+    if (
+        not is_real
+        or not math.isfinite(array)
+        or array < low
+        or (array == low and not low_ok)
+        or (high is not None and array > high)
+    ):
+        raise ValueError(f"{name} must be {expected}, got {value!r}.")
+
+
+def _check_int(name: str, value: Any, *, low: int) -> None:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+
+
 def compile_step(fn: Callable, *, donate_state: bool = True, **jit_kwargs) -> Callable:
     """The one place train/eval steps are jitted.
 
@@ -176,10 +213,33 @@ def compile_step(fn: Callable, *, donate_state: bool = True, **jit_kwargs) -> Ca
     return jax.jit(fn, donate_argnums=(0,) if donate_state else (), **jit_kwargs)
 
 
-def _apply_gradients(state: TrainState, optimizer, grads, new_key) -> TrainState:
+def _all_finite(tree: Any) -> Array:
+    """A scalar bool: every floating-point leaf of ``tree`` is finite."""
+    flags = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree_util.tree_leaves(tree)
+        if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
+
+
+def _apply_gradients(
+    state: TrainState, optimizer, loss: Array, grads: Any, new_key: Array
+) -> tuple[TrainState, Array]:
+    """One optimizer update, skipped when the loss, a gradient or an update is not finite.
+
+    A skipped step leaves ``params`` and ``opt_state`` exactly as they were;
+    ``step`` and ``key`` still advance, so step n still trains on batch n.
+    Returns the new state and ``skipped``, an int32 scalar (1 when skipped).
+    """
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    return TrainState(params, opt_state, state.step + 1, new_key)
+    ok = jnp.all(jnp.isfinite(loss)) & _all_finite(grads) & _all_finite(updates)
+    keep_if_bad = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
+    params = jax.tree_util.tree_map(keep_if_bad, params, state.params)
+    opt_state = jax.tree_util.tree_map(keep_if_bad, opt_state, state.opt_state)
+    skipped = jnp.logical_not(ok).astype(jnp.int32)
+    return TrainState(params, opt_state, state.step + 1, new_key), skipped
 
 
 def make_train_step(
@@ -209,7 +269,12 @@ def make_train_step(
 
     Returns:
       ``train_step``; its metrics hold ``loss``, ``grad_norm`` (before
-      clipping) and the loss function's own metrics.
+      clipping), the loss function's own metrics and ``skipped`` (int32, 1
+      when the step was skipped). A step whose loss, gradients or optimizer
+      updates are not all finite is skipped: ``params`` and ``opt_state``
+      stay unchanged (``step`` and ``key`` advance), so one bad batch cannot
+      turn the parameters into NaN. :func:`fit` stops after too many skips
+      in a row.
     """
 
     def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
@@ -217,8 +282,8 @@ def make_train_step(
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, batch, step_key
         )
-        new_state = _apply_gradients(state, optimizer, grads, key)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+        new_state, skipped = _apply_gradients(state, optimizer, loss, grads, key)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux, "skipped": skipped}
         return new_state, metrics
 
     if not jit:
@@ -285,6 +350,10 @@ def make_tbptt_train_step(
       optimizer: any ``optax.GradientTransformation``.
       jit, donate, jit_kwargs: as for :func:`make_train_step` (the carry is not
         donated).
+
+    A chunk with a non-finite loss, gradient or update is skipped as in
+    :func:`make_train_step` (``metrics["skipped"] == 1``), and the carry it
+    returns is the carry it got.
     """
 
     def tbptt_step(state: TrainState, carry: Any, chunk: Any):
@@ -293,8 +362,12 @@ def make_tbptt_train_step(
         (loss, (new_carry, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, chunk, carry, step_key
         )
-        new_state = _apply_gradients(state, optimizer, grads, key)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+        new_state, skipped = _apply_gradients(state, optimizer, loss, grads, key)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux, "skipped": skipped}
+        # a skipped chunk also leaves the carry as it was (a NaN carry would poison the stream)
+        new_carry = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(skipped == 1, old, new), new_carry, carry
+        )
         return new_state, jax.lax.stop_gradient(new_carry), metrics
 
     if not jit:
@@ -333,6 +406,7 @@ def fit(
     eval_fn: Optional[Callable[[Any], Mapping[str, float]]] = None,
     writer: Optional["MetricsWriter"] = None,
     checkpoint_manager: Any = None,
+    max_consecutive_skips: Optional[int] = 10,
     progress: bool = True,
     desc: str = "train",
 ) -> tuple[TrainState, list[dict]]:
@@ -349,51 +423,157 @@ def fit(
       log_every: average the train metrics over this many steps, then log.
       eval_every: call ``eval_fn(params)`` every this many steps (and at the end).
       eval_fn: ``params -> dict`` of validation metrics.
-      writer: a :class:`MetricsWriter` receiving every logged row.
+      writer: a :class:`MetricsWriter` receiving every logged row; its rows
+        past the starting step are dropped first (:meth:`MetricsWriter.rewind`),
+        so a resumed run's log equals an uninterrupted run's.
       checkpoint_manager: an ``lstm_jax.checkpoint`` manager; the state is
         offered to it after every step (it saves every N steps) and at the end.
+      max_consecutive_skips: stop with ``FloatingPointError`` once this many
+        steps in a row were skipped for a non-finite loss or gradient
+        (``metrics["skipped"]``, see :func:`make_train_step`); None never stops.
+        Logged rows hold ``skipped``, the number of skipped steps they cover.
       progress: show a tqdm progress bar.
       desc: the progress bar's label.
 
     Returns:
       ``(state, history)``: the final state and the logged rows.
+
+    Raises:
+      TrainingInterrupted: on Ctrl-C (``KeyboardInterrupt``), after saving the
+        last completed step with ``checkpoint_manager``. The metrics of steps
+        not yet logged are lost, so after resuming, the first row averages
+        only the steps run since (exact when the step resumed from is a
+        multiple of ``log_every``).
+      FloatingPointError: after ``max_consecutive_skips`` skipped steps in a row.
     """
     from tqdm.auto import tqdm  # imported here: only the loop needs it
 
+    from lstm_jax import checkpoint as ckpt  # imported here: checkpoint imports this module
+
+    if max_consecutive_skips is not None:
+        _check_int("max_consecutive_skips", max_consecutive_skips, low=1)
     start = int(state.step)
+    if writer is not None:
+        writer.rewind(start)
     history: list[dict] = []
     pending: list[dict] = []
+    skips = _SkipCounter(max_consecutive_skips)
     t0 = time.perf_counter()
     bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, leave=False)
-    for step in range(start, num_steps):
-        state, metrics = train_step(state, get_batch(step))
-        pending.append(metrics)
-        done = step + 1
-        is_last = done == num_steps
-        if checkpoint_manager is not None:
-            from lstm_jax import checkpoint as _ckpt
-
-            _ckpt.save(checkpoint_manager, state, force=is_last)
-        row: dict = {}
-        if pending and (done % max(log_every, 1) == 0 or is_last):
-            means = jax.device_get(pending)
-            row.update({k: float(np.mean([m[k] for m in means])) for k in means[0]})
-            pending = []
-        if eval_fn is not None and ((eval_every and done % eval_every == 0) or is_last):
-            row.update({f"val_{k}": float(v) for k, v in eval_fn(state.params).items()})
-        if row:
-            row = {"step": done, "time_s": round(time.perf_counter() - t0, 3), **row}
-            history.append(row)
-            if writer is not None:
-                writer.write(row)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("step",)})
-        bar.update(1)
-    bar.close()
+    try:
+        for step in range(start, num_steps):
+            state, metrics = train_step(state, get_batch(step))
+            skips.push(step, metrics)
+            pending.append(metrics)
+            done = step + 1
+            is_last = done == num_steps
+            if checkpoint_manager is not None:
+                ckpt.save(checkpoint_manager, state, force=is_last)
+            row: dict = {}
+            if pending and (done % max(log_every, 1) == 0 or is_last):
+                row.update(_summarize(jax.device_get(pending)))
+                pending = []
+            if eval_fn is not None and ((eval_every and done % eval_every == 0) or is_last):
+                row.update({f"val_{k}": float(v) for k, v in eval_fn(state.params).items()})
+            if row:
+                row = {"step": done, "time_s": round(time.perf_counter() - t0, 3), **row}
+                history.append(row)
+                if writer is not None:
+                    writer.write(row)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("step",)})
+            bar.update(1)
+        skips.flush()
+    except KeyboardInterrupt:
+        raise _interrupted(state, history, checkpoint_manager) from None
+    finally:
+        bar.close()
     if checkpoint_manager is not None:
-        from lstm_jax import checkpoint as _ckpt
-
-        _ckpt.wait(checkpoint_manager)
+        ckpt.wait(checkpoint_manager)
     return state, history
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised by :func:`fit` on Ctrl-C, once the state is checkpointed.
+
+    A ``KeyboardInterrupt``, so the program still stops; ``state`` and
+    ``history`` hold the last completed step's state and the rows logged.
+    """
+
+    def __init__(self, message: str, state: TrainState, history: list[dict]):
+        super().__init__(message)
+        self.state = state
+        self.history = history
+
+
+def _interrupted(state: TrainState, history: list[dict], manager: Any) -> TrainingInterrupted:
+    """Save ``state`` (when a manager is given) and describe where training stopped."""
+    from lstm_jax import checkpoint as ckpt
+
+    leaves = jax.tree_util.tree_leaves(state)
+    if any(isinstance(x, jax.Array) and x.is_deleted() for x in leaves):
+        # Ctrl-C landed inside a train step that had already consumed its donated input
+        saved = None if manager is None else ckpt.latest_step(manager)
+        message = (
+            "training interrupted inside a train step; its input state was donated, so "
+            f"it cannot be saved (newest checkpoint: step {saved})."
+        )
+        return TrainingInterrupted(message, state, history)
+    step = int(state.step)
+    if manager is None:
+        message = f"training interrupted after step {step} (no checkpoint_manager: not saved)."
+    else:
+        ckpt.save(manager, state, force=True)
+        ckpt.wait(manager)
+        message = (
+            f"training interrupted after step {step}; checkpoint saved at step {step} in "
+            f"{manager.directory}: restore it and call fit again to resume."
+        )
+    return TrainingInterrupted(message, state, history)
+
+
+def _summarize(metrics: list[dict]) -> dict:
+    """One log row from per-step metrics: means, except ``skipped`` which is summed."""
+    return {
+        k: int(np.sum([m[k] for m in metrics])) if k == "skipped"
+        else float(np.mean([m[k] for m in metrics]))
+        for k in metrics[0]
+    }  # fmt: skip
+
+
+class _SkipCounter:
+    """Counts consecutive skipped steps in :func:`fit` and stops the run after ``limit``.
+
+    A step's ``skipped`` flag is read once the next step is dispatched, so
+    waiting for it does not leave the device idle.
+    """
+
+    def __init__(self, limit: Optional[int]):
+        self.limit = limit
+        self.run = 0  # consecutive skipped steps so far
+        self.unread: Optional[tuple[int, Array]] = None  # (step, flag) not read yet
+
+    def push(self, step: int, metrics: Mapping[str, Array]) -> None:
+        if self.limit is None or "skipped" not in metrics:
+            return
+        previous, self.unread = self.unread, (step, metrics["skipped"])
+        if previous is not None:
+            self._count(*previous)
+
+    def flush(self) -> None:
+        if self.unread is not None:
+            previous, self.unread = self.unread, None
+            self._count(*previous)
+
+    def _count(self, step: int, flag: Array) -> None:
+        self.run = self.run + 1 if int(flag) else 0
+        if self.run >= self.limit:
+            raise FloatingPointError(
+                f"{self.run} consecutive train steps (the batches of steps "
+                f"{step - self.run + 1}..{step}) had a non-finite loss, gradient or update "
+                f"and were skipped; stopping (max_consecutive_skips={self.limit}). The "
+                "params are those before the first of them: look for NaN/inf in those "
+                "batches, or lower the learning rate."
+            )
 
 
 # ------------------------------------------------------------ model helpers
@@ -713,24 +893,69 @@ class MetricsWriter:
 
     The CSV's columns are the union of the keys seen so far (rows missing a
     key leave it empty), so training and validation rows share one file.
+
+    Rows already in the JSONL file are kept, so a resumed run continues its
+    log. :meth:`rewind` drops the rows logged after a step; :func:`fit` calls
+    it with the step it starts from, so a run from step 0 starts a new log and
+    a run resumed from a checkpoint at step s first drops what the interrupted
+    run logged after s. Outside :func:`fit`, pass ``start_step`` (0 for a new
+    run, the restored step when resuming).
     """
 
-    def __init__(self, out_dir: Union[str, os.PathLike], name: str = "metrics"):
+    def __init__(
+        self,
+        out_dir: Union[str, os.PathLike],
+        name: str = "metrics",
+        *,
+        start_step: Optional[int] = None,
+    ):
         os.makedirs(out_dir, exist_ok=True)
         self.jsonl_path = os.path.join(out_dir, f"{name}.jsonl")
         self.csv_path = os.path.join(out_dir, f"{name}.csv")
-        self.rows: list[dict] = []
-        open(self.jsonl_path, "w").close()
+        self.rows: list[dict] = self._read_jsonl()
+        if start_step is not None:
+            self.rewind(start_step)
+
+    def _read_jsonl(self) -> list[dict]:
+        if not os.path.exists(self.jsonl_path):
+            return []
+        with open(self.jsonl_path) as f:
+            lines = [line for line in f.read().splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(lines, 1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                if number == len(lines):  # a write cut short by a killed process
+                    break
+                raise ValueError(f"{self.jsonl_path}, line {number}: not JSON ({error}).") from None
+        return rows
+
+    def rewind(self, step: int) -> None:
+        """Drop the rows whose ``step`` is past ``step`` (and rows without one), in both files."""
+        kept = [r for r in self.rows if isinstance(r.get("step"), int) and r["step"] <= step]
+        if kept == self.rows and os.path.exists(self.jsonl_path):
+            return
+        self.rows = kept
+        tmp = self.jsonl_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in self.rows)
+        os.replace(tmp, self.jsonl_path)  # a kill mid-write leaves the old log whole
+        self._write_csv()
 
     def write(self, row: Mapping[str, Any]) -> None:
         row = _to_builtin(dict(row))
         self.rows.append(row)
         with open(self.jsonl_path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        self._write_csv()
+
+    def _write_csv(self) -> None:
         columns: list[str] = []
         for r in self.rows:
             columns.extend(k for k in r if k not in columns)
         with open(self.csv_path, "w", newline="") as f:
-            out = csv.DictWriter(f, fieldnames=columns)
-            out.writeheader()
-            out.writerows(self.rows)
+            if self.rows:
+                out = csv.DictWriter(f, fieldnames=columns)
+                out.writeheader()
+                out.writerows(self.rows)
