@@ -58,7 +58,7 @@ class _Recurrent(nn.Module):
 
     @classmethod
     def from_params(cls, params: Any, **options: Any) -> tuple:
-        """``(module, variables)`` for ``params`` (``init_lstm``, ``from_torch``, ``from_flax``, ...).
+        """``(module, variables)`` holding ``params`` (``init_lstm``, ``from_torch``, ...).
 
         The module's size fields are read from ``params``; ``options`` sets the
         others (``dropout``, ``deterministic``, ...). One layer's weights (an
@@ -169,7 +169,8 @@ class GRU(_SingleState):
 
 
 class RNN(_SingleState):
-    """A linen Elman RNN: ``RNN(hidden_size, **init_kwargs)`` as :class:`GRU`, plus ``nonlinearity="tanh"`` or ``"relu"``."""
+    """A linen Elman RNN: ``RNN(hidden_size, **init_kwargs)`` as :class:`GRU`, plus
+    ``nonlinearity="tanh"`` or ``"relu"``."""
 
     nonlinearity: str = "tanh"
 
