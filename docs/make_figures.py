@@ -101,7 +101,8 @@ def plot_gradient_flow(curves, path):
 def clipping_curve(hidden=64, steps=60):
     """Global gradient norm of the exploding RNN per step, raw and after clipping."""
     key = jax.random.key(0)
-    params = {"rnn": exploding_rnn(key, hidden), "head": tr.init_dense(jax.random.key(9), hidden, 1)}
+    params = {"rnn": exploding_rnn(key, hidden),
+              "head": tr.init_dense(jax.random.key(9), hidden, 1)}
 
     def loss_fn(params, batch):
         ys, _ = lj.rnn(params["rnn"], batch[0])
@@ -152,7 +153,8 @@ def sunspot_model(hidden=16, steps=1500, window=40):
     z = ((series - mean) / std).astype(np.float32)
     xs, ys = data.make_windows(z[:first_test], window)
     key = jax.random.key(0)
-    params = {"rnn": lj.init_lstm(key, 1, hidden), "head": tr.init_dense(jax.random.key(1), hidden, 1)}
+    params = {"rnn": lj.init_lstm(key, 1, hidden),
+              "head": tr.init_dense(jax.random.key(1), hidden, 1)}
 
     def loss_fn(params, batch, key):
         del key
@@ -164,7 +166,8 @@ def sunspot_model(hidden=16, steps=1500, window=40):
     get_batch = data.make_batch_fn({"x": xs, "y": ys}, 32, seed=0)
     state, history = tr.fit(state, tr.make_train_step(loss_fn, opt), get_batch, num_steps=steps,
                             progress=False)  # fmt: skip
-    print(f"  sunspot LSTM: final training loss {history[-1]['loss']:.3f} (standardised sqrt scale)")
+    print(f"  sunspot LSTM: final training loss {history[-1]['loss']:.3f} "
+          "(standardised sqrt scale)")
     return state.params, years, values, z
 
 
@@ -195,7 +198,8 @@ def plot_sunspot_gates(params, years, values, z, path, units=(0, 1, 2, 3)):
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     stats = dg.saturation(trace)
-    print("  saturation: " + ", ".join(f"{k} {100 * v['saturated']:.0f}%" for k, v in stats.items()))
+    print("  saturation: "
+          + ", ".join(f"{k} {100 * v['saturated']:.0f}%" for k, v in stats.items()))
 
 
 def main():

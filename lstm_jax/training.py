@@ -364,7 +364,7 @@ def fit(
     history: list[dict] = []
     pending: list[dict] = []
     t0 = time.perf_counter()
-    bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, leave=True)
     for step in range(start, num_steps):
         state, metrics = train_step(state, get_batch(step))
         pending.append(metrics)
