@@ -105,6 +105,7 @@ def run(args) -> dict:
         f.write(table + "\n")
     tr.write_json(os.path.join(args.out, "comparison.json"), results)
     print(table)
+    print(f"wrote {os.path.abspath(os.path.join(args.out, 'comparison.md'))} and comparison.json")
     return results
 
 

@@ -113,7 +113,7 @@ def test_compare_cells_quick(long_range_quick, tmp_path):
     assert table.count("\n") == 2 + 4  # header, rule, 2 tasks x 2 cells
     assert "| adding, T=12 |" in table and "| sunspots |" in table and "RNN" in table
     assert "AR(9)" in table
-    assert "adding" in out
+    assert "adding" in out and f"wrote {tmp_path / 'comparison.md'}" in out
 
 
 def run_example_compare(tmp_path, long_range_dir):
