@@ -67,23 +67,30 @@ def plot_history(history: list[dict], path: str, panels: list[tuple[str, list[st
                  title: str):
     """One subplot per ``(y-axis label, metric keys, log scale)`` panel, against the step.
 
-    Returns the path written, or None (with a printed note) when no panel has
-    ``MIN_POINTS`` logged points, e.g. in a --quick run: a one-point curve says nothing.
+    A panel none of whose curves has ``MIN_POINTS`` logged points is left out, and
+    so is the figure when no panel is left (e.g. in a --quick run), with a printed
+    note: a one-point curve says nothing. Returns the path written, or None.
     """
     from matplotlib.figure import Figure  # no pyplot: the backend stays as it was
 
     points = {key: [r for r in history if key in r] for _, keys, _ in panels for key in keys}
-    if max((len(rows) for rows in points.values()), default=0) < MIN_POINTS:
-        print(f"skipped {path}: fewer than {MIN_POINTS} logged points (run more steps)")
+    kept = [p for p in panels if max(len(points[k]) for k in p[1]) >= MIN_POINTS]
+    for ylabel, keys, _ in panels:
+        if (ylabel, keys) not in [(p[0], p[1]) for p in kept]:
+            print(f"{path}: left out {', '.join(keys)}: fewer than {MIN_POINTS} logged points")
+    if not kept:
+        print(f"skipped {path}: no curve has {MIN_POINTS} logged points (run more steps)")
         return None
-    fig = Figure(figsize=(7, 3.2 * len(panels)))
-    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
-    for ax, (ylabel, keys, logy) in zip(axes, panels):
+    fig = Figure(figsize=(7, 3.2 * len(kept)))
+    axes = fig.subplots(len(kept), 1, squeeze=False)[:, 0]
+    for ax, (ylabel, keys, logy) in zip(axes, kept):
+        values = []
         for key in keys:
             if points[key]:
+                values += [r[key] for r in points[key]]
                 ax.plot([r["step"] for r in points[key]], [r[key] for r in points[key]],
                         marker="." if len(points[key]) < 30 else None, label=key)
-        if logy:
+        if logy and min(values) > 0 and max(values) > 10 * min(values):  # log only if it spans
             ax.set_yscale("log")
         ax.set_xlabel("training step")
         ax.set_ylabel(ylabel)

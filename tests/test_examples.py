@@ -135,3 +135,6 @@ def test_plot_history_skips_curves_with_too_few_points(tmp_path, capsys):
     assert "skipped" in capsys.readouterr().out and not (tmp_path / "a.png").exists()
     rows = [{"step": s, "loss": 1.0 / s, "val_accuracy": 0.1 * s} for s in range(1, 6)]
     assert_png(_common.plot_history(rows, str(tmp_path / "b.png"), panels, title="t"))
+    rows = [{"step": s, "loss": 1.0 / s} for s in range(1, 6)] + [{"step": 5, "val_accuracy": 0.5}]
+    assert_png(_common.plot_history(rows, str(tmp_path / "c.png"), panels, title="t"))
+    assert "left out val_accuracy" in capsys.readouterr().out
