@@ -459,7 +459,7 @@ def fit(
     pending: list[dict] = []
     skips = _SkipCounter(max_consecutive_skips)
     t0 = time.perf_counter()
-    bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, leave=True)
     try:
         for step in range(start, num_steps):
             state, metrics = train_step(state, get_batch(step))
