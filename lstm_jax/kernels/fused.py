@@ -102,7 +102,22 @@ class Residuals(NamedTuple):
 
 
 def _index(stack: Array, t) -> Array:
-    return jax.lax.dynamic_index_in_dim(stack, t, keepdims=False)
+    """``stack[t]`` as a ``gather`` (XLA turns it into the same dynamic slice).
+
+    Not ``lax.dynamic_index_in_dim``: when the loops run under ``vmap`` (eager
+    ``jax.hessian``, ``jacrev``), XLA rewrites the batched reads into
+    instructions named ``dynamic-slice.N`` next to JAX's ``dynamic_slice.N``;
+    XLA:CPU's fusion emitter maps both to one LLVM function name and fails
+    with "RET_CHECK failure ... fusion_compiler.cc ... Failed to translate
+    module to LLVM IR". Gathers get XLA's names only.
+    """
+    dnums = jax.lax.GatherDimensionNumbers(
+        offset_dims=tuple(range(stack.ndim - 1)), collapsed_slice_dims=(0,), start_index_map=(0,)
+    )
+    index = jnp.reshape(t, (1,)).astype(jnp.int32)
+    return jax.lax.gather(
+        stack, index, dnums, (1,) + stack.shape[1:], mode=jax.lax.GatherScatterMode.CLIP
+    )
 
 
 def _write(stack: Array, value: Array, t) -> Array:

@@ -9,7 +9,9 @@ math is :func:`lstm_jax.cells.lstm_pointwise`.
 
 The backward pass is the fused kernel's (``lstm_jax.kernels.fused``): the
 forward kernel saves exactly the residuals it needs (activations and cell
-states), so gradients are shared code, not a second derivation.
+states), so gradients are shared code, not a second derivation. Forward-mode
+tangents of the forward pass (needed by ``jax.hessian``) come from the fused
+kernel's forward, for the same reason.
 
 Status: tested on CPU in Pallas interpret mode (``interpret=True``, the
 default off GPU/TPU) against ``scan``, on small shapes. It has NOT been run
@@ -30,6 +32,7 @@ from jax.experimental import pallas as pl
 
 from lstm_jax.cells import Cell, lstm_input_projection, lstm_pointwise
 from lstm_jax.kernels.fused import Residuals, _activations, unsupported_variant
+from lstm_jax.kernels.fused import _forward as fused_forward
 from lstm_jax.kernels.fused import _recurrence_bwd as fused_backward
 from lstm_jax.params import LSTMWeights
 from lstm_jax.scan import over_time
@@ -97,20 +100,44 @@ def _project(w_ih, b, xs, compute_dtype):
     return project(xs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _recurrence(compute_dtype, interpret, w_ih, b, w_hh, xs, h0, c0, mask, valid):
-    ys, _, h, c = _pallas_forward(
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _forward(compute_dtype, interpret, w_ih, b, w_hh, xs, h0, c0, mask, valid):
+    """``ys, residuals, h, c`` from the Pallas kernel, for time-major ``xs (T, B, I)``."""
+    return _pallas_forward(
         w_hh, _project(w_ih, b, xs, compute_dtype), h0, c0, mask, valid,
         compute_dtype=compute_dtype, interpret=interpret,
     )  # fmt: skip
+
+
+@_forward.defjvp
+def _forward_jvp(compute_dtype, interpret, primals, tangents):
+    """Forward mode through the fused kernel's forward, the same recurrence in plain JAX.
+
+    ``pallas_call`` has no usable JVP or batching rule here, and
+    ``jax.hessian`` / ``jacfwd`` of the custom VJP push tangents through the
+    forward pass.
+    """
+    del interpret
+    valid = primals[-1]
+
+    def reference(w_ih, b, w_hh, xs, h0, c0, mask):
+        ys, (h, c), saved = fused_forward(
+            w_ih, b, w_hh, xs, h0, c0, mask, valid,
+            compute_dtype=compute_dtype, unroll=1, save=True,
+        )  # fmt: skip
+        return ys, saved, h, c
+
+    return jax.jvp(reference, primals[:-1], tangents[:-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _recurrence(compute_dtype, interpret, w_ih, b, w_hh, xs, h0, c0, mask, valid):
+    ys, _, h, c = _forward(compute_dtype, interpret, w_ih, b, w_hh, xs, h0, c0, mask, valid)
     return ys, h, c
 
 
 def _recurrence_fwd(compute_dtype, interpret, w_ih, b, w_hh, xs, h0, c0, mask, valid):
-    ys, saved, h, c = _pallas_forward(
-        w_hh, _project(w_ih, b, xs, compute_dtype), h0, c0, mask, valid,
-        compute_dtype=compute_dtype, interpret=interpret,
-    )  # fmt: skip
+    ys, saved, h, c = _forward(compute_dtype, interpret, w_ih, b, w_hh, xs, h0, c0, mask, valid)
     return (ys, h, c), (w_ih, w_hh, xs, h0, mask, valid, ys, saved)
 
 
