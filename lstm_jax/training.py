@@ -50,7 +50,7 @@ import numpy as np
 import optax
 from jax import Array
 
-from lstm_jax import cells
+from lstm_jax import cells, validation
 from lstm_jax.network import gru, lstm, rnn
 from lstm_jax.params import GRUParams, LSTMParams, LSTMState, RNNParams
 
@@ -598,6 +598,7 @@ def _stream_layers(params: Any) -> tuple[str, Any]:
         raise TypeError(
             f"params must be LSTMParams, GRUParams or RNNParams, got {type(params).__name__}."
         )
+    validation.check_params(params)
     if len(params.layers[0]) != 1:
         raise ValueError(
             "stream_step needs a unidirectional network: a reverse direction must see "
@@ -656,6 +657,7 @@ def stream_step(
     (4,)
     """
     kind, layers = _stream_layers(params)
+    validation.check_stream(params, state, x_t)
     if kind == "lstm":
         step = lambda w, s, x: cells.lstm_cell(w, s, x)  # noqa: E731
     elif kind == "gru":
@@ -664,8 +666,6 @@ def stream_step(
         step = lambda w, s, x: cells.rnn_cell(w, s, x, nonlinearity=nonlinearity)  # noqa: E731
     if x_t.ndim == 2:
         step = jax.vmap(step, in_axes=(None, 0, 0))
-    elif x_t.ndim != 1:
-        raise ValueError(f"x_t must have shape (I,) or (B, I), got {tuple(x_t.shape)}.")
     new_states = []
     inputs = x_t
     for layer, layer_weights in enumerate(layers):
