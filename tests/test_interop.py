@@ -89,8 +89,8 @@ def test_keras_gru_layout_matches_keras_equations():
     np.testing.assert_allclose(h_new, h_ref, atol=1e-5)
 
 
-def test_from_torch_rejects_unknown_keys():
-    with pytest.raises(ValueError, match="not a PyTorch nn.LSTM/nn.GRU/nn.RNN parameter"):
+def test_from_torch_rejects_dicts_without_recurrent_weights():
+    with pytest.raises(ValueError, match=r"holds no PyTorch nn.LSTM/nn.GRU/nn.RNN parameter .*\['weight'\]"):
         lj.from_torch({"weight": np.zeros((4, 4))})
 
 
@@ -113,3 +113,189 @@ def test_from_flax_rejects_other_dicts():
 def test_from_keras_rejects_wrong_list():
     with pytest.raises(ValueError, match=r"\[kernel, recurrent_kernel, bias\]"):
         lj.from_keras([np.zeros((3, 8))])
+
+
+# ------------------------------------------- converters check every key and shape
+
+
+def _torch_lstm_state_dict(**kwargs):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    return torch.nn.LSTM(3, 4, **kwargs).state_dict()
+
+
+def _without(state_dict, key):
+    return {k: v for k, v in state_dict.items() if k != key}
+
+
+def test_from_torch_rejects_a_missing_bias():
+    sd = _torch_lstm_state_dict(num_layers=2)
+    with pytest.raises(ValueError, match=r"missing keys \['bias_hh_l1'\]"):
+        lj.from_torch(_without(sd, "bias_hh_l1"))
+
+
+def test_from_torch_rejects_a_missing_reverse_weight():
+    sd = _torch_lstm_state_dict(num_layers=2, bidirectional=True)
+    with pytest.raises(ValueError, match=r"bidirectional=True.*missing keys \['weight_hh_l1_reverse'\]"):
+        lj.from_torch(_without(sd, "weight_hh_l1_reverse"))
+
+
+def test_from_torch_rejects_a_broadcastable_bias():
+    torch = pytest.importorskip("torch")
+    sd = {**_torch_lstm_state_dict(), "bias_ih_l0": torch.zeros(1)}
+    with pytest.raises(ValueError, match=r"bias_ih_l0 has shape \(1,\), expected \(16,\)"):
+        lj.from_torch(sd)
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (2, 4)])
+def test_from_torch_rejects_weight_hr_on_a_plain_lstm(shape):
+    torch = pytest.importorskip("torch")
+    sd = {**_torch_lstm_state_dict(), "weight_hr_l0": torch.zeros(shape)}
+    with pytest.raises(ValueError, match=r"only a projection LSTM .* 'weight_hh_l0' has shape \(16, 4\)"):
+        lj.from_torch(sd)
+
+
+def test_from_torch_rejects_a_missing_projection():
+    torch = pytest.importorskip("torch")
+    sd = torch.nn.LSTM(3, 6, num_layers=2, proj_size=2).state_dict()
+    with pytest.raises(ValueError, match=r"proj_size=2\).*missing keys \['weight_hr_l1'\]"):
+        lj.from_torch(_without(sd, "weight_hr_l1"))
+
+
+def test_from_torch_lists_unknown_keys_and_wrong_shapes():
+    torch = pytest.importorskip("torch")
+    sd = {**_torch_lstm_state_dict(), "weight_ih_l0_extra": torch.zeros(2)}
+    with pytest.raises(ValueError, match=r"unexpected keys \['weight_ih_l0_extra'\]"):
+        lj.from_torch(sd)
+    sd = {**torch.nn.GRU(3, 4, num_layers=2).state_dict(), "weight_ih_l1": torch.zeros(12, 5)}
+    with pytest.raises(ValueError, match=r"weight_ih_l1 has shape \(12, 5\), expected \(12, 4\) = \(3 \* hidden_size, hidden_size\)"):
+        lj.from_torch(sd)
+
+
+def test_from_torch_rejects_mixed_and_integer_dtypes():
+    sd = _torch_lstm_state_dict()
+    with pytest.raises(TypeError, match="bias_ih_l0 has dtype float64, expected float32 like weight_ih_l0"):
+        lj.from_torch({**sd, "bias_ih_l0": sd["bias_ih_l0"].double()})
+    with pytest.raises(TypeError, match="weight_ih_l0 has dtype int64, expected a floating dtype"):
+        lj.from_torch({k: v.long() for k, v in sd.items()})
+
+
+class _Model:
+    """Builds torch modules holding recurrent submodules, as a user's model would."""
+
+    @staticmethod
+    def one():
+        torch = pytest.importorskip("torch")
+
+        class Model(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lstm = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+                self.head = torch.nn.Linear(8, 2)
+
+        torch.manual_seed(0)
+        return Model()
+
+    @staticmethod
+    def two():
+        torch = pytest.importorskip("torch")
+
+        class Model(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.encoder = torch.nn.LSTM(3, 4)
+                self.decoder = torch.nn.GRU(4, 5)
+
+        return Model()
+
+
+def test_from_torch_takes_a_model_state_dict_with_a_prefix():
+    model = _Model.one()
+    expected = lj.from_torch(model.lstm.state_dict())
+    _assert_trees_equal(lj.from_torch(model.state_dict(), prefix="lstm."), expected)
+    _assert_trees_equal(lj.from_torch(model.state_dict(), prefix="lstm"), expected)
+    _assert_trees_equal(lj.from_torch(model.state_dict()), expected)  # the one prefix, detected
+    with pytest.raises(ValueError, match=r"no key starting with prefix='rnn.'.*\['lstm.'\]"):
+        lj.from_torch(model.state_dict(), prefix="rnn.")
+
+
+def test_from_torch_names_the_prefix_in_errors():
+    sd = _without(_Model.one().state_dict(), "lstm.bias_hh_l1_reverse")
+    with pytest.raises(ValueError, match=r"missing keys \['lstm.bias_hh_l1_reverse'\]"):
+        lj.from_torch(sd)
+
+
+def test_from_torch_asks_for_a_prefix_when_ambiguous():
+    model = _Model.two()
+    with pytest.raises(ValueError, match=r"several prefixes \['decoder.', 'encoder.'\]: pass prefix="):
+        lj.from_torch(model.state_dict())
+    assert isinstance(lj.from_torch(model.state_dict(), prefix="decoder."), lj.GRUParams)
+
+
+def test_from_torch_converts_bfloat16_tensors():
+    torch = pytest.importorskip("torch")
+    module = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True).to(torch.bfloat16)
+    params = lj.from_torch(module.state_dict())
+    w = params.layers[1][1]
+    assert w.w_hh.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(
+        np.asarray(w.w_hh, np.float32), module.weight_hh_l1_reverse.detach().float().numpy().T
+    )
+    b = module.bias_ih_l0.detach().float().numpy() + module.bias_hh_l0.detach().float().numpy()
+    np.testing.assert_array_equal(
+        np.asarray(params.layers[0][0].b, np.float32), b.astype(jnp.bfloat16).astype(np.float32)
+    )
+    _assert_trees_equal(lj.from_torch(lj.to_torch(params)), params)
+
+
+def _flax_lstm_params():
+    from flax import linen as nn
+
+    cell = nn.LSTMCell(4)
+    carry = cell.initialize_carry(jax.random.key(1), (3,))
+    return dict(cell.init(jax.random.key(0), carry, jnp.ones(3))["params"])
+
+
+def test_from_flax_rejects_mismatched_gates():
+    p = _flax_lstm_params()
+    p["hf"] = {"kernel": jnp.zeros((4, 5)), "bias": jnp.zeros(5)}
+    with pytest.raises(ValueError, match=r"hf/kernel has shape \(4, 5\), expected \(4, 4\) .*hf/bias has shape \(5,\), expected \(4,\)"):
+        lj.from_flax(p)
+    p = _flax_lstm_params()
+    p["ig"] = {"kernel": jnp.zeros((2, 4))}
+    with pytest.raises(ValueError, match=r"ig/kernel has shape \(2, 4\), expected \(3, 4\) = \(input_size, hidden_size\)"):
+        lj.from_flax(p)
+
+
+def test_from_flax_lists_missing_and_unexpected_entries():
+    p = _flax_lstm_params()
+    del p["io"]
+    p["ii"] = {**p["ii"], "bias": jnp.zeros(4)}
+    with pytest.raises(ValueError, match=r"missing keys \['io'\]; unexpected keys \['ii/bias'\]"):
+        lj.from_flax({"params": {"cell": p}})
+
+
+def test_from_keras_rejects_wrong_bias_lengths():
+    kernel, recurrent = np.zeros((3, 16), np.float32), np.zeros((4, 16), np.float32)
+    with pytest.raises(ValueError, match=r"weights\[2\] \(bias\) has shape \(12,\), expected \(16,\)"):
+        lj.from_keras([kernel, recurrent, np.zeros(12, np.float32)])
+    kernel, recurrent = np.zeros((3, 12), np.float32), np.zeros((4, 12), np.float32)
+    with pytest.raises(ValueError, match=r"weights\[2\] \(bias\) has shape \(2, 8\), expected \(2, 12\)"):
+        lj.from_keras([kernel, recurrent, np.zeros((2, 8), np.float32)])
+    with pytest.raises(ValueError, match="reset_after=False"):
+        lj.from_keras([kernel, recurrent, np.zeros(12, np.float32)])
+
+
+def test_from_keras_rejects_a_wrong_kernel():
+    with pytest.raises(ValueError, match=r"weights\[0\] \(kernel\) has shape \(3, 12\), expected \(3, 16\)"):
+        lj.from_keras([np.zeros((3, 12)), np.zeros((4, 16)), np.zeros(16)])
+
+
+def test_to_converters_check_their_weights():
+    bad = lj.LSTMWeights(jnp.zeros((3, 16)), jnp.zeros((4, 16)), jnp.zeros(12))
+    with pytest.raises(ValueError, match=r"weights.b has shape \(12,\), expected \(16,\)"):
+        lj.to_keras(bad)
+    with pytest.raises(ValueError, match=r"weights.b has shape \(12,\), expected \(16,\)"):
+        lj.to_flax(bad)
+    with pytest.raises(ValueError, match=r"params.layers\[0\]\[0\].b has shape \(12,\)"):
+        lj.to_torch(lj.LSTMParams(((bad,),)))
