@@ -101,6 +101,8 @@ def _prepare(
     validation.check_params_type(params, params_type, init_name)
     validation.check_params(params)
     validation.check_inputs(xs, params.layers[0][0].w_ih.shape[0])
+    if key is not None:
+        validation.check_key(key)
     validation.check_rate("dropout", dropout, key)
     validation.check_rate("recurrent_dropout", recurrent_dropout, key)
     validation.check_unroll(unroll)

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from lstm_jax import validation
+
 __all__ = [
     "LayerNormWeights",
     "LSTMWeights",
@@ -98,19 +100,23 @@ class RNNParams(NamedTuple):
 _INITIALISERS = ("uniform", "orthogonal")
 
 
-def _check_sizes(input_size, hidden_size, num_layers, proj_size=0):
-    for name, value, lowest in (
-        ("input_size", input_size, 1),
-        ("hidden_size", hidden_size, 1),
-        ("num_layers", num_layers, 1),
-        ("proj_size", proj_size, 0),
-    ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
-            raise ValueError(f"{name} must be an integer >= {lowest}, got {value!r}.")
-    if proj_size >= hidden_size:
-        raise ValueError(
-            f"proj_size must be smaller than hidden_size ({hidden_size}), got {proj_size}."
+def _check_init(key, input_size, hidden_size, num_layers, proj_size=0):
+    """Check the common initialiser arguments; sizes come back as Python ints."""
+    validation.check_key(key)
+    sizes = tuple(
+        validation.check_size(name, value, lowest)
+        for name, value, lowest in (
+            ("input_size", input_size, 1),
+            ("hidden_size", hidden_size, 1),
+            ("num_layers", num_layers, 1),
+            ("proj_size", proj_size, 0),
         )
+    )
+    if sizes[3] >= sizes[1]:
+        raise ValueError(
+            f"proj_size must be smaller than hidden_size ({sizes[1]}), got {sizes[3]}."
+        )
+    return sizes
 
 
 def _check_initialiser(recurrent_init):
@@ -185,7 +191,9 @@ def init_lstm(
     >>> params.layers[1][0].w_ih.shape
     (8, 32)
     """
-    _check_sizes(input_size, hidden_size, num_layers, proj_size)
+    input_size, hidden_size, num_layers, proj_size = _check_init(
+        key, input_size, hidden_size, num_layers, proj_size
+    )
     _check_initialiser(recurrent_init)
     output_size = proj_size or hidden_size
     bound = 1.0 / math.sqrt(hidden_size)
@@ -226,7 +234,7 @@ def init_gru(
     >>> init_gru(jax.random.key(0), 3, 8).layers[0][0].w_hh.shape
     (8, 24)
     """
-    _check_sizes(input_size, hidden_size, num_layers)
+    input_size, hidden_size, num_layers, _ = _check_init(key, input_size, hidden_size, num_layers)
     _check_initialiser(recurrent_init)
     bound = 1.0 / math.sqrt(hidden_size)
 
@@ -259,7 +267,7 @@ def init_rnn(
     >>> init_rnn(jax.random.key(0), 3, 8).layers[0][0].w_hh.shape
     (8, 8)
     """
-    _check_sizes(input_size, hidden_size, num_layers)
+    input_size, hidden_size, num_layers, _ = _check_init(key, input_size, hidden_size, num_layers)
     _check_initialiser(recurrent_init)
     bound = 1.0 / math.sqrt(hidden_size)
 
@@ -274,3 +282,4 @@ def init_rnn(
     return RNNParams(
         _build_layers(key, input_size, hidden_size, num_layers, bidirectional, make_direction)
     )
+

@@ -112,6 +112,7 @@ def init_train_state(
     >>> int(state.step)
     0
     """
+    validation.check_key(key)
     params = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), params)
     key = jnp.array(key, copy=True)
     return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), key)
@@ -481,7 +482,9 @@ def last_valid(ys: Array, seq_lengths: Optional[Array] = None) -> Array:
     """``(B, T, F) -> (B, F)``: the output at each sequence's last valid step.
 
     For a unidirectional network this equals the final state ``h`` of the
-    top layer.
+    top layer. Lengths must lie in ``1..T``: concrete lengths outside raise a
+    ``ValueError``; traced ones (under ``jit``) cannot be read, and a row whose
+    length is outside (e.g. 0: no valid step) comes back as zeros.
 
     >>> ys = jnp.arange(6.0).reshape(1, 3, 2)
     >>> last_valid(ys, jnp.array([2])).tolist()
@@ -489,8 +492,13 @@ def last_valid(ys: Array, seq_lengths: Optional[Array] = None) -> Array:
     """
     if seq_lengths is None:
         return ys[:, -1]
-    index = jnp.asarray(seq_lengths, jnp.int32) - 1  # [B]
-    return jnp.take_along_axis(ys, index[:, None, None], axis=1)[:, 0]
+    num_steps = ys.shape[1]
+    validation.check_length_values(seq_lengths, num_steps, checked=False)
+    lengths = jnp.asarray(seq_lengths, jnp.int32)  # [B]
+    index = jnp.clip(lengths - 1, 0, num_steps - 1)
+    last = jnp.take_along_axis(ys, index[:, None, None], axis=1)[:, 0]  # [B, F]
+    valid = (lengths >= 1) & (lengths <= num_steps)
+    return jnp.where(valid[:, None], last, jnp.zeros_like(last))
 
 
 def masked_mean_pool(ys: Array, seq_lengths: Optional[Array] = None) -> Array:

@@ -108,6 +108,42 @@ def check_unroll(unroll: Any) -> None:
         raise ValueError(f"unroll must be an integer >= 1, got {unroll!r}.")
 
 
+# ------------------------------------------------------------ keys and sizes
+
+
+def check_key(key: Any, name: str = "key") -> None:
+    """``key`` must be one PRNG key: ``jax.random.key(seed)`` or ``jax.random.PRNGKey(seed)``."""
+    shape, dtype = getattr(key, "shape", None), getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if tuple(shape) == ():
+            return
+        raise ValueError(
+            f"{name} must be a single PRNG key (shape ()), got a key array of shape "
+            f"{tuple(shape)}; index or split it first."
+        )
+    if dtype == np.uint32 and shape is not None and len(shape) == 1:
+        return  # raw key data, as jax.random.PRNGKey returns
+    if shape is None or shape == ():
+        got = f"{type(key).__name__} {key!r}"
+    else:
+        got = f"an array of shape {tuple(shape)} and dtype {dtype}"
+    raise TypeError(
+        f"{name} must be a PRNG key from jax.random.key(seed) (or jax.random.PRNGKey(seed)), "
+        f"got {got}."
+    )
+
+
+def check_size(name: str, value: Any, lowest: int) -> int:
+    """An integer (Python or numpy, not bool) ``>= lowest``, returned as a Python int."""
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, (int, np.integer))
+        or value < lowest
+    ):
+        raise ValueError(f"{name} must be an integer >= {lowest}, got {value!r}.")
+    return int(value)
+
+
 # ------------------------------------------------------------------- params
 
 

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import lstm_jax as lj
@@ -253,3 +254,60 @@ def test_stream_step_checks_params_and_state():
     bad = _replace(PARAMS, 1, 0, w_hh=jnp.zeros((5, 16)))
     with pytest.raises(ValueError, match=r"params.layers\[1\]\[0\].w_hh has shape \(5, 16\)"):
         lj.init_stream_state(bad)
+
+
+# ------------------------------------------------------- keys, sizes, last_valid
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda key: lj.lstm(PARAMS, XS, dropout=0.5, key=key),
+        lambda key: lj.gru(lj.init_gru(jax.random.key(0), 3, 4), XS, recurrent_dropout=0.5, key=key),
+        lambda key: lj.rnn(lj.init_rnn(jax.random.key(0), 3, 4), XS, key=key),
+        lambda key: lj.init_lstm(key, 3, 4),
+        lambda key: lj.init_gru(key, 3, 4),
+        lambda key: lj.init_rnn(key, 3, 4),
+        lambda key: lj.init_train_state({"w": jnp.zeros(2)}, optax.sgd(0.1), key),
+    ],
+    ids=["lstm", "gru", "rnn", "init_lstm", "init_gru", "init_rnn", "init_train_state"],
+)
+def test_an_int_is_not_a_key(call):
+    with pytest.raises(TypeError, match=r"key must be a PRNG key from jax.random.key\(seed\) .*got int 0"):
+        call(0)
+
+
+def test_a_batch_of_keys_is_not_a_key():
+    keys = jax.random.split(jax.random.key(0))
+    with pytest.raises(ValueError, match=r"key must be a single PRNG key \(shape \(\)\), got a key array of shape \(2,\)"):
+        lj.lstm(PARAMS, XS, dropout=0.5, key=keys)
+    ys, _ = lj.lstm(PARAMS, XS, dropout=0.5, key=jax.random.PRNGKey(0))  # raw uint32 keys work
+    assert ys.shape == (2, 5, 4)
+
+
+def test_numpy_integers_are_sizes_and_bools_are_not():
+    params = lj.init_lstm(jax.random.key(0), np.int64(3), np.int64(8), num_layers=np.int32(2))
+    assert params.layers[1][0].w_ih.shape == (8, 32)
+    same = lj.init_lstm(jax.random.key(0), 3, 8, num_layers=2)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(same)))
+    assert lj.init_gru(jax.random.key(0), 3, np.uint8(4)).layers[0][0].w_hh.shape == (4, 12)
+    with pytest.raises(ValueError, match=r"hidden_size must be an integer >= 1, got np.True_"):
+        lj.init_rnn(jax.random.key(0), 3, np.bool_(True))
+    with pytest.raises(ValueError, match=r"input_size must be an integer >= 1, got True"):
+        lj.init_lstm(jax.random.key(0), True, 4)
+
+
+def test_last_valid_rejects_a_zero_length():
+    ys = jnp.arange(12.0).reshape(2, 3, 2)
+    with pytest.raises(ValueError, match=r"seq_lengths must lie in 1\.\.3 .*got \[0, 3\]"):
+        lj.training.last_valid(ys, jnp.array([0, 3]))
+    with pytest.raises(ValueError, match=r"got \[4, 3\]"):
+        lj.training.last_valid(ys, np.array([4, 3]))
+
+
+def test_last_valid_gives_zeros_for_traced_lengths_outside_range():
+    ys = jnp.arange(12.0).reshape(2, 3, 2) + 1.0
+    got = jax.jit(lj.training.last_valid)(ys, jnp.array([0, 2]))
+    np.testing.assert_array_equal(got, [[0.0, 0.0], [9.0, 10.0]])
+    got = jax.jit(lj.training.last_valid)(ys, jnp.array([4, 3]))
+    np.testing.assert_array_equal(got, [[0.0, 0.0], [11.0, 12.0]])
