@@ -16,7 +16,7 @@ LSTM i, f, g, o; GRU r, z, n (both as in PyTorch / cuDNN).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +36,7 @@ __all__ = [
     "init_lstm",
     "init_gru",
     "init_rnn",
+    "params_from_layers",
 ]
 
 
@@ -283,3 +284,53 @@ def init_rnn(
         _build_layers(key, input_size, hidden_size, num_layers, bidirectional, make_direction)
     )
 
+
+_PARAMS_OF = {LSTMWeights: LSTMParams, GRUWeights: GRUParams, RNNWeights: RNNParams}
+_WEIGHTS = tuple(_PARAMS_OF)
+
+
+def _directions(layer: Any) -> Any:
+    """One layer as a tuple of directions; anything else is left for the checks to name."""
+    if isinstance(layer, _WEIGHTS):
+        return (layer,)
+    return tuple(layer) if isinstance(layer, (list, tuple)) else layer
+
+
+def params_from_layers(layers: Sequence[Any]) -> Union[LSTMParams, GRUParams, RNNParams]:
+    """Build a network's params from per-layer (per-direction) weights, and check them.
+
+    Each entry of ``layers`` is one layer: a weights object (one direction) or a
+    sequence ``(forward, reverse)`` for a bidirectional layer. Weights from
+    ``from_flax`` / ``from_keras`` / ``params.layers[l][d]`` fit directly. All
+    entries must be of one kind and fit together (a layer's input size is
+    ``num_directions * R`` of the layer below); errors name the entry, as in
+    ``layers[1][0].w_ih has shape (3, 16), expected (4, 16) = ...``.
+
+    Args:
+      layers: ``[w0, w1, ...]`` or ``[[w0_fwd, w0_bwd], [w1_fwd, w1_bwd], ...]``.
+
+    Returns:
+      ``LSTMParams``, ``GRUParams`` or ``RNNParams``, by the weights' type.
+
+    >>> w0 = init_lstm(jax.random.key(0), 3, 4).layers[0][0]
+    >>> w1 = init_lstm(jax.random.key(1), 4, 4).layers[0][0]
+    >>> [len(layer) for layer in params_from_layers([w0, w1]).layers]
+    [1, 1]
+    """
+    if isinstance(layers, _WEIGHTS) or not isinstance(layers, (list, tuple)):
+        raise TypeError(
+            f"layers must be a list with one entry per layer, got {type(layers).__name__}; "
+            "for a single layer write params_from_layers([w])."
+        )
+    if not layers:
+        raise ValueError("layers is empty: a network needs at least one layer.")
+    stacked = tuple(_directions(layer) for layer in layers)
+    first = stacked[0][0] if isinstance(stacked[0], tuple) and stacked[0] else stacked[0]
+    if not isinstance(first, _WEIGHTS):
+        raise TypeError(
+            "layers[0] must be LSTMWeights, GRUWeights or RNNWeights (or a list of 1 or 2 "
+            f"of them), got {type(first).__name__}."
+        )
+    params = _PARAMS_OF[type(first)](stacked)
+    validation.check_params(params, name="layers")
+    return params

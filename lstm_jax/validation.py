@@ -19,12 +19,25 @@ from jax.experimental import checkify
 # A module import, not ``from ... import``: params.py imports this module too.
 from lstm_jax import params as _p
 
+_WEIGHTS_OF = {"LSTMParams": "LSTMWeights", "GRUParams": "GRUWeights", "RNNParams": "RNNWeights"}
+
+
 def check_params_type(params: Any, expected: type, init_name: str) -> None:
-    if not isinstance(params, expected):
-        raise TypeError(
-            f"params must be a {expected.__name__} (from lstm_jax.{init_name} or "
-            f"lstm_jax.from_torch), got {type(params).__name__}."
+    if isinstance(params, expected):
+        return
+    got = type(params).__name__
+    hint = ""
+    if got == _WEIGHTS_OF[expected.__name__]:
+        hint = (
+            f": one layer-direction's weights (what from_flax / from_keras return). "
+            f"Wrap it with lstm_jax.params_from_layers([w]) (or {expected.__name__}(((w,),))); "
+            f"several layers: params_from_layers([w0, w1]), bidirectional: "
+            f"params_from_layers([[w_fwd, w_bwd], ...])"
         )
+    raise TypeError(
+        f"params must be a {expected.__name__} (from lstm_jax.{init_name} or "
+        f"lstm_jax.from_torch), got {got}{hint}."
+    )
 
 
 def check_inputs(xs: Any, input_size: int) -> None:
@@ -288,7 +301,7 @@ def _check_directions(name: str, layer: Any, expected: Optional[int]) -> int:
     if hasattr(layer, "_fields") or not isinstance(layer, (tuple, list)):
         raise TypeError(
             f"{name} must be a tuple of 1 or 2 directions (forward, reverse), got "
-            f"{type(layer).__name__}; e.g. LSTMParams(((w,),))."
+            f"{type(layer).__name__}; build params with lstm_jax.params_from_layers."
         )
     if expected is None and len(layer) not in (1, 2):
         raise ValueError(f"{name} must hold 1 or 2 directions (forward, reverse), got {len(layer)}.")

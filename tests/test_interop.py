@@ -299,3 +299,106 @@ def test_to_converters_check_their_weights():
         lj.to_flax(bad)
     with pytest.raises(ValueError, match=r"params.layers\[0\]\[0\].b has shape \(12,\)"):
         lj.to_torch(lj.LSTMParams(((bad,),)))
+
+
+# -------------------------------------------- single-layer weights, params_from_layers
+
+
+def test_a_single_layer_weights_object_says_how_to_wrap_it():
+    from flax import linen as nn
+
+    xs = jax.random.normal(jax.random.key(2), (2, 5, 3))
+    flax_rnn = nn.RNN(nn.LSTMCell(4))
+    variables = flax_rnn.init(jax.random.key(0), xs)
+    w = lj.from_flax(variables)
+    with pytest.raises(TypeError, match=r"got LSTMWeights: one layer-direction's weights .*params_from_layers\(\[w\]\)"):
+        lj.lstm(w, xs)
+    ys, _ = lj.lstm(lj.params_from_layers([w]), xs)
+    np.testing.assert_allclose(ys, flax_rnn.apply(variables, xs), atol=1e-5)
+    with pytest.raises(TypeError, match=r"got GRUWeights: .*params_from_layers\(\[w\]\)"):
+        lj.gru(lj.init_gru(jax.random.key(0), 3, 4).layers[0][0], xs)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        lj.init_lstm(jax.random.key(1), 3, 4, num_layers=3, bidirectional=True),
+        lj.init_lstm(jax.random.key(2), 3, 6, num_layers=2, proj_size=2),
+        lj.init_gru(jax.random.key(3), 3, 4, num_layers=2, bidirectional=True),
+        lj.init_rnn(jax.random.key(4), 3, 4, num_layers=2),
+    ],
+    ids=["lstm-3-bi", "lstm-proj", "gru-bi", "rnn"],
+)
+def test_params_from_layers_rebuilds_the_network(params):
+    _assert_trees_equal(lj.params_from_layers([list(layer) for layer in params.layers]), params)
+    if len(params.layers[0]) == 1:  # one weights object per layer is a unidirectional layer
+        _assert_trees_equal(lj.params_from_layers([layer[0] for layer in params.layers]), params)
+
+
+def test_params_from_layers_stacks_converted_weights():
+    p = lj.init_lstm(jax.random.key(0), 3, 4, num_layers=2, bidirectional=True)
+    layers = [[lj.from_keras(lj.to_keras(w)) for w in layer] for layer in p.layers]
+    _assert_trees_equal(lj.params_from_layers(layers), p)
+    g = lj.init_gru(jax.random.key(1), 3, 4, num_layers=2)
+    _assert_trees_equal(lj.params_from_layers([lj.from_keras(lj.to_keras(l[0])) for l in g.layers]), g)
+
+
+def test_params_from_layers_checks_what_it_stacks():
+    w0 = lj.init_lstm(jax.random.key(0), 3, 4).layers[0][0]
+    w1 = lj.init_lstm(jax.random.key(1), 4, 4).layers[0][0]
+    with pytest.raises(TypeError, match=r"for a single layer write params_from_layers\(\[w\]\)"):
+        lj.params_from_layers(w0)
+    with pytest.raises(ValueError, match=r"layers\[1\]\[0\].w_ih has shape \(3, 16\), expected \(4, 16\)"):
+        lj.params_from_layers([w0, w0])
+    with pytest.raises(ValueError, match=r"layers\[1\]\[0\].w_ih has shape \(4, 16\), expected \(8, 16\)"):
+        lj.params_from_layers([[w0, w0], [w1, w1]])
+    with pytest.raises(ValueError, match=r"layers\[1\] has 1 direction\(s\), expected 2"):
+        lj.params_from_layers([[w0, w0], w1])
+    g = lj.init_gru(jax.random.key(0), 4, 4).layers[0][0]
+    with pytest.raises(TypeError, match=r"layers\[1\]\[0\] must be an LSTMWeights, got GRUWeights"):
+        lj.params_from_layers([w0, g])
+    with pytest.raises(ValueError, match="layers is empty"):
+        lj.params_from_layers([])
+
+
+# ------------------------------------------------------------ to_torch(tensors=True)
+
+
+@pytest.mark.parametrize(
+    "kind, kwargs",
+    [("LSTM", dict(num_layers=2, bidirectional=True, proj_size=2)), ("GRU", dict(num_layers=2, bidirectional=True))],
+)
+def test_to_torch_tensors_load_into_torch_and_give_equal_outputs(kind, kwargs):
+    torch = pytest.importorskip("torch")
+    init = {"LSTM": lj.init_lstm, "GRU": lj.init_gru}[kind]
+    run = {"LSTM": lj.lstm, "GRU": lj.gru}[kind]
+    params = init(jax.random.key(0), 3, 5, **kwargs)
+    module = getattr(torch.nn, kind)(3, 5, batch_first=True, **kwargs)
+    state_dict = lj.to_torch(params, tensors=True)
+    assert all(isinstance(v, torch.Tensor) for v in state_dict.values())
+    module.load_state_dict(state_dict, strict=True)
+    xs = np.random.default_rng(0).standard_normal((2, 6, 3)).astype(np.float32)
+    with torch.no_grad():
+        torch_ys, _ = module(torch.from_numpy(xs))
+    ys, _ = run(params, jnp.asarray(xs))
+    np.testing.assert_allclose(ys, torch_ys.numpy(), atol=1e-5)
+
+
+def test_to_torch_tensors_keep_bfloat16():
+    torch = pytest.importorskip("torch")
+    params = lj.init_lstm(jax.random.key(0), 3, 4, dtype=jnp.bfloat16)
+    state_dict = lj.to_torch(params, tensors=True)
+    assert state_dict["weight_hh_l0"].dtype == torch.bfloat16
+    np.testing.assert_array_equal(
+        state_dict["weight_hh_l0"].float().numpy(), np.asarray(params.layers[0][0].w_hh, np.float32).T
+    )
+    _assert_trees_equal(lj.from_torch(state_dict), params)
+
+
+def test_to_torch_tensors_without_torch_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    with pytest.raises(ImportError, match=r"pip install 'lstm_jax\[torch\]'"):
+        lj.to_torch(lj.init_lstm(jax.random.key(0), 3, 4), tensors=True)
+    assert isinstance(lj.to_torch(lj.init_lstm(jax.random.key(0), 3, 4))["weight_ih_l0"], np.ndarray)
