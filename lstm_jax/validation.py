@@ -9,6 +9,7 @@ concrete, and with ``checked=True`` inserts a ``checkify`` check otherwise.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -184,11 +185,16 @@ class _Expected(NamedTuple):
     source: str  # the weights the sizes and the dtype were read from
 
 
+@functools.lru_cache(maxsize=None)
+def _is_floating(dtype: Any) -> bool:
+    return jnp.issubdtype(dtype, jnp.floating)  # cached: eager calls check every array
+
+
 def _array_shape(name: str, value: Any) -> tuple:
     shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
     if shape is None or dtype is None:
         raise TypeError(f"{name} must be an array, got {type(value).__name__}.")
-    if not jnp.issubdtype(dtype, jnp.floating):
+    if not _is_floating(dtype):
         raise TypeError(f"{name} must have a floating dtype, got {dtype}.")
     return tuple(shape)
 
