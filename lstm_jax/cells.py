@@ -9,7 +9,10 @@ before the Pallas kernel):
 * ``*_step(w, state, gx)``: the recurrence for one example, ``gx`` of shape
   ``(G,)``.
 
-The public ``lstm_cell``, ``gru_cell`` and ``rnn_cell`` compose the two.
+The public ``lstm_cell``, ``gru_cell`` and ``rnn_cell`` compose the two, after
+checking their weights, state and input (``lstm_jax.validation``; the
+per-step functions used inside loops carry no checks). Leading batch axes
+shared by ``x`` and the state pass the checks; ``jax.vmap`` is the way to batch.
 
 LSTM (gate order i, f, g, o; weights input-major, ``x @ w``)::
 

@@ -45,7 +45,9 @@ __all__ = ["from_torch", "to_torch", "from_flax", "to_flax", "from_keras", "to_k
 
 _TORCH_NAME = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
 # The same names at the end of a module's state dict key, e.g. "encoder.lstm.weight_ih_l0".
-_TORCH_TAIL = re.compile(r"(?:^|\.)((?:weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l\d+(?:_reverse)?)$")
+_TORCH_TAIL = re.compile(
+    r"(?:^|\.)((?:weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l\d+(?:_reverse)?)$"
+)
 _TORCH_MODULES = {"lstm": "nn.LSTM", "gru": "nn.GRU", "rnn": "nn.RNN"}
 _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
@@ -65,7 +67,9 @@ def _to_numpy(value: Any, name: str = "value") -> np.ndarray:
     return np.asarray(value)
 
 
-def _check_arrays(arrays: Mapping[str, np.ndarray], expected: Mapping[str, tuple], what: str) -> None:
+def _check_arrays(
+    arrays: Mapping[str, np.ndarray], expected: Mapping[str, tuple], what: str
+) -> None:
     """Every array has its expected shape and all share one floating dtype.
 
     ``expected[name] = (shape, layout)``; every problem is listed in one ``ValueError``.
@@ -95,7 +99,9 @@ def _key_problems(found: Iterable[str], expected: Iterable[str], label=str) -> l
     missing = [label(k) for k in expected if k not in found]
     unknown = [label(k) for k in found if k not in expected]
     return [
-        f"{what} keys {keys}" for what, keys in (("missing", missing), ("unexpected", unknown)) if keys
+        f"{what} keys {keys}"
+        for what, keys in (("missing", missing), ("unexpected", unknown))
+        if keys
     ]
 
 
@@ -190,10 +196,12 @@ def from_torch(
     (2, 8)
     """
     if not isinstance(state_dict, Mapping):
-        raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}.")
+        raise TypeError(
+            f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}."
+        )
     p = _torch_prefix(list(state_dict), prefix)
     arrays = {
-        name[len(p):]: _to_numpy(value, repr(name))
+        name[len(p) :]: _to_numpy(value, repr(name))
         for name, value in state_dict.items()
         if name.startswith(p)
     }
@@ -217,7 +225,10 @@ def from_torch(
             input_label = f"{len(suffixes)} * {out_label}" if len(suffixes) > 1 else out_label
         for suffix in suffixes:
             tag = f"_l{layer}{suffix}"
-            expected["weight_ih" + tag] = ((gates * hidden, layer_input), f"({gate_rows}, {input_label})")
+            expected["weight_ih" + tag] = (
+                (gates * hidden, layer_input),
+                f"({gate_rows}, {input_label})",
+            )
             expected["weight_hh" + tag] = ((gates * hidden, out), f"({gate_rows}, {out_label})")
             if bias:
                 expected["bias_ih" + tag] = ((gates * hidden,), f"({gate_rows},)")
@@ -235,7 +246,11 @@ def from_torch(
             f"state_dict does not match the {module} that its keys and the shape of "
             f"{p + 'weight_hh_l0'!r} describe: " + "; ".join(problems) + "."
         )
-    _check_arrays({p + k: v for k, v in arrays.items()}, {p + k: v for k, v in expected.items()}, f"state_dict of {module}")
+    _check_arrays(
+        {p + k: v for k, v in arrays.items()},
+        {p + k: v for k, v in expected.items()},
+        f"state_dict of {module}",
+    )
 
     def direction(tag: str):
         w_ih, w_hh = arrays["weight_ih" + tag].T, arrays["weight_hh" + tag].T
@@ -351,7 +366,8 @@ def _flax_arrays(p: Mapping[str, Any], layout: dict, cell: str) -> dict[str, np.
     for module, entries in layout.items():
         if module in p:
             if not isinstance(p[module], Mapping):
-                raise TypeError(f"{what}: [{module!r}] must be a dict of arrays, got {type(p[module]).__name__}.")
+                got = type(p[module]).__name__
+                raise TypeError(f"{what}: [{module!r}] must be a dict of arrays, got {got}.")
             problems += _key_problems(p[module], entries, label=lambda k, m=module: f"{m}/{k}")
     if problems:
         raise ValueError(f"{what}: " + "; ".join(problems) + ".")
@@ -366,7 +382,9 @@ def _flax_arrays(p: Mapping[str, Any], layout: dict, cell: str) -> dict[str, np.
         "hidden": ((hidden, hidden), "(hidden_size, hidden_size)"),
         "bias": ((hidden,), "(hidden_size,)"),
     }
-    expected = {f"{m}/{k}": shapes[kind] for m, entries in layout.items() for k, kind in entries.items()}
+    expected = {
+        f"{m}/{k}": shapes[kind] for m, entries in layout.items() for k, kind in entries.items()
+    }
     _check_arrays(arrays, expected, what)
     return arrays
 
@@ -382,7 +400,9 @@ def from_flax(cell_params: Mapping[str, Any]) -> Union[LSTMWeights, GRUWeights]:
     ``lj.params_from_layers([w])`` (several layers: ``[w0, w1, ...]``).
     """
     if not isinstance(cell_params, Mapping):
-        raise TypeError(f"cell_params must be a dict of Flax params, got {type(cell_params).__name__}.")
+        raise TypeError(
+            f"cell_params must be a dict of Flax params, got {type(cell_params).__name__}."
+        )
     p = _unwrap_flax(cell_params)
     if "ii" in p:
         a = _flax_arrays(p, _FLAX_LSTM, "LSTMCell")
@@ -420,7 +440,9 @@ def to_flax(weights: Union[LSTMWeights, GRUWeights]) -> dict:
     if isinstance(weights, LSTMWeights):
         validation.check_lstm_weights(weights, "weights")
         if weights.w_hr is not None or weights.w_peep is not None or weights.ln is not None:
-            raise ValueError("to_flax: Flax's LSTM cells have no projection, peepholes or layer norm.")
+            raise ValueError(
+                "to_flax: Flax's LSTM cells have no projection, peepholes or layer norm."
+            )
         out = {}
         for g, w_i, w_h, b in zip(
             _FLAX_LSTM_GATES, _split(weights.w_ih, 4), _split(weights.w_hh, 4), _split(weights.b, 4)
@@ -438,7 +460,10 @@ def to_flax(weights: Union[LSTMWeights, GRUWeights]) -> dict:
             )
         out = {}
         for g, w_i, w_h, b in zip(
-            _FLAX_GRU_GATES, _split(weights.w_ih, 3), _split(weights.w_hh, 3), _split(weights.b_ih, 3)
+            _FLAX_GRU_GATES,
+            _split(weights.w_ih, 3),
+            _split(weights.w_hh, 3),
+            _split(weights.b_ih, 3),
         ):
             out["i" + g] = {"kernel": w_i, "bias": b}
             out["h" + g] = {"kernel": w_h}
@@ -465,10 +490,15 @@ def from_keras(weights: Sequence[Any]) -> Union[LSTMWeights, GRUWeights]:
     >>> w.w_hh.shape
     (2, 8)
     """
-    if not isinstance(weights, (list, tuple)) or len(weights) != 3:
+    if not isinstance(weights, (list, tuple)):
+        raise TypeError(
+            "weights must be the list [kernel, recurrent_kernel, bias] from "
+            f"layer.get_weights(), got {type(weights).__name__}."
+        )
+    if len(weights) != 3:
         raise ValueError(
             f"weights must be [kernel, recurrent_kernel, bias] from layer.get_weights(), "
-            f"got {f'a list of {len(weights)}' if isinstance(weights, (list, tuple)) else type(weights).__name__}."
+            f"got a list of {len(weights)}."
         )
     names = ("weights[0] (kernel)", "weights[1] (recurrent_kernel)", "weights[2] (bias)")
     arrays = dict(zip(names, (_to_numpy(w, name) for w, name in zip(weights, names))))
@@ -485,7 +515,9 @@ def from_keras(weights: Sequence[Any]) -> Union[LSTMWeights, GRUWeights]:
     expected = {
         names[0]: ((inputs, cols), f"(input_size, {gates_label})"),
         names[1]: ((hidden, cols), f"(units, {gates_label})"),
-        names[2]: ((cols,), f"({gates_label},)") if cell == "LSTM" else ((2, cols), f"(2, {gates_label})"),
+        names[2]: ((cols,), f"({gates_label},)")
+        if cell == "LSTM"
+        else ((2, cols), f"(2, {gates_label})"),
     }
     if cell == "GRU" and bias.shape == (cols,):
         raise ValueError(

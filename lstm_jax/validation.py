@@ -101,7 +101,9 @@ def check_length_values(seq_lengths: jax.Array, num_steps: int, checked: bool) -
 def check_state(name: str, value: Any, expected_shape: tuple) -> None:
     shape = getattr(value, "shape", None)
     if shape is None:
-        raise TypeError(f"{name} must be an array of shape {expected_shape}, got {type(value).__name__}.")
+        raise TypeError(
+            f"{name} must be an array of shape {expected_shape}, got {type(value).__name__}."
+        )
     if tuple(shape) != tuple(expected_shape):
         raise ValueError(
             f"{name} must have shape {tuple(expected_shape)} "
@@ -185,7 +187,7 @@ class _Expected(NamedTuple):
     source: str  # the weights the sizes and the dtype were read from
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _is_floating(dtype: Any) -> bool:
     return jnp.issubdtype(dtype, jnp.floating)  # cached: eager calls check every array
 
@@ -255,8 +257,12 @@ def check_lstm_weights(w: Any, name: str = "w", ref: Optional[_Expected] = None)
         ref = _reference(name, w, 4, "i, f, g, o", output)
     hidden, gates = ref.hidden, 4 * ref.hidden
     gates_label = "4 * hidden_size"
-    _expect(f"{name}.w_hh", w.w_hh, (ref.output, gates), f"({ref.output_label}, {gates_label})", ref)
-    _expect(f"{name}.w_ih", w.w_ih, (ref.input_size, gates), f"({ref.input_label}, {gates_label})", ref)
+    _expect(
+        f"{name}.w_hh", w.w_hh, (ref.output, gates), f"({ref.output_label}, {gates_label})", ref
+    )
+    _expect(
+        f"{name}.w_ih", w.w_ih, (ref.input_size, gates), f"({ref.input_label}, {gates_label})", ref
+    )
     _expect(f"{name}.b", w.b, (gates,), f"({gates_label},)", ref)
     if ref.projection != (w.w_hr is not None):
         has, lacks = (name, ref.source) if w.w_hr is not None else (ref.source, name)
@@ -286,7 +292,9 @@ def check_gru_weights(w: Any, name: str = "w", ref: Optional[_Expected] = None) 
     ref = ref or _reference(name, w, 3, "r, z, n")
     gates, gates_label = 3 * ref.hidden, "3 * hidden_size"
     _expect(f"{name}.w_hh", w.w_hh, (ref.hidden, gates), f"(hidden_size, {gates_label})", ref)
-    _expect(f"{name}.w_ih", w.w_ih, (ref.input_size, gates), f"({ref.input_label}, {gates_label})", ref)
+    _expect(
+        f"{name}.w_ih", w.w_ih, (ref.input_size, gates), f"({ref.input_label}, {gates_label})", ref
+    )
     _expect(f"{name}.b_ih", w.b_ih, (gates,), f"({gates_label},)", ref)
     _expect(f"{name}.b_hh", w.b_hh, (gates,), f"({gates_label},)", ref)
     return ref
@@ -298,7 +306,9 @@ def check_rnn_weights(w: Any, name: str = "w", ref: Optional[_Expected] = None) 
     ref = ref or _reference(name, w, 1, "h")
     hidden = ref.hidden
     _expect(f"{name}.w_hh", w.w_hh, (hidden, hidden), "(hidden_size, hidden_size)", ref)
-    _expect(f"{name}.w_ih", w.w_ih, (ref.input_size, hidden), f"({ref.input_label}, hidden_size)", ref)
+    _expect(
+        f"{name}.w_ih", w.w_ih, (ref.input_size, hidden), f"({ref.input_label}, hidden_size)", ref
+    )
     _expect(f"{name}.b", w.b, (hidden,), "(hidden_size,)", ref)
     return ref
 
@@ -310,7 +320,9 @@ def _check_directions(name: str, layer: Any, expected: Optional[int]) -> int:
             f"{type(layer).__name__}; build params with lstm_jax.params_from_layers."
         )
     if expected is None and len(layer) not in (1, 2):
-        raise ValueError(f"{name} must hold 1 or 2 directions (forward, reverse), got {len(layer)}.")
+        raise ValueError(
+            f"{name} must hold 1 or 2 directions (forward, reverse), got {len(layer)}."
+        )
     if expected is not None and len(layer) != expected:
         raise ValueError(
             f"{name} has {len(layer)} direction(s), expected {expected} like "
@@ -332,13 +344,17 @@ def _check_stack(layers: Any, name: str, check_weights: Callable) -> NetworkSize
     ref = check_weights(layers[0][0], f"{name}[0][0]")
     stacked = ref._replace(
         input_size=num_directions * ref.output,
-        input_label=f"{num_directions} * {ref.output_label}" if num_directions > 1 else ref.output_label,
+        input_label=f"{num_directions} * {ref.output_label}"
+        if num_directions > 1
+        else ref.output_label,
     )
     for layer, directions in enumerate(layers):
         _check_directions(f"{name}[{layer}]", directions, num_directions)
         for direction, w in enumerate(directions):
             check_weights(w, f"{name}[{layer}][{direction}]", ref if layer == 0 else stacked)
-    return NetworkSizes(len(layers), num_directions, ref.input_size, ref.hidden, ref.output, ref.dtype)
+    return NetworkSizes(
+        len(layers), num_directions, ref.input_size, ref.hidden, ref.output, ref.dtype
+    )
 
 
 def check_lstm_params(params: Any, name: str = "params.layers") -> NetworkSizes:
@@ -416,12 +432,14 @@ def check_lstm_cell(w: Any, state: Any, x: Any, recurrent_mask: Any = None) -> N
 def check_single_state_cell(
     check_weights: Callable, w: Any, h: Any, x: Any, recurrent_mask: Any = None
 ) -> None:
-    """``gru_cell`` / ``rnn_cell``: weights (checked by ``check_weights``), ``h: (H,)``, ``x: (I,)``."""
+    """``gru_cell`` / ``rnn_cell``: weights (by ``check_weights``), ``h: (H,)``, ``x: (I,)``."""
     ref = check_weights(w, "w")
     batch = _cell_batch(x, ref.input_size)
     _check_float_array("h", h, batch + (ref.hidden,), "(hidden_size,)")
     if recurrent_mask is not None:
-        _check_float_array("recurrent_mask", recurrent_mask, batch + (ref.hidden,), "(hidden_size,)")
+        _check_float_array(
+            "recurrent_mask", recurrent_mask, batch + (ref.hidden,), "(hidden_size,)"
+        )
 
 
 def check_stream(params: Any, state: Any, x_t: Any) -> None:
