@@ -9,7 +9,10 @@ before the Pallas kernel):
 * ``*_step(w, state, gx)``: the recurrence for one example, ``gx`` of shape
   ``(G,)``.
 
-The public ``lstm_cell``, ``gru_cell`` and ``rnn_cell`` compose the two.
+The public ``lstm_cell``, ``gru_cell`` and ``rnn_cell`` compose the two, after
+checking their weights, state and input (``lstm_jax.validation``; the
+per-step functions used inside loops carry no checks). Leading batch axes
+shared by ``x`` and the state pass the checks; ``jax.vmap`` is the way to batch.
 
 LSTM (gate order i, f, g, o; weights input-major, ``x @ w``)::
 
@@ -47,6 +50,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from lstm_jax import validation
 from lstm_jax.params import GRUWeights, LSTMWeights, RNNWeights
 
 __all__ = [
@@ -169,6 +173,7 @@ def lstm_cell(
     >>> h.shape, c.shape
     ((4,), (4,))
     """
+    validation.check_lstm_cell(w, state, x, recurrent_mask)
     gx = lstm_input_projection(w, x, compute_dtype=compute_dtype)
     return lstm_step(w, state, gx, recurrent_mask=recurrent_mask, compute_dtype=compute_dtype)
 
@@ -214,6 +219,7 @@ def gru_cell(
     >>> gru_cell(w, jnp.zeros(4), jnp.ones(3)).shape
     (4,)
     """
+    validation.check_single_state_cell(validation.check_gru_weights, w, h, x, recurrent_mask)
     gx = gru_input_projection(w, x, compute_dtype=compute_dtype)
     return gru_step(w, h, gx, recurrent_mask=recurrent_mask, compute_dtype=compute_dtype)
 
@@ -264,6 +270,7 @@ def rnn_cell(
     >>> rnn_cell(w, jnp.zeros(4), jnp.ones(3)).shape
     (4,)
     """
+    validation.check_single_state_cell(validation.check_rnn_weights, w, h, x, recurrent_mask)
     gx = rnn_input_projection(w, x, compute_dtype=compute_dtype)
     return rnn_step(
         w,

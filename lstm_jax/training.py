@@ -50,7 +50,7 @@ import numpy as np
 import optax
 from jax import Array
 
-from lstm_jax import cells
+from lstm_jax import cells, validation
 from lstm_jax.network import gru, lstm, rnn
 from lstm_jax.params import GRUParams, LSTMParams, LSTMState, RNNParams
 
@@ -113,6 +113,7 @@ def init_train_state(
     >>> int(state.step)
     0
     """
+    validation.check_key(key)
     params = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), params)
     key = jnp.array(key, copy=True)
     return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), key)
@@ -661,7 +662,9 @@ def last_valid(ys: Array, seq_lengths: Optional[Array] = None) -> Array:
     """``(B, T, F) -> (B, F)``: the output at each sequence's last valid step.
 
     For a unidirectional network this equals the final state ``h`` of the
-    top layer.
+    top layer. Lengths must lie in ``1..T``: concrete lengths outside raise a
+    ``ValueError``; traced ones (under ``jit``) cannot be read, and a row whose
+    length is outside (e.g. 0: no valid step) comes back as zeros.
 
     >>> ys = jnp.arange(6.0).reshape(1, 3, 2)
     >>> last_valid(ys, jnp.array([2])).tolist()
@@ -669,8 +672,13 @@ def last_valid(ys: Array, seq_lengths: Optional[Array] = None) -> Array:
     """
     if seq_lengths is None:
         return ys[:, -1]
-    index = jnp.asarray(seq_lengths, jnp.int32) - 1  # [B]
-    return jnp.take_along_axis(ys, index[:, None, None], axis=1)[:, 0]
+    num_steps = ys.shape[1]
+    validation.check_length_values(seq_lengths, num_steps, checked=False)
+    lengths = jnp.asarray(seq_lengths, jnp.int32)  # [B]
+    index = jnp.clip(lengths - 1, 0, num_steps - 1)
+    last = jnp.take_along_axis(ys, index[:, None, None], axis=1)[:, 0]  # [B, F]
+    valid = (lengths >= 1) & (lengths <= num_steps)
+    return jnp.where(valid[:, None], last, jnp.zeros_like(last))
 
 
 def masked_mean_pool(ys: Array, seq_lengths: Optional[Array] = None) -> Array:
@@ -778,6 +786,7 @@ def _stream_layers(params: Any) -> tuple[str, Any]:
         raise TypeError(
             f"params must be LSTMParams, GRUParams or RNNParams, got {type(params).__name__}."
         )
+    validation.check_params(params)
     if len(params.layers[0]) != 1:
         raise ValueError(
             "stream_step needs a unidirectional network: a reverse direction must see "
@@ -836,6 +845,7 @@ def stream_step(
     (4,)
     """
     kind, layers = _stream_layers(params)
+    validation.check_stream(params, state, x_t)
     if kind == "lstm":
         step = lambda w, s, x: cells.lstm_cell(w, s, x)  # noqa: E731
     elif kind == "gru":
@@ -844,8 +854,6 @@ def stream_step(
         step = lambda w, s, x: cells.rnn_cell(w, s, x, nonlinearity=nonlinearity)  # noqa: E731
     if x_t.ndim == 2:
         step = jax.vmap(step, in_axes=(None, 0, 0))
-    elif x_t.ndim != 1:
-        raise ValueError(f"x_t must have shape (I,) or (B, I), got {tuple(x_t.shape)}.")
     new_states = []
     inputs = x_t
     for layer, layer_weights in enumerate(layers):
