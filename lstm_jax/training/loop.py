@@ -112,8 +112,8 @@ def fit(
         raise _interrupted(state, history, checkpoint_manager) from None
     finally:
         bar.close()
-    if checkpoint_manager is not None:
-        ckpt.wait(checkpoint_manager)
+        if checkpoint_manager is not None:  # also on an error: finish the saves under way
+            ckpt.wait(checkpoint_manager)
     return state, history
 
 
