@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lstm_jax.training import TrainState
+from lstm_jax.training.state import TrainState
 
 __all__ = ["make_manager", "save", "restore", "latest_step", "wait", "CorruptCheckpointError"]
 
@@ -208,7 +208,7 @@ def restore(
 
 
 def _check_template(storable: TrainState, sums: dict, step: int) -> None:
-    """Raise ValueError if the template's arrays differ from the saved ones in path, dtype or shape."""
+    """Raise ValueError if the template's arrays differ from those saved (path, dtype, shape)."""
     paths = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(storable):
         paths[jax.tree_util.keystr(path)] = (str(leaf.dtype), list(np.shape(leaf)))

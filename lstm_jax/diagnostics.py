@@ -293,29 +293,12 @@ _GATE_RANGES = {"i": _SIGMOID, "f": _SIGMOID, "o": _SIGMOID, "g": _TANH,
 
 def _lstm_gates(w, carry, gx):
     h, c = carry
-    gh = cells.matmul(h, w.w_hh)
-    if w.ln is not None:
-        gh = cells._layer_norm(gh) * w.ln.hh_scale
-    i, f, g, o = jnp.split(gx + gh, 4, axis=-1)
-    new_h, new_c = cells.lstm_step(w, (h, c), gx)
-    if w.w_peep is not None:
-        i = i + w.w_peep[0] * c
-        f = f + w.w_peep[1] * c
-        o = o + w.w_peep[2] * new_c
-    acts = jnp.concatenate(
-        [jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)], axis=-1
-    )
-    return (new_h, new_c), acts
+    acts, _ = cells.lstm_gates(w, gx + cells.lstm_recurrent_projection(w, h), c)
+    return cells.lstm_step(w, (h, c), gx), jnp.concatenate(acts, axis=-1)
 
 
 def _gru_gates(w, h, gx):
-    gh = cells.matmul(h, w.w_hh) + w.b_hh
-    x_r, x_z, x_n = jnp.split(gx, 3, axis=-1)
-    h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
-    r = jax.nn.sigmoid(x_r + h_r)
-    z = jax.nn.sigmoid(x_z + h_z)
-    n = jnp.tanh(x_n + r * h_n)
-    return cells.gru_step(w, h, gx), jnp.concatenate([r, z, n], axis=-1)
+    return cells.gru_step(w, h, gx), jnp.concatenate(cells.gru_gates(w, h, gx), axis=-1)
 
 
 def _tracing_cell(kind: str, nonlinearity: str) -> cells.Cell:

@@ -166,6 +166,14 @@ def test_ctrl_c_saves_a_checkpoint_and_the_resumed_run_is_exact(tmp_path):
                         writer=tr.MetricsWriter(tmp_path), progress=False)
     assert_trees_equal(resumed, uninterrupted)
     assert [r["step"] for r in _rows_without_time(tmp_path / "metrics.jsonl")] == list(range(1, 10))
+    # Ctrl-C just after a train step consumed its donated input: nothing left to save
+    def interrupted_step(state, batch):
+        step_fn(state, batch)
+        raise KeyboardInterrupt
+
+    with pytest.raises(tr.TrainingInterrupted, match=r"cannot be saved \(newest checkpoint: step 5\)"):
+        tr.fit(tr.init_train_state(params, opt, jax.random.key(9)), interrupted_step, get_batch,
+               num_steps=9, checkpoint_manager=ckpt.make_manager(tmp_path / "ckpt"), progress=False)
     # without a manager nothing is saved, and the message says so
     with pytest.raises(tr.TrainingInterrupted, match="not saved"):
         tr.fit(tr.init_train_state(params, opt, jax.random.key(9)), step_fn, ctrl_c_at_5,
