@@ -143,3 +143,97 @@ def test_auto_peephole_is_scan_on_every_platform(stub_cuda_rnn):
     params = _network(peephole=True)
     for platform in ("cuda", "tpu"):
         assert lowered_calls(_forward(), params, *_args(), platform=platform) == set()
+
+
+# ------------------------------------------------------------ 3. the TPU kernel
+
+
+@pytest.fixture
+def small_tpu_tiles(monkeypatch):
+    """Blocks of 4 steps and batch tiles of 8 rows, so tiny shapes span several of each."""
+    from lstm_jax.kernels import pallas_tpu
+
+    monkeypatch.setattr(pallas_tpu, "TIME_BLOCKS", (4,))
+    monkeypatch.setattr(pallas_tpu, "MAX_BATCH_TILE", 8)
+    monkeypatch.setattr(pallas_tpu, "BATCH_TILE", 8)
+
+
+def _layer_grads(layer, w, xs, h0, c0, mask, lengths, reverse, **kwargs):
+    from lstm_jax.cells import lstm_kind
+
+    def loss(w, xs, h0, c0, mask):
+        ys, (h, c) = layer(lstm_kind(), w, xs, (h0, c0), seq_lengths=lengths, reverse=reverse,
+                           recurrent_mask=mask, **kwargs)  # fmt: skip
+        return jnp.sum(ys * jnp.sin(ys)) + jnp.sum(1.3 * h) + jnp.sum(c * c), (ys, h, c)
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))(w, xs, h0, c0, mask)
+
+
+@pytest.mark.parametrize("reverse, ragged, masked", [(False, False, False), (True, True, True)])
+def test_tpu_kernel_interpret_matches_scan(small_tpu_tiles, reverse, ragged, masked):
+    """12 sequences (2 batch tiles after padding to 16), 11 steps (3 time blocks, padded), H=6 (padded to 128)."""
+    from jax._src.pallas.mosaic.interpret import interpret_pallas_call
+    from jax.experimental.pallas import tpu as pltpu
+
+    from lstm_jax.kernels.pallas import pallas_lstm_layer
+    from lstm_jax.scan import scan_layer
+
+    batch, steps, hidden = 12, 11, 6
+    keys = jax.random.split(jax.random.key(3), 5)
+    w = lj.init_lstm(keys[0], I, hidden).layers[0][0]
+    xs = jax.random.normal(keys[1], (batch, steps, I))
+    h0, c0 = (jax.random.normal(k, (batch, hidden)) for k in keys[2:4])
+    mask = jax.random.bernoulli(keys[4], 0.7, (batch, hidden)).astype(jnp.float32) / 0.7
+    lengths = jnp.array([11, 3, 1, 5, 7, 11, 2, 4, 9, 10, 6, 8], jnp.int32) if ragged else None
+    args = (w, xs, h0, c0, mask if masked else None, lengths, reverse)
+    pltpu.reset_tpu_interpret_mode_state()
+    params = pltpu.InterpretParams(detect_races=True, num_cores_or_threads=2)
+    got = _layer_grads(functools.partial(pallas_lstm_layer, interpret=params), *args)
+    assert interpret_pallas_call.races is not None and not interpret_pallas_call.races.races_found
+    ref = _layer_grads(scan_layer, *args)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
+
+
+def test_tpu_plan_and_vmem_limit():
+    from lstm_jax.kernels import pallas_tpu
+
+    p = pallas_tpu.plan(8, 2048, 768, 4)
+    assert (p.batch, p.hidden, p.time_block) == (8, 768, 32) and p.vmem_bytes <= pallas_tpu.VMEM_BUDGET
+    assert pallas_tpu.plan(300, 10, 100, 4)[:5] == (384, 128, 10, 128, 2)  # 128-row tiles, no padded steps
+    assert pallas_tpu.plan(8, 10, 2048, 4) is None  # w_hh alone is 64 MiB
+    w = lj.init_lstm(jax.random.key(0), 4, 2048).layers[0][0]
+    reason = pallas_tpu.tpu_unsupported(w, jnp.zeros((8, 10, 4)))
+    assert "VMEM_BUDGET = 32 MiB" in reason and "hidden size 2048" in reason
+
+
+def test_tpu_too_big_for_vmem_auto_falls_back_pallas_raises():
+    params = lj.init_lstm(jax.random.key(0), 4, 2048)
+    xs = jnp.zeros((8, 3, 4))
+    lower = lambda backend: jax.jit(lambda p, x: lj.lstm(p, x, backend=backend)).trace(params, xs).lower(  # noqa: E731
+        lowering_platforms=("tpu",)
+    )
+    assert custom_calls(lower("auto").as_text()) == set()
+    with pytest.raises(ValueError, match="backend='pallas' on TPU: hidden size 2048 needs at least .* VMEM_BUDGET"):
+        lower("pallas")
+
+
+def _export_tpu(shape, grad):
+    batch, steps, inputs, hidden = shape
+    params = lj.init_lstm(jax.random.key(0), inputs, hidden)
+    xs = jax.ShapeDtypeStruct((batch, steps, inputs), jnp.float32)
+    lengths = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    fn = _grad("pallas") if grad else _forward("pallas")
+    exported = export.export(jax.jit(fn), platforms=["tpu"])(params, xs, lengths)
+    return custom_calls(exported.mlir_module())
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["forward", "grad"])
+def test_tpu_kernel_lowers_at_16x1024x256x256(grad):
+    assert _export_tpu((16, 1024, 256, 256), grad) == {"tpu_custom_call"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("grad", [False, True], ids=["forward", "grad"])
+def test_tpu_kernel_lowers_at_8x2048x512x768(grad):
+    assert _export_tpu((8, 2048, 512, 768), grad) == {"tpu_custom_call"}

@@ -51,7 +51,8 @@ __all__ = ["VMEM_BUDGET", "Plan", "plan", "tpu_forward", "tpu_unsupported"]
 VMEM_BUDGET = 32 * 2**20
 LANES, SUBLANES = 128, 8
 TIME_BLOCKS = (32, 16, 8, 4, 2, 1)  # tried largest first
-MAX_BATCH_TILE = 256
+MAX_BATCH_TILE = 256  # larger batches are split into tiles of BATCH_TILE rows
+BATCH_TILE = 128
 
 
 class Plan(NamedTuple):
@@ -84,7 +85,10 @@ def _vmem_bytes(bb, hp, tt, w_itemsize, save) -> int:
 
 
 def plan(batch: int, steps: int, hidden: int, w_itemsize: int, *, save: bool = True) -> Optional[Plan]:
-    """The largest time block whose buffers fit :data:`VMEM_BUDGET`, or None if none fits.
+    """Tiles whose buffers fit :data:`VMEM_BUDGET`, or None if none do.
+
+    The time block is the one of :data:`TIME_BLOCKS` that fits with the least
+    padding of ``steps``, the largest among equals.
 
     >>> plan(16, 1024, 256, 4).time_block
     32
@@ -93,18 +97,13 @@ def plan(batch: int, steps: int, hidden: int, w_itemsize: int, *, save: bool = T
     """
     hp = _round_up(hidden, LANES)
     bp = _round_up(batch, SUBLANES)
-    if bp > MAX_BATCH_TILE:
-        bp = _round_up(bp, MAX_BATCH_TILE // 2)
-        bb = MAX_BATCH_TILE // 2
-    else:
-        bb = bp
-    for tt in TIME_BLOCKS:
-        if tt > steps and tt > 1:
-            continue
-        need = _vmem_bytes(bb, hp, tt, w_itemsize, save)
-        if need <= VMEM_BUDGET:
-            return Plan(bp, hp, _round_up(steps, tt), bb, tt, need)
-    return None
+    bb = bp if bp <= MAX_BATCH_TILE else BATCH_TILE
+    bp = _round_up(bp, bb)
+    fitting = [tt for tt in TIME_BLOCKS if _vmem_bytes(bb, hp, tt, w_itemsize, save) <= VMEM_BUDGET]
+    if not fitting:
+        return None
+    tt = min(fitting, key=lambda tt: (_round_up(steps, tt), -tt))  # least padding, then largest
+    return Plan(bp, hp, _round_up(steps, tt), bb, tt, _vmem_bytes(bb, hp, tt, w_itemsize, save))
 
 
 def _w_itemsize(w_hh, compute_dtype) -> int:
