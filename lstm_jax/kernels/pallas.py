@@ -28,6 +28,7 @@ from jax import Array
 from lstm_jax.cells import Cell, lstm_input_projection
 from lstm_jax.kernels.fused import _recurrence_bwd as fused_backward
 from lstm_jax.kernels.fused import unsupported_variant
+from lstm_jax.kernels.pallas_gpu import gpu_forward
 from lstm_jax.kernels.pallas_tpu import tpu_forward
 from lstm_jax.kernels.platform import per_platform
 from lstm_jax.params import LSTMWeights
@@ -143,7 +144,7 @@ def pallas_lstm_layer(
         return branch(functools.partial(tpu_forward, interpret=interpret))(*args)
     return per_platform(
         args,
-        {"tpu": branch(tpu_forward)},
+        {"tpu": branch(tpu_forward), "cuda": branch(gpu_forward)},
         branch(_TPU_INTERPRET),
     )
 
