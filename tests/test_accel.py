@@ -139,6 +139,24 @@ def test_auto_under_vmap_avoids_cudnn(stub_cuda_rnn):
     np.testing.assert_allclose(jax.jit(fn)(xs), jax.vmap(lambda x: lj.lstm(params, x, backend="scan")[0])(xs), atol=1e-5)
 
 
+def test_vmap_of_jitted_auto_with_cuda_plugin(stub_cuda_rnn):
+    """vmap of an already-jitted lj.lstm batches every platform branch, cuDNN's too: the
+    sequential batching rule added for jax.experimental.rnn keeps it working (and exact on CPU)."""
+    params = _network(num_layers=1, bidirectional=True)
+    xs = jax.random.normal(jax.random.key(2), (2, B, T, I))
+
+    def loss(p, x, backend):
+        inner = jax.jit(lambda x: lj.lstm(p, x, seq_lengths=LENGTHS, backend=backend)[0])
+        return jnp.sum(jax.vmap(inner)(x) ** 2)
+
+    grad = jax.grad(functools.partial(loss, backend="auto"))
+    assert {"cudnn_rnn_ffi", "cudnn_rnn_bwd_ffi"} <= lowered_calls(grad, params, xs, platform="cuda")
+    got = jax.jit(jax.value_and_grad(functools.partial(loss, backend="auto")))(params, xs)
+    ref = jax.jit(jax.value_and_grad(functools.partial(loss, backend="scan")))(params, xs)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-5)
+
+
 def test_auto_peephole_is_scan_on_every_platform(stub_cuda_rnn):
     params = _network(peephole=True)
     for platform in ("cuda", "tpu"):

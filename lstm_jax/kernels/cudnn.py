@@ -16,7 +16,9 @@ lowered. ``backend="auto"`` runs it on ``cuda`` for the calls it supports
 (:func:`cudnn_unsupported`: plain LSTM, float32, no recurrent dropout, not
 under ``vmap``, and a jaxlib with its CUDA plugin, which
 ``jax.experimental.rnn`` needs even to trace the call) and the fused kernel
-otherwise. ``backend="cudnn"`` runs it on ``cuda`` and ``scan`` on every
+otherwise. ``jax.experimental.rnn``'s primitives get a sequential batching
+rule here (one call per mapped element), so ``vmap`` of a jitted caller works
+wherever the CUDA plugin is installed. ``backend="cudnn"`` runs it on ``cuda`` and ``scan`` on every
 other platform; where cuDNN cannot run the call, or the default backend is
 not a GPU, it warns (``RuntimeWarning`` naming the reason).
 
@@ -70,8 +72,40 @@ def _cuda_rnn_available() -> bool:
     return hasattr(gpu_rnn, "compute_rnn_workspace_reserve_space_sizes")
 
 
+def _loop_batching_rule(prim):
+    """A batching rule that binds ``prim`` once per element of the mapped axis (``lax.map``)."""
+
+    def rule(args, dims, **params):
+        mapped = [d is not None for d in dims]  # None: not mapped
+        moved = [jnp.moveaxis(a, d, 0) if m else a for a, d, m in zip(args, dims, mapped)]
+
+        def one(sliced):
+            it = iter(sliced)
+            return tuple(prim.bind(*[next(it) if m else a for a, m in zip(moved, mapped)], **params))
+
+        outs = jax.lax.map(one, [a for a, m in zip(moved, mapped) if m])
+        return outs, (0,) * len(outs)
+
+    return rule
+
+
+def _register_rnn_batching() -> None:
+    """jax.experimental.rnn has no vmap rule; ``vmap`` of a jitted caller reaches its
+    primitives in every ``platform_dependent`` branch, even off GPU. Give them a
+    sequential one (one cuDNN call per mapped element) where JAX has none."""
+    from jax._src.interpreters import batching
+    from jax.experimental import rnn
+
+    for prim in (rnn.rnn_fwd_p, rnn.rnn_bwd_p):
+        if prim not in batching.fancy_primitive_batchers:
+            batching.primitive_batchers[prim] = _loop_batching_rule(prim)
+
+
+_register_rnn_batching()
+
+
 def _under_vmap(x) -> bool:
-    # jax.experimental.rnn has no batching rule; vmap of a jitted caller is not seen here
+    # the fused kernel vmaps in parallel; cuDNN under vmap runs once per mapped element
     from jax._src.interpreters import batching
 
     return isinstance(x, batching.BatchTracer)
@@ -91,7 +125,7 @@ def cudnn_unsupported(weights, xs, initial_carry=None, *, recurrent_mask=None,
     if xs.dtype != jnp.float32 or weights.w_hh.dtype != jnp.float32:
         return "only float32 inputs and parameters are supported"
     if _under_vmap(xs):
-        return "jax.experimental.rnn has no vmap rule"
+        return "jax.experimental.rnn has no vmap rule (only a sequential one added here)"
     if not _cuda_rnn_available():
         return "this jaxlib has no cuDNN RNN support (its CUDA plugin is not installed)"
     return None
