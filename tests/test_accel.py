@@ -121,6 +121,19 @@ def test_export_for_cpu_and_cuda_runs_here():
     np.testing.assert_allclose(got[0], jax.jit(_forward("fused"))(*args)[0], atol=1e-6)
 
 
+@pytest.mark.parametrize("make", [_forward, _grad], ids=["forward", "grad"])
+def test_export_for_cpu_cuda_tpu(stub_cuda_rnn, make):
+    """One export for three platforms holds cuDNN's and the TPU kernel's calls (each lowered for
+    its platform only) and runs on CPU exactly like the fused kernel."""
+    args = (_network(), *_args())
+    checks = [export.DisabledSafetyCheck.custom_call(c) for c in ("cudnn_rnn_ffi", "cudnn_rnn_bwd_ffi")]
+    exported = export.export(jax.jit(make()), platforms=["cpu", "cuda", "tpu"], disabled_checks=checks)(*args)
+    assert {"cudnn_rnn_ffi", "tpu_custom_call"} <= custom_calls(exported.mlir_module())
+    for a, b in zip(jax.tree_util.tree_leaves(exported.call(*args)),
+                    jax.tree_util.tree_leaves(jax.jit(make("fused"))(*args))):  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [dict(recurrent_dropout=0.3, key=jax.random.key(0)), dict(compute_dtype=jnp.bfloat16)],

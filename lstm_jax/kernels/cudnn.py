@@ -30,6 +30,7 @@ since it is not installed here) is checked to contain cuDNN's custom call.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Optional
 
@@ -39,7 +40,7 @@ from jax import Array
 
 from lstm_jax.cells import Cell
 from lstm_jax.kernels.fused import unsupported_variant
-from lstm_jax.kernels.platform import per_platform
+from lstm_jax.kernels.platform import per_platform, platform_only
 from lstm_jax.params import LSTMWeights
 from lstm_jax.scan import reverse_sequences, scan_layer
 
@@ -139,6 +140,38 @@ def _fallback(reason: str) -> None:
     )
 
 
+_CUDNN = dict(num_layers=1, dropout=0.0, bidirectional=False, precision=jax.lax.Precision.HIGHEST)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _cudnn_lstm(input_size, hidden_size, xs, h0, c0, w, lengths):
+    """``jax.experimental.rnn.lstm``'s own VJP, with each half lowered for ``cuda`` only
+    (:func:`~lstm_jax.kernels.platform.platform_only`), so a multi-platform export works."""
+    return _cudnn_lstm_fwd(input_size, hidden_size, xs, h0, c0, w, lengths)[0]
+
+
+def _cudnn_lstm_fwd(input_size, hidden_size, xs, h0, c0, w, lengths):
+    from jax.experimental import rnn
+
+    def forward(xs, h0, c0, w, lengths):
+        return rnn.lstm_fwd(xs, h0, c0, w, lengths, input_size=input_size, hidden_size=hidden_size, **_CUDNN)
+
+    return platform_only("cuda", forward, xs, h0, c0, w, lengths)
+
+
+def _cudnn_lstm_bwd(input_size, hidden_size, residuals, cotangents):
+    from jax.experimental import rnn
+
+    def backward(residuals, cotangents):
+        return rnn.lstm_bwd(input_size, hidden_size, _CUDNN["num_layers"], _CUDNN["dropout"],
+                            _CUDNN["bidirectional"], _CUDNN["precision"], residuals, cotangents)[:4]  # fmt: skip
+
+    return (*platform_only("cuda", backward, residuals, cotangents), None)  # none for the lengths
+
+
+_cudnn_lstm.defvjp(_cudnn_lstm_fwd, _cudnn_lstm_bwd)
+
+
 def cudnn_kernel_layer(
     cell: Cell,
     weights: LSTMWeights,
@@ -160,8 +193,6 @@ def cudnn_kernel_layer(
     del cell, unroll, compute_dtype
     if recurrent_mask is not None:
         raise ValueError("cuDNN's LSTM has no recurrent mask; use backend='fused'.")
-    from jax.experimental import rnn
-
     if time_major:
         xs = jnp.swapaxes(xs, 0, 1)  # [B, T, I]: cuDNN's wrapper is batch-first
     batch, steps, inputs = xs.shape
@@ -172,11 +203,7 @@ def cudnn_kernel_layer(
     if reverse:
         xs = jnp.swapaxes(reverse_sequences(jnp.swapaxes(xs, 0, 1), seq_lengths), 0, 1)
     h0, c0 = initial_carry
-    ys, h, c = rnn.lstm(
-        xs, h0[None], c0[None], to_cudnn_weights(weights), lengths,
-        input_size=inputs, hidden_size=hidden, num_layers=1, dropout=0.0,
-        bidirectional=False, precision=jax.lax.Precision.HIGHEST,
-    )  # fmt: skip
+    ys, h, c = _cudnn_lstm(inputs, hidden, xs, h0[None], c0[None], to_cudnn_weights(weights), lengths)
     if seq_lengths is not None:  # cuDNN leaves padding unspecified; ours is exact zeros
         keep = jnp.arange(steps)[None, :] < lengths[:, None]  # [B, T]
         ys = jnp.where(keep[:, :, None], ys, jnp.zeros_like(ys))

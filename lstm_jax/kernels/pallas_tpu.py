@@ -42,6 +42,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from lstm_jax.cells import lstm_pointwise
 from lstm_jax.kernels.fused import Residuals, _activations, unsupported_variant
+from lstm_jax.kernels.platform import platform_only
 from lstm_jax.params import LSTMWeights
 
 __all__ = ["VMEM_BUDGET", "Plan", "plan", "tpu_forward", "tpu_unsupported"]
@@ -238,7 +239,7 @@ def tpu_forward(w_hh, gx, h0, c0, mask, lengths, *, compute_dtype, save, interpr
     outputs = 1 + (len(Residuals._fields) if save else 0)
     carry = jax.ShapeDtypeStruct((bp, hp), f32)
     kernel = functools.partial(_kernel, time_block=tt, masked=masked, ragged=ragged, save=save)
-    ys, *rest = pl.pallas_call(
+    call = pl.pallas_call(
         kernel,
         out_shape=(stack,) * outputs + (carry, carry),
         grid=(bp // bb, tp // tt),
@@ -255,7 +256,8 @@ def tpu_forward(w_hh, gx, h0, c0, mask, lengths, *, compute_dtype, save, interpr
             bytes_accessed=4 * (tp * bp * 4 * hp + outputs * tp * bp * hp) + w.size * cd.itemsize,
         ),
         interpret=interpret,
-    )(*args)  # fmt: skip
+    )  # fmt: skip
+    ys, *rest = call(*args) if interpret else platform_only("tpu", call, *args)
     *saved, h, c = rest
     trim = lambda x: x[:steps, :batch, :hidden]  # noqa: E731
     residuals = Residuals(*map(trim, saved)) if save else None

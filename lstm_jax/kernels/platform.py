@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
+from jax._src import core
+from jax._src.interpreters import batching, mlir
 
-__all__ = ["per_platform"]
+__all__ = ["per_platform", "platform_only"]
 
 
 def per_platform(args: tuple, branches: dict[str, Callable], default: Callable):
@@ -21,3 +23,53 @@ def per_platform(args: tuple, branches: dict[str, Callable], default: Callable):
     if not special:
         return default(*args)
     return jax.lax.platform_dependent(*args, default=default, **special)
+
+
+# ``lax.platform_dependent`` keeps only the branches a module needs, but lowers each
+# kept branch for every platform of the module (jax 0.10), and a Pallas call or
+# cuDNN's custom call has no CPU lowering: a multi-platform export would fail.
+# ``platform_only`` stages ``fn`` as one primitive whose lowering lowers ``fn`` for
+# ``platform`` alone; inside a ``platform_dependent`` branch for that platform the
+# other platforms never run it.
+platform_only_p = core.Primitive("lstm_jax_platform_only")
+platform_only_p.multiple_results = True
+
+
+def platform_only(platform: str, fn: Callable, *args):
+    """``fn(*args)``, lowered for ``platform`` only; use it inside that platform's branch.
+
+    Not differentiable by itself (use it inside a ``custom_vjp``'s forward and
+    backward); ``vmap`` batches ``fn``.
+    """
+    flat, in_tree = jax.tree_util.tree_flatten(args)
+    closed, out_shape = jax.make_jaxpr(lambda *xs: fn(*jax.tree_util.tree_unflatten(in_tree, xs)),
+                                       return_shape=True)(*flat)  # fmt: skip
+    outs = platform_only_p.bind(*flat, jaxpr=closed, platform=platform)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), outs)
+
+
+def _impl(*args, jaxpr, platform):
+    del platform
+    return jax.jit(core.jaxpr_as_fun(jaxpr))(*args)
+
+
+def _abstract_eval(*avals, jaxpr, platform):
+    del avals, platform
+    return jaxpr.out_avals
+
+
+def _lowering(ctx, *args, jaxpr, platform):
+    narrowed = ctx.replace(module_context=ctx.module_context.replace(platforms=(platform,)))
+    return mlir.lower_fun(core.jaxpr_as_fun(jaxpr), multiple_results=True)(narrowed, *args)
+
+
+def _batching(args, dims, *, jaxpr, platform):
+    batched = jax.vmap(core.jaxpr_as_fun(jaxpr), in_axes=tuple(dims))
+    closed = jax.make_jaxpr(batched)(*args)
+    return platform_only_p.bind(*args, jaxpr=closed, platform=platform), (0,) * len(jaxpr.out_avals)
+
+
+platform_only_p.def_impl(_impl)
+platform_only_p.def_abstract_eval(_abstract_eval)
+mlir.register_lowering(platform_only_p, _lowering)
+batching.primitive_batchers[platform_only_p] = _batching
