@@ -275,8 +275,8 @@ def test_tpu_kernel_lowers_at_8x2048x512x768(grad):
 
 def test_gpu_kernel_interpret_matches_scan():
     """18 sequences (2 programs of 16 after padding), H=70 (2 chunks of 64 after padding), ragged, reverse, mask."""
-    from lstm_jax.kernels.pallas import pallas_layer
     from lstm_jax.kernels.pallas_gpu import gpu_forward
+    from lstm_jax.kernels.shared import projected, shared_vjp_layer
     from lstm_jax.scan import scan_layer
 
     batch, steps, hidden = 18, 3, 70
@@ -286,10 +286,10 @@ def test_gpu_kernel_interpret_matches_scan():
     h0, c0 = (jax.random.normal(k, (batch, hidden)) for k in keys[2:4])
     mask = jax.random.bernoulli(keys[4], 0.7, (batch, hidden)).astype(jnp.float32) / 0.7
     lengths = jnp.arange(batch, dtype=jnp.int32) % steps + 1
-    forward = functools.partial(gpu_forward, interpret=True)
+    forward = projected(functools.partial(gpu_forward, interpret=True))
 
     def layer(cell, w, xs, carry, **kwargs):
-        return pallas_layer(forward, w, xs, carry, **kwargs)
+        return shared_vjp_layer({None: forward}, w, xs, carry, **kwargs)
 
     args = (w, xs, h0, c0, mask, lengths, True)
     got, ref = _layer_grads(layer, *args), _layer_grads(scan_layer, *args)

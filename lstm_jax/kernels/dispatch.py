@@ -9,7 +9,10 @@ the one it compiles for.
 :data:`AUTO_LSTM` is the whole policy of ``backend="auto"`` for the plain
 LSTM: one entry per platform naming a kernel of :data:`KERNELS`. Each kernel
 says at trace time whether it can run a call (shapes, dtypes, options); where
-it cannot, that platform runs :data:`FALLBACK` instead.
+it cannot, that platform runs :data:`FALLBACK` instead. Kernels that share the
+fused backward (fused, the Pallas TPU kernel) are chosen inside one custom
+VJP (:mod:`lstm_jax.kernels.shared`); a kernel with its own VJP (cuDNN) is a
+separate branch around it.
 """
 
 from __future__ import annotations
@@ -17,31 +20,34 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple, Optional
 
 from lstm_jax.kernels.cudnn import cudnn_kernel_layer, cudnn_unsupported
-from lstm_jax.kernels.fused import fused_lstm_layer
-from lstm_jax.kernels.pallas import tpu_lstm_layer
+from lstm_jax.kernels.pallas import TPU_FORWARD
 from lstm_jax.kernels.pallas_tpu import tpu_unsupported
 from lstm_jax.kernels.platform import per_platform
+from lstm_jax.kernels.shared import fused_forward, shared_vjp_layer
 
 __all__ = ["AUTO_LSTM", "FALLBACK", "KERNELS", "Kernel", "auto_lstm_layer"]
 
 
 class Kernel(NamedTuple):
-    """A layer function and its trace-time check.
+    """A kernel "auto" can choose: its layer function, or a forward sharing the fused VJP.
 
     ``layer`` has the signature of :func:`lstm_jax.scan.scan_layer` plus
-    ``compute_dtype``. ``unsupported(weights, xs, initial_carry, *,
-    recurrent_mask, compute_dtype, time_major)`` returns why it cannot run a
-    (plain LSTM) call, or None.
+    ``compute_dtype`` (a kernel with its own VJP, e.g. cuDNN). ``forward`` is a
+    forward of :mod:`lstm_jax.kernels.shared` instead: all platforms whose
+    choice has one run inside a single custom VJP with the fused backward.
+    ``unsupported(weights, xs, initial_carry, *, recurrent_mask, compute_dtype,
+    time_major)`` returns why it cannot run a plain-LSTM call, or None.
     """
 
-    layer: Callable
+    layer: Optional[Callable] = None
     unsupported: Optional[Callable] = None
+    forward: Optional[Callable] = None
 
 
 KERNELS: dict[str, Kernel] = {
-    "fused": Kernel(fused_lstm_layer),
-    "cudnn": Kernel(cudnn_kernel_layer, cudnn_unsupported),
-    "pallas_tpu": Kernel(tpu_lstm_layer, tpu_unsupported),
+    "fused": Kernel(forward=fused_forward),
+    "cudnn": Kernel(layer=cudnn_kernel_layer, unsupported=cudnn_unsupported),
+    "pallas_tpu": Kernel(forward=TPU_FORWARD, unsupported=tpu_unsupported),
 }
 
 # platform -> the kernel "auto" runs there (where that kernel supports the call).
@@ -59,27 +65,27 @@ def auto_lstm_layer(cell, weights: Any, xs, initial_carry, *, seq_lengths=None,
     Arguments as :func:`lstm_jax.scan.scan_layer`; peephole / layer-norm /
     projection weights are routed to ``scan`` by the caller.
     """
-    static = dict(reverse=reverse, unroll=unroll, time_major=time_major, compute_dtype=compute_dtype)
     check = dict(recurrent_mask=recurrent_mask, compute_dtype=compute_dtype, time_major=time_major)
-
-    def branch(name: str) -> Callable:
-        def run(weights, xs, initial_carry, seq_lengths, recurrent_mask):
-            return KERNELS[name].layer(
-                cell, weights, xs, initial_carry, seq_lengths=seq_lengths,
-                recurrent_mask=recurrent_mask, **static,
-            )  # fmt: skip
-
-        return run
-
     chosen = {}
     for platform, name in AUTO_LSTM.items():
         unsupported = KERNELS[name].unsupported
         if unsupported is not None and unsupported(weights, xs, initial_carry, **check) is not None:
             name = FALLBACK
         chosen[platform] = name
-    functions = {name: branch(name) for name in {*chosen.values(), FALLBACK}}
-    return per_platform(
-        (weights, xs, initial_carry, seq_lengths, recurrent_mask),
-        {platform: functions[name] for platform, name in chosen.items()},
-        functions[FALLBACK],
-    )
+    forwards = {p: KERNELS[n].forward for p, n in chosen.items() if KERNELS[n].forward is not None}
+    forwards[None] = KERNELS[FALLBACK].forward
+    kwargs = dict(reverse=reverse, unroll=unroll, time_major=time_major, compute_dtype=compute_dtype)
+
+    def shared(weights, xs, initial_carry, seq_lengths, recurrent_mask):
+        return shared_vjp_layer(forwards, weights, xs, initial_carry, seq_lengths=seq_lengths,
+                                recurrent_mask=recurrent_mask, **kwargs)  # fmt: skip
+
+    def own_vjp(name: str) -> Callable:
+        def run(weights, xs, initial_carry, seq_lengths, recurrent_mask):
+            return KERNELS[name].layer(cell, weights, xs, initial_carry, seq_lengths=seq_lengths,
+                                       recurrent_mask=recurrent_mask, **kwargs)  # fmt: skip
+
+        return run
+
+    others = {p: own_vjp(n) for p, n in chosen.items() if KERNELS[n].forward is None}
+    return per_platform((weights, xs, initial_carry, seq_lengths, recurrent_mask), others, shared)
