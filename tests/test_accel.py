@@ -238,15 +238,19 @@ def test_tpu_plan_and_vmem_limit():
     assert "VMEM_BUDGET = 32 MiB" in reason and "hidden size 2048" in reason
 
 
-def test_tpu_too_big_for_vmem_auto_falls_back_pallas_raises():
+def test_tpu_too_big_for_vmem_auto_falls_back_pallas_raises_on_tpu_only():
     params = lj.init_lstm(jax.random.key(0), 4, 2048)
     xs = jnp.zeros((8, 3, 4))
-    lower = lambda backend: jax.jit(lambda p, x: lj.lstm(p, x, backend=backend)).trace(params, xs).lower(  # noqa: E731
-        lowering_platforms=("tpu",)
-    )
+
+    def lower(backend, platform="tpu"):
+        fn = jax.jit(lambda p, x: lj.lstm(p, x, backend=backend))
+        return fn.trace(params, xs).lower(lowering_platforms=(platform,))
+
     assert custom_calls(lower("auto").as_text()) == set()
     with pytest.raises(ValueError, match="backend='pallas' on TPU: hidden size 2048 needs at least .* VMEM_BUDGET"):
         lower("pallas")
+    # raised when lowered for TPU only: the same function still lowers for cuda
+    assert custom_calls(lower("pallas", "cuda").as_text()) == {"__gpu$xla.gpu.triton"}
 
 
 def _export_tpu(shape, grad):

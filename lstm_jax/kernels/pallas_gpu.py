@@ -37,8 +37,8 @@ from jax.experimental.pallas import triton as pltr
 
 from lstm_jax.cells import lstm_pointwise
 from lstm_jax.kernels.fused import Residuals, _activations
-from lstm_jax.kernels.pallas_tpu import _pad, _pad_gates, _round_up
-from lstm_jax.kernels.platform import platform_only
+from lstm_jax.kernels.pallas_tpu import _out_shape, _pad, _pad_gates, _round_up
+from lstm_jax.kernels.platform import lowering_error, platform_only
 from lstm_jax.params import LSTMWeights
 
 __all__ = ["BATCH_TILE", "TILE", "MAX_SMEM_BYTES", "smem_bytes", "gpu_forward"]
@@ -131,24 +131,27 @@ def gpu_forward(w_hh, gx, h0, c0, mask, lengths, *, compute_dtype, save, interpr
     """The recurrence from a precomputed projection ``gx: (T, B, 4H)``; as :func:`~lstm_jax.kernels.pallas_tpu.tpu_forward`.
 
     Raises:
-      ValueError: when the tiles' shared memory exceeds :data:`MAX_SMEM_BYTES`
-        or a padded array has more elements than Triton's int32 offsets reach.
+      ValueError: when lowered for cuda (at once in interpret mode) and the
+        tiles' shared memory exceeds :data:`MAX_SMEM_BYTES` or a padded array
+        has more elements than Triton's int32 offsets reach.
     """
     steps, batch, gates = gx.shape
     hidden = gates // 4
     cd = jnp.dtype(compute_dtype or jnp.float32)
     bp, hp = _round_up(batch, BATCH_TILE), _round_up(hidden, TILE)
     need = smem_bytes(max(cd.itemsize, 4))
+    message = None
     if need > MAX_SMEM_BYTES:
-        raise ValueError(
-            f"backend='pallas' on GPU: tiles need {need} bytes of shared memory, more than "
-            f"MAX_SMEM_BYTES = {MAX_SMEM_BYTES}; use backend='fused' or 'auto'."
-        )
-    if steps * bp * 4 * hp > MAX_ELEMENTS:
-        raise ValueError(
-            f"backend='pallas' on GPU: the padded projection has {steps * bp * 4 * hp} elements, "
-            f"more than Triton's int32 offsets reach ({MAX_ELEMENTS}); use backend='fused' or 'auto'."
-        )
+        message = (f"tiles need {need} bytes of shared memory, more than "
+                   f"MAX_SMEM_BYTES = {MAX_SMEM_BYTES}")  # fmt: skip
+    elif steps * bp * 4 * hp > MAX_ELEMENTS:
+        message = (f"the padded projection has {steps * bp * 4 * hp} elements, more than "
+                   f"Triton's int32 offsets reach ({MAX_ELEMENTS})")  # fmt: skip
+    if message is not None:  # raised when lowered for cuda: other platforms' branches are traced too
+        message = f"backend='pallas' on GPU: {message}; use backend='fused' or 'auto'."
+        if interpret:
+            raise ValueError(message)
+        return lowering_error(message, _out_shape(steps, batch, hidden, save))
     f32 = jnp.float32
     state = lambda x: _pad(x.astype(f32), (bp, hp))  # noqa: E731
     full = jnp.full((batch,), steps, jnp.int32) if lengths is None else lengths.astype(jnp.int32)

@@ -42,7 +42,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from lstm_jax.cells import lstm_pointwise
 from lstm_jax.kernels.fused import Residuals, _activations, unsupported_variant
-from lstm_jax.kernels.platform import platform_only
+from lstm_jax.kernels.platform import lowering_error, platform_only
 from lstm_jax.params import LSTMWeights
 
 __all__ = ["VMEM_BUDGET", "Plan", "plan", "tpu_forward", "tpu_unsupported"]
@@ -85,8 +85,9 @@ def _vmem_bytes(bb, hp, tt, w_itemsize, save) -> int:
     )
 
 
-def plan(batch: int, steps: int, hidden: int, w_itemsize: int, *, save: bool = True) -> Optional[Plan]:
-    """Tiles whose buffers fit :data:`VMEM_BUDGET`, or None if none do.
+def plan(batch: int, steps: int, hidden: int, w_itemsize: int, *, save: bool = True,
+         budget: Optional[int] = VMEM_BUDGET) -> Optional[Plan]:  # fmt: skip
+    """Tiles whose buffers fit ``budget`` bytes (None: no limit, for interpret mode), or None.
 
     The time block is the one of :data:`TIME_BLOCKS` that fits with the least
     padding of ``steps``, the largest among equals.
@@ -100,7 +101,8 @@ def plan(batch: int, steps: int, hidden: int, w_itemsize: int, *, save: bool = T
     bp = _round_up(batch, SUBLANES)
     bb = bp if bp <= MAX_BATCH_TILE else BATCH_TILE
     bp = _round_up(bp, bb)
-    fitting = [tt for tt in TIME_BLOCKS if _vmem_bytes(bb, hp, tt, w_itemsize, save) <= VMEM_BUDGET]
+    fitting = [tt for tt in TIME_BLOCKS
+               if budget is None or _vmem_bytes(bb, hp, tt, w_itemsize, save) <= budget]  # fmt: skip
     if not fitting:
         return None
     tt = min(fitting, key=lambda tt: (_round_up(steps, tt), -tt))  # least padding, then largest
@@ -132,6 +134,13 @@ def _too_big(hidden: int, itemsize: int) -> str:
         f"hidden size {hidden} needs at least {need / 2**20:.1f} MiB of VMEM "
         f"(w_hh resident), more than VMEM_BUDGET = {VMEM_BUDGET / 2**20:.0f} MiB"
     )
+
+
+def _out_shape(steps, batch, hidden, save):
+    """What a forward returns: ``(ys, residuals or None, h, c)`` as shapes."""
+    stack = jax.ShapeDtypeStruct((steps, batch, hidden), jnp.float32)
+    carry = jax.ShapeDtypeStruct((batch, hidden), jnp.float32)
+    return stack, (Residuals(*(stack,) * len(Residuals._fields)) if save else None), carry, carry
 
 
 def _pad_gates(x: Array, hidden: int, padded: int) -> Array:
@@ -202,16 +211,15 @@ def tpu_forward(w_hh, gx, h0, c0, mask, lengths, *, compute_dtype, save, interpr
       ``(ys (T, B, H), residuals or None, h (B, H), c (B, H))``.
 
     Raises:
-      ValueError: when no time block fits :data:`VMEM_BUDGET`.
+      ValueError: when lowered for TPU and no time block fits :data:`VMEM_BUDGET`.
     """
     steps, batch, gates = gx.shape
     hidden = gates // 4
     cd = jnp.dtype(compute_dtype or jnp.float32)
-    p = plan(batch, steps, hidden, cd.itemsize, save=save)
-    if p is None:
-        raise ValueError(
-            f"backend='pallas' on TPU: {_too_big(hidden, cd.itemsize)}; use backend='fused' or 'auto'."
-        )
+    p = plan(batch, steps, hidden, cd.itemsize, save=save, budget=None if interpret else VMEM_BUDGET)
+    if p is None:  # raised when lowered for TPU: other platforms' branches are traced too
+        message = f"backend='pallas' on TPU: {_too_big(hidden, cd.itemsize)}; use backend='fused' or 'auto'."
+        return lowering_error(message, _out_shape(steps, batch, hidden, save))
     bp, hp, tp, bb, tt = p.batch, p.hidden, p.steps, p.batch_tile, p.time_block
     f32 = jnp.float32
     ragged = lengths is not None or tp != steps

@@ -8,7 +8,7 @@ import jax
 from jax._src import core
 from jax._src.interpreters import batching, mlir
 
-__all__ = ["per_platform", "platform_only"]
+__all__ = ["per_platform", "platform_only", "lowering_error"]
 
 
 def per_platform(args: tuple, branches: dict[str, Callable], default: Callable):
@@ -73,3 +73,26 @@ platform_only_p.def_impl(_impl)
 platform_only_p.def_abstract_eval(_abstract_eval)
 mlir.register_lowering(platform_only_p, _lowering)
 batching.primitive_batchers[platform_only_p] = _batching
+
+
+# A size one platform's kernel cannot serve must not stop the others: every
+# platform branch is traced, so the error is raised when that branch is lowered.
+lowering_error_p = core.Primitive("lstm_jax_lowering_error")
+lowering_error_p.multiple_results = True
+lowering_error_p.def_abstract_eval(lambda *, message, avals: avals)
+
+
+def _raise(ctx, *, message, avals):
+    del ctx, avals
+    raise ValueError(message)
+
+
+mlir.register_lowering(lowering_error_p, _raise)
+
+
+def lowering_error(message: str, out_shape):
+    """Values shaped like ``out_shape`` (a pytree of ``jax.ShapeDtypeStruct``) whose lowering
+    raises ``ValueError(message)``: for a branch of a platform that cannot serve a call."""
+    leaves, tree = jax.tree_util.tree_flatten(out_shape)
+    avals = tuple(core.ShapedArray(x.shape, x.dtype) for x in leaves)
+    return jax.tree_util.tree_unflatten(tree, lowering_error_p.bind(message=message, avals=avals))
