@@ -170,6 +170,22 @@ def test_vmap_of_jitted_auto_with_cuda_plugin(stub_cuda_rnn):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-5)
 
 
+def test_auto_routes_unknown_per_step_options_to_scan(monkeypatch):
+    """A keyword the kernels lack (e.g. a future ``resets``) goes to scan when set, is dropped when None."""
+    from lstm_jax import kernels
+    from lstm_jax.cells import lstm_kind
+
+    seen = []
+    monkeypatch.setattr(kernels, "scan_layer", lambda *a, **kw: seen.append(kw) or "scan")
+    w, (xs, _) = _network(1, False).layers[0][0], _args()
+    carry = (jnp.zeros((B, H)), jnp.zeros((B, H)))
+    layer = kernels.select_layer("auto", "lstm")
+    assert layer(lstm_kind(), w, xs, carry, resets=jnp.zeros((B, T), bool)) == "scan"
+    assert "resets" in seen[0]
+    ys, _ = layer(lstm_kind(), w, xs, carry, resets=None)
+    assert ys.shape == (B, T, H) and len(seen) == 1
+
+
 def test_auto_peephole_is_scan_on_every_platform(stub_cuda_rnn):
     params = _network(peephole=True)
     for platform in ("cuda", "tpu"):

@@ -66,10 +66,17 @@ _LSTM_KERNELS = {
 }
 
 
+# keywords every kernel takes; any other (e.g. per-step resets or masks) that is
+# not None sends the call to "scan", the one implementation that has them all
+_KERNEL_KEYWORDS = ("seq_lengths", "reverse", "recurrent_mask", "unroll", "time_major")
+
+
 def _auto_lstm_layer(cell, weights: Any, xs, *args, compute_dtype=None, **kwargs):
-    """``scan`` for peephole / layer-norm / projection, else the platform's kernel."""
-    if unsupported_variant(weights) is not None:
+    """``scan`` for peephole / layer-norm / projection or extra per-step options, else the platform's kernel."""
+    extra = {k for k, v in kwargs.items() if k not in _KERNEL_KEYWORDS and v is not None}
+    if unsupported_variant(weights) is not None or extra:
         return scan_layer(cell, weights, xs, *args, **kwargs)
+    kwargs = {k: v for k, v in kwargs.items() if k in _KERNEL_KEYWORDS}
     return auto_lstm_layer(cell, weights, xs, *args, compute_dtype=compute_dtype, **kwargs)
 
 
