@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="adds layers, bidirectional, bf16, every peer, and T up to 4096")
     mode.add_argument("--targets", dest="grid", action="store_const", const="targets",
                       help="the four training targets only (lstm_jax[auto], Flax, PyTorch), more rounds")
+    mode.add_argument("--device", dest="grid", action="store_const", const="device",
+                      help="the GPU/TPU grid (FlashRNN's B=16 T=1024 H=768, the Pallas shapes, the "
+                      "CPU targets) against cuDNN via PyTorch and jax.experimental.rnn; needs a GPU or TPU")
     mode.add_argument("--tiny", dest="grid", action="store_const", const="tiny",
                       help="tiny shapes in seconds (a smoke test)")
     parser.set_defaults(grid="quick")
@@ -71,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--list-peers", action="store_true", help="list peers and exit")
     return parser  # fmt: skip
+
+
+def jax_devices() -> str:
+    import jax
+
+    return ", ".join(str(d) for d in jax.devices())
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -92,6 +101,11 @@ def main(argv: Optional[list] = None) -> int:
             reason = peer.unavailable()
             print(f"{peer.name:24s} {peer.description}" + (f"  [unavailable: {reason}]" if reason else ""))
         return 0
+    if args.grid == "device" and peers_lib.platform() == "cpu":
+        print("error: --device measures a GPU or TPU, but JAX sees only CPU devices "
+              f"({jax_devices()}); run it on an accelerator machine, or use --quick / --full "
+              "for the CPU grids.", file=sys.stderr)  # fmt: skip
+        return 2
     grid = grid_lib.GRIDS[args.grid]()
     out_dir = args.out or default_out_dir(args.grid)
     machine = machine_info()

@@ -601,7 +601,14 @@ class TorchPeer(Peer):
         self.threads = threads  # None: the cores of this process, as XLA uses
 
     def unavailable(self):
-        return _package_missing("torch")
+        missing = _package_missing("torch")
+        if missing or platform() == "cpu":
+            return missing
+        import torch
+
+        if platform() != "gpu" or not torch.cuda.is_available():  # not host CPU vs device
+            return f"torch {torch.__version__} has no CUDA device here (platform {platform()})"
+        return None
 
     def _device(self):
         import torch

@@ -183,3 +183,17 @@ def test_bound_tool_writes_results(tmp_path):
     assert row["input_grad_rel_error_vs_flax"] < 1e-4
     assert row["max_speedup_over_flax"] == row["flax_s"] / row["bound_s"]
     assert "| max speed-up (Flax / bound) |" in (tmp_path / "bound.md").read_text()
+
+
+def test_device_grid_builds_and_needs_an_accelerator(capsys):
+    from benchmarks import grid
+
+    device = grid.GRIDS["device"]()
+    configs = {(c.config.batch, c.config.time, c.config.input, c.config.hidden) for c in device.cases}
+    assert (16, 1024, 768, 768) in configs  # FlashRNN's setting
+    assert {(c.batch, c.time, c.input, c.hidden) for c in grid.TARGETS} <= configs
+    assert {c.workload for c in device.cases} == {"train", "infer"}
+    assert any(c.config.dtype == "bfloat16" for c in device.cases)
+    if jax.default_backend() == "cpu":
+        assert cli.main(["--device", "--no-progress"]) == 2
+        assert "--device measures a GPU or TPU" in capsys.readouterr().err

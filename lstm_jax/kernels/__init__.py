@@ -8,9 +8,9 @@ backend    cells                  what it is
 =========  =====================  ===============================================
 "scan"     lstm, gru, rnn         the reference: ``lax.scan`` + autodiff
 "fused"    lstm (plain)           hand-written VJP, blocked gradient GEMMs (``fused.py``)
-"pallas"   lstm (plain)           Pallas forward kernel + the fused backward
-"cudnn"    lstm (plain, float32)  ``jax.experimental.rnn`` on NVIDIA GPUs
-"auto"     all                    "fused" where it applies, else "scan"
+"pallas"   lstm (plain)           Pallas forward kernel per platform + the fused backward
+"cudnn"    lstm (plain, float32)  ``jax.experimental.rnn`` when lowered for ``cuda``
+"auto"     all                    per platform, see below; "scan" for other cells
 =========  =====================  ===============================================
 
 "Plain" means no peepholes, layer norm or projection. Rules for a variant a
@@ -18,17 +18,20 @@ backend does not implement:
 
 * ``"auto"`` routes it to ``"scan"`` silently (always correct).
 * ``"fused"`` and ``"pallas"`` raise ``ValueError`` at trace time.
-* ``"cudnn"`` warns (``RuntimeWarning``) and runs ``"scan"``: it also falls back
-  off GPU, for non-float32 compute, for recurrent dropout and under ``vmap``.
+* ``"cudnn"`` warns (``RuntimeWarning``) and runs ``"scan"``: also for
+  non-float32 compute, recurrent dropout, ``vmap``, a jaxlib without its CUDA
+  plugin, and on platforms other than ``cuda``.
 * A cell kind outside a backend's list (e.g. ``gru`` with ``"fused"``) raises
   ``ValueError`` in :func:`select_layer`.
 
-``"auto"`` picks ``"fused"`` on every platform: it was measured faster than
-``"scan"`` for training steps and inference on CPU, and (since its forward
-computes the input projection inside the loop) also faster than running it in
-blocks of 16 steps (``lstm_jax/kernels/TIMINGS.md``). cuDNN
-and Pallas were not measured (no GPU was available), so ``"auto"`` never
-picks them.
+Kernels are chosen per platform when the call is lowered, not from
+``jax.default_backend()`` (``lstm_jax.kernels.dispatch``). For the plain LSTM
+``"auto"`` runs ``dispatch.AUTO_LSTM[platform]`` where that kernel supports
+the call, else ``"fused"``: on CPU ``"fused"`` (measured faster than
+``"scan"`` for training and inference, ``lstm_jax/kernels/TIMINGS.md``), on
+``cuda`` cuDNN, on ``tpu`` the Pallas TPU kernel. The GPU and TPU choices are
+by design, not measured (no GPU or TPU was available); the Pallas GPU kernel is
+never picked by ``"auto"``.
 
 ``remat`` (False, True or a block size) wraps the chosen layer in
 :func:`lstm_jax.kernels.remat.remat_layer`.
@@ -40,6 +43,7 @@ import functools
 from typing import Any, Callable, Optional, Union
 
 from lstm_jax.kernels.cudnn import cudnn_lstm_layer
+from lstm_jax.kernels.dispatch import auto_lstm_layer
 from lstm_jax.kernels.fused import fused_lstm_layer, unsupported_variant
 from lstm_jax.kernels.pallas import pallas_lstm_layer
 from lstm_jax.kernels.remat import check_remat, remat_layer
@@ -62,11 +66,18 @@ _LSTM_KERNELS = {
 }
 
 
+# keywords every kernel takes; any other (e.g. per-step resets or masks) that is
+# not None sends the call to "scan", the one implementation that has them all
+_KERNEL_KEYWORDS = ("seq_lengths", "reverse", "recurrent_mask", "unroll", "time_major")
+
+
 def _auto_lstm_layer(cell, weights: Any, xs, *args, compute_dtype=None, **kwargs):
-    """``fused`` where it applies, ``scan`` for peephole / layer-norm / projection."""
-    if unsupported_variant(weights) is not None:
+    """``scan`` for peephole / layer-norm / projection or extra per-step options, else the platform's kernel."""
+    extra = {k for k, v in kwargs.items() if k not in _KERNEL_KEYWORDS and v is not None}
+    if unsupported_variant(weights) is not None or extra:
         return scan_layer(cell, weights, xs, *args, **kwargs)
-    return fused_lstm_layer(cell, weights, xs, *args, compute_dtype=compute_dtype, **kwargs)
+    kwargs = {k: v for k, v in kwargs.items() if k in _KERNEL_KEYWORDS}
+    return auto_lstm_layer(cell, weights, xs, *args, compute_dtype=compute_dtype, **kwargs)
 
 
 def select_layer(
