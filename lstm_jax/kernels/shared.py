@@ -76,16 +76,42 @@ def _forward(forwards, compute_dtype, unroll, save, args):
     return per_platform(args, {p: branch(fn) for p, fn in table.items()}, default)
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2, 3))
+def _differentiable_forward(forwards, compute_dtype, unroll, save, args):
+    """:func:`_forward`, with forward-mode tangents from the fused forward.
+
+    ``pallas_call`` has no usable JVP rule, and ``jax.hessian`` / ``jacfwd`` of
+    the custom VJP push tangents through the forward pass; every platform's
+    forward computes the same function as the fused one, which is plain JAX.
+    """
+    return _forward(forwards, compute_dtype, unroll, save, args)
+
+
+@_differentiable_forward.defjvp
+def _differentiable_forward_jvp(forwards, compute_dtype, unroll, save, primals, tangents):
+    del forwards
+    ((w_ih, b, w_hh, xs, h0, c0, mask, valid, lengths),) = primals
+    (tangents,) = tangents
+
+    def reference(w_ih, b, w_hh, xs, h0, c0, mask):
+        return fused_forward(
+            w_ih, b, w_hh, xs, h0, c0, mask, valid, lengths,
+            compute_dtype=compute_dtype, unroll=unroll, save=save,
+        )  # fmt: skip
+
+    return jax.jvp(reference, (w_ih, b, w_hh, xs, h0, c0, mask), tuple(tangents[:7]))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def _recurrence(forwards, compute_dtype, unroll, w_ih, b, w_hh, xs, h0, c0, mask, valid, lengths):
     args = (w_ih, b, w_hh, xs, h0, c0, mask, valid, lengths)
-    ys, _, h, c = _forward(forwards, compute_dtype, unroll, False, args)
+    ys, _, h, c = _differentiable_forward(forwards, compute_dtype, unroll, False, args)
     return ys, h, c
 
 
 def _recurrence_fwd(forwards, compute_dtype, unroll, w_ih, b, w_hh, xs, h0, c0, mask, valid, lengths):
     args = (w_ih, b, w_hh, xs, h0, c0, mask, valid, lengths)
-    ys, saved, h, c = _forward(forwards, compute_dtype, unroll, True, args)
+    ys, saved, h, c = _differentiable_forward(forwards, compute_dtype, unroll, True, args)
     return (ys, h, c), (w_ih, w_hh, xs, h0, mask, valid, ys, saved)
 
 
