@@ -29,9 +29,10 @@ Kernels are chosen per platform when the call is lowered, not from
 ``"auto"`` runs ``dispatch.AUTO_LSTM[platform]`` where that kernel supports
 the call, else ``"fused"``: on CPU ``"fused"`` (measured faster than
 ``"scan"`` for training and inference, ``lstm_jax/kernels/TIMINGS.md``), on
-``cuda`` cuDNN, on ``tpu`` the Pallas TPU kernel. The GPU and TPU choices are
-by design, not measured (no GPU or TPU was available); the Pallas GPU kernel is
-never picked by ``"auto"``.
+``cuda`` cuDNN (by design, not measured: no GPU was available), on ``tpu``
+``"fused"``: the Pallas TPU kernel has been lowered for TPU but never compiled
+by libtpu nor run, so it is ``backend="pallas"`` until measured. Neither Pallas
+kernel is picked by ``"auto"``.
 
 ``remat`` (False, True or a block size) wraps the chosen layer in
 :func:`lstm_jax.kernels.remat.remat_layer`.

@@ -51,9 +51,12 @@ KERNELS: dict[str, Kernel] = {
 }
 
 # platform -> the kernel "auto" runs there (where that kernel supports the call).
-# cuDNN and the TPU kernel are chosen by design, not measured: no GPU or TPU was
-# available to this project (see lstm_jax/kernels/ACCELERATORS.md).
-AUTO_LSTM: dict[str, str] = {"cpu": "fused", "cuda": "cudnn", "tpu": "pallas_tpu"}
+# cuDNN is chosen by design, not measured: no GPU or TPU was available to this
+# project (see lstm_jax/kernels/ACCELERATORS.md). It is JAX's own primitive, which
+# Keras also routes its JAX LSTM to. Our Pallas TPU kernel has been lowered for
+# TPU but never compiled by libtpu nor run, so TPU users get "fused" by default
+# until it is measured there (backend="pallas" selects it).
+AUTO_LSTM: dict[str, str] = {"cpu": "fused", "cuda": "cudnn", "tpu": "fused"}
 FALLBACK = "fused"  # other platforms (e.g. rocm) and calls a platform's kernel declines
 
 

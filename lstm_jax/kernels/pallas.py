@@ -11,8 +11,8 @@ The forward is chosen when the call is lowered: the Mosaic TPU kernel
 (:mod:`lstm_jax.kernels.pallas_gpu`) on ``cuda``, and the TPU kernel in Pallas
 interpret mode elsewhere (slow; for tests on CPU). Neither kernel has been run
 on a TPU or GPU in this project (none was available); their lowerings are
-tested with ``jax.export``. ``backend="auto"`` picks the TPU kernel on TPU
-(``lstm_jax.kernels.dispatch``), never the GPU kernel.
+tested with ``jax.export``. ``backend="auto"`` picks neither until they are
+measured (``lstm_jax.kernels.dispatch``).
 """
 
 from __future__ import annotations
