@@ -173,10 +173,10 @@ def test_remat_gru():
     assert_trees_close(grad(params, 2), grad(params, False))
 
 
-def _temp_bytes(remat, steps):
+def _temp_bytes(remat, steps, time_major=False):
     params = lj.init_lstm(jax.random.key(0), 8, 32)
-    xs = jnp.zeros((4, steps, 8))
-    loss = lambda p, x: jnp.sum(lj.lstm(p, x, backend="fused", remat=remat)[0])  # noqa: E731
+    xs = jnp.zeros((steps, 4, 8) if time_major else (4, steps, 8))
+    loss = lambda p, x: jnp.sum(lj.lstm(p, x, backend="fused", remat=remat, time_major=time_major)[0])  # noqa: E731
     compiled = jax.jit(jax.grad(loss, (0, 1))).lower(params, xs).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 
@@ -186,9 +186,33 @@ def test_remat_reduces_activation_memory():
     assert remat < plain / 4, (plain, remat)
 
 
+@pytest.mark.parametrize("time_major", [False, True])
+def test_remat_memory_grows_like_sqrt_t(time_major):
+    """4x the steps, neither a perfect square: ~2x the memory (sqrt), not 4x (memory_analysis is exact)."""
+    short, long = _temp_bytes(True, 1000, time_major), _temp_bytes(True, 4000, time_major)
+    assert long < 2.5 * short, (short, long)
+
+
 def test_block_size():
     assert [block_size(True, t) for t in (1, 2, 4, 5, 16, 17)] == [1, 2, 2, 3, 4, 5]
     assert block_size(7, 100) == 7
+
+
+@pytest.mark.parametrize("steps, remat", [(11, True), (11, 4), (3, 5), (1, True)])
+@pytest.mark.parametrize("time_major", [False, True])
+def test_remat_remainder_block_matches_scan(steps, remat, time_major):
+    """T not a multiple of k: full blocks plus a shorter last one, both directions, ragged."""
+    params = lj.init_lstm(jax.random.key(25), I, H, bidirectional=True)
+    xs = jax.random.normal(jax.random.key(26), (steps, B, I) if time_major else (B, steps, I))
+    lengths = jnp.array([steps, max(1, steps - 4), 1], jnp.int32)
+
+    def loss(params, xs, backend, remat):
+        ys, state = lj.lstm(params, xs, seq_lengths=lengths, backend=backend, remat=remat,
+                            time_major=time_major)  # fmt: skip
+        return jnp.sum(ys * jnp.cos(ys)) + jnp.sum(state.h) + jnp.sum(state.c**2)
+
+    grad = jax.jit(jax.value_and_grad(loss, (0, 1)), static_argnums=(2, 3))
+    assert_trees_close(grad(params, xs, "auto", remat), grad(params, xs, "scan", False))
 
 
 def test_bf16_compute_close_to_scan_and_f32():

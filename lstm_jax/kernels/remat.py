@@ -1,18 +1,21 @@
 """Rematerialisation: checkpoint a layer every ``k`` steps (``remat=`` in ``lj.lstm``).
 
-A layer over ``T`` steps is cut into ``ceil(T / k)`` blocks of ``k`` steps. An
-outer ``lax.scan`` runs the blocks under ``jax.checkpoint``: the forward pass
-keeps only the carry at each block boundary, and the backward pass recomputes
-one block's forward (input projection included) right before differentiating
-it. Activation memory is then ``O(T / k + k)`` per layer instead of ``O(T)``;
-``k = ceil(sqrt(T))`` (``remat=True``) gives ``O(sqrt(T))`` at the price of one
-extra forward pass.
+A layer over ``T`` steps is cut into ``N = T // k`` blocks of ``k`` steps and,
+when ``k`` does not divide ``T``, one last block of ``T - N k < k`` steps. An
+outer ``lax.scan`` runs the full blocks under ``jax.checkpoint``: the forward
+pass keeps only the carry at each block boundary, and the backward pass
+recomputes one block's forward (input projection included) right before
+differentiating it. Activation memory is then ``O(T / k + k)`` per layer
+instead of ``O(T)``; ``k = ceil(sqrt(T))`` (``remat=True``) gives
+``O(sqrt(T))`` for every ``T`` at the price of one extra forward pass.
 
-Works with any layer function of the :func:`lstm_jax.scan.scan_layer`
-signature. Reverse directions reverse each sequence's valid part once, up
-front, and then run left to right; ragged batches pass each block its own
-clipped lengths (a block past a sequence's end has length 0: its carry passes
-through unchanged and its outputs are zeros).
+No ``(T, B, ...)`` copy of the inputs is made: each block reads its ``k``
+steps from ``xs`` in the caller's layout (a slice, or for the reverse
+direction a gather of each sequence's valid part, right to left) and
+transposes them itself. Works with any layer function of the
+:func:`lstm_jax.scan.scan_layer` signature; ragged batches pass each block its
+own clipped lengths (a block past a sequence's end has length 0: its carry
+passes through unchanged and its outputs are zeros).
 """
 
 from __future__ import annotations
@@ -48,6 +51,29 @@ def check_remat(remat: Any) -> None:
         )
 
 
+def _read_block(xs, start, size, *, time_major, reverse, seq_lengths):
+    """Steps ``start .. start + size`` of the (reversed) sequences, time-major ``(size, B, I)``.
+
+    For ``reverse``, step ``t`` of sequence ``b`` is ``xs[b, L_b - 1 - t]``
+    inside its valid part and ``xs[b, t]`` (padding, never used) past it.
+    """
+    time_axis = 0 if time_major else 1
+    if not reverse:
+        block = jax.lax.dynamic_slice_in_dim(xs, start, size, axis=time_axis)
+    else:
+        num_steps = xs.shape[time_axis]
+        lengths = (
+            jnp.full((xs.shape[1 - time_axis],), num_steps, jnp.int32)
+            if seq_lengths is None else seq_lengths
+        )  # fmt: skip
+        t = start + jnp.arange(size, dtype=jnp.int32)[:, None]  # [size, 1]
+        index = jnp.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)  # [size, B]
+        if not time_major:
+            index = index.T  # [B, size]
+        block = jnp.take_along_axis(xs, index[..., None], axis=time_axis)
+    return block if time_major else jnp.swapaxes(block, 0, 1)  # [size, B, I]
+
+
 def remat_layer(layer_fn: Callable, remat: Union[bool, int]) -> Callable:
     """Wrap ``layer_fn`` so that it checkpoints every ``block_size(remat, T)`` steps."""
     check_remat(remat)
@@ -65,38 +91,31 @@ def remat_layer(layer_fn: Callable, remat: Union[bool, int]) -> Callable:
         time_major: bool = False,
         **options,
     ):
-        if not time_major:
-            xs = jnp.swapaxes(xs, 0, 1)  # [T, B, I]
-        num_steps, batch = xs.shape[0], xs.shape[1]
-        k = block_size(remat, num_steps)
-        num_blocks = -(-num_steps // k)
-        if reverse:
-            xs = reverse_sequences(xs, seq_lengths)
-        lengths = seq_lengths
-        padding = num_blocks * k - num_steps
-        if padding:
-            xs = jnp.concatenate([xs, jnp.zeros((padding,) + xs.shape[1:], xs.dtype)])
-            if lengths is None:  # the padded steps must not touch the carry
-                lengths = jnp.full((batch,), num_steps, jnp.int32)
-        blocks = xs.reshape((num_blocks, k) + xs.shape[1:])  # [N, k, B, I]
-        starts = jnp.arange(num_blocks, dtype=jnp.int32) * k  # [N]
+        num_steps = xs.shape[0 if time_major else 1]
+        k = min(block_size(remat, num_steps), num_steps)
+        num_blocks, remainder = divmod(num_steps, k)
 
-        def run_block(carry, inputs):
-            x_block, start = inputs
-            block_lengths = None if lengths is None else jnp.clip(lengths - start, 0, k)
+        def run(carry, start, size):
+            """Steps ``start .. start + size`` (processing order) from ``carry``."""
+            x_block = _read_block(
+                xs, start, size, time_major=time_major, reverse=reverse, seq_lengths=seq_lengths
+            )
+            lengths = None if seq_lengths is None else jnp.clip(seq_lengths - start, 0, size)
             ys, carry = layer_fn(
                 cell, weights, x_block, carry,
-                seq_lengths=block_lengths, reverse=False, recurrent_mask=recurrent_mask,
+                seq_lengths=lengths, reverse=False, recurrent_mask=recurrent_mask,
                 unroll=unroll, time_major=True, **options,
             )  # fmt: skip
-            return carry, ys
+            return carry, ys  # ys [size, B, O]
 
-        final, ys = jax.lax.scan(
-            jax.checkpoint(run_block, prevent_cse=False),
-            initial_carry,
-            (blocks, starts),
-        )  # ys [N, k, B, O]
-        ys = ys.reshape((num_blocks * k,) + ys.shape[2:])[:num_steps]  # [T, B, O]
+        run_block = jax.checkpoint(lambda carry, start: run(carry, start, k), prevent_cse=False)
+        starts = jnp.arange(num_blocks, dtype=jnp.int32) * k  # [N]
+        final, ys = jax.lax.scan(run_block, initial_carry, starts)  # ys [N, k, B, O]
+        ys = ys.reshape((num_blocks * k,) + ys.shape[2:])  # [N k, B, O]
+        if remainder:
+            last = jax.checkpoint(lambda carry: run(carry, num_blocks * k, remainder))
+            final, ys_last = last(final)
+            ys = jnp.concatenate([ys, ys_last])  # [T, B, O]
         if reverse:
             ys = reverse_sequences(ys, seq_lengths)
         if not time_major:
