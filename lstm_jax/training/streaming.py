@@ -48,7 +48,6 @@ def init_stream_state(params: Any, batch_shape: Sequence[int] = ()) -> Any:
     (2, 3, 4)
     """
     kind, layers = _stream_layers(params)
-    validation.check_stream(params, state, x_t)
     batch_shape = tuple(batch_shape)
     first = layers[0][0]
     dtype = first.w_hh.dtype
@@ -88,6 +87,7 @@ def stream_step(
     (4,)
     """
     kind, layers = _stream_layers(params)
+    validation.check_stream(params, state, x_t)
     if kind == "lstm":
         step = lambda w, s, x: cells.lstm_cell(w, s, x)  # noqa: E731
     elif kind == "gru":
