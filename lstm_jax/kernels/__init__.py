@@ -9,21 +9,29 @@ backend    cells                  what it is
 "scan"     lstm, gru, rnn         the reference: ``lax.scan`` + autodiff
 "fused"    lstm (plain)           hand-written VJP, blocked gradient GEMMs (``fused.py``)
 "pallas"   lstm (plain)           Pallas forward kernel + the fused backward
+"native"   lstm (plain, float32)  C++ time loop through XLA's FFI, CPU (``native.py``)
 "cudnn"    lstm (plain, float32)  ``jax.experimental.rnn`` on NVIDIA GPUs
-"auto"     all                    "fused" where it applies, else "scan"
+"auto"     all                    "native" on CPU where it applies and is built,
+                                  else "fused" where it applies, else "scan"
 =========  =====================  ===============================================
 
 "Plain" means no peepholes, layer norm or projection. Rules for a variant a
 backend does not implement:
 
 * ``"auto"`` routes it to ``"scan"`` silently (always correct).
-* ``"fused"`` and ``"pallas"`` raise ``ValueError`` at trace time.
+* ``"fused"``, ``"pallas"`` and ``"native"`` raise ``ValueError`` at trace
+  time (``"native"`` also off CPU, for non-float32 parameters or compute dtype,
+  and when its C++ extension was not built).
 * ``"cudnn"`` warns (``RuntimeWarning``) and runs ``"scan"``: it also falls back
   off GPU, for non-float32 compute, for recurrent dropout and under ``vmap``.
 * A cell kind outside a backend's list (e.g. ``gru`` with ``"fused"``) raises
   ``ValueError`` in :func:`select_layer`.
 
-``"auto"`` picks ``"fused"`` on every platform: it was measured faster than
+On CPU, ``"auto"`` picks ``"native"`` for the plain float32 LSTM when the
+extension is built (else it logs once why not and uses ``"fused"``): it was
+measured faster than ``"fused"`` for training steps and inference on the four
+CPU targets (``lstm_jax/kernels/TIMINGS.md``). Otherwise ``"auto"`` picks
+``"fused"``: it was measured faster than
 ``"scan"`` for training steps and inference on CPU, and (since its forward
 computes the input projection inside the loop) also faster than running it in
 blocks of 16 steps (``lstm_jax/kernels/TIMINGS.md``). cuDNN
@@ -41,6 +49,7 @@ from typing import Any, Callable, Optional, Union
 
 from lstm_jax.kernels.cudnn import cudnn_lstm_layer
 from lstm_jax.kernels.fused import fused_lstm_layer, unsupported_variant
+from lstm_jax.kernels.native import log_unavailable_once, native_lstm_layer, native_unsupported
 from lstm_jax.kernels.pallas import pallas_lstm_layer
 from lstm_jax.kernels.remat import check_remat, remat_layer
 from lstm_jax.scan import scan_layer
@@ -52,20 +61,25 @@ BACKENDS: dict[str, tuple[str, ...]] = {
     "scan": ("lstm", "gru", "rnn"),
     "fused": ("lstm",),
     "pallas": ("lstm",),
+    "native": ("lstm",),
     "cudnn": ("lstm",),
 }
 
 _LSTM_KERNELS = {
     "fused": fused_lstm_layer,
     "pallas": pallas_lstm_layer,
+    "native": native_lstm_layer,
     "cudnn": cudnn_lstm_layer,
 }
 
 
 def _auto_lstm_layer(cell, weights: Any, xs, *args, compute_dtype=None, **kwargs):
-    """``fused`` where it applies, ``scan`` for peephole / layer-norm / projection."""
+    """``native`` (CPU), else ``fused`` where it applies; ``scan`` for the variants."""
     if unsupported_variant(weights) is not None:
         return scan_layer(cell, weights, xs, *args, **kwargs)
+    if native_unsupported(weights, xs, compute_dtype) is None:
+        return native_lstm_layer(cell, weights, xs, *args, compute_dtype=compute_dtype, **kwargs)
+    log_unavailable_once()
     return fused_lstm_layer(cell, weights, xs, *args, compute_dtype=compute_dtype, **kwargs)
 
 
