@@ -164,13 +164,14 @@ def _recurrence_bwd(residuals, cotangents):
         _optional(valid, jnp.uint8), ys, h0,
         aliases={1: 0},
     )  # fmt: skip
-    rows = dz.reshape(steps * batch, -1)  # [T*B, 4H]
+    hidden, inputs = w_hh.shape[0], xs.shape[-1]
+    rows = dz.reshape(steps * batch, 4 * hidden)
     # h_{t-1} for every step: h0, then ys (dz is zero wherever ys was zeroed)
-    h_prev = jnp.concatenate([h0[None], ys[:-1]]).reshape(steps * batch, -1)
+    h_prev = jnp.concatenate([h0[None], ys[:-1]])  # [T, B, H]
     if mask is not None:
-        h_prev = (h_prev.reshape(steps, batch, -1) * mask).reshape(steps * batch, -1)
-    dw_hh = h_prev.T @ rows
-    dw_ih = xs.reshape(steps * batch, -1).T @ rows
+        h_prev = h_prev * mask[None]
+    dw_hh = h_prev.reshape(steps * batch, hidden).T @ rows
+    dw_ih = xs.reshape(steps * batch, inputs).T @ rows
     dxs = (rows @ w_ih.T).reshape(xs.shape)
     db = jnp.sum(rows, axis=0)
     return dw_ih, db, dw_hh, dxs, dh0, dc0, (None if mask is None else dmask), None
