@@ -115,6 +115,7 @@ def native_unsupported(weights: Any, xs: Array, compute_dtype=None) -> Optional[
 
 
 def _ffi(target: str, results, *args, aliases=None):
+    _library()  # registers the targets
     call = jax.ffi.ffi_call(
         target, results, vmap_method="broadcast_all", input_output_aliases=aliases or {}
     )
