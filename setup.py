@@ -16,7 +16,7 @@ import sys
 
 from setuptools import Extension, setup
 
-COMPILE_ARGS = [] if sys.platform == "win32" else ["-O3", "-std=c++17", "-fvisibility=hidden"]
+COMPILE_ARGS = [] if sys.platform == "win32" else ["-O3", "-g0", "-std=c++17", "-fvisibility=hidden"]
 
 setup(
     ext_modules=[
