@@ -35,6 +35,7 @@ import ctypes
 import functools
 import importlib.util
 import logging
+import threading
 from typing import Any, Optional
 
 import jax
@@ -57,9 +58,17 @@ _TARGETS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+_LOCK = threading.Lock()
+
+
 def _library() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
     """The loaded extension with its FFI targets registered, or why it is unavailable."""
+    with _LOCK:  # two threads' first calls must not register twice
+        return _load()
+
+
+@functools.lru_cache(maxsize=None)
+def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
     spec = importlib.util.find_spec(_MODULE)
     if spec is None or spec.origin is None:
         return None, (
