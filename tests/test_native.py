@@ -274,3 +274,26 @@ def test_long_sequence():
         _value_and_grads(scan_layer, args, **options),
         atol=1e-4, rtol=1e-4,
     )
+
+
+def test_second_order_derivatives_match_scan():
+    """Hessians (forward over reverse) and grad of grad go through JAX references."""
+    w, xs, h0, _, mask = _inputs(16, batch=2, steps=4)
+    lengths = jnp.array([4, 2], jnp.int32)
+
+    def loss(w, xs, h0, layer):
+        ys, (h, c) = layer(
+            lstm_kind(), w, xs, (h0, h0), seq_lengths=lengths, reverse=True, recurrent_mask=mask
+        )
+        return jnp.sum(ys**2) + jnp.sum(h * c)
+
+    for layer_args in ((0,), (1,)):
+        assert_trees_close(
+            jax.hessian(loss, layer_args)(w, xs, h0, native_lstm_layer),
+            jax.hessian(loss, layer_args)(w, xs, h0, scan_layer),
+        )
+
+    def grad_of_grad(layer):
+        return jax.grad(lambda w: jnp.sum(jax.grad(loss, 1)(w, xs, h0, layer) ** 2))(w)
+
+    assert_trees_close(grad_of_grad(native_lstm_layer), grad_of_grad(scan_layer))

@@ -42,7 +42,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from lstm_jax.cells import Cell
+from lstm_jax.cells import Cell, lstm_pointwise
+from lstm_jax.kernels.fused import _recurrence as fused_recurrence
 from lstm_jax.kernels.fused import unsupported_variant
 from lstm_jax.params import LSTMWeights
 from lstm_jax.scan import over_time
@@ -138,17 +139,59 @@ def _optional(mask: Optional[Array], dtype) -> Array:
 
 def _forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, *, save):
     """Time-major ``xs (T, B, I)`` -> ``ys (T, B, H), h, c`` (+ activations and cell states)."""
+    if save:
+        ys, h, c, act, cs = _forward_train(w_ih, b, w_hh, xs, h0, c0, mask, valid)
+        return ys, h, c, (act, cs)
+    steps, batch, _ = xs.shape
+    state = jax.ShapeDtypeStruct((batch, w_hh.shape[0]), jnp.float32)
+    seq = jax.ShapeDtypeStruct((steps, batch, w_hh.shape[0]), jnp.float32)
+    args = (xs, w_ih, b, w_hh, h0, c0, _optional(mask, jnp.float32), _optional(valid, jnp.uint8))
+    ys, h, c = _ffi("lstm_jax_native_forward_infer", (seq, state, state), *args)
+    return ys, h, c, None
+
+
+@jax.custom_jvp
+def _forward_train(w_ih, b, w_hh, xs, h0, c0, mask, valid):
+    """``ys, h, c`` and the residuals ``act (T, B, 4H)`` (gate activations), ``cs (T, B, H)``."""
     steps, batch, _ = xs.shape
     hidden = w_hh.shape[0]
     state = jax.ShapeDtypeStruct((batch, hidden), jnp.float32)
     seq = jax.ShapeDtypeStruct((steps, batch, hidden), jnp.float32)
-    args = (xs, w_ih, b, w_hh, h0, c0, _optional(mask, jnp.float32), _optional(valid, jnp.uint8))
-    if not save:
-        ys, h, c = _ffi("lstm_jax_native_forward_infer", (seq, state, state), *args)
-        return ys, h, c, None
     gates = jax.ShapeDtypeStruct((steps, batch, 4 * hidden), jnp.float32)
-    ys, h, c, act, cs = _ffi("lstm_jax_native_forward_train", (seq, state, state, gates, seq), *args)
-    return ys, h, c, (act, cs)
+    args = (xs, w_ih, b, w_hh, h0, c0, _optional(mask, jnp.float32), _optional(valid, jnp.uint8))
+    return _ffi("lstm_jax_native_forward_train", (seq, state, state, gates, seq), *args)
+
+
+def _forward_reference(w_ih, b, w_hh, xs, h0, c0, mask, valid):
+    """:func:`_forward_train` in JAX, for derivatives of the gradients (e.g. ``jax.hessian``)."""
+    plain = LSTMWeights(w_ih=None, w_hh=None, b=None)
+
+    def body(carry, inputs):
+        h, c = carry
+        x, keep = inputs
+        gates = x @ w_ih + b[None] + (h if mask is None else h * mask) @ w_hh
+        h_new, c_new = jax.vmap(lstm_pointwise, in_axes=(None, 0, 0))(plain, gates, c)
+        i, f, g, o = jnp.split(gates, 4, axis=-1)
+        act = jnp.concatenate([jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)], -1)
+        y = h_new
+        if keep is not None:
+            keep = keep[:, None] != 0
+            h_new, c_new = jnp.where(keep, h_new, h), jnp.where(keep, c_new, c)
+            y = jnp.where(keep, y, jnp.zeros_like(y))
+        return (h_new, c_new), (y, act, c_new)
+
+    (h, c), (ys, act, cs) = jax.lax.scan(body, (h0, c0), (xs, valid))
+    return ys, h, c, act, cs
+
+
+@_forward_train.defjvp
+def _forward_train_jvp(primals, tangents):
+    *diff, valid = primals
+    outputs = _forward_train(*primals)
+    _, out_tangents = jax.jvp(
+        lambda *args: _forward_reference(*args, valid), tuple(diff), tuple(tangents[:-1])
+    )
+    return outputs, out_tangents
 
 
 @jax.custom_vjp
@@ -159,13 +202,23 @@ def _recurrence(w_ih, b, w_hh, xs, h0, c0, mask, valid):
 
 def _recurrence_fwd(w_ih, b, w_hh, xs, h0, c0, mask, valid):
     ys, h, c, (act, cs) = _forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, save=True)
-    return (ys, h, c), (w_ih, w_hh, xs, h0, c0, mask, valid, ys, act, cs)
+    return (ys, h, c), (w_ih, b, w_hh, xs, h0, c0, mask, valid, ys, act, cs)
 
 
 def _recurrence_bwd(residuals, cotangents):
-    w_ih, w_hh, xs, h0, c0, mask, valid, ys, act, cs = residuals
-    dys, dh, dc = cotangents
-    steps, batch, _ = xs.shape
+    grads = _gradients(*residuals[:8], *cotangents, *residuals[8:])
+    return (*grads, None)  # no gradient for the validity mask
+
+
+@jax.custom_jvp
+def _gradients(w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, dh, dc, ys, act, cs):
+    """Gradients w.r.t. ``(w_ih, b, w_hh, xs, h0, c0, mask)``: the native loop, then XLA GEMMs.
+
+    ``ys, act, cs`` are :func:`_forward_train`'s outputs for the same inputs.
+    """
+    del b  # read through act
+    steps, batch, inputs = xs.shape
+    hidden = w_hh.shape[0]
     state = jax.ShapeDtypeStruct(h0.shape, jnp.float32)
     results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state, state)
     dz, dh0, dc0, dmask = _ffi(
@@ -174,7 +227,6 @@ def _recurrence_bwd(residuals, cotangents):
         _optional(valid, jnp.uint8), ys, h0,
         aliases={1: 0},
     )  # fmt: skip
-    hidden, inputs = w_hh.shape[0], xs.shape[-1]
     rows = dz.reshape(steps * batch, 4 * hidden)
     # h_{t-1} for every step: h0, then ys (dz is zero wherever ys was zeroed)
     h_prev = jnp.concatenate([h0[None], ys[:-1]])  # [T, B, H]
@@ -184,7 +236,28 @@ def _recurrence_bwd(residuals, cotangents):
     dw_ih = xs.reshape(steps * batch, inputs).T @ rows
     dxs = (rows @ w_ih.T).reshape(xs.shape)
     db = jnp.sum(rows, axis=0)
-    return dw_ih, db, dw_hh, dxs, dh0, dc0, (None if mask is None else dmask), None
+    return dw_ih, db, dw_hh, dxs, dh0, dc0, (None if mask is None else dmask)
+
+
+@_gradients.defjvp
+def _gradients_jvp(primals, tangents):
+    """Derivatives of the gradients (``jax.hessian``, grad of grad) through the
+    ``fused`` backend's JAX implementation of the same gradients. ``ys, act, cs``
+    are functions of the other inputs, recomputed inside it, so their tangents
+    are not used (they would count twice)."""
+    w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, dh, dc = primals[:11]
+    keep = None if valid is None else valid != 0
+
+    def reference(w_ih, b, w_hh, xs, h0, c0, mask, dys, dh, dc):
+        def forward(w_ih, b, w_hh, xs, h0, c0, mask):
+            return fused_recurrence(None, 1, w_ih, b, w_hh, xs, h0, c0, mask, keep)
+
+        return jax.vjp(forward, w_ih, b, w_hh, xs, h0, c0, mask)[1]((dys, dh, dc))
+
+    diff = (w_ih, b, w_hh, xs, h0, c0, mask, dys, dh, dc)
+    diff_tangents = tangents[:7] + tangents[8:11]
+    _, out_tangents = jax.jvp(reference, diff, diff_tangents)
+    return _gradients(*primals), out_tangents
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
