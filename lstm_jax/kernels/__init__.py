@@ -27,11 +27,14 @@ backend does not implement:
 * A cell kind outside a backend's list (e.g. ``gru`` with ``"fused"``) raises
   ``ValueError`` in :func:`select_layer`.
 
-On CPU, ``"auto"`` picks ``"native"`` for the plain float32 LSTM when the
-extension is built (else it logs once why not and uses ``"fused"``): it was
-measured faster than ``"fused"`` for training steps and inference on the four
-CPU targets (``lstm_jax/kernels/TIMINGS.md``). Otherwise ``"auto"`` picks
-``"fused"``: it was measured faster than
+On CPU, ``"auto"`` picks ``"native"`` for the plain float32 LSTM with
+``hidden <= AUTO_NATIVE_MAX_HIDDEN`` (256) when the extension is built (else it
+logs once why not and uses ``"fused"``). Measured interleaved against
+``"fused"`` on the four CPU targets (2-core Xeon, load average 10-13,
+``lstm_jax/kernels/TIMINGS.md``): training 1.49x, 1.30x, 1.16x at H = 64, 256,
+128, inference 3.2x, 1.5x, 1.3x; at (B, T, I, H) = (128, 64, 256, 512) training
+was 0.84x (inference 1.04x), so wider layers stay on ``"fused"``. Otherwise
+``"auto"`` picks ``"fused"``: it was measured faster than
 ``"scan"`` for training steps and inference on CPU, and (since its forward
 computes the input projection inside the loop) also faster than running it in
 blocks of 16 steps (``lstm_jax/kernels/TIMINGS.md``). cuDNN
@@ -56,6 +59,9 @@ from lstm_jax.scan import scan_layer
 
 __all__ = ["BACKENDS", "select_layer"]
 
+# "auto" uses "native" up to this hidden size (measured; see the module docstring)
+AUTO_NATIVE_MAX_HIDDEN = 256
+
 # backend name -> cell kinds it implements
 BACKENDS: dict[str, tuple[str, ...]] = {
     "scan": ("lstm", "gru", "rnn"),
@@ -77,9 +83,10 @@ def _auto_lstm_layer(cell, weights: Any, xs, *args, compute_dtype=None, **kwargs
     """``native`` (CPU), else ``fused`` where it applies; ``scan`` for the variants."""
     if unsupported_variant(weights) is not None:
         return scan_layer(cell, weights, xs, *args, **kwargs)
-    if native_unsupported(weights, xs, compute_dtype) is None:
-        return native_lstm_layer(cell, weights, xs, *args, compute_dtype=compute_dtype, **kwargs)
-    log_unavailable_once()
+    if weights.w_hh.shape[0] <= AUTO_NATIVE_MAX_HIDDEN:
+        if native_unsupported(weights, xs, compute_dtype) is None:
+            return native_lstm_layer(cell, weights, xs, *args, compute_dtype=compute_dtype, **kwargs)
+        log_unavailable_once()
     return fused_lstm_layer(cell, weights, xs, *args, compute_dtype=compute_dtype, **kwargs)
 
 
