@@ -14,11 +14,32 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def default_out_dir(grid: str) -> str:
-    """``benchmarks/results/<machine>`` for --quick, ``.../<machine>/<grid>`` otherwise."""
-    from benchmarks.machine import machine_slug
+    """``benchmarks/results/local`` for --quick, ``.../local/<grid>`` otherwise.
 
-    base = os.path.join(_HERE, "results", machine_slug())
+    Never the committed ``benchmarks/results/<machine>`` folders: a run replaces
+    those only when asked to with ``--out``.
+    """
+    base = os.path.join(_HERE, "results", "local")
     return base if grid == "quick" else os.path.join(base, grid)
+
+
+# A peer whose interquartile range exceeds this share of its median is reported as noisy.
+NOISY_SPREAD = 0.15
+_SHOWN_WARNINGS = 6
+
+
+def spread_warnings(rows: list) -> list:
+    """One line per timed row whose IQR / median exceeds :data:`NOISY_SPREAD`."""
+    lines = []
+    for row in rows:
+        if row.get("median_s") and row.get("q3_s") is not None:
+            spread = (row["q3_s"] - row["q1_s"]) / row["median_s"]
+            if spread > NOISY_SPREAD:
+                lines.append(
+                    f"{row['label']} {row['workload']} {row['peer']}: IQR is {spread:.0%} of the "
+                    "median; ratios involving it are uncertain by about as much"
+                )
+    return lines
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,11 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", dest="grid", action="store_const", const="quick",
-                      help="the performance targets and a short sweep (default; ~3 min on 2 cores)")
+                      help="the performance targets and a short sweep (default; ~4 min on 2 cores)")
     mode.add_argument("--full", dest="grid", action="store_const", const="full",
                       help="adds layers, bidirectional, bf16, every peer, and T up to 4096")
     mode.add_argument("--targets", dest="grid", action="store_const", const="targets",
                       help="the four training targets only (lstm_jax[auto], Flax, PyTorch), more rounds")
+    mode.add_argument("--device", dest="grid", action="store_const", const="device",
+                      help="the GPU/TPU grid (FlashRNN's B=16 T=1024 H=768, the Pallas shapes, the "
+                      "CPU targets) against cuDNN via PyTorch and jax.experimental.rnn; needs a GPU or TPU")
     mode.add_argument("--tiny", dest="grid", action="store_const", const="tiny",
                       help="tiny shapes in seconds (a smoke test)")
     parser.set_defaults(grid="quick")
@@ -41,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="comma list of peers or prefixes, e.g. 'lstm_jax,flax_linen_optimized,"
                         "torch' (default: all). Speed-ups need flax_linen_optimized.")
     parser.add_argument("--out", default=None,
-                        help="output folder (default: benchmarks/results/<machine>[/<grid>])")
+                        help="output folder (default: benchmarks/results/local[/<grid>], not committed; "
+                        "pass benchmarks/results/<machine> to replace the committed results)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch.set_num_threads (default: the cores of this process, "
@@ -51,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser  # fmt: skip
 
 
+def jax_devices() -> str:
+    import jax
+
+    return ", ".join(str(d) for d in jax.devices())
+
+
 def main(argv: Optional[list] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
@@ -58,7 +89,7 @@ def main(argv: Optional[list] = None) -> int:
     from benchmarks import grid as grid_lib
     from benchmarks import peers as peers_lib
     from benchmarks import report, runner
-    from benchmarks.machine import machine_info, run_info, versions
+    from benchmarks.machine import busy_warning, load_info, machine_info, run_info, versions
 
     try:
         peers = peers_lib.select_peers(args.peers, torch_threads=args.torch_threads)
@@ -70,19 +101,38 @@ def main(argv: Optional[list] = None) -> int:
             reason = peer.unavailable()
             print(f"{peer.name:24s} {peer.description}" + (f"  [unavailable: {reason}]" if reason else ""))
         return 0
+    if args.grid == "device" and peers_lib.platform() == "cpu":
+        print("error: --device measures a GPU or TPU, but JAX sees only CPU devices "
+              f"({jax_devices()}); run it on an accelerator machine, or use --quick / --full "
+              "for the CPU grids.", file=sys.stderr)  # fmt: skip
+        return 2
     grid = grid_lib.GRIDS[args.grid]()
     out_dir = args.out or default_out_dir(args.grid)
+    machine = machine_info()
+    load_start = load_info()
     start = time.perf_counter()
     results = runner.run(grid, peers, seed=args.seed, progress=not args.no_progress)
+    load_end = load_info()
+    warnings = [w for w in (busy_warning(load_start, machine["cores"]),
+                            busy_warning(load_end, machine["cores"])) if w]  # fmt: skip
+    warnings = list(dict.fromkeys(warnings)) + spread_warnings(results["rows"])
     results = {
-        "machine": machine_info(),
+        "machine": machine,
         "versions": versions(),
         **run_info(["python -m benchmarks", *argv]),
+        "load": {"start": load_start, "end": load_end},
+        "warnings": warnings,
         **results,
     }
     results = report.write(results, out_dir)
     table = report.markdown(results)
     print(table[: table.index("## Step time")].rstrip())
-    print(f"\nwrote {out_dir}/results.json, results.md, {', '.join(results['plots'])} "
+    for warning in warnings[:_SHOWN_WARNINGS]:
+        print(f"warning: {warning}", file=sys.stderr)
+    if len(warnings) > _SHOWN_WARNINGS:
+        print(f"warning: ... and {len(warnings) - _SHOWN_WARNINGS} more (results.md lists them)",
+              file=sys.stderr)  # fmt: skip
+    out = os.path.abspath(out_dir)
+    print(f"\nresults written to {out}/ (results.json, results.md, {', '.join(results['plots'])}) "
           f"in {time.perf_counter() - start:.0f} s", file=sys.stderr)  # fmt: skip
     return 0

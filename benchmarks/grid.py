@@ -19,6 +19,8 @@ __all__ = [
     "full_grid",
     "targets_grid",
     "tiny_grid",
+    "device_grid",
+    "DEVICE_SHAPES",
 ]
 
 WORKLOADS = ("train", "infer")
@@ -173,4 +175,35 @@ def tiny_grid() -> Grid:
     return Grid("tiny", tuple(cases), repeats=3, min_repeats=2, budget_s=1.0)
 
 
-GRIDS = {"quick": quick_grid, "full": full_grid, "targets": targets_grid, "tiny": tiny_grid}
+# GPU/TPU sizes (B, T, I, H): FlashRNN's setting (B=16, T=1024, H=768), and the
+# shapes the Pallas kernels are lowered at in tests/test_accel.py.
+DEVICE_SHAPES = (
+    Config(16, 1024, 768, 768),
+    Config(16, 1024, 256, 256),
+    Config(64, 512, 128, 128),
+    Config(8, 2048, 512, 768),
+)
+
+
+def device_grid() -> Grid:
+    """For a GPU or TPU (``--device``): the accelerator sizes and the four CPU
+    targets, both workloads, every peer (cuDNN through PyTorch and
+    ``jax.experimental.rnn`` where there is CUDA); bf16 training at the
+    accelerator sizes; 2 layers x bidirectional at one size; training time vs T."""
+    cases = [Case(c, w, ("targets",)) for c in DEVICE_SHAPES for w in WORKLOADS]
+    cases += [Case(c, w) for c in TARGETS for w in WORKLOADS]
+    cases += [Case(dataclasses.replace(c, dtype="bfloat16"), "train") for c in DEVICE_SHAPES]
+    cases += [Case(Config(32, 256, 256, 256, 2, True), w) for w in WORKLOADS]
+    cases += [
+        Case(Config(16, t, 256, 256), "train", ("sweep",)) for t in (128, 256, 512, 2048, 4096)
+    ]
+    return Grid("device", tuple(cases), repeats=15, min_repeats=5, budget_s=30.0)
+
+
+GRIDS = {
+    "quick": quick_grid,
+    "full": full_grid,
+    "targets": targets_grid,
+    "tiny": tiny_grid,
+    "device": device_grid,
+}

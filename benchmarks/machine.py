@@ -13,7 +13,10 @@ from typing import Optional
 
 import jax
 
-__all__ = ["cpu_model", "num_cores", "machine_info", "versions", "machine_slug", "run_info"]
+__all__ = [
+    "cpu_model", "num_cores", "machine_info", "versions", "machine_slug", "run_info",
+    "load_info", "busy_warning",
+]
 
 
 def cpu_model() -> str:
@@ -142,3 +145,33 @@ def run_info(argv: Optional[list] = None) -> dict:
         if argv and argv[0].endswith("__main__.py")
         else " ".join(argv),
     }
+
+
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA_FLAGS")
+
+
+def load_info() -> dict:
+    """What else the machine was doing: load averages, this process's CPU affinity, thread settings."""
+    try:
+        load = list(os.getloadavg())
+    except OSError:
+        load = None
+    try:
+        affinity = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = None
+    threads = {name: os.environ[name] for name in _THREAD_VARIABLES if name in os.environ}
+    if "torch" in sys.modules:
+        threads["torch.get_num_threads"] = sys.modules["torch"].get_num_threads()
+    return {"loadavg_1_5_15": load, "affinity": affinity, "threads": threads}
+
+
+def busy_warning(info: dict, cores: int) -> Optional[str]:
+    """A warning when the 1-minute load average exceeds the cores this process may use."""
+    load = info.get("loadavg_1_5_15")
+    if load and load[0] > cores:
+        return (
+            f"the machine is busy: 1-minute load average {load[0]:.2f} > {cores} cores; "
+            "timings and speed-ups from this run are unreliable"
+        )
+    return None

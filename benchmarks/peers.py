@@ -22,6 +22,8 @@ import contextlib
 import dataclasses
 import functools
 import importlib.util
+import os
+import sys
 import time
 import warnings
 from typing import Any, Callable, Optional
@@ -599,7 +601,14 @@ class TorchPeer(Peer):
         self.threads = threads  # None: the cores of this process, as XLA uses
 
     def unavailable(self):
-        return _package_missing("torch")
+        missing = _package_missing("torch")
+        if missing or platform() == "cpu":
+            return missing
+        import torch
+
+        if platform() != "gpu" or not torch.cuda.is_available():  # not host CPU vs device
+            return f"torch {torch.__version__} has no CUDA device here (platform {platform()})"
+        return None
 
     def _device(self):
         import torch
@@ -695,12 +704,31 @@ class TorchPeer(Peer):
         return Prepared(step, None, None, kind, measure_memory, extra_warmup=True)
 
 
+@contextlib.contextmanager
+def _os_output_silenced():
+    """Send file descriptors 1 and 2 to /dev/null: Kineto prints ``USDT ... profiler_start``
+    lines from C++ that Python's ``sys.stdout``/``sys.stderr`` cannot catch."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(fd) for fd in (1, 2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in (1, 2):
+            os.dup2(devnull, fd)
+        yield
+    finally:
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(devnull)
+
+
 def _torch_cpu_peak(step) -> Optional[int]:
     """Peak bytes allocated by PyTorch's CPU allocator during ``step()``, above the
     level before it, from the allocation events of ``torch.profiler``."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _os_output_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     try:  # the event tree is semi-private API: report no number rather than a wrong one
         from torch._C._profiler import _EventType

@@ -94,6 +94,17 @@ def markdown(results: dict) -> str:
     lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
     lines.append(f"- Date: {results['date']}; command: `{results['command']}`; "
                  f"took {results['elapsed_s']:.0f} s ({results['cpu_s']:.0f} s CPU)")  # fmt: skip
+    load = results.get("load")
+    if load:
+        def avg(info):
+            values = info.get("loadavg_1_5_15")
+            return "/".join(f"{v:.2f}" for v in values) if values else "n/a"
+
+        lines.append(f"- Load average (1/5/15 min) at start {avg(load['start'])}, at end "
+                     f"{avg(load['end'])}; CPU affinity {load['start'].get('affinity')}; "
+                     f"thread settings {load['start'].get('threads') or 'defaults'}")  # fmt: skip
+    for warning in results.get("warnings", []):
+        lines.append(f"- **Warning:** {warning}")
     lines += ["", f"## Speed-up relative to Flax `nn.RNN(nn.OptimizedLSTMCell)` ({BASELINE})", ""]
     lines.append(
         "Median step time of the baseline divided by the peer's, measured in the same "

@@ -55,24 +55,54 @@ def checkpoint_manager(out: str, save_every: int):
     return ckpt.make_manager(os.path.join(out, "checkpoints"), save_every=save_every, keep=2)
 
 
-def plot_history(history: list[dict], path: str, keys: list[str], *, title: str, logy=False):
-    import matplotlib
+MIN_POINTS = 3  # a training curve with fewer logged points is not plotted
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key in keys:
-        rows = [r for r in history if key in r]
-        if rows:
-            ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=key)
-    if logy:
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
+def log_every(num_steps: int, default: int = 50) -> int:
+    """Log about every ``default`` steps, but at least ~20 times in a short run."""
+    return max(1, min(default, num_steps // 20))
+
+
+def plot_history(history: list[dict], path: str, panels: list[tuple[str, list[str], bool]], *,
+                 title: str):
+    """One subplot per ``(y-axis label, metric keys, log scale)`` panel, against the step.
+
+    A panel none of whose curves has ``MIN_POINTS`` logged points is left out, and
+    so is the figure when no panel is left (e.g. in a --quick run), with a printed
+    note: a one-point curve says nothing. Returns the path written, or None.
+    """
+    from matplotlib.figure import Figure  # no pyplot: the backend stays as it was
+
+    points = {key: [r for r in history if key in r] for _, keys, _ in panels for key in keys}
+    kept = [p for p in panels if max(len(points[k]) for k in p[1]) >= MIN_POINTS]
+    for ylabel, keys, _ in panels:
+        if (ylabel, keys) not in [(p[0], p[1]) for p in kept]:
+            print(f"{path}: left out {', '.join(keys)}: fewer than {MIN_POINTS} logged points")
+    if not kept:
+        print(f"skipped {path}: no curve has {MIN_POINTS} logged points (run more steps)")
+        return None
+    fig = Figure(figsize=(7, 3.2 * len(kept)))
+    axes = fig.subplots(len(kept), 1, squeeze=False)[:, 0]
+    for ax, (ylabel, keys, logy) in zip(axes, kept):
+        values = []
+        for key in keys:
+            if points[key]:
+                values += [r[key] for r in points[key]]
+                ax.plot([r["step"] for r in points[key]], [r[key] for r in points[key]],
+                        marker="." if len(points[key]) < 30 else None, label=key)
+        if logy and min(values) > 0 and max(values) > 10 * min(values):  # log only if it spans
+            ax.set_yscale("log")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    axes[0].set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
+
+
+def print_outputs(out: str) -> None:
+    """Say where the run's files went."""
+    names = sorted(os.listdir(out))
+    print(f"outputs in {os.path.abspath(out)}: {', '.join(names)}")

@@ -143,7 +143,7 @@ def run(args) -> dict:
                                   decay_steps=args.steps)  # fmt: skip
     state = tr.init_train_state(params, optimizer, jax.random.fold_in(key, 1))
     step_fn = tr.make_tbptt_train_step(chunk_loss, optimizer)
-    writer = tr.MetricsWriter(args.out)
+    writer = tr.MetricsWriter(args.out, start_step=0)  # a new run: a new log
     manager = _common.checkpoint_manager(args.out, save_every=max(args.steps // 4, 1))
     from lstm_jax import checkpoint as ckpt
     from tqdm.auto import tqdm
@@ -161,7 +161,8 @@ def run(args) -> dict:
         state, carry, metrics = step_fn(state, carry, chunk)
         pending.append(metrics)
         ckpt.save(manager, state, force=step + 1 == args.steps)
-        if (step + 1) % 50 == 0 or (step + 1) % eval_every == 0 or step + 1 == args.steps:
+        if ((step + 1) % _common.log_every(args.steps) == 0 or (step + 1) % eval_every == 0
+                or step + 1 == args.steps):
             row = {"step": step + 1, "time_s": round(time.perf_counter() - t0, 2)}
             if pending:
                 means = jax.device_get(pending)
@@ -199,8 +200,9 @@ def run(args) -> dict:
         curves[f"{args.cell} ||dL/dc_t||"] = norms["c"][-1]
     dg.plot_gradient_flow(curves, os.path.join(args.out, "gradient_flow.png"),
                           title="char LM: loss of the last character of a chunk")
-    _common.plot_history(history, os.path.join(args.out, "training.png"), ["bpc", "val_bpc"],
-                         title="char LM: bits per character")
+    _common.plot_history(history, os.path.join(args.out, "training.png"),
+                         [("bits per character", ["bpc", "val_bpc"], False)],
+                         title=f"char LM, {args.cell}: training (bpc) and validation (val_bpc)")
     result = {
         "task": "char_lm", "cell": args.cell, "params": tr.count_params(state.params),
         "corpus_chars": len(text), "corpus_files": len(files),
@@ -212,6 +214,7 @@ def run(args) -> dict:
     tr.write_json(os.path.join(args.out, "metrics.json"), result)
     print(f"char_lm {args.cell}: validation {val_bpc:.3f} bits/char "
           f"({result['params']} params, {wall:.0f} s)\n{samples['temperature_0.5'][:300]}")
+    _common.print_outputs(args.out)
     return result
 
 

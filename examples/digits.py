@@ -104,7 +104,8 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     state, history = tr.fit(
         state, train_step, augmented_batches(train, args.batch, args.seed, args.shift),
-        num_steps=steps, log_every=25, eval_every=max(steps // 10, 1), eval_fn=evaluate,
+        num_steps=steps, log_every=_common.log_every(steps, 25), eval_every=max(steps // 10, 1),
+        eval_fn=evaluate,
         writer=writer, checkpoint_manager=manager, progress=not args.no_progress,
         desc=f"digits {args.cell}",
     )  # fmt: skip
@@ -128,7 +129,9 @@ def run(args) -> dict:
     _, trace = dg.trace_gates(state.params["rnn"], xb)
     dg.plot_gates(trace, os.path.join(args.out, "gates.png"))
     _common.plot_history(history, os.path.join(args.out, "training.png"),
-                         ["loss", "val_loss", "val_accuracy"], title="digits")
+                         [("cross-entropy loss", ["loss", "val_loss"], False),
+                          ("accuracy", ["accuracy", "val_accuracy"], False)],
+                         title=f"digits, {args.cell}: training and test (val_) metrics")
     result = {
         "task": "digits",
         "cell": args.cell,
@@ -144,6 +147,7 @@ def run(args) -> dict:
     tr.write_json(os.path.join(args.out, "metrics.json"), result)
     print(f"digits {args.cell}: test accuracy {final['accuracy']:.4f} "
           f"({result['params']} params, {wall:.1f} s)")
+    _common.print_outputs(args.out)
     return result
 
 

@@ -20,10 +20,12 @@ gradient vanishes geometrically away from the loss, the LSTM's does not.
 
     python examples/long_range.py --out runs/long_range               # full run
     python examples/long_range.py --quick --out /tmp/long_range       # smoke test
+    python examples/long_range.py --out runs/long_range --replot      # redraw the gradient plots
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -57,6 +59,9 @@ def parse_args(argv=None):
                         help="stop training the adding problem early below this test MSE")
     parser.add_argument("--solved-accuracy", type=float, default=0.99,
                         help="stop training the memory task early above this test accuracy")
+    parser.add_argument("--replot", action="store_true",
+                        help="only redraw gradient_flow_<task>.png from the recorded "
+                             "<out>/<task>_<cell>/metrics.json files")
     args = parser.parse_args(argv)
     if args.quick:
         args.length = min(args.length, 12)
@@ -161,7 +166,8 @@ def train_one(task: str, cell: str, args) -> dict:
     t0 = time.perf_counter()
     while int(state.step) < args.steps and not solved:
         target = min(int(state.step) + args.eval_every, args.steps)
-        state, rows = tr.fit(state, train_step, get_batch, num_steps=target, log_every=50,
+        state, rows = tr.fit(state, train_step, get_batch, num_steps=target,
+                             log_every=_common.log_every(args.steps),
                              eval_fn=evaluate, writer=writer, checkpoint_manager=manager,
                              progress=not args.no_progress, desc=f"{task} {cell}")  # fmt: skip
         history += rows
@@ -178,9 +184,11 @@ def train_one(task: str, cell: str, args) -> dict:
     final = evaluate(state.params)
     flow_trained = dg.gradient_norms(dg.StateGradients(**{"c": None, **flow(state.params)}),
                                      probe["lengths"])
-    _common.plot_history(history, os.path.join(out, "training.png"),
-                         ["loss", "val_loss"], title=f"{task}, {cell}, T={args.length}",
-                         logy=True)  # fmt: skip
+    panels = [("MSE" if task == "adding" else "cross-entropy loss", ["loss", "val_loss"], True)]
+    if task == "memory":
+        panels.append(("test accuracy", ["val_accuracy"], False))
+    _common.plot_history(history, os.path.join(out, "training.png"), panels,
+                         title=f"{task}, {cell}, T={args.length}: training and test (val_)")
     result = {
         "task": task, "cell": cell, "length": args.length,
         "chrono_init": bool(cell == "lstm" and args.chrono),
@@ -211,24 +219,35 @@ def summarise(results: list[dict], args) -> dict:
     return summary
 
 
+def load_result(task: str, cell: str, args) -> dict:
+    with open(os.path.join(args.out, f"{task}_{cell}", "metrics.json")) as f:
+        return json.load(f)
+
+
 def run(args) -> dict:
     os.makedirs(args.out, exist_ok=True)
     results = []
     for task in args.tasks.split(","):
         if task not in TASKS:
             raise SystemExit(f"unknown task {task!r}; choose from {TASKS}")
-        task_results = [train_one(task, cell, args) for cell in args.cells.split(",")]
+        one = load_result if args.replot else train_one
+        task_results = [one(task, cell, args) for cell in args.cells.split(",")]
         results += task_results
+        length = task_results[0]["length"]
         curves = {}
         for r in task_results:
-            curves[f"{r['cell']} h, init"] = r["grad_norm_h_init"]
-            curves[f"{r['cell']} h, trained"] = r["grad_norm_h_trained"]
-            if "grad_norm_c_init" in r:
-                curves[f"{r['cell']} c, init"] = r["grad_norm_c_init"]
+            for state_name in ("h", "c"):
+                for when in ("init", "trained"):
+                    if f"grad_norm_{state_name}_{when}" in r:
+                        curves[f"{r['cell']} ||dL/d{state_name}_t||, {when}"] = \
+                            r[f"grad_norm_{state_name}_{when}"]
         dg.plot_gradient_flow(
             curves, os.path.join(args.out, f"gradient_flow_{task}.png"),
-            title=f"{task} (T={args.length}): ||dL/dh_t|| of the loss at the last step",
+            title=f"{task} (T={length}): gradient of the last-step loss w.r.t. the state",
         )  # fmt: skip
+    if args.replot:
+        _common.print_outputs(args.out)
+        return {}
     summary = summarise(results, args)
     if any(r["task"] == "adding" for r in results):
         summary["adding_baseline_mse"] = ADDING_BASELINE_MSE
@@ -238,6 +257,7 @@ def run(args) -> dict:
     for name, value in summary.items():
         if isinstance(value, dict) and "params" in value:
             print(name, {k: round(v, 4) if isinstance(v, float) else v for k, v in value.items()})
+    _common.print_outputs(args.out)
     return summary
 
 

@@ -33,6 +33,7 @@ from lstm_jax.params import RNNWeights
 from lstm_jax.params import init_gru
 from lstm_jax.params import init_lstm
 from lstm_jax.params import init_rnn
+from lstm_jax.params import params_from_layers
 from lstm_jax.training import TrainState
 from lstm_jax.training import init_stream_state
 from lstm_jax.training import init_train_state
@@ -62,6 +63,7 @@ __all__ = [
     "init_rnn",
     "lstm",
     "lstm_cell",
+    "params_from_layers",
     "rnn",
     "rnn_cell",
     "to_flax",

@@ -9,7 +9,10 @@ before the Pallas kernel):
 * ``*_step(w, state, gx)``: the recurrence for one example, ``gx`` of shape
   ``(G,)``.
 
-The public ``lstm_cell``, ``gru_cell`` and ``rnn_cell`` compose the two.
+The public ``lstm_cell``, ``gru_cell`` and ``rnn_cell`` compose the two, after
+checking their weights, state and input (``lstm_jax.validation``; the
+per-step functions used inside loops carry no checks). Leading batch axes
+shared by ``x`` and the state pass the checks; ``jax.vmap`` is the way to batch.
 
 LSTM (gate order i, f, g, o; weights input-major, ``x @ w``)::
 
@@ -47,6 +50,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from lstm_jax import validation
 from lstm_jax.params import GRUWeights, LSTMWeights, RNNWeights
 
 __all__ = [
@@ -55,9 +59,12 @@ __all__ = [
     "gru_cell",
     "rnn_cell",
     "lstm_input_projection",
+    "lstm_recurrent_projection",
     "lstm_step",
+    "lstm_gates",
     "lstm_pointwise",
     "gru_input_projection",
+    "gru_gates",
     "gru_step",
     "rnn_input_projection",
     "rnn_step",
@@ -99,6 +106,41 @@ def lstm_input_projection(w: LSTMWeights, x: Array, *, compute_dtype=None) -> Ar
     return gx + w.b
 
 
+def lstm_recurrent_projection(
+    w: LSTMWeights, h: Array, *, recurrent_mask: Optional[Array] = None, compute_dtype=None
+) -> Array:
+    """``(R,) -> (4H,)``: the state-dependent part of the gates, ``h @ w_hh`` (layer-normed)."""
+    gh = matmul(_masked(h, recurrent_mask), w.w_hh, compute_dtype)
+    if w.ln is not None:
+        gh = _layer_norm(gh) * w.ln.hh_scale
+    return gh
+
+
+def lstm_gates(
+    w: LSTMWeights, gates: Array, c: Array
+) -> tuple[tuple[Array, Array, Array, Array], Array]:
+    """Gate activations and the new cell state.
+
+    Args:
+      w: weights (only the peepholes are read).
+      gates: ``(..., 4H)`` pre-activations, i, f, g, o.
+      c: ``(..., H)`` previous cell state.
+
+    Returns:
+      ``((i, f, g, o), c')``: the activations (sigmoid, sigmoid, tanh, sigmoid),
+      each ``(..., H)``, and the new cell state ``(..., H)``.
+    """
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    if w.w_peep is not None:
+        i = i + w.w_peep[0] * c
+        f = f + w.w_peep[1] * c
+    i, f, g = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g)
+    c_new = f * c + i * g
+    if w.w_peep is not None:
+        o = o + w.w_peep[2] * c_new
+    return (i, f, g, jax.nn.sigmoid(o)), c_new
+
+
 def lstm_pointwise(w: LSTMWeights, gates: Array, c: Array) -> tuple[Array, Array]:
     """Gate non-linearities and the cell update.
 
@@ -110,15 +152,9 @@ def lstm_pointwise(w: LSTMWeights, gates: Array, c: Array) -> tuple[Array, Array
     Returns:
       ``(h, c')``, both ``(..., H)``; ``h`` is before any projection.
     """
-    i, f, g, o = jnp.split(gates, 4, axis=-1)
-    if w.w_peep is not None:
-        i = i + w.w_peep[0] * c
-        f = f + w.w_peep[1] * c
-    c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    if w.w_peep is not None:
-        o = o + w.w_peep[2] * c_new
+    (_, _, _, o), c_new = lstm_gates(w, gates, c)
     c_out = c_new if w.ln is None else _layer_norm(c_new) * w.ln.c_scale + w.ln.c_offset
-    return jax.nn.sigmoid(o) * jnp.tanh(c_out), c_new
+    return o * jnp.tanh(c_out), c_new
 
 
 def lstm_step(
@@ -134,9 +170,7 @@ def lstm_step(
     ``state`` is ``(h, c)`` with ``h: (R,)`` and ``c: (H,)``; returns the new pair.
     """
     h, c = state
-    gh = matmul(_masked(h, recurrent_mask), w.w_hh, compute_dtype)
-    if w.ln is not None:
-        gh = _layer_norm(gh) * w.ln.hh_scale
+    gh = lstm_recurrent_projection(w, h, recurrent_mask=recurrent_mask, compute_dtype=compute_dtype)
     h_new, c_new = lstm_pointwise(w, gx + gh, c)
     if w.w_hr is not None:
         h_new = matmul(h_new, w.w_hr, compute_dtype)
@@ -169,6 +203,7 @@ def lstm_cell(
     >>> h.shape, c.shape
     ((4,), (4,))
     """
+    validation.check_lstm_cell(w, state, x, recurrent_mask)
     gx = lstm_input_projection(w, x, compute_dtype=compute_dtype)
     return lstm_step(w, state, gx, recurrent_mask=recurrent_mask, compute_dtype=compute_dtype)
 
@@ -190,13 +225,26 @@ def gru_step(
     compute_dtype=None,
 ) -> Array:
     """One GRU step from a precomputed ``gx`` of shape ``(3H,)``; ``h: (H,)``."""
+    _, z, n = gru_gates(w, h, gx, recurrent_mask=recurrent_mask, compute_dtype=compute_dtype)
+    return n + z * (h - n)
+
+
+def gru_gates(
+    w: GRUWeights,
+    h: Array,
+    gx: Array,
+    *,
+    recurrent_mask: Optional[Array] = None,
+    compute_dtype=None,
+) -> tuple[Array, Array, Array]:
+    """The GRU's gate activations ``(r, z, n)``, each ``(H,)``; ``gx: (3H,)``, ``h: (H,)``."""
     gh = matmul(_masked(h, recurrent_mask), w.w_hh, compute_dtype) + w.b_hh
     x_r, x_z, x_n = jnp.split(gx, 3, axis=-1)
     h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
     r = jax.nn.sigmoid(x_r + h_r)
     z = jax.nn.sigmoid(x_z + h_z)
     n = jnp.tanh(x_n + r * h_n)
-    return n + z * (h - n)
+    return r, z, n
 
 
 def gru_cell(
@@ -214,6 +262,7 @@ def gru_cell(
     >>> gru_cell(w, jnp.zeros(4), jnp.ones(3)).shape
     (4,)
     """
+    validation.check_single_state_cell(validation.check_gru_weights, w, h, x, recurrent_mask)
     gx = gru_input_projection(w, x, compute_dtype=compute_dtype)
     return gru_step(w, h, gx, recurrent_mask=recurrent_mask, compute_dtype=compute_dtype)
 
@@ -264,6 +313,7 @@ def rnn_cell(
     >>> rnn_cell(w, jnp.zeros(4), jnp.ones(3)).shape
     (4,)
     """
+    validation.check_single_state_cell(validation.check_rnn_weights, w, h, x, recurrent_mask)
     gx = rnn_input_projection(w, x, compute_dtype=compute_dtype)
     return rnn_step(
         w,

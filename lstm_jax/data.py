@@ -20,6 +20,8 @@ from typing import Callable, Iterator, Mapping, NamedTuple, Optional
 
 import numpy as np
 
+from lstm_jax._optional import require
+
 __all__ = [
     "load_digits_sequences",
     "load_sunspots",
@@ -43,13 +45,13 @@ def load_digits_sequences(
     Returns:
       ``{"train": {"x", "y"}, "test": {"x", "y"}}``.
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    datasets = require("sklearn.datasets", "examples", "load_digits")
+    model_selection = require("sklearn.model_selection", "examples", "load_digits")
 
-    digits = load_digits()
+    digits = datasets.load_digits()
     x = (digits.images / 16.0).astype(np.float32)  # [N, 8 rows = time, 8 columns = features]
     y = digits.target.astype(np.int32)
-    x_tr, x_te, y_tr, y_te = train_test_split(
+    x_tr, x_te, y_tr, y_te = model_selection.train_test_split(
         x, y, test_size=test_fraction, random_state=seed, stratify=y
     )
     return {"train": {"x": x_tr, "y": y_tr}, "test": {"x": x_te, "y": y_te}}
@@ -57,7 +59,7 @@ def load_digits_sequences(
 
 def load_sunspots() -> tuple[np.ndarray, np.ndarray]:
     """``(years, values)``: yearly mean sunspot numbers (statsmodels' copy, 1700-2008)."""
-    from statsmodels.datasets import sunspots
+    sunspots = require("statsmodels.datasets.sunspots", "examples", "load_sunspots")
 
     frame = sunspots.load_pandas().data
     return frame["YEAR"].to_numpy(np.int32), frame["SUNACTIVITY"].to_numpy(np.float32)

@@ -28,8 +28,9 @@ g, o``; GRU ``r, z, n``; for an RNN the tanh state ``h``), and
 The carry itself is still computed by the cells' own step function; the gate
 values are recomputed beside it from the same pre-activations.
 
-Plots (:func:`plot_gradient_flow`, :func:`plot_gates`) use matplotlib's Agg
-backend and write PNG files.
+Plots (:func:`plot_gradient_flow`, :func:`plot_gates`) write PNG files. They
+draw on a ``matplotlib.figure.Figure`` without pyplot, so they neither change
+the backend (a notebook's stays as it was) nor leave figures open.
 
 Notation: L = layers, D = directions, B = batch, T = time, H = hidden, R = h size.
 """
@@ -292,29 +293,12 @@ _GATE_RANGES = {"i": _SIGMOID, "f": _SIGMOID, "o": _SIGMOID, "g": _TANH,
 
 def _lstm_gates(w, carry, gx):
     h, c = carry
-    gh = cells.matmul(h, w.w_hh)
-    if w.ln is not None:
-        gh = cells._layer_norm(gh) * w.ln.hh_scale
-    i, f, g, o = jnp.split(gx + gh, 4, axis=-1)
-    new_h, new_c = cells.lstm_step(w, (h, c), gx)
-    if w.w_peep is not None:
-        i = i + w.w_peep[0] * c
-        f = f + w.w_peep[1] * c
-        o = o + w.w_peep[2] * new_c
-    acts = jnp.concatenate(
-        [jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)], axis=-1
-    )
-    return (new_h, new_c), acts
+    acts, _ = cells.lstm_gates(w, gx + cells.lstm_recurrent_projection(w, h), c)
+    return cells.lstm_step(w, (h, c), gx), jnp.concatenate(acts, axis=-1)
 
 
 def _gru_gates(w, h, gx):
-    gh = cells.matmul(h, w.w_hh) + w.b_hh
-    x_r, x_z, x_n = jnp.split(gx, 3, axis=-1)
-    h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
-    r = jax.nn.sigmoid(x_r + h_r)
-    z = jax.nn.sigmoid(x_z + h_z)
-    n = jnp.tanh(x_n + r * h_n)
-    return cells.gru_step(w, h, gx), jnp.concatenate([r, z, n], axis=-1)
+    return cells.gru_step(w, h, gx), jnp.concatenate(cells.gru_gates(w, h, gx), axis=-1)
 
 
 def _tracing_cell(kind: str, nonlinearity: str) -> cells.Cell:
@@ -431,33 +415,37 @@ def saturation(trace: GateTrace) -> dict[str, dict[str, float]]:
 # -------------------------------------------------------------------- plots
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs):
+    from matplotlib.figure import Figure  # imported here: matplotlib is optional
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def plot_gradient_flow(
     curves: Mapping[str, Union[Array, np.ndarray, Sequence[float]]],
     path: Union[str, os.PathLike],
     *,
-    title: str = "Gradient flow: ||dL/dh_t|| over time",
-    ylabel: str = "||dL/dh_t||",
+    title: str = "Gradient flow over time",
+    ylabel: Optional[str] = None,
 ) -> str:
     """Plot gradient-norm curves against ``t`` on a log scale and save a PNG.
 
     Args:
-      curves: label -> ``(T,)`` norms, e.g. ``{"LSTM h": norms["h"][0], ...}``.
+      curves: label -> ``(T,)`` norms, e.g. ``{"LSTM ||dL/dh_t||": norms["h"][0], ...}``.
+        Zeros (e.g. ``dL/dc`` at the last step, or underflow) are left out.
       path: output ``.png`` path.
+      title: the plot's title.
+      ylabel: the y-axis label; by default it names the norms the labels
+        mention (``||dL/dh_t||``, ``||dL/dc_t||``).
 
     Returns:
       The path written.
     """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    if ylabel is None:
+        names = [n for n in ("||dL/dh_t||", "||dL/dc_t||") if any(n in k for k in curves)]
+        ylabel = " ".join(["gradient norm", ", ".join(names), "(log scale)"]).replace("  ", " ")
+    fig = _figure(figsize=(7, 4))
+    ax = fig.add_subplot()
     for label, values in curves.items():
         values = np.asarray(values, np.float64)
         positive = np.where(values > 0, values, np.nan)
@@ -470,7 +458,6 @@ def plot_gradient_flow(
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return os.fspath(path)
 
 
@@ -487,9 +474,9 @@ def plot_gates(
     Returns:
       The path written.
     """
-    plt = _pyplot()
     names = list(trace.gates)
-    fig, axes = plt.subplots(len(names), 2, figsize=(11, 2.4 * len(names)), squeeze=False)
+    fig = _figure(figsize=(11, 2.4 * len(names)))
+    axes = fig.subplots(len(names), 2, squeeze=False)
     stats = saturation(trace)
     lengths = None if trace.seq_lengths is None else np.asarray(trace.seq_lengths)
     for row, name in enumerate(names):
@@ -511,6 +498,7 @@ def plot_gates(
         axes[row, 1].axhline(low, color="gray", lw=0.5, ls="--")
         axes[row, 1].axhline(high, color="gray", lw=0.5, ls="--")
         axes[row, 1].set_ylim(vmin, vmax)
+        axes[row, 1].set_ylabel(f"mean {name}")
         s = stats[name]
         axes[row, 1].set_title(
             f"{name}: mean over batch and units; saturated {100 * s['saturated']:.1f}% "
@@ -523,5 +511,4 @@ def plot_gates(
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return os.fspath(path)

@@ -26,11 +26,12 @@ Layouts:
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import jax.numpy as jnp
 import numpy as np
 
+from lstm_jax import validation
 from lstm_jax.params import (
     GRUParams,
     GRUWeights,
@@ -42,42 +43,146 @@ from lstm_jax.params import (
 
 __all__ = ["from_torch", "to_torch", "from_flax", "to_flax", "from_keras", "to_keras"]
 
-_TORCH_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
+_TORCH_NAME = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
+# The same names at the end of a module's state dict key, e.g. "encoder.lstm.weight_ih_l0".
+_TORCH_TAIL = re.compile(
+    r"(?:^|\.)((?:weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l\d+(?:_reverse)?)$"
+)
+_TORCH_MODULES = {"lstm": "nn.LSTM", "gru": "nn.GRU", "rnn": "nn.RNN"}
+_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
-def _to_numpy(value: Any) -> np.ndarray:
+def _to_numpy(value: Any, name: str = "value") -> np.ndarray:
     if hasattr(value, "detach"):  # a torch.Tensor, without importing torch
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":  # numpy has no bfloat16; float32 holds it exactly
+            return value.float().numpy().astype(jnp.bfloat16)
+        try:
+            return value.numpy()
+        except TypeError as error:
+            raise TypeError(
+                f"{name} is a tensor of dtype {value.dtype}, which numpy cannot hold ({error}); "
+                "convert it to float32 first."
+            ) from None
     return np.asarray(value)
 
 
-def _torch_layout(state_dict: Mapping[str, Any]) -> tuple[int, int]:
-    """``(num_layers, num_directions)`` of a PyTorch RNN state dict."""
-    layers, reverse = set(), False
-    for name in state_dict:
-        match = _TORCH_KEY.match(name)
-        if match is None:
-            raise ValueError(
-                f"state_dict key {name!r} is not a PyTorch nn.LSTM/nn.GRU/nn.RNN parameter "
-                "(expected names like 'weight_ih_l0' or 'bias_hh_l1_reverse')."
+def _check_arrays(
+    arrays: Mapping[str, np.ndarray], expected: Mapping[str, tuple], what: str
+) -> None:
+    """Every array has its expected shape and all share one floating dtype.
+
+    ``expected[name] = (shape, layout)``; every problem is listed in one ``ValueError``.
+    """
+    problems = [
+        f"{name} has shape {arrays[name].shape}, expected {shape} = {layout}"
+        for name, (shape, layout) in expected.items()
+        if arrays[name].shape != shape
+    ]
+    if problems:
+        raise ValueError(f"{what}: " + "; ".join(problems) + ".")
+    first = next(iter(expected))
+    for name in expected:
+        dtype = arrays[name].dtype
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"{what}: {name} has dtype {dtype}, expected a floating dtype.")
+        if dtype != arrays[first].dtype:
+            raise TypeError(
+                f"{what}: {name} has dtype {dtype}, expected {arrays[first].dtype} like "
+                f"{first} (all arrays must share one dtype)."
             )
-        layers.add(int(match.group(2)))
-        reverse |= match.group(3) is not None
-    if not layers or layers != set(range(len(layers))):
-        raise ValueError(f"state_dict has no complete set of layers: found layers {sorted(layers)}.")
-    return len(layers), 2 if reverse else 1
 
 
-def from_torch(state_dict: Mapping[str, Any]) -> Union[LSTMParams, GRUParams, RNNParams]:
+def _key_problems(found: Iterable[str], expected: Iterable[str], label=str) -> list[str]:
+    """``['missing keys [...]', 'unexpected keys [...]']`` (only the non-empty ones)."""
+    found, expected = list(found), list(expected)
+    missing = [label(k) for k in expected if k not in found]
+    unknown = [label(k) for k in found if k not in expected]
+    return [
+        f"{what} keys {keys}"
+        for what, keys in (("missing", missing), ("unexpected", unknown))
+        if keys
+    ]
+
+
+def _torch_prefix(names: list[str], prefix: Optional[str]) -> str:
+    """The module prefix of the recurrent weights: given, or the single one found."""
+    candidates = sorted({name[: m.start(1)] for name in names if (m := _TORCH_TAIL.search(name))})
+    if prefix is not None:
+        if prefix and not prefix.endswith("."):
+            prefix += "."
+        if not any(name.startswith(prefix) for name in names):
+            raise ValueError(
+                f"state_dict has no key starting with prefix={prefix!r}; recurrent weights "
+                f"were found under the prefixes {candidates}."
+            )
+        return prefix
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise ValueError(
+            "state_dict holds no PyTorch nn.LSTM/nn.GRU/nn.RNN parameter (names like "
+            f"'weight_ih_l0', possibly under a module prefix like 'lstm.'); its keys: "
+            f"{names[:8]}{' ...' if len(names) > 8 else ''}."
+        )
+    raise ValueError(
+        f"state_dict holds recurrent weights under several prefixes {candidates}: pass "
+        "prefix=... to choose one, e.g. from_torch(state_dict, prefix="
+        f"{candidates[0]!r})."
+    )
+
+
+def _torch_kind(arrays: Mapping[str, np.ndarray], p: str) -> tuple[str, int, int]:
+    """``(kind, hidden_size, output_size)`` from ``weight_hh_l0`` and any ``weight_hr_*``."""
+    if "weight_hh_l0" not in arrays:
+        raise ValueError(
+            f"state_dict has no {p + 'weight_hh_l0'!r}, which tells an LSTM, GRU or RNN and its "
+            f"hidden size apart; keys found: {sorted(p + k for k in arrays)}."
+        )
+    shape = arrays["weight_hh_l0"].shape
+    if len(shape) != 2 or 0 in shape:
+        raise ValueError(
+            f"{p + 'weight_hh_l0'!r} has shape {shape}, expected a non-empty matrix "
+            "(gates * hidden_size, hidden_size)."
+        )
+    rows, cols = shape
+    if any(name.startswith("weight_hr") for name in arrays):
+        if rows % 4 or not cols < rows // 4:
+            raise ValueError(
+                f"state_dict has weight_hr_* keys, which only a projection LSTM (proj_size > 0) "
+                f"has, but {p + 'weight_hh_l0'!r} has shape {shape}: a projection LSTM's is "
+                "(4 * hidden_size, proj_size) with proj_size < hidden_size."
+            )
+        return "lstm", rows // 4, cols
+    for kind, gates in _GATES.items():
+        if rows == gates * cols:
+            return kind, cols, cols
+    raise ValueError(
+        f"{p + 'weight_hh_l0'!r} has shape {shape}: not 4, 3 or 1 gate blocks of "
+        "size hidden, so not an LSTM, GRU or RNN."
+    )
+
+
+def from_torch(
+    state_dict: Mapping[str, Any], *, prefix: Optional[str] = None
+) -> Union[LSTMParams, GRUParams, RNNParams]:
     """Convert a PyTorch ``nn.LSTM``, ``nn.GRU`` or ``nn.RNN`` state dict.
 
-    The kind is recognised from shapes: ``weight_hr_l0`` (projection) or
-    ``weight_hh_l0`` with 4 gate blocks is an LSTM, 3 a GRU, 1 an RNN. Missing
-    biases (``bias=False``) become zeros. An ``nn.RNN``'s nonlinearity is not
-    in its state dict: pass ``nonlinearity="relu"`` to ``lj.rnn`` if needed.
+    The kind is recognised from shapes: ``weight_hr_l*`` (projection) or
+    ``weight_hh_l0`` with 4 gate blocks is an LSTM, 3 a GRU, 1 an RNN. The set of
+    keys must be complete (every layer and direction; the biases of all or, for
+    ``bias=False``, of none, which then become zeros) and every shape right:
+    otherwise a ``ValueError`` lists the missing and unexpected keys, or each
+    key with its shape and the expected one. Tensors of any floating dtype
+    (bfloat16 included) keep their dtype. An ``nn.RNN``'s nonlinearity is not in
+    its state dict: pass ``nonlinearity="relu"`` to ``lj.rnn`` if needed.
 
     Args:
-      state_dict: mapping from PyTorch names to tensors or numpy arrays.
+      state_dict: mapping from PyTorch names to tensors or numpy arrays: the
+        RNN module's own ``state_dict()``, or that of a model holding it.
+      prefix: the RNN's key prefix in a model's state dict (``"lstm."`` for a
+        submodule ``self.lstm``); keys outside it are ignored. Without it, the
+        prefix is detected when exactly one module holds recurrent weights.
 
     Returns:
       ``LSTMParams``, ``GRUParams`` or ``RNNParams``.
@@ -86,68 +191,117 @@ def from_torch(state_dict: Mapping[str, Any]) -> Union[LSTMParams, GRUParams, RN
     >>> sd = {"weight_ih_l0": np.zeros((8, 3)), "weight_hh_l0": np.zeros((8, 2))}
     >>> type(from_torch(sd)).__name__
     'LSTMParams'
+    >>> from_torch({"lstm.weight_ih_l0": np.zeros((8, 3)), "lstm.weight_hh_l0": np.zeros((8, 2)),
+    ...             "fc.weight": np.zeros((1, 2))}).layers[0][0].w_hh.shape
+    (2, 8)
     """
-    arrays = {name: _to_numpy(value) for name, value in state_dict.items()}
-    num_layers, num_directions = _torch_layout(arrays)
-    if "weight_hh_l0" not in arrays:
-        raise ValueError("state_dict has no 'weight_hh_l0'.")
-    rows, cols = arrays["weight_hh_l0"].shape
-    if "weight_hr_l0" in arrays or rows == 4 * cols:
-        kind = "lstm"
-    elif rows == 3 * cols:
-        kind = "gru"
-    elif rows == cols:
-        kind = "rnn"
-    else:
-        raise ValueError(
-            f"weight_hh_l0 has shape {(rows, cols)}: not 4, 3 or 1 gate blocks of "
-            "size hidden, so not an LSTM, GRU or RNN."
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(
+            f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}."
         )
+    p = _torch_prefix(list(state_dict), prefix)
+    arrays = {
+        name[len(p) :]: _to_numpy(value, repr(name))
+        for name, value in state_dict.items()
+        if name.startswith(p)
+    }
+    kind, hidden, out = _torch_kind(arrays, p)
+    gates = _GATES[kind]
+    matched = [m for m in map(_TORCH_NAME.match, arrays) if m]
+    num_layers = 1 + max(int(m.group(2)) for m in matched)
+    suffixes = ("", "_reverse") if any(m.group(3) for m in matched) else ("",)
+    bias = any(m.group(1).startswith("bias") for m in matched)
+    projection = out != hidden
+    input_shape = arrays["weight_ih_l0"].shape if "weight_ih_l0" in arrays else ()
+    input_size = input_shape[1] if len(input_shape) == 2 else "input_size"
+    gate_rows = f"{gates} * hidden_size" if gates > 1 else "hidden_size"
+    out_label = "proj_size" if projection else "hidden_size"
+    expected = {}
+    for layer in range(num_layers):
+        if layer == 0:
+            layer_input, input_label = input_size, "input_size"
+        else:
+            layer_input = len(suffixes) * out
+            input_label = f"{len(suffixes)} * {out_label}" if len(suffixes) > 1 else out_label
+        for suffix in suffixes:
+            tag = f"_l{layer}{suffix}"
+            expected["weight_ih" + tag] = (
+                (gates * hidden, layer_input),
+                f"({gate_rows}, {input_label})",
+            )
+            expected["weight_hh" + tag] = ((gates * hidden, out), f"({gate_rows}, {out_label})")
+            if bias:
+                expected["bias_ih" + tag] = ((gates * hidden,), f"({gate_rows},)")
+                expected["bias_hh" + tag] = ((gates * hidden,), f"({gate_rows},)")
+            if projection:
+                expected["weight_hr" + tag] = ((out, hidden), "(proj_size, hidden_size)")
+    module = (
+        f"{_TORCH_MODULES[kind]}(input_size={input_size}, hidden_size={hidden}, "
+        f"num_layers={num_layers}, bias={bias}, bidirectional={len(suffixes) == 2}"
+        + (f", proj_size={out})" if projection else ")")
+    )
+    problems = _key_problems(arrays, expected, label=lambda k: p + k)
+    if problems:
+        raise ValueError(
+            f"state_dict does not match the {module} that its keys and the shape of "
+            f"{p + 'weight_hh_l0'!r} describe: " + "; ".join(problems) + "."
+        )
+    _check_arrays(
+        {p + k: v for k, v in arrays.items()},
+        {p + k: v for k, v in expected.items()},
+        f"state_dict of {module}",
+    )
 
-    def direction(layer: int, suffix: str):
-        tag = f"_l{layer}{suffix}"
-        w_ih = arrays["weight_ih" + tag]
-        w_hh = arrays["weight_hh" + tag]
-        gates = w_ih.shape[0]
-        zeros = np.zeros((gates,), w_ih.dtype)
+    def direction(tag: str):
+        w_ih, w_hh = arrays["weight_ih" + tag].T, arrays["weight_hh" + tag].T
+        zeros = np.zeros((gates * hidden,), w_ih.dtype)
         b_ih = arrays.get("bias_ih" + tag, zeros)
         b_hh = arrays.get("bias_hh" + tag, zeros)
-        if kind == "lstm":
-            w_hr = arrays.get("weight_hr" + tag)
-            return LSTMWeights(
-                w_ih=jnp.asarray(w_ih.T),
-                w_hh=jnp.asarray(w_hh.T),
-                b=jnp.asarray(b_ih + b_hh),
-                w_hr=None if w_hr is None else jnp.asarray(w_hr.T),
-            )
         if kind == "gru":
-            return GRUWeights(
-                jnp.asarray(w_ih.T), jnp.asarray(w_hh.T), jnp.asarray(b_ih), jnp.asarray(b_hh)
-            )
-        return RNNWeights(jnp.asarray(w_ih.T), jnp.asarray(w_hh.T), jnp.asarray(b_ih + b_hh))
+            return GRUWeights(*map(jnp.asarray, (w_ih, w_hh, b_ih, b_hh)))
+        if kind == "rnn":
+            return RNNWeights(*map(jnp.asarray, (w_ih, w_hh, b_ih + b_hh)))
+        w_hr = arrays["weight_hr" + tag].T if projection else None
+        return LSTMWeights(
+            jnp.asarray(w_ih),
+            jnp.asarray(w_hh),
+            jnp.asarray(b_ih + b_hh),
+            None if w_hr is None else jnp.asarray(w_hr),
+        )
 
-    suffixes = ("", "_reverse")[:num_directions]
     layers = tuple(
-        tuple(direction(layer, suffix) for suffix in suffixes) for layer in range(num_layers)
+        tuple(direction(f"_l{layer}{suffix}") for suffix in suffixes) for layer in range(num_layers)
     )
     return {"lstm": LSTMParams, "gru": GRUParams, "rnn": RNNParams}[kind](layers)
 
 
-def to_torch(params: Union[LSTMParams, GRUParams, RNNParams]) -> dict[str, np.ndarray]:
-    """Convert params to a PyTorch state dict of numpy arrays (``torch.from_numpy`` each).
+def _torch_tensor(torch: Any, array: np.ndarray) -> Any:
+    array = np.ascontiguousarray(array)
+    if array.dtype == jnp.bfloat16:  # torch.from_numpy knows no bfloat16: share the bits
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def to_torch(
+    params: Union[LSTMParams, GRUParams, RNNParams], *, tensors: bool = False
+) -> dict[str, Any]:
+    """Convert params to a PyTorch state dict under ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` names.
 
     LSTM and RNN biases are stored summed, so ``bias_ih`` holds the sum and
     ``bias_hh`` zeros. Peepholes and layer norm have no PyTorch counterpart.
+
+    Args:
+      params: ``LSTMParams``, ``GRUParams`` or ``RNNParams`` (checked first).
+      tensors: return ``torch.Tensor`` values (same dtype, bfloat16 included),
+        ready for ``module.load_state_dict``; needs PyTorch (the ``[torch]``
+        extra). By default the values are numpy arrays and PyTorch is not needed.
 
     >>> import jax, lstm_jax as lj
     >>> sd = to_torch(lj.init_lstm(jax.random.key(0), 3, 2))
     >>> sorted(sd), sd["weight_ih_l0"].shape
     (['bias_hh_l0', 'bias_ih_l0', 'weight_hh_l0', 'weight_ih_l0'], (8, 3))
     """
-    if not isinstance(params, (LSTMParams, GRUParams, RNNParams)):
-        raise TypeError(
-            f"params must be LSTMParams, GRUParams or RNNParams, got {type(params).__name__}."
-        )
+    validation.check_params(params)
     state_dict = {}
     for layer, directions in enumerate(params.layers):
         for direction, w in enumerate(directions):
@@ -164,7 +318,16 @@ def to_torch(params: Union[LSTMParams, GRUParams, RNNParams]) -> dict[str, np.nd
             state_dict["bias_hh" + tag] = np.zeros_like(np.asarray(w.b))
             if isinstance(w, LSTMWeights) and w.w_hr is not None:
                 state_dict["weight_hr" + tag] = np.array(w.w_hr).T
-    return state_dict
+    if not tensors:
+        return state_dict
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError(
+            "to_torch(params, tensors=True) needs PyTorch: install the extra with "
+            "`pip install 'lstm_jax[torch]'`, or call to_torch(params) for numpy arrays."
+        ) from error
+    return {name: _torch_tensor(torch, array) for name, array in state_dict.items()}
 
 
 def _split(x: np.ndarray, parts: int) -> list[np.ndarray]:
@@ -183,29 +346,81 @@ def _unwrap_flax(params: Mapping[str, Any]) -> Mapping[str, Any]:
     return params
 
 
+# Flax cell layouts: module -> {parameter: its shape's name}.
+_FLAX_LSTM = {
+    **{"i" + g: {"kernel": "input"} for g in _FLAX_LSTM_GATES},
+    **{"h" + g: {"kernel": "hidden", "bias": "bias"} for g in _FLAX_LSTM_GATES},
+}
+_FLAX_GRU = {
+    **{"i" + g: {"kernel": "input", "bias": "bias"} for g in _FLAX_GRU_GATES},
+    "hr": {"kernel": "hidden"},
+    "hz": {"kernel": "hidden"},
+    "hn": {"kernel": "hidden", "bias": "bias"},
+}
+
+
+def _flax_arrays(p: Mapping[str, Any], layout: dict, cell: str) -> dict[str, np.ndarray]:
+    """``{'ii/kernel': array, ...}``, after checking the keys and shapes against ``layout``."""
+    what = f"cell_params of a Flax {cell}"
+    problems = _key_problems(p, layout)
+    for module, entries in layout.items():
+        if module in p:
+            if not isinstance(p[module], Mapping):
+                got = type(p[module]).__name__
+                raise TypeError(f"{what}: [{module!r}] must be a dict of arrays, got {got}.")
+            problems += _key_problems(p[module], entries, label=lambda k, m=module: f"{m}/{k}")
+    if problems:
+        raise ValueError(f"{what}: " + "; ".join(problems) + ".")
+    arrays = {f"{m}/{k}": _to_numpy(p[m][k]) for m, entries in layout.items() for k in entries}
+    first = next(iter(layout)) + "/kernel"
+    shape = arrays[first].shape
+    if len(shape) != 2:
+        raise ValueError(f"{what}: {first} has shape {shape}, expected (input_size, hidden_size).")
+    inputs, hidden = shape
+    shapes = {
+        "input": ((inputs, hidden), "(input_size, hidden_size)"),
+        "hidden": ((hidden, hidden), "(hidden_size, hidden_size)"),
+        "bias": ((hidden,), "(hidden_size,)"),
+    }
+    expected = {
+        f"{m}/{k}": shapes[kind] for m, entries in layout.items() for k, kind in entries.items()
+    }
+    _check_arrays(arrays, expected, what)
+    return arrays
+
+
 def from_flax(cell_params: Mapping[str, Any]) -> Union[LSTMWeights, GRUWeights]:
     """Convert the params of a Flax linen ``LSTMCell``/``OptimizedLSTMCell`` or ``GRUCell``.
 
     Accepts the cell's own dict, or one wrapped as ``{'params': {'cell': ...}}``
-    (what ``nn.RNN(cell).init`` returns). Returns one layer-direction's weights;
-    wrap it as ``LSTMParams(((w,),))`` for :func:`lstm_jax.lstm`.
+    (what ``nn.RNN(cell).init`` returns). Every gate's kernel (and bias) must be
+    present with consistent shapes; a ``ValueError`` lists missing and unexpected
+    entries or names the entry with the wrong shape. Returns one layer-direction's
+    weights: pass it to :func:`lstm_jax.lstm_cell`, or build a network with
+    ``lj.params_from_layers([w])`` (several layers: ``[w0, w1, ...]``).
     """
+    if not isinstance(cell_params, Mapping):
+        raise TypeError(
+            f"cell_params must be a dict of Flax params, got {type(cell_params).__name__}."
+        )
     p = _unwrap_flax(cell_params)
     if "ii" in p:
+        a = _flax_arrays(p, _FLAX_LSTM, "LSTMCell")
         gates = _FLAX_LSTM_GATES
         return LSTMWeights(
-            w_ih=jnp.asarray(np.concatenate([p["i" + g]["kernel"] for g in gates], axis=1)),
-            w_hh=jnp.asarray(np.concatenate([p["h" + g]["kernel"] for g in gates], axis=1)),
-            b=jnp.asarray(np.concatenate([p["h" + g]["bias"] for g in gates])),
+            w_ih=jnp.asarray(np.concatenate([a[f"i{g}/kernel"] for g in gates], axis=1)),
+            w_hh=jnp.asarray(np.concatenate([a[f"h{g}/kernel"] for g in gates], axis=1)),
+            b=jnp.asarray(np.concatenate([a[f"h{g}/bias"] for g in gates])),
         )
     if "ir" in p:
+        a = _flax_arrays(p, _FLAX_GRU, "GRUCell")
         gates = _FLAX_GRU_GATES
-        zeros = np.zeros_like(np.asarray(p["ir"]["bias"]))
+        zeros = np.zeros_like(a["hn/bias"])
         return GRUWeights(
-            w_ih=jnp.asarray(np.concatenate([p["i" + g]["kernel"] for g in gates], axis=1)),
-            w_hh=jnp.asarray(np.concatenate([p["h" + g]["kernel"] for g in gates], axis=1)),
-            b_ih=jnp.asarray(np.concatenate([p["i" + g]["bias"] for g in gates])),
-            b_hh=jnp.asarray(np.concatenate([zeros, zeros, p["hn"]["bias"]])),
+            w_ih=jnp.asarray(np.concatenate([a[f"i{g}/kernel"] for g in gates], axis=1)),
+            w_hh=jnp.asarray(np.concatenate([a[f"h{g}/kernel"] for g in gates], axis=1)),
+            b_ih=jnp.asarray(np.concatenate([a[f"i{g}/bias"] for g in gates])),
+            b_hh=jnp.asarray(np.concatenate([zeros, zeros, a["hn/bias"]])),
         )
     raise ValueError(
         f"cell_params has keys {sorted(p)}: not a Flax LSTMCell/OptimizedLSTMCell "
@@ -223,8 +438,11 @@ def to_flax(weights: Union[LSTMWeights, GRUWeights]) -> dict:
     ``b_ih + b_hh`` on those gates if they are not.
     """
     if isinstance(weights, LSTMWeights):
+        validation.check_lstm_weights(weights, "weights")
         if weights.w_hr is not None or weights.w_peep is not None or weights.ln is not None:
-            raise ValueError("to_flax: Flax's LSTM cells have no projection, peepholes or layer norm.")
+            raise ValueError(
+                "to_flax: Flax's LSTM cells have no projection, peepholes or layer norm."
+            )
         out = {}
         for g, w_i, w_h, b in zip(
             _FLAX_LSTM_GATES, _split(weights.w_ih, 4), _split(weights.w_hh, 4), _split(weights.b, 4)
@@ -233,6 +451,7 @@ def to_flax(weights: Union[LSTMWeights, GRUWeights]) -> dict:
             out["h" + g] = {"kernel": w_h, "bias": b}
         return out
     if isinstance(weights, GRUWeights):
+        validation.check_gru_weights(weights, "weights")
         b_hr, b_hz, b_hn = _split(weights.b_hh, 3)
         if np.any(b_hr != 0) or np.any(b_hz != 0):
             raise ValueError(
@@ -241,7 +460,10 @@ def to_flax(weights: Union[LSTMWeights, GRUWeights]) -> dict:
             )
         out = {}
         for g, w_i, w_h, b in zip(
-            _FLAX_GRU_GATES, _split(weights.w_ih, 3), _split(weights.w_hh, 3), _split(weights.b_ih, 3)
+            _FLAX_GRU_GATES,
+            _split(weights.w_ih, 3),
+            _split(weights.w_hh, 3),
+            _split(weights.b_ih, 3),
         ):
             out["i" + g] = {"kernel": w_i, "bias": b}
             out["h" + g] = {"kernel": w_h}
@@ -256,46 +478,72 @@ def _keras_gru_order(x: np.ndarray) -> np.ndarray:
     return np.concatenate([b, a, c], axis=-1)
 
 
-def from_keras(weights: list) -> Union[LSTMWeights, GRUWeights]:
+def from_keras(weights: Sequence[Any]) -> Union[LSTMWeights, GRUWeights]:
     """Convert Keras ``LSTM`` or ``GRU(reset_after=True)`` weights (``layer.get_weights()``).
+
+    The kind comes from ``recurrent_kernel`` ``(H, 4H)`` (LSTM) or ``(H, 3H)``
+    (GRU); the kernel and bias must then have the matching shapes, or a
+    ``ValueError`` names the entry, its shape and the expected one.
 
     >>> import numpy as np
     >>> w = from_keras([np.zeros((3, 8)), np.zeros((2, 8)), np.zeros(8)])
     >>> w.w_hh.shape
     (2, 8)
     """
+    if not isinstance(weights, (list, tuple)):
+        raise TypeError(
+            "weights must be the list [kernel, recurrent_kernel, bias] from "
+            f"layer.get_weights(), got {type(weights).__name__}."
+        )
     if len(weights) != 3:
         raise ValueError(
             f"weights must be [kernel, recurrent_kernel, bias] from layer.get_weights(), "
             f"got a list of {len(weights)}."
         )
-    kernel, recurrent, bias = (_to_numpy(w) for w in weights)
-    rows, cols = recurrent.shape
-    if cols == 4 * rows:
-        return LSTMWeights(jnp.asarray(kernel), jnp.asarray(recurrent), jnp.asarray(bias))
-    if cols == 3 * rows:
-        if bias.shape != (2, cols):
-            raise ValueError(
-                f"Keras GRU bias must have shape (2, {cols}) (reset_after=True), got {bias.shape}."
-            )
-        return GRUWeights(
-            jnp.asarray(_keras_gru_order(kernel)),
-            jnp.asarray(_keras_gru_order(recurrent)),
-            jnp.asarray(_keras_gru_order(bias[0])),
-            jnp.asarray(_keras_gru_order(bias[1])),
+    names = ("weights[0] (kernel)", "weights[1] (recurrent_kernel)", "weights[2] (bias)")
+    arrays = dict(zip(names, (_to_numpy(w, name) for w, name in zip(weights, names))))
+    kernel, recurrent, bias = arrays.values()
+    shape = recurrent.shape
+    if len(shape) != 2 or shape[0] == 0 or shape[1] not in (4 * shape[0], 3 * shape[0]):
+        raise ValueError(
+            f"{names[1]} has shape {shape}: expected (H, 4H) for LSTM or (H, 3H) for GRU."
         )
-    raise ValueError(
-        f"recurrent_kernel has shape {(rows, cols)}: expected (H, 4H) for LSTM or (H, 3H) for GRU."
+    hidden, cols = shape
+    cell = "LSTM" if cols == 4 * hidden else "GRU"
+    gates_label = "4 * units" if cell == "LSTM" else "3 * units"
+    inputs = kernel.shape[0] if kernel.ndim == 2 else "input_size"
+    expected = {
+        names[0]: ((inputs, cols), f"(input_size, {gates_label})"),
+        names[1]: ((hidden, cols), f"(units, {gates_label})"),
+        names[2]: ((cols,), f"({gates_label},)")
+        if cell == "LSTM"
+        else ((2, cols), f"(2, {gates_label})"),
+    }
+    if cell == "GRU" and bias.shape == (cols,):
+        raise ValueError(
+            f"{names[2]} has shape {bias.shape}: a Keras GRU with reset_after=False, whose "
+            "equations differ from PyTorch's; only reset_after=True (bias (2, 3 * units)) converts."
+        )
+    _check_arrays(arrays, expected, f"Keras {cell} weights")
+    if cell == "LSTM":
+        return LSTMWeights(jnp.asarray(kernel), jnp.asarray(recurrent), jnp.asarray(bias))
+    return GRUWeights(
+        jnp.asarray(_keras_gru_order(kernel)),
+        jnp.asarray(_keras_gru_order(recurrent)),
+        jnp.asarray(_keras_gru_order(bias[0])),
+        jnp.asarray(_keras_gru_order(bias[1])),
     )
 
 
 def to_keras(weights: Union[LSTMWeights, GRUWeights]) -> list[np.ndarray]:
     """Convert one layer-direction's weights to a Keras ``set_weights`` list."""
     if isinstance(weights, LSTMWeights):
+        validation.check_lstm_weights(weights, "weights")
         if weights.w_hr is not None or weights.w_peep is not None or weights.ln is not None:
             raise ValueError("to_keras: Keras' LSTM has no projection, peepholes or layer norm.")
         return [np.asarray(weights.w_ih), np.asarray(weights.w_hh), np.asarray(weights.b)]
     if isinstance(weights, GRUWeights):
+        validation.check_gru_weights(weights, "weights")
         bias = np.stack([np.asarray(weights.b_ih), np.asarray(weights.b_hh)])
         return [
             _keras_gru_order(weights.w_ih),

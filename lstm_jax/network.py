@@ -99,9 +99,10 @@ def _prepare(
 ):
     """Shared checks; returns ``(xs, seq_lengths, batched)`` with a batch axis added."""
     validation.check_params_type(params, params_type, init_name)
-    if len(params.layers) < 1:
-        raise ValueError("params must hold at least one layer (num_layers >= 1).")
+    validation.check_params(params)
     validation.check_inputs(xs, params.layers[0][0].w_ih.shape[0])
+    if key is not None:
+        validation.check_key(key)
     validation.check_rate("dropout", dropout, key)
     validation.check_rate("recurrent_dropout", recurrent_dropout, key)
     validation.check_unroll(unroll)

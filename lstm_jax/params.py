@@ -16,11 +16,13 @@ LSTM i, f, g, o; GRU r, z, n (both as in PyTorch / cuDNN).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 from jax import Array
+
+from lstm_jax import validation
 
 __all__ = [
     "LayerNormWeights",
@@ -34,6 +36,7 @@ __all__ = [
     "init_lstm",
     "init_gru",
     "init_rnn",
+    "params_from_layers",
 ]
 
 
@@ -98,19 +101,23 @@ class RNNParams(NamedTuple):
 _INITIALISERS = ("uniform", "orthogonal")
 
 
-def _check_sizes(input_size, hidden_size, num_layers, proj_size=0):
-    for name, value, lowest in (
-        ("input_size", input_size, 1),
-        ("hidden_size", hidden_size, 1),
-        ("num_layers", num_layers, 1),
-        ("proj_size", proj_size, 0),
-    ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
-            raise ValueError(f"{name} must be an integer >= {lowest}, got {value!r}.")
-    if proj_size >= hidden_size:
-        raise ValueError(
-            f"proj_size must be smaller than hidden_size ({hidden_size}), got {proj_size}."
+def _check_init(key, input_size, hidden_size, num_layers, proj_size=0):
+    """Check the common initialiser arguments; sizes come back as Python ints."""
+    validation.check_key(key)
+    sizes = tuple(
+        validation.check_size(name, value, lowest)
+        for name, value, lowest in (
+            ("input_size", input_size, 1),
+            ("hidden_size", hidden_size, 1),
+            ("num_layers", num_layers, 1),
+            ("proj_size", proj_size, 0),
         )
+    )
+    if sizes[3] >= sizes[1]:
+        raise ValueError(
+            f"proj_size must be smaller than hidden_size ({sizes[1]}), got {sizes[3]}."
+        )
+    return sizes
 
 
 def _check_initialiser(recurrent_init):
@@ -185,7 +192,9 @@ def init_lstm(
     >>> params.layers[1][0].w_ih.shape
     (8, 32)
     """
-    _check_sizes(input_size, hidden_size, num_layers, proj_size)
+    input_size, hidden_size, num_layers, proj_size = _check_init(
+        key, input_size, hidden_size, num_layers, proj_size
+    )
     _check_initialiser(recurrent_init)
     output_size = proj_size or hidden_size
     bound = 1.0 / math.sqrt(hidden_size)
@@ -226,7 +235,7 @@ def init_gru(
     >>> init_gru(jax.random.key(0), 3, 8).layers[0][0].w_hh.shape
     (8, 24)
     """
-    _check_sizes(input_size, hidden_size, num_layers)
+    input_size, hidden_size, num_layers, _ = _check_init(key, input_size, hidden_size, num_layers)
     _check_initialiser(recurrent_init)
     bound = 1.0 / math.sqrt(hidden_size)
 
@@ -259,7 +268,7 @@ def init_rnn(
     >>> init_rnn(jax.random.key(0), 3, 8).layers[0][0].w_hh.shape
     (8, 8)
     """
-    _check_sizes(input_size, hidden_size, num_layers)
+    input_size, hidden_size, num_layers, _ = _check_init(key, input_size, hidden_size, num_layers)
     _check_initialiser(recurrent_init)
     bound = 1.0 / math.sqrt(hidden_size)
 
@@ -274,3 +283,54 @@ def init_rnn(
     return RNNParams(
         _build_layers(key, input_size, hidden_size, num_layers, bidirectional, make_direction)
     )
+
+
+_PARAMS_OF = {LSTMWeights: LSTMParams, GRUWeights: GRUParams, RNNWeights: RNNParams}
+_WEIGHTS = tuple(_PARAMS_OF)
+
+
+def _directions(layer: Any) -> Any:
+    """One layer as a tuple of directions; anything else is left for the checks to name."""
+    if isinstance(layer, _WEIGHTS):
+        return (layer,)
+    return tuple(layer) if isinstance(layer, (list, tuple)) else layer
+
+
+def params_from_layers(layers: Sequence[Any]) -> Union[LSTMParams, GRUParams, RNNParams]:
+    """Build a network's params from per-layer (per-direction) weights, and check them.
+
+    Each entry of ``layers`` is one layer: a weights object (one direction) or a
+    sequence ``(forward, reverse)`` for a bidirectional layer. Weights from
+    ``from_flax`` / ``from_keras`` / ``params.layers[l][d]`` fit directly. All
+    entries must be of one kind and fit together (a layer's input size is
+    ``num_directions * R`` of the layer below); errors name the entry, as in
+    ``layers[1][0].w_ih has shape (3, 16), expected (4, 16) = ...``.
+
+    Args:
+      layers: ``[w0, w1, ...]`` or ``[[w0_fwd, w0_bwd], [w1_fwd, w1_bwd], ...]``.
+
+    Returns:
+      ``LSTMParams``, ``GRUParams`` or ``RNNParams``, by the weights' type.
+
+    >>> w0 = init_lstm(jax.random.key(0), 3, 4).layers[0][0]
+    >>> w1 = init_lstm(jax.random.key(1), 4, 4).layers[0][0]
+    >>> [len(layer) for layer in params_from_layers([w0, w1]).layers]
+    [1, 1]
+    """
+    if isinstance(layers, _WEIGHTS) or not isinstance(layers, (list, tuple)):
+        raise TypeError(
+            f"layers must be a list with one entry per layer, got {type(layers).__name__}; "
+            "for a single layer write params_from_layers([w])."
+        )
+    if not layers:
+        raise ValueError("layers is empty: a network needs at least one layer.")
+    stacked = tuple(_directions(layer) for layer in layers)
+    first = stacked[0][0] if isinstance(stacked[0], tuple) and stacked[0] else stacked[0]
+    if not isinstance(first, _WEIGHTS):
+        raise TypeError(
+            "layers[0] must be LSTMWeights, GRUWeights or RNNWeights (or a list of 1 or 2 "
+            f"of them), got {type(first).__name__}."
+        )
+    params = _PARAMS_OF[type(first)](stacked)
+    validation.check_params(params, name="layers")
+    return params

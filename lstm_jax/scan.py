@@ -67,12 +67,21 @@ def over_time(
     ``(T, B)`` mask of :func:`valid_mask` (None without ``seq_lengths``).
     ``run`` returns time-major ``ys (T, B, O)`` and its final carry; ``ys`` is
     reversed back and returned in the caller's layout.
+
+    Inputs at invalid steps are replaced by zeros before ``run`` sees them, so
+    that whatever they hold (NaN, inf) every layer computes finite values
+    there: the mask after the cell selects the old carry, but its backward
+    multiplies the discarded branch's derivatives by zero, and ``0 * NaN`` is
+    NaN. The gradient w.r.t. those inputs is then exactly zero.
     """
     if not time_major:
         xs = jnp.swapaxes(xs, 0, 1)  # [T, B, I]
     if reverse:
         xs = reverse_sequences(xs, seq_lengths)
-    ys, final = run(xs, valid_mask(xs.shape[0], seq_lengths))
+    valid = valid_mask(xs.shape[0], seq_lengths)
+    if valid is not None:
+        xs = jnp.where(valid[:, :, None], xs, jnp.zeros_like(xs))
+    ys, final = run(xs, valid)
     if reverse:
         ys = reverse_sequences(ys, seq_lengths)
     if not time_major:

@@ -26,8 +26,10 @@ def test_tiny_cli_run_writes_results(tmp_path):
 
     results = json.loads((out / "results.json").read_text())
     for field in ("schema_version", "machine", "versions", "date", "command", "grid", "peers",
-                  "rows", "speedups", "geomeans", "settings", "plots"):  # fmt: skip
+                  "rows", "speedups", "geomeans", "settings", "plots", "load", "warnings"):  # fmt: skip
         assert field in results, field
+    assert len(results["load"]["start"]["loadavg_1_5_15"]) == 3
+    assert "- Load average (1/5/15 min) at start" in (out / "results.md").read_text()
     assert results["grid"] == "tiny"
     assert "--tiny" in results["command"]
     for field in ("cpu", "cores", "platform", "accelerator", "devices"):
@@ -149,11 +151,22 @@ def test_cudnn_weight_packing_matches_jax_reference():
         np.testing.assert_allclose(a, b)
 
 
-def test_default_out_dir_follows_the_convention():
+def test_default_out_dir_never_touches_committed_results():
     path = cli.default_out_dir("quick")
     assert os.path.basename(os.path.dirname(path)) == "results"
-    assert os.path.basename(path).startswith(("cpu-", "gpu-", "tpu-"))
+    assert os.path.basename(path) == "local"  # git-ignored; committed results are per machine
     assert cli.default_out_dir("full") == os.path.join(path, "full")
+
+
+def test_noisy_rows_and_a_busy_machine_are_reported():
+    from benchmarks import machine
+
+    quiet = {"label": "B1", "workload": "train", "peer": "a", "median_s": 1.0, "q1_s": 0.95, "q3_s": 1.05}
+    noisy = {**quiet, "peer": "b", "q1_s": 0.8, "q3_s": 1.3}
+    (line,) = cli.spread_warnings([quiet, noisy])
+    assert line.startswith("B1 train b: IQR is 50% of the median")
+    assert machine.busy_warning({"loadavg_1_5_15": [1.0, 1.0, 1.0]}, cores=2) is None
+    assert "load average 3.50 > 2 cores" in machine.busy_warning({"loadavg_1_5_15": [3.5, 2, 1]}, 2)
 
 
 def test_bound_tool_writes_results(tmp_path):
@@ -170,3 +183,17 @@ def test_bound_tool_writes_results(tmp_path):
     assert row["input_grad_rel_error_vs_flax"] < 1e-4
     assert row["max_speedup_over_flax"] == row["flax_s"] / row["bound_s"]
     assert "| max speed-up (Flax / bound) |" in (tmp_path / "bound.md").read_text()
+
+
+def test_device_grid_builds_and_needs_an_accelerator(capsys):
+    from benchmarks import grid
+
+    device = grid.GRIDS["device"]()
+    configs = {(c.config.batch, c.config.time, c.config.input, c.config.hidden) for c in device.cases}
+    assert (16, 1024, 768, 768) in configs  # FlashRNN's setting
+    assert {(c.batch, c.time, c.input, c.hidden) for c in grid.TARGETS} <= configs
+    assert {c.workload for c in device.cases} == {"train", "infer"}
+    assert any(c.config.dtype == "bfloat16" for c in device.cases)
+    if jax.default_backend() == "cpu":
+        assert cli.main(["--device", "--no-progress"]) == 2
+        assert "--device measures a GPU or TPU" in capsys.readouterr().err

@@ -8,6 +8,8 @@ This is independent of the probe mechanism used by ``state_gradients``
 """
 
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -195,3 +197,18 @@ def test_rejects_unbatched_inputs_and_unknown_params():
         dg.state_gradients(lambda ys, s: jnp.sum(ys), params, jnp.ones((5, 3)))
     with pytest.raises(TypeError, match="LSTMParams, GRUParams or RNNParams"):
         dg.trace_gates({"w": 1}, jnp.ones((1, 5, 3)))
+
+
+def test_plots_keep_the_matplotlib_backend(tmp_path):
+    # a notebook's backend must survive a plot call; run apart so this process keeps its own
+    code = f"""
+import matplotlib
+matplotlib.use("svg")
+import numpy as np
+from lstm_jax import diagnostics as dg
+dg.plot_gradient_flow({{"a": np.ones(3)}}, {str(tmp_path / "g.png")!r})
+assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

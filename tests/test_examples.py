@@ -12,10 +12,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 
 
+# the scripts import lstm_jax from this checkout, not from wherever it is installed
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+
+
 def run_example(name, out, *extra):
     cmd = [sys.executable, os.path.join(EXAMPLES, name), "--quick", "--no-progress", "--out",
            str(out), *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
@@ -36,7 +40,8 @@ def assert_checkpoint(directory):
 
 
 def test_digits_quick(tmp_path):
-    run_example("digits.py", tmp_path)
+    out = run_example("digits.py", tmp_path)
+    assert f"outputs in {tmp_path}" in out
     m = load(tmp_path / "metrics.json")
     assert 0.3 < m["test_accuracy"] <= 1.0  # well above chance (0.1) after 120 steps
     assert m["params"] > 0 and len(m["grad_norm_h"]) == 8
@@ -51,8 +56,10 @@ def test_sunspots_quick(tmp_path):
     run_example("sunspots.py", tmp_path)
     m = load(tmp_path / "metrics.json")
     assert m["test_years"] == [1950, 2008]
-    for name in ("model", "persistence", "seasonal_naive_11y"):
+    for name in ("model", "persistence", "seasonal_naive_11y", "ar9", "ar2"):
         assert math.isfinite(m[name]["rmse"]) and m[name]["mae"] <= m[name]["rmse"]
+    assert 18.7 < m["ar9"]["rmse"] < 18.8 and 22.1 < m["ar2"]["rmse"] < 22.2  # statsmodels AR
+    assert m["best_rmse"] in ("model", "persistence", "seasonal_naive_11y", "ar9", "ar2")
     assert_png(tmp_path / "forecast.png")
     assert_checkpoint(tmp_path / "seed0" / "checkpoints")
 
@@ -97,20 +104,37 @@ def test_long_range_quick(long_range_quick):
             r = load(out / f"{task}_{cell}" / "metrics.json")
             assert len(r["grad_norm_h_init"]) == 12 + 12 // 10  # T_max = T + T // 10
             assert_checkpoint(out / f"{task}_{cell}" / "checkpoints")
+            assert_png(out / f"{task}_{cell}" / "training.png")  # 20 logged points, not 1
 
 
 def test_compare_cells_quick(long_range_quick, tmp_path):
     out = run_example_compare(tmp_path, long_range_quick)
     table = open(tmp_path / "comparison.md").read()
     assert table.count("\n") == 2 + 4  # header, rule, 2 tasks x 2 cells
-    assert "| adding |" in table and "| sunspots |" in table and "RNN" in table
-    assert "adding" in out
+    assert "| adding, T=12 |" in table and "| sunspots |" in table and "RNN" in table
+    assert "AR(9)" in table
+    assert "adding" in out and f"wrote {tmp_path / 'comparison.md'}" in out
 
 
 def run_example_compare(tmp_path, long_range_dir):
     cmd = [sys.executable, os.path.join(EXAMPLES, "compare_cells.py"), "--quick", "--out",
            str(tmp_path), "--long-range-dir", str(long_range_dir), "--tasks", "adding,sunspots",
            "--cells", "lstm,rnn"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
+
+
+def test_plot_history_skips_curves_with_too_few_points(tmp_path, capsys):
+    sys.path.insert(0, EXAMPLES)
+    import _common
+
+    panels = [("loss", ["loss"], True), ("accuracy", ["val_accuracy"], False)]
+    one = [{"step": 20, "loss": 0.5, "val_accuracy": 0.5}]
+    assert _common.plot_history(one, str(tmp_path / "a.png"), panels, title="t") is None
+    assert "skipped" in capsys.readouterr().out and not (tmp_path / "a.png").exists()
+    rows = [{"step": s, "loss": 1.0 / s, "val_accuracy": 0.1 * s} for s in range(1, 6)]
+    assert_png(_common.plot_history(rows, str(tmp_path / "b.png"), panels, title="t"))
+    rows = [{"step": s, "loss": 1.0 / s} for s in range(1, 6)] + [{"step": 5, "val_accuracy": 0.5}]
+    assert_png(_common.plot_history(rows, str(tmp_path / "c.png"), panels, title="t"))
+    assert "left out val_accuracy" in capsys.readouterr().out

@@ -22,8 +22,8 @@ import pytest
 
 import lstm_jax as lj
 from lstm_jax.cells import lstm_kind
-from lstm_jax.kernels import AUTO_NATIVE_MAX_HIDDEN, native, select_layer
-from lstm_jax.kernels.native import native_lstm_layer, native_unavailable
+from lstm_jax.kernels import dispatch, native, select_layer
+from lstm_jax.kernels.native import AUTO_NATIVE_MAX_HIDDEN, native_lstm_layer, native_unavailable
 from lstm_jax.scan import scan_layer
 
 pytestmark = pytest.mark.skipif(
@@ -215,11 +215,18 @@ def test_two_python_threads_at_once(monkeypatch):
             assert_trees_close(result, want[k], atol=0, rtol=0)
 
 
-def test_auto_picks_native_on_cpu_for_the_plain_lstm():
+@pytest.fixture
+def auto_native(monkeypatch):
+    """``"auto"`` with "native" as the CPU kernel (not the default; see dispatch.AUTO_LSTM)."""
+    monkeypatch.setitem(dispatch.AUTO_LSTM, "cpu", "native")
+
+
+def test_auto_can_pick_native_on_cpu_for_the_plain_lstm(auto_native):
     params = lj.init_lstm(jax.random.key(12), I, H)
     xs = jnp.ones((B, T, I))
     text = str(jax.make_jaxpr(lambda p: lj.lstm(p, xs))(params))
     assert "lstm_jax_native_forward" in text
+    assert_trees_close(lj.lstm(params, xs), lj.lstm(params, xs, backend="scan"))
     peephole = lj.init_lstm(jax.random.key(12), I, H, peephole=True)
     text = str(jax.make_jaxpr(lambda p: lj.lstm(p, xs))(peephole))
     assert "lstm_jax_native" not in text
@@ -244,7 +251,7 @@ def test_unsupported_variants_raise(kwargs, call, message):
         lj.lstm(params, jnp.ones((B, T, I)), backend="native", **call)
 
 
-def test_unbuilt_extension_falls_back(monkeypatch, caplog):
+def test_unbuilt_extension_falls_back(monkeypatch, caplog, auto_native):
     monkeypatch.setattr(native, "_library", lambda: (None, "the C++ extension is not built"))
     native.log_unavailable_once.cache_clear()
     params = lj.init_lstm(jax.random.key(14), I, H)

@@ -48,7 +48,7 @@ def test_train_step_decreases_loss_and_counts_steps():
         state, metrics = step(state, batch)
         first = float(metrics["loss"]) if first is None else first
     assert int(state.step) == 30
-    assert set(metrics) == {"loss", "grad_norm"}
+    assert set(metrics) == {"loss", "grad_norm", "skipped"}
     assert float(metrics["loss"]) < 0.5 * first
     assert step._cache_size() == 1  # no recompilation after the first call
 
@@ -223,9 +223,158 @@ def test_fit_logs_and_writes_metrics(tmp_path):
     assert rows == history
     with open(tmp_path / "metrics.csv") as f:
         table = list(csv.DictReader(f))
-    assert len(table) == 4 and set(table[0]) == {"step", "time_s", "loss", "grad_norm", "val_loss"}
+    assert len(table) == 4
+    assert set(table[0]) == {"step", "time_s", "loss", "grad_norm", "skipped", "val_loss"}
     tr.write_json(tmp_path / "x.json", {"a": jnp.ones(2), "b": np.float32(1.5)})
     assert json.load(open(tmp_path / "x.json")) == {"a": [1.0, 1.0], "b": 1.5}
+
+
+# ------------------------------------------------- non-finite steps are skipped
+
+
+def _nan_batch(batch):
+    return {**batch, "x": batch["x"].at[0, 1, 0].set(jnp.nan)}
+
+
+@pytest.mark.parametrize("clip_norm", [None, 1.0])
+def test_a_nan_batch_is_skipped_and_training_goes_on(clip_norm):
+    params, loss_fn, batch = _regression_setup()
+    opt = tr.make_optimizer(1e-2, clip_norm=clip_norm)
+    step = tr.make_train_step(loss_fn, opt, donate=False)
+    state = tr.init_train_state(params, opt, jax.random.key(0))
+    state, _ = step(state, batch)  # a real update first: Adam's moments are nonzero
+    skipped_state, metrics = step(state, _nan_batch(batch))
+    assert int(metrics["skipped"]) == 1 and not np.isfinite(float(metrics["loss"]))
+    assert_trees_equal(skipped_state.params, state.params)
+    assert_trees_equal(skipped_state.opt_state, state.opt_state)
+    assert int(skipped_state.step) == 2  # the step counter and key still advance
+    assert not np.array_equal(jax.random.key_data(skipped_state.key), jax.random.key_data(state.key))
+    next_state, metrics = step(skipped_state, batch)
+    assert int(metrics["skipped"]) == 0
+    assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(next_state.params))
+    assert not np.array_equal(next_state.params["head"].w, state.params["head"].w)
+
+
+def test_the_sharded_train_step_skips_a_nan_batch_too():
+    from lstm_jax import parallel
+
+    params, loss_fn, batch = _regression_setup()
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    opt = tr.make_optimizer(1e-2)
+    step = tr.make_train_step(loss_fn, opt, mesh=mesh, donate=False)
+    state = parallel.shard_params(tr.init_train_state(params, opt, jax.random.key(0)), mesh)
+    new_state, metrics = step(state, parallel.shard_batch(_nan_batch(batch), mesh))
+    assert int(metrics["skipped"]) == 1
+    assert_trees_equal(new_state.params, state.params)
+
+
+def test_a_finite_loss_with_a_nan_gradient_is_skipped():
+    def loss_fn(params, batch, key):
+        del key  # sqrt'(0) = inf, times 0: the loss is 0 and the gradient NaN
+        return jnp.sum(jnp.sqrt(jnp.abs(params["w"]) * batch)), {}
+
+    opt = optax.sgd(0.1)
+    state = tr.init_train_state({"w": jnp.ones(3)}, opt, jax.random.key(0))
+    new_state, metrics = tr.make_train_step(loss_fn, opt, jit=False)(state, jnp.zeros(3))
+    assert float(metrics["loss"]) == 0.0 and np.isnan(float(metrics["grad_norm"]))
+    assert int(metrics["skipped"]) == 1
+    assert_trees_equal(new_state.params, {"w": jnp.ones(3)})
+
+
+def test_tbptt_skips_a_nan_chunk_and_keeps_the_carry():
+    params = {"rnn": lj.init_lstm(jax.random.key(0), 2, 4), "head": tr.init_dense(jax.random.key(1), 4, 1)}
+
+    def chunk_loss(params, chunk, carry, key):
+        del key
+        ys, new_carry = lj.lstm(params["rnn"], chunk["x"], initial_state=carry)
+        return tr.regression_loss(tr.dense(params["head"], ys), chunk["y"]), (new_carry, {})
+
+    opt = tr.make_optimizer(1e-2)
+    state = tr.init_train_state(params, opt, jax.random.key(0))
+    step = tr.make_tbptt_train_step(chunk_loss, opt, donate=False)
+    carry = lj.LSTMState(jnp.full((1, 3, 4), 0.5), jnp.full((1, 3, 4), -0.5))
+    chunk = {"x": jnp.ones((3, 4, 2)).at[1, 2, 0].set(jnp.inf), "y": jnp.zeros((3, 4, 1))}
+    new_state, new_carry, metrics = step(state, carry, chunk)
+    assert int(metrics["skipped"]) == 1
+    assert_trees_equal(new_state.params, state.params)
+    assert_trees_equal(new_state.opt_state, state.opt_state)
+    assert_trees_equal(new_carry, carry)
+
+
+def test_fit_stops_after_too_many_consecutive_skips():
+    params, loss_fn, batch = _regression_setup()
+    opt = tr.make_optimizer(1e-2)
+    step = tr.make_train_step(loss_fn, opt)
+    # every other batch is bad: training goes on, the rows count the skipped steps
+    state = tr.init_train_state(params, opt, jax.random.key(0))
+    get_batch = lambda s: _nan_batch(batch) if s % 2 else batch  # noqa: E731
+    state, history = tr.fit(state, step, get_batch, num_steps=8, log_every=4,
+                            max_consecutive_skips=2, progress=False)  # fmt: skip
+    assert [r["skipped"] for r in history] == [2, 2]
+    assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(state.params))
+    # from step 3 on every batch is bad: stop after 3 skips in a row, naming the steps
+    state = tr.init_train_state(params, opt, jax.random.key(0))
+    get_batch = lambda s: _nan_batch(batch) if s >= 3 else batch  # noqa: E731
+    with pytest.raises(FloatingPointError, match=r"3 consecutive train steps \(the batches of steps 3..5\)"):
+        tr.fit(state, step, get_batch, num_steps=20, max_consecutive_skips=3, progress=False)
+    # the last step counts too
+    state = tr.init_train_state(params, opt, jax.random.key(0))
+    with pytest.raises(FloatingPointError, match="steps 3..4"):
+        tr.fit(state, step, get_batch, num_steps=5, max_consecutive_skips=2, progress=False)
+    state = tr.init_train_state(params, opt, jax.random.key(0))
+    state, _ = tr.fit(state, step, get_batch, num_steps=6, max_consecutive_skips=None, progress=False)
+    assert int(state.step) == 6
+    with pytest.raises(ValueError, match="max_consecutive_skips must be an integer >= 1, got 0"):
+        tr.fit(state, step, get_batch, num_steps=7, max_consecutive_skips=0, progress=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"clip_norm": -1.0}, "clip_norm must be a number > 0 or None, got -1.0"),
+        ({"clip_norm": 0.0}, "clip_norm must be a number > 0"),
+        ({"learning_rate": 0.0}, "learning_rate must be a number > 0 or an optax schedule, got 0.0"),
+        ({"learning_rate": -1e-3}, "learning_rate must be a number > 0"),
+        ({"learning_rate": float("nan")}, "learning_rate must be a number > 0"),
+        ({"learning_rate": "1e-3"}, "learning_rate must be a number > 0"),
+        ({"weight_decay": -0.1}, "weight_decay must be a number >= 0, got -0.1"),
+        ({"warmup_steps": -1}, "warmup_steps must be an integer >= 0, got -1"),
+        ({"warmup_steps": 2.5}, "warmup_steps must be an integer >= 0, got 2.5"),
+        ({"decay_steps": 0}, "decay_steps must be an integer >= 1, got 0"),
+        ({"end_lr_fraction": 1.5}, r"end_lr_fraction must be a number in \[0, 1\], got 1.5"),
+    ],
+)
+def test_make_optimizer_rejects_invalid_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tr.make_optimizer(**kwargs)
+
+
+def test_make_optimizer_accepts_numpy_and_jax_scalars_and_schedules():
+    tr.make_optimizer(jnp.float32(1e-3), clip_norm=np.float32(1.0), warmup_steps=np.int64(2),
+                      decay_steps=10, end_lr_fraction=1)  # fmt: skip
+    tr.make_optimizer(optax.constant_schedule(1e-3), clip_norm=None, weight_decay=0.0)
+
+
+def test_metrics_writer_appends_and_rewinds(tmp_path):
+    writer = tr.MetricsWriter(tmp_path)
+    for step in (1, 2, 3):
+        writer.write({"step": step, "loss": 1.0 / step})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "lo')  # a write cut short by a killed process
+    writer = tr.MetricsWriter(tmp_path)  # a resumed run keeps the history
+    assert [r["step"] for r in writer.rows] == [1, 2, 3]
+    writer.rewind(2)
+    writer.write({"step": 3, "loss": 0.5, "val_loss": 0.7})
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert rows == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}, {"step": 3, "loss": 0.5, "val_loss": 0.7}]
+    with open(tmp_path / "metrics.csv") as f:
+        assert [r["val_loss"] for r in csv.DictReader(f)] == ["", "", "0.7"]
+    assert tr.MetricsWriter(tmp_path, start_step=0).rows == []  # a new run starts a new log
+    assert open(tmp_path / "metrics.jsonl").read() == "" and open(tmp_path / "metrics.csv").read() == ""
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        f.write('{"step": 1}\nnot json\n{"step": 3}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl, line 2: not JSON"):
+        tr.MetricsWriter(tmp_path)
 
 
 def test_apply_network_and_count_params():

@@ -8,11 +8,10 @@ backend    cells                  what it is
 =========  =====================  ===============================================
 "scan"     lstm, gru, rnn         the reference: ``lax.scan`` + autodiff
 "fused"    lstm (plain)           hand-written VJP, blocked gradient GEMMs (``fused.py``)
-"pallas"   lstm (plain)           Pallas forward kernel + the fused backward
+"pallas"   lstm (plain)           Pallas forward kernel per platform + the fused backward
 "native"   lstm (plain, float32)  C++ time loop through XLA's FFI, CPU (``native.py``)
-"cudnn"    lstm (plain, float32)  ``jax.experimental.rnn`` on NVIDIA GPUs
-"auto"     all                    "native" on CPU where it applies and is built,
-                                  else "fused" where it applies, else "scan"
+"cudnn"    lstm (plain, float32)  ``jax.experimental.rnn`` when lowered for ``cuda``
+"auto"     all                    per platform, see below; "scan" for other cells
 =========  =====================  ===============================================
 
 "Plain" means no peepholes, layer norm or projection. Rules for a variant a
@@ -22,24 +21,24 @@ backend does not implement:
 * ``"fused"``, ``"pallas"`` and ``"native"`` raise ``ValueError`` at trace
   time (``"native"`` also off CPU, for non-float32 parameters or compute dtype,
   and when its C++ extension was not built).
-* ``"cudnn"`` warns (``RuntimeWarning``) and runs ``"scan"``: it also falls back
-  off GPU, for non-float32 compute, for recurrent dropout and under ``vmap``.
+* ``"cudnn"`` warns (``RuntimeWarning``) and runs ``"scan"``: also for
+  non-float32 compute, recurrent dropout, ``vmap``, a jaxlib without its CUDA
+  plugin, and on platforms other than ``cuda``.
 * A cell kind outside a backend's list (e.g. ``gru`` with ``"fused"``) raises
   ``ValueError`` in :func:`select_layer`.
 
-On CPU, ``"auto"`` picks ``"native"`` for the plain float32 LSTM with
-``hidden <= AUTO_NATIVE_MAX_HIDDEN`` (256) when the extension is built (else it
-logs once why not and uses ``"fused"``). Measured interleaved against
-``"fused"`` on the four CPU targets (2-core Xeon, load average 10-13,
-``lstm_jax/kernels/TIMINGS.md``): training 1.49x, 1.30x, 1.16x at H = 64, 256,
-128, inference 3.2x, 1.5x, 1.3x; at (B, T, I, H) = (128, 64, 256, 512) training
-was 0.84x (inference 1.04x), so wider layers stay on ``"fused"``. Otherwise
-``"auto"`` picks ``"fused"``: it was measured faster than
-``"scan"`` for training steps and inference on CPU, and (since its forward
-computes the input projection inside the loop) also faster than running it in
-blocks of 16 steps (``lstm_jax/kernels/TIMINGS.md``). cuDNN
-and Pallas were not measured (no GPU was available), so ``"auto"`` never
-picks them.
+Kernels are chosen per platform when the call is lowered, not from
+``jax.default_backend()`` (``lstm_jax.kernels.dispatch``). For the plain LSTM
+``"auto"`` runs ``dispatch.AUTO_LSTM[platform]`` where that kernel supports
+the call, else ``"fused"``: on CPU ``"fused"`` (``"native"`` is registered as
+``dispatch.KERNELS["native"]`` and declines H > ``native.AUTO_NATIVE_MAX_HIDDEN``
+and an unbuilt extension, but is not the CPU default: measured under heavy load
+it was consistently faster than ``"fused"`` only at H = 64, and ``jax.export``
+refuses its custom calls; ``lstm_jax/kernels/TIMINGS.md``). ``"fused"`` was
+measured faster than ``"scan"`` for training and inference. On
+``cuda`` cuDNN, on ``tpu`` the Pallas TPU kernel. The GPU and TPU choices are
+by design, not measured (no GPU or TPU was available); the Pallas GPU kernel is
+never picked by ``"auto"``.
 
 ``remat`` (False, True or a block size) wraps the chosen layer in
 :func:`lstm_jax.kernels.remat.remat_layer`.
@@ -51,16 +50,14 @@ import functools
 from typing import Any, Callable, Optional, Union
 
 from lstm_jax.kernels.cudnn import cudnn_lstm_layer
+from lstm_jax.kernels.dispatch import auto_lstm_layer
 from lstm_jax.kernels.fused import fused_lstm_layer, unsupported_variant
-from lstm_jax.kernels.native import log_unavailable_once, native_lstm_layer, native_unsupported
+from lstm_jax.kernels.native import native_lstm_layer
 from lstm_jax.kernels.pallas import pallas_lstm_layer
 from lstm_jax.kernels.remat import check_remat, remat_layer
 from lstm_jax.scan import scan_layer
 
 __all__ = ["BACKENDS", "select_layer"]
-
-# "auto" uses "native" up to this hidden size (measured; see the module docstring)
-AUTO_NATIVE_MAX_HIDDEN = 256
 
 # backend name -> cell kinds it implements
 BACKENDS: dict[str, tuple[str, ...]] = {
@@ -79,15 +76,18 @@ _LSTM_KERNELS = {
 }
 
 
+# keywords every kernel takes; any other (e.g. per-step resets or masks) that is
+# not None sends the call to "scan", the one implementation that has them all
+_KERNEL_KEYWORDS = ("seq_lengths", "reverse", "recurrent_mask", "unroll", "time_major")
+
+
 def _auto_lstm_layer(cell, weights: Any, xs, *args, compute_dtype=None, **kwargs):
-    """``native`` (CPU), else ``fused`` where it applies; ``scan`` for the variants."""
-    if unsupported_variant(weights) is not None:
+    """``scan`` for peephole / layer-norm / projection or extra per-step options, else the platform's kernel."""
+    extra = {k for k, v in kwargs.items() if k not in _KERNEL_KEYWORDS and v is not None}
+    if unsupported_variant(weights) is not None or extra:
         return scan_layer(cell, weights, xs, *args, **kwargs)
-    if weights.w_hh.shape[0] <= AUTO_NATIVE_MAX_HIDDEN:
-        if native_unsupported(weights, xs, compute_dtype) is None:
-            return native_lstm_layer(cell, weights, xs, *args, compute_dtype=compute_dtype, **kwargs)
-        log_unavailable_once()
-    return fused_lstm_layer(cell, weights, xs, *args, compute_dtype=compute_dtype, **kwargs)
+    kwargs = {k: v for k, v in kwargs.items() if k in _KERNEL_KEYWORDS}
+    return auto_lstm_layer(cell, weights, xs, *args, compute_dtype=compute_dtype, **kwargs)
 
 
 def select_layer(

@@ -10,16 +10,27 @@ with gate order i, f, g, o (ours and cuDNN's); our single bias ``b`` goes into
 ``b_ih`` and ``b_hh`` is zero. Reverse directions reverse each sequence's
 valid part before the call and the outputs after it, as ``scan.py`` does.
 
-Fallback: ``jax.experimental.rnn`` runs on NVIDIA GPUs only, in float32, with
-no peepholes, layer norm, projection or recurrent dropout, and has no ``vmap``
-rule. In every one of those cases this layer warns (``RuntimeWarning`` naming
-the reason) and runs :func:`lstm_jax.scan.scan_layer` instead, so results are
-never silently wrong. Not run on a GPU in this project (no GPU was available):
-only the weight conversion is tested, against ``jax.experimental.rnn.lstm_ref``.
+Where it runs: the cuDNN call is staged for the ``cuda`` platform only
+(:func:`lstm_jax.kernels.platform.per_platform`), decided when the call is
+lowered. ``backend="auto"`` runs it on ``cuda`` for the calls it supports
+(:func:`cudnn_unsupported`: plain LSTM, float32, no recurrent dropout, not
+under ``vmap``, and a jaxlib with its CUDA plugin, which
+``jax.experimental.rnn`` needs even to trace the call) and the fused kernel
+otherwise. ``jax.experimental.rnn``'s primitives get a sequential batching
+rule here (one call per mapped element), so ``vmap`` of a jitted caller works
+wherever the CUDA plugin is installed. ``backend="cudnn"`` runs it on ``cuda`` and ``scan`` on every
+other platform; where cuDNN cannot run the call, or the default backend is
+not a GPU, it warns (``RuntimeWarning`` naming the reason).
+
+Not run on a GPU in this project (no GPU was available): the weight
+conversion is tested against ``jax.experimental.rnn.lstm_ref`` on CPU, and the
+lowering for ``cuda`` (with the CUDA plugin's two trace-time helpers stubbed,
+since it is not installed here) is checked to contain cuDNN's custom call.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Optional
 
@@ -29,10 +40,11 @@ from jax import Array
 
 from lstm_jax.cells import Cell
 from lstm_jax.kernels.fused import unsupported_variant
+from lstm_jax.kernels.platform import per_platform, platform_only
 from lstm_jax.params import LSTMWeights
 from lstm_jax.scan import reverse_sequences, scan_layer
 
-__all__ = ["cudnn_lstm_layer", "to_cudnn_weights", "cudnn_unsupported"]
+__all__ = ["cudnn_lstm_layer", "cudnn_kernel_layer", "to_cudnn_weights", "cudnn_unsupported"]
 
 
 def to_cudnn_weights(weights: LSTMWeights) -> Array:
@@ -52,8 +64,58 @@ def to_cudnn_weights(weights: LSTMWeights) -> Array:
     )
 
 
-def cudnn_unsupported(weights, xs, recurrent_mask, compute_dtype) -> Optional[str]:
-    """Why cuDNN cannot run this call, or None."""
+def _cuda_rnn_available() -> bool:
+    """Whether jaxlib's cuDNN RNN bindings (from its CUDA plugin) are installed."""
+    try:
+        from jax._src.lib import gpu_rnn
+    except ImportError:
+        return False
+    return hasattr(gpu_rnn, "compute_rnn_workspace_reserve_space_sizes")
+
+
+def _loop_batching_rule(prim):
+    """A batching rule that binds ``prim`` once per element of the mapped axis (``lax.map``)."""
+
+    def rule(args, dims, **params):
+        mapped = [d is not None for d in dims]  # None: not mapped
+        moved = [jnp.moveaxis(a, d, 0) if m else a for a, d, m in zip(args, dims, mapped)]
+
+        def one(sliced):
+            it = iter(sliced)
+            return tuple(prim.bind(*[next(it) if m else a for a, m in zip(moved, mapped)], **params))
+
+        outs = jax.lax.map(one, [a for a, m in zip(moved, mapped) if m])
+        return outs, (0,) * len(outs)
+
+    return rule
+
+
+def _register_rnn_batching() -> None:
+    """jax.experimental.rnn has no vmap rule; ``vmap`` of a jitted caller reaches its
+    primitives in every ``platform_dependent`` branch, even off GPU. Give them a
+    sequential one (one cuDNN call per mapped element) where JAX has none."""
+    from jax._src.interpreters import batching
+    from jax.experimental import rnn
+
+    for prim in (rnn.rnn_fwd_p, rnn.rnn_bwd_p):
+        if prim not in batching.fancy_primitive_batchers:
+            batching.primitive_batchers[prim] = _loop_batching_rule(prim)
+
+
+_register_rnn_batching()
+
+
+def _under_vmap(x) -> bool:
+    # the fused kernel vmaps in parallel; cuDNN under vmap runs once per mapped element
+    from jax._src.interpreters import batching
+
+    return isinstance(x, batching.BatchTracer)
+
+
+def cudnn_unsupported(weights, xs, initial_carry=None, *, recurrent_mask=None,
+                      compute_dtype=None, time_major=False) -> Optional[str]:  # fmt: skip
+    """Why cuDNN cannot run this call, or None (decided at trace time, for any platform)."""
+    del initial_carry, time_major
     reason = unsupported_variant(weights)
     if reason is not None:
         return reason
@@ -63,12 +125,10 @@ def cudnn_unsupported(weights, xs, recurrent_mask, compute_dtype) -> Optional[st
         return f"only float32 is supported, got compute_dtype={jnp.dtype(compute_dtype).name}"
     if xs.dtype != jnp.float32 or weights.w_hh.dtype != jnp.float32:
         return "only float32 inputs and parameters are supported"
-    if jax.default_backend() not in ("gpu", "cuda"):
-        return f"it needs an NVIDIA GPU, the default backend is {jax.default_backend()!r}"
-    try:
-        from jax._src.lib import gpu_rnn  # noqa: F401
-    except ImportError:
-        return "this jaxlib has no cuDNN RNN support"
+    if _under_vmap(xs):
+        return "jax.experimental.rnn has no vmap rule (only a sequential one added here)"
+    if not _cuda_rnn_available():
+        return "this jaxlib has no cuDNN RNN support (its CUDA plugin is not installed)"
     return None
 
 
@@ -78,6 +138,80 @@ def _fallback(reason: str) -> None:
         RuntimeWarning,
         stacklevel=3,
     )
+
+
+_CUDNN = dict(num_layers=1, dropout=0.0, bidirectional=False, precision=jax.lax.Precision.HIGHEST)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _cudnn_lstm(input_size, hidden_size, xs, h0, c0, w, lengths):
+    """``jax.experimental.rnn.lstm``'s own VJP, with each half lowered for ``cuda`` only
+    (:func:`~lstm_jax.kernels.platform.platform_only`), so a multi-platform export works."""
+    return _cudnn_lstm_fwd(input_size, hidden_size, xs, h0, c0, w, lengths)[0]
+
+
+def _cudnn_lstm_fwd(input_size, hidden_size, xs, h0, c0, w, lengths):
+    from jax.experimental import rnn
+
+    def forward(xs, h0, c0, w, lengths):
+        return rnn.lstm_fwd(xs, h0, c0, w, lengths, input_size=input_size, hidden_size=hidden_size, **_CUDNN)
+
+    return platform_only("cuda", forward, xs, h0, c0, w, lengths)
+
+
+def _cudnn_lstm_bwd(input_size, hidden_size, residuals, cotangents):
+    from jax.experimental import rnn
+
+    def backward(residuals, cotangents):
+        return rnn.lstm_bwd(input_size, hidden_size, _CUDNN["num_layers"], _CUDNN["dropout"],
+                            _CUDNN["bidirectional"], _CUDNN["precision"], residuals, cotangents)[:4]  # fmt: skip
+
+    return (*platform_only("cuda", backward, residuals, cotangents), None)  # none for the lengths
+
+
+_cudnn_lstm.defvjp(_cudnn_lstm_fwd, _cudnn_lstm_bwd)
+
+
+def cudnn_kernel_layer(
+    cell: Cell,
+    weights: LSTMWeights,
+    xs: Array,
+    initial_carry: tuple[Array, Array],
+    *,
+    seq_lengths: Optional[Array] = None,
+    reverse: bool = False,
+    recurrent_mask: Optional[Array] = None,
+    unroll: int = 1,
+    time_major: bool = False,
+    compute_dtype=None,
+) -> tuple[Array, tuple[Array, Array]]:
+    """The cuDNN call itself, for a call :func:`cudnn_unsupported` accepts; lowers for ``cuda`` only.
+
+    Arguments as :func:`lstm_jax.scan.scan_layer`; ``unroll`` and
+    ``compute_dtype`` (float32 only) have no effect.
+    """
+    del cell, unroll, compute_dtype
+    if recurrent_mask is not None:
+        raise ValueError("cuDNN's LSTM has no recurrent mask; use backend='fused'.")
+    if time_major:
+        xs = jnp.swapaxes(xs, 0, 1)  # [B, T, I]: cuDNN's wrapper is batch-first
+    batch, steps, inputs = xs.shape
+    hidden = weights.w_hh.shape[0]
+    lengths = (
+        jnp.full((batch,), steps, jnp.int32) if seq_lengths is None else seq_lengths.astype(jnp.int32)
+    )
+    if reverse:
+        xs = jnp.swapaxes(reverse_sequences(jnp.swapaxes(xs, 0, 1), seq_lengths), 0, 1)
+    h0, c0 = initial_carry
+    ys, h, c = _cudnn_lstm(inputs, hidden, xs, h0[None], c0[None], to_cudnn_weights(weights), lengths)
+    if seq_lengths is not None:  # cuDNN leaves padding unspecified; ours is exact zeros
+        keep = jnp.arange(steps)[None, :] < lengths[:, None]  # [B, T]
+        ys = jnp.where(keep[:, :, None], ys, jnp.zeros_like(ys))
+    if reverse:
+        ys = jnp.swapaxes(reverse_sequences(jnp.swapaxes(ys, 0, 1), seq_lengths), 0, 1)
+    if time_major:
+        ys = jnp.swapaxes(ys, 0, 1)
+    return ys, (h[0], c[0])
 
 
 def cudnn_lstm_layer(
@@ -93,46 +227,27 @@ def cudnn_lstm_layer(
     time_major: bool = False,
     compute_dtype=None,
 ) -> tuple[Array, tuple[Array, Array]]:
-    """One LSTM layer on cuDNN; arguments as :func:`lstm_jax.scan.scan_layer`.
+    """``backend="cudnn"``: cuDNN on ``cuda``, ``scan`` elsewhere; arguments as :func:`lstm_jax.scan.scan_layer`.
 
-    Falls back to ``scan_layer`` with a ``RuntimeWarning`` where cuDNN cannot run
-    it (see the module docstring).
+    Warns (``RuntimeWarning``) where cuDNN cannot run the call (then ``scan``
+    runs on every platform) or where the default backend is not a GPU.
     """
-    kwargs = dict(
-        seq_lengths=seq_lengths, reverse=reverse, recurrent_mask=recurrent_mask,
-        unroll=unroll, time_major=time_major,
-    )  # fmt: skip
-    reason = cudnn_unsupported(weights, xs, recurrent_mask, compute_dtype)
-    if reason is not None:
-        _fallback(reason)
-        return scan_layer(cell, weights, xs, initial_carry, **kwargs)
-    from jax.experimental import rnn
-
-    original = xs
-    if time_major:
-        xs = jnp.swapaxes(xs, 0, 1)  # [B, T, I]: cuDNN's wrapper is batch-first
-    batch, steps, inputs = xs.shape
-    hidden = weights.w_hh.shape[0]
-    lengths = (
-        jnp.full((batch,), steps, jnp.int32) if seq_lengths is None else seq_lengths.astype(jnp.int32)
+    kwargs = dict(reverse=reverse, unroll=unroll, time_major=time_major)
+    reason = cudnn_unsupported(
+        weights, xs, recurrent_mask=recurrent_mask, compute_dtype=compute_dtype
     )
-    if reverse:
-        xs = jnp.swapaxes(reverse_sequences(jnp.swapaxes(xs, 0, 1), seq_lengths), 0, 1)
-    h0, c0 = initial_carry
-    try:
-        ys, h, c = rnn.lstm(
-            xs, h0[None], c0[None], to_cudnn_weights(weights), lengths,
-            input_size=inputs, hidden_size=hidden, num_layers=1, dropout=0.0,
-            bidirectional=False, precision=jax.lax.Precision.HIGHEST,
-        )  # fmt: skip
-    except NotImplementedError as error:  # e.g. no batching rule under vmap
-        _fallback(f"jax.experimental.rnn raised: {error}")
-        return scan_layer(cell, weights, original, initial_carry, **kwargs)
-    if seq_lengths is not None:  # cuDNN leaves padding unspecified; ours is exact zeros
-        keep = jnp.arange(steps)[None, :] < lengths[:, None]  # [B, T]
-        ys = jnp.where(keep[:, :, None], ys, jnp.zeros_like(ys))
-    if reverse:
-        ys = jnp.swapaxes(reverse_sequences(jnp.swapaxes(ys, 0, 1), seq_lengths), 0, 1)
-    if time_major:
-        ys = jnp.swapaxes(ys, 0, 1)
-    return ys, (h[0], c[0])
+    if reason is None and jax.default_backend() != "gpu":
+        reason = f"cuDNN runs only where this is lowered for cuda; the default backend is {jax.default_backend()!r}"
+        _fallback(reason)
+    elif reason is not None:
+        _fallback(reason)
+        return scan_layer(cell, weights, xs, initial_carry, seq_lengths=seq_lengths,
+                          recurrent_mask=recurrent_mask, **kwargs)  # fmt: skip
+
+    def scan_branch(weights, xs, initial_carry, seq_lengths):
+        return scan_layer(cell, weights, xs, initial_carry, seq_lengths=seq_lengths, **kwargs)
+
+    def cudnn_branch(weights, xs, initial_carry, seq_lengths):
+        return cudnn_kernel_layer(cell, weights, xs, initial_carry, seq_lengths=seq_lengths, **kwargs)
+
+    return per_platform((weights, xs, initial_carry, seq_lengths), {"cuda": cudnn_branch}, scan_branch)

@@ -102,7 +102,22 @@ class Residuals(NamedTuple):
 
 
 def _index(stack: Array, t) -> Array:
-    return jax.lax.dynamic_index_in_dim(stack, t, keepdims=False)
+    """``stack[t]`` as a ``gather`` (XLA turns it into the same dynamic slice).
+
+    Not ``lax.dynamic_index_in_dim``: when the loops run under ``vmap`` (eager
+    ``jax.hessian``, ``jacrev``), XLA rewrites the batched reads into
+    instructions named ``dynamic-slice.N`` next to JAX's ``dynamic_slice.N``;
+    XLA:CPU's fusion emitter maps both to one LLVM function name and fails
+    with "RET_CHECK failure ... fusion_compiler.cc ... Failed to translate
+    module to LLVM IR". Gathers get XLA's names only.
+    """
+    dnums = jax.lax.GatherDimensionNumbers(
+        offset_dims=tuple(range(stack.ndim - 1)), collapsed_slice_dims=(0,), start_index_map=(0,)
+    )
+    index = jnp.reshape(t, (1,)).astype(jnp.int32)
+    return jax.lax.gather(
+        stack, index, dnums, (1,) + stack.shape[1:], mode=jax.lax.GatherScatterMode.CLIP
+    )
 
 
 def _write(stack: Array, value: Array, t) -> Array:
@@ -196,7 +211,9 @@ def _backward(w_ih, w_hh, xs, h0, mask, valid, ys, saved: Residuals, dys, dh, dc
     cd = compute_dtype or dtype
     w_t = jnp.transpose(w_hh).astype(cd)  # [4H, R], transposed once outside the loops
     w_ih_t = jnp.transpose(w_ih).astype(cd)  # [4H, I]
-    steps, batch = ys.shape[:2]
+    steps, batch, outputs = ys.shape
+    inputs = xs.shape[-1]
+    gates = w_hh.shape[-1]
     block = min(BLOCK, steps)
     with_mask = mask is not None
 
@@ -241,8 +258,8 @@ def _backward(w_ih, w_hh, xs, h0, mask, valid, ys, saved: Residuals, dys, dh, dc
             unroll=unroll,
         )  # fmt: skip
         dw_ih, db, dw_hh, dxs = grads
-        dz = dz_block[:size].reshape(size * batch, -1)  # [rows, 4H]
-        x_rows = jax.lax.dynamic_slice_in_dim(xs, start, size).reshape(size * batch, -1)
+        dz = dz_block[:size].reshape(size * batch, gates)  # [rows, 4H]
+        x_rows = jax.lax.dynamic_slice_in_dim(xs, start, size).reshape(size * batch, inputs)
         # h_{t-1} for the block's first step is ys[start - 1] or h0; for the rest it is
         # ys[t - 1] wherever dz_t != 0 (ragged steps past a sequence's end have dz = 0)
         h_first = _h_prev(ys, h0, start)  # [B, R]
@@ -250,14 +267,13 @@ def _backward(w_ih, w_hh, xs, h0, mask, valid, ys, saved: Residuals, dys, dh, dc
         if size > 1:
             h_rest = jax.lax.dynamic_slice_in_dim(ys, start, size - 1)  # [size - 1, B, R]
             h_rest = h_rest if mask is None else h_rest * mask[None]
-            dw_hh = dw_hh + gemm(h_rest.reshape((size - 1) * batch, -1).T, dz[batch:])
+            dw_hh = dw_hh + gemm(h_rest.reshape((size - 1) * batch, outputs).T, dz[batch:])
         dw_ih = dw_ih + gemm(x_rows.T, dz)
         db = db + jnp.sum(dz, axis=0)
-        dx = gemm(dz, w_ih_t).reshape(size, batch, -1)
+        dx = gemm(dz, w_ih_t).reshape(size, batch, inputs)
         dxs = jax.lax.dynamic_update_slice_in_dim(dxs, dx, start, 0)
         return dh, dc, dm, dz_block, (dw_ih, db, dw_hh, dxs)
 
-    gates = 4 * saved.i.shape[-1]
     grads = (
         jnp.zeros(w_ih.shape, dtype), jnp.zeros((gates,), dtype), jnp.zeros(w_hh.shape, dtype),
         *_stacks(1, xs.shape, dtype, 8.0),

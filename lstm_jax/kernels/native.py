@@ -45,10 +45,23 @@ from jax import Array
 from lstm_jax.cells import Cell, lstm_pointwise
 from lstm_jax.kernels.fused import _recurrence as fused_recurrence
 from lstm_jax.kernels.fused import unsupported_variant
+from lstm_jax.kernels.platform import platform_only
 from lstm_jax.params import LSTMWeights
 from lstm_jax.scan import over_time
 
-__all__ = ["native_lstm_layer", "native_unsupported", "native_unavailable", "native_isa"]
+__all__ = [
+    "AUTO_NATIVE_MAX_HIDDEN",
+    "native_auto_unsupported",
+    "native_isa",
+    "native_kernel_layer",
+    "native_lstm_layer",
+    "native_unavailable",
+    "native_unsupported",
+]
+
+# where "auto" runs "native" on CPU (dispatch.AUTO_LSTM), it does so up to this
+# hidden size: training at H = 512 measured slower than "fused" (TIMINGS.md)
+AUTO_NATIVE_MAX_HIDDEN = 256
 
 _LOG = logging.getLogger(__name__)
 _MODULE = "lstm_jax._lstm_native"
@@ -105,13 +118,36 @@ def native_isa() -> Optional[str]:
 @functools.lru_cache(maxsize=None)
 def log_unavailable_once() -> None:
     """Log (once per process) why ``backend="auto"`` does not use the native kernels."""
-    reason = native_unavailable()
+    reason = _library()[1]
     if reason is not None:
         _LOG.info("lstm_jax: backend='auto' uses 'fused' instead of 'native': %s", reason)
 
 
-def native_unsupported(weights: Any, xs: Array, compute_dtype=None) -> Optional[str]:
-    """Why ``native_lstm_layer`` cannot run these arguments, or None if it can."""
+def native_unsupported(weights: Any, xs: Array, compute_dtype=None, *, platform=True) -> Optional[str]:
+    """Why ``native_lstm_layer`` cannot run these arguments, or None if it can.
+
+    With ``platform=False`` the default backend is not checked (the dispatcher
+    picks kernels per platform at lowering time).
+    """
+    reason = _unsupported_arguments(weights, xs, compute_dtype)
+    if reason is not None:
+        return reason
+    return native_unavailable() if platform else _library()[1]
+
+
+def native_auto_unsupported(weights, xs, initial_carry, *, recurrent_mask, compute_dtype,
+                            time_major) -> Optional[str]:  # fmt: skip
+    """Why ``"auto"`` does not run ``"native"`` on CPU for this call (``dispatch.Kernel``)."""
+    del initial_carry, recurrent_mask, time_major
+    if weights.w_hh.shape[0] > AUTO_NATIVE_MAX_HIDDEN:
+        return f"hidden size {weights.w_hh.shape[0]} > {AUTO_NATIVE_MAX_HIDDEN}"
+    reason = native_unsupported(weights, xs, compute_dtype, platform=False)
+    if reason is not None and _unsupported_arguments(weights, xs, compute_dtype) is None:
+        log_unavailable_once()
+    return reason
+
+
+def _unsupported_arguments(weights: Any, xs: Array, compute_dtype) -> Optional[str]:
     reason = unsupported_variant(weights)
     if reason is not None:
         return reason
@@ -121,15 +157,16 @@ def native_unsupported(weights: Any, xs: Array, compute_dtype=None) -> Optional[
         return f"it computes in float32 only, got compute_dtype={jnp.dtype(compute_dtype)}"
     if not jnp.issubdtype(xs.dtype, jnp.floating):
         return f"xs must be floating point, got {xs.dtype}"
-    return native_unavailable()
+    return None
 
 
 def _ffi(target: str, results, *args, aliases=None):
+    """The custom call, lowered for CPU only (inside "auto"'s CPU branch of a multi-platform export)."""
     _library()  # registers the targets
     call = jax.ffi.ffi_call(
         target, results, vmap_method="broadcast_all", input_output_aliases=aliases or {}
     )
-    return call(*args)
+    return platform_only("cpu", call, *args)
 
 
 def _optional(mask: Optional[Array], dtype) -> Array:
@@ -294,10 +331,19 @@ def native_lstm_layer(
     >>> ys.shape
     (2, 5, 4)
     """
-    del cell, unroll
     reason = native_unsupported(weights, xs, compute_dtype)
     if reason is not None:
         raise ValueError(f"backend='native': {reason}; use backend='auto' or 'fused'.")
+    return native_kernel_layer(
+        cell, weights, xs, initial_carry, seq_lengths=seq_lengths, reverse=reverse,
+        recurrent_mask=recurrent_mask, unroll=unroll, time_major=time_major,
+    )  # fmt: skip
+
+
+def native_kernel_layer(cell, weights, xs, initial_carry, *, seq_lengths=None, reverse=False,
+                        recurrent_mask=None, unroll=1, time_major=False, compute_dtype=None):  # fmt: skip
+    """:func:`native_lstm_layer` without its checks (the dispatcher made them)."""
+    del cell, unroll, compute_dtype
     h0, c0 = (jnp.asarray(a, jnp.float32) for a in initial_carry)
     mask = None if recurrent_mask is None else jnp.asarray(recurrent_mask, jnp.float32)
 

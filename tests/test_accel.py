@@ -1,0 +1,344 @@
+"""Accelerator paths checked on CPU: lowering-time dispatch, cuDNN, the Pallas kernels.
+
+No GPU or TPU is available here. Lowering for ``cuda`` / ``tpu`` runs on this
+machine (``jit(f).trace(...).lower(lowering_platforms=...)`` and
+``jax.export``), including the Pallas Mosaic TPU and GPU lowerings; the TPU
+kernel's numerics run in Pallas interpret mode.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import export
+
+import lstm_jax as lj
+from lstm_jax.kernels import dispatch
+
+B, T, I, H = 4, 6, 5, 8
+LENGTHS = jnp.array([6, 3, 1, 5], jnp.int32)
+
+
+def custom_calls(text: str) -> set[str]:
+    """Custom-call targets in StableHLO text (pretty and generic forms)."""
+    found = re.findall(r'custom_call @([\w$.]+)|call_target_name = "([\w$.]+)"', text)
+    return {a or b for a, b in found}
+
+
+def lowered_calls(fn, *args, platform: str) -> set[str]:
+    return custom_calls(jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text())
+
+
+@pytest.fixture
+def stub_cuda_rnn(monkeypatch):
+    """Stand in for jaxlib's CUDA plugin, which is not installed here.
+
+    ``jax.experimental.rnn`` asks the plugin for cuDNN's workspace sizes while
+    tracing and for an opaque descriptor while lowering; both are stubbed, so
+    lowering for ``cuda`` emits the real cuDNN custom calls (never run here).
+    """
+    from jax._src.interpreters import mlir
+    from jax._src.lib import gpu_rnn
+    from jax.experimental import rnn
+
+    fake = types.SimpleNamespace(build_rnn_descriptor=lambda *args: b"stub")
+    monkeypatch.setattr(
+        gpu_rnn, "compute_rnn_workspace_reserve_space_sizes", lambda *args: (1024, 4096), raising=False
+    )
+    rules = mlir._platform_specific_lowerings["cuda"]
+    for prim, lowering in ((rnn.rnn_fwd_p, gpu_rnn._rnn_fwd_lowering), (rnn.rnn_bwd_p, gpu_rnn._rnn_bwd_lowering)):
+        monkeypatch.setitem(rules, prim, mlir.LoweringRuleEntry(functools.partial(lowering, fake, "cu"), False))
+
+
+def _network(num_layers=2, bidirectional=True, hidden=H, inputs=I, seed=0, **kwargs):
+    return lj.init_lstm(jax.random.key(seed), inputs, hidden, num_layers=num_layers,
+                        bidirectional=bidirectional, **kwargs)  # fmt: skip
+
+
+def _forward(backend="auto", **kwargs):
+    return lambda p, x, lengths: lj.lstm(p, x, seq_lengths=lengths, backend=backend, **kwargs)
+
+
+def _grad(backend="auto", **kwargs):
+    def loss(p, x, lengths):
+        ys, state = lj.lstm(p, x, seq_lengths=lengths, backend=backend, **kwargs)
+        return jnp.sum(ys * jnp.sin(ys)) + jnp.sum(state.h) + jnp.sum(state.c**2)
+
+    return jax.grad(loss, argnums=(0, 1))
+
+
+def _args(batch=B, steps=T, inputs=I, seed=1):
+    xs = jax.random.normal(jax.random.key(seed), (batch, steps, inputs))
+    lengths = jnp.minimum(jnp.arange(batch, dtype=jnp.int32) % steps + 1, steps)
+    return xs, lengths
+
+
+# ------------------------------------------------------------ 1. dispatch
+
+
+@pytest.mark.parametrize("make", [_forward, _grad], ids=["forward", "grad"])
+def test_auto_picks_kernel_per_platform_at_lowering(stub_cuda_rnn, make):
+    """One jitted function: cuDNN's custom calls on cuda, the Mosaic kernel on tpu, XLA on cpu."""
+    fn = make()
+    args = (_network(), *_args())
+    expected = {
+        "cpu": set(),
+        "cuda": {"cudnn_rnn_ffi"} | ({"cudnn_rnn_bwd_ffi"} if make is _grad else set()),
+        "tpu": {"tpu_custom_call"},
+    }
+    for platform, calls in expected.items():
+        assert lowered_calls(fn, *args, platform=platform) == calls, platform
+
+
+def test_auto_on_cpu_equals_fused_exactly(stub_cuda_rnn):
+    """The CPU branch is the fused kernel, bit for bit, though cuda and tpu branches are traced too."""
+    args = (_network(), *_args())
+    for make in (_forward, _grad):
+        got, ref = jax.jit(make("auto"))(*args), jax.jit(make("fused"))(*args)
+        for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_auto_without_cuda_plugin_runs_fused_on_cuda():
+    """This jaxlib has no CUDA plugin: jax.experimental.rnn cannot even be traced, so cuda gets fused."""
+    args = (_network(), *_args())
+    assert dispatch.KERNELS["cudnn"].unsupported(args[0].layers[0][0], args[1]) is not None
+    assert lowered_calls(_grad(), *args, platform="cuda") == set()
+
+
+def test_export_for_cpu_and_cuda_runs_here():
+    """A two-platform export carries the per-platform choice and runs on CPU like fused."""
+    args = (_network(), *_args())
+    exported = export.export(jax.jit(_forward()), platforms=["cpu", "cuda"])(*args)
+    assert exported.platforms == ("cpu", "cuda")
+    got = exported.call(*args)
+    np.testing.assert_allclose(got[0], jax.jit(_forward("fused"))(*args)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [_forward, _grad], ids=["forward", "grad"])
+def test_export_for_cpu_cuda_tpu(stub_cuda_rnn, make):
+    """One export for three platforms holds cuDNN's and the TPU kernel's calls (each lowered for
+    its platform only) and runs on CPU exactly like the fused kernel."""
+    args = (_network(), *_args())
+    checks = [export.DisabledSafetyCheck.custom_call(c) for c in ("cudnn_rnn_ffi", "cudnn_rnn_bwd_ffi")]
+    exported = export.export(jax.jit(make()), platforms=["cpu", "cuda", "tpu"], disabled_checks=checks)(*args)
+    assert {"cudnn_rnn_ffi", "tpu_custom_call"} <= custom_calls(exported.mlir_module())
+    for a, b in zip(jax.tree_util.tree_leaves(exported.call(*args)),
+                    jax.tree_util.tree_leaves(jax.jit(make("fused"))(*args))):  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(recurrent_dropout=0.3, key=jax.random.key(0)), dict(compute_dtype=jnp.bfloat16)],
+    ids=["recurrent_dropout", "bf16"],
+)
+def test_auto_routes_calls_cudnn_cannot_run_to_fused(stub_cuda_rnn, kwargs):
+    assert lowered_calls(_grad(**kwargs), _network(), *_args(), platform="cuda") == set()
+
+
+def test_auto_under_vmap_avoids_cudnn(stub_cuda_rnn):
+    """jax.experimental.rnn has no batching rule; under vmap cuda runs the fused kernel."""
+    params = _network(num_layers=1, bidirectional=False)
+    xs = jax.random.normal(jax.random.key(2), (2, B, T, I))
+    fn = jax.vmap(lambda x: lj.lstm(params, x)[0])
+    assert lowered_calls(fn, xs, platform="cuda") == set()
+    np.testing.assert_allclose(jax.jit(fn)(xs), jax.vmap(lambda x: lj.lstm(params, x, backend="scan")[0])(xs), atol=1e-5)
+
+
+def test_vmap_of_jitted_auto_with_cuda_plugin(stub_cuda_rnn):
+    """vmap of an already-jitted lj.lstm batches every platform branch, cuDNN's too: the
+    sequential batching rule added for jax.experimental.rnn keeps it working (and exact on CPU)."""
+    params = _network(num_layers=1, bidirectional=True)
+    xs = jax.random.normal(jax.random.key(2), (2, B, T, I))
+
+    def loss(p, x, backend):
+        inner = jax.jit(lambda x: lj.lstm(p, x, seq_lengths=LENGTHS, backend=backend)[0])
+        return jnp.sum(jax.vmap(inner)(x) ** 2)
+
+    grad = jax.grad(functools.partial(loss, backend="auto"))
+    assert {"cudnn_rnn_ffi", "cudnn_rnn_bwd_ffi"} <= lowered_calls(grad, params, xs, platform="cuda")
+    got = jax.jit(jax.value_and_grad(functools.partial(loss, backend="auto")))(params, xs)
+    ref = jax.jit(jax.value_and_grad(functools.partial(loss, backend="scan")))(params, xs)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-5)
+
+
+def test_auto_routes_unknown_per_step_options_to_scan(monkeypatch):
+    """A keyword the kernels lack (e.g. a future ``resets``) goes to scan when set, is dropped when None."""
+    from lstm_jax import kernels
+    from lstm_jax.cells import lstm_kind
+
+    seen = []
+    monkeypatch.setattr(kernels, "scan_layer", lambda *a, **kw: seen.append(kw) or "scan")
+    w, (xs, _) = _network(1, False).layers[0][0], _args()
+    carry = (jnp.zeros((B, H)), jnp.zeros((B, H)))
+    layer = kernels.select_layer("auto", "lstm")
+    assert layer(lstm_kind(), w, xs, carry, resets=jnp.zeros((B, T), bool)) == "scan"
+    assert "resets" in seen[0]
+    ys, _ = layer(lstm_kind(), w, xs, carry, resets=None)
+    assert ys.shape == (B, T, H) and len(seen) == 1
+
+
+def test_auto_peephole_is_scan_on_every_platform(stub_cuda_rnn):
+    params = _network(peephole=True)
+    for platform in ("cuda", "tpu"):
+        assert lowered_calls(_forward(), params, *_args(), platform=platform) == set()
+
+
+# ------------------------------------------------------------ 3. the TPU kernel
+
+
+@pytest.fixture
+def small_tpu_tiles(monkeypatch):
+    """Blocks of 4 steps and batch tiles of 8 rows, so tiny shapes span several of each."""
+    from lstm_jax.kernels import pallas_tpu
+
+    monkeypatch.setattr(pallas_tpu, "TIME_BLOCKS", (4,))
+    monkeypatch.setattr(pallas_tpu, "MAX_BATCH_TILE", 8)
+    monkeypatch.setattr(pallas_tpu, "BATCH_TILE", 8)
+
+
+def _layer_grads(layer, w, xs, h0, c0, mask, lengths, reverse, **kwargs):
+    from lstm_jax.cells import lstm_kind
+
+    def loss(w, xs, h0, c0, mask):
+        ys, (h, c) = layer(lstm_kind(), w, xs, (h0, c0), seq_lengths=lengths, reverse=reverse,
+                           recurrent_mask=mask, **kwargs)  # fmt: skip
+        return jnp.sum(ys * jnp.sin(ys)) + jnp.sum(1.3 * h) + jnp.sum(c * c), (ys, h, c)
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))(w, xs, h0, c0, mask)
+
+
+@pytest.mark.parametrize("reverse, ragged, masked", [(False, False, False), (True, True, True)])
+def test_tpu_kernel_interpret_matches_scan(small_tpu_tiles, reverse, ragged, masked):
+    """12 sequences (2 batch tiles after padding to 16), 11 steps (3 time blocks, padded), H=6 (padded to 128)."""
+    from jax._src.pallas.mosaic.interpret import interpret_pallas_call
+    from jax.experimental.pallas import tpu as pltpu
+
+    from lstm_jax.kernels.pallas import pallas_lstm_layer
+    from lstm_jax.scan import scan_layer
+
+    batch, steps, hidden = 12, 11, 6
+    keys = jax.random.split(jax.random.key(3), 5)
+    w = lj.init_lstm(keys[0], I, hidden).layers[0][0]
+    xs = jax.random.normal(keys[1], (batch, steps, I))
+    h0, c0 = (jax.random.normal(k, (batch, hidden)) for k in keys[2:4])
+    mask = jax.random.bernoulli(keys[4], 0.7, (batch, hidden)).astype(jnp.float32) / 0.7
+    lengths = jnp.array([11, 3, 1, 5, 7, 11, 2, 4, 9, 10, 6, 8], jnp.int32) if ragged else None
+    args = (w, xs, h0, c0, mask if masked else None, lengths, reverse)
+    pltpu.reset_tpu_interpret_mode_state()
+    params = pltpu.InterpretParams(detect_races=True, num_cores_or_threads=2)
+    got = _layer_grads(functools.partial(pallas_lstm_layer, interpret=params), *args)
+    assert interpret_pallas_call.races is not None and not interpret_pallas_call.races.races_found
+    ref = _layer_grads(scan_layer, *args)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
+
+
+def test_tpu_plan_and_vmem_limit():
+    from lstm_jax.kernels import pallas_tpu
+
+    p = pallas_tpu.plan(8, 2048, 768, 4)
+    assert (p.batch, p.hidden, p.time_block) == (8, 768, 32) and p.vmem_bytes <= pallas_tpu.VMEM_BUDGET
+    assert pallas_tpu.plan(300, 10, 100, 4)[:5] == (384, 128, 10, 128, 2)  # 128-row tiles, no padded steps
+    assert pallas_tpu.plan(8, 10, 2048, 4) is None  # w_hh alone is 64 MiB
+    w = lj.init_lstm(jax.random.key(0), 4, 2048).layers[0][0]
+    reason = pallas_tpu.tpu_unsupported(w, jnp.zeros((8, 10, 4)))
+    assert "VMEM_BUDGET = 32 MiB" in reason and "hidden size 2048" in reason
+
+
+def test_tpu_too_big_for_vmem_auto_falls_back_pallas_raises_on_tpu_only():
+    params = lj.init_lstm(jax.random.key(0), 4, 2048)
+    xs = jnp.zeros((8, 3, 4))
+
+    def lower(backend, platform="tpu"):
+        fn = jax.jit(lambda p, x: lj.lstm(p, x, backend=backend))
+        return fn.trace(params, xs).lower(lowering_platforms=(platform,))
+
+    assert custom_calls(lower("auto").as_text()) == set()
+    with pytest.raises(ValueError, match="backend='pallas' on TPU: hidden size 2048 needs at least .* VMEM_BUDGET"):
+        lower("pallas")
+    # raised when lowered for TPU only: the same function still lowers for cuda
+    assert custom_calls(lower("pallas", "cuda").as_text()) == {"__gpu$xla.gpu.triton"}
+
+
+def _export_tpu(shape, grad):
+    batch, steps, inputs, hidden = shape
+    params = lj.init_lstm(jax.random.key(0), inputs, hidden)
+    xs = jax.ShapeDtypeStruct((batch, steps, inputs), jnp.float32)
+    lengths = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    fn = _grad("pallas") if grad else _forward("pallas")
+    exported = export.export(jax.jit(fn), platforms=["tpu"])(params, xs, lengths)
+    return custom_calls(exported.mlir_module())
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["forward", "grad"])
+def test_tpu_kernel_lowers_at_16x1024x256x256(grad):
+    assert _export_tpu((16, 1024, 256, 256), grad) == {"tpu_custom_call"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("grad", [False, True], ids=["forward", "grad"])
+def test_tpu_kernel_lowers_at_8x2048x512x768(grad):
+    assert _export_tpu((8, 2048, 512, 768), grad) == {"tpu_custom_call"}
+
+
+# ------------------------------------------------------------ 4. the GPU kernel
+
+
+def test_gpu_kernel_interpret_matches_scan():
+    """18 sequences (2 programs of 16 after padding), H=70 (2 chunks of 64 after padding), ragged, reverse, mask."""
+    from lstm_jax.kernels.pallas_gpu import gpu_forward
+    from lstm_jax.kernels.shared import projected, shared_vjp_layer
+    from lstm_jax.scan import scan_layer
+
+    batch, steps, hidden = 18, 3, 70
+    keys = jax.random.split(jax.random.key(4), 5)
+    w = lj.init_lstm(keys[0], I, hidden).layers[0][0]
+    xs = jax.random.normal(keys[1], (batch, steps, I))
+    h0, c0 = (jax.random.normal(k, (batch, hidden)) for k in keys[2:4])
+    mask = jax.random.bernoulli(keys[4], 0.7, (batch, hidden)).astype(jnp.float32) / 0.7
+    lengths = jnp.arange(batch, dtype=jnp.int32) % steps + 1
+    forward = projected(functools.partial(gpu_forward, interpret=True))
+
+    def layer(cell, w, xs, carry, **kwargs):
+        return shared_vjp_layer({None: forward}, w, xs, carry, **kwargs)
+
+    args = (w, xs, h0, c0, mask, lengths, True)
+    got, ref = _layer_grads(layer, *args), _layer_grads(scan_layer, *args)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
+
+
+def _lower_cuda(shape, grad):
+    batch, steps, inputs, hidden = shape
+    params = lj.init_lstm(jax.random.key(0), inputs, hidden)
+    xs = jax.ShapeDtypeStruct((batch, steps, inputs), jnp.float32)
+    lengths = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    fn = _grad("pallas") if grad else _forward("pallas")
+    return lowered_calls(fn, params, xs, lengths, platform="cuda")
+
+
+@pytest.mark.parametrize("shape", [(16, 1024, 256, 256), (64, 512, 128, 128)], ids=str)
+@pytest.mark.parametrize("grad", [False, True], ids=["forward", "grad"])
+def test_gpu_kernel_lowers_for_cuda(shape, grad):
+    """The Triton lowering runs here (the previous whole-sequence Mosaic GPU kernel failed at
+    (8, 16, 32, 64): 'Mosaic GPU kernel exceeds available shared memory')."""
+    assert _lower_cuda(shape, grad) == {"__gpu$xla.gpu.triton"}
+
+
+def test_gpu_kernel_sizes_it_cannot_serve_raise(monkeypatch):
+    from lstm_jax.kernels import pallas_gpu
+
+    with pytest.raises(ValueError, match=r"more than Triton's int32 offsets reach \(2147483647\)"):
+        _lower_cuda((16, 2**17, 8, 256), False)
+    monkeypatch.setattr(pallas_gpu, "MAX_SMEM_BYTES", 1000)
+    with pytest.raises(ValueError, match=r"bytes of shared memory, more than MAX_SMEM_BYTES = 1000"):
+        _lower_cuda((16, 8, 8, 64), False)
