@@ -61,6 +61,20 @@ class Config:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def matmul_flops(self, workload: str) -> int:
+        """The matmul FLOPs of one step (what a FLOP peak bounds; gate math not counted).
+
+        Forward: ``2 B T (I_l + H) 4H`` per layer and direction (``I_l`` is the
+        layer's input width). A training step adds two matmuls of the same size
+        per forward one (input gradients and weight gradients): 3x.
+        """
+        forward = 0
+        for layer in range(self.layers):
+            width = self.input if layer == 0 else self.directions * self.hidden
+            forward += 2 * self.batch * self.time * (width + self.hidden) * 4 * self.hidden
+        forward *= self.directions
+        return forward * (3 if workload == "train" else 1)
+
 
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -142,10 +156,12 @@ def full_grid() -> Grid:
 
 
 def targets_grid() -> Grid:
-    """The four training targets only, for lstm_jax[auto], Flax and PyTorch, with
-    more rounds than --quick (its few rounds per case leave ~10% noise here)."""
-    peers = ("lstm_jax[auto]", "flax_linen_optimized", "torch")
-    cases = [Case(c, "train", ("targets",), peers) for c in TARGETS]
+    """The four training targets (training and inference) only, for lstm_jax[auto],
+    [native] and [fused], Flax and PyTorch, with more rounds than --quick (its few
+    rounds per case leave ~10% noise here)."""
+    peers = ("lstm_jax[auto]", "lstm_jax[native]", "lstm_jax[fused]", "flax_linen_optimized",
+             "torch")  # fmt: skip
+    cases = [Case(c, w, ("targets",), peers) for c in TARGETS for w in ("train", "infer")]
     return Grid("targets", tuple(cases), repeats=25, min_repeats=7, budget_s=25.0)
 
 

@@ -107,6 +107,36 @@ def machine_slug() -> str:
     return f"cpu-{_slugify(cpu_model())}-{num_cores()}c"
 
 
+def measure_flop_peak(size: int = 2048, repeats: int = 7) -> float:
+    """This machine's float32 FLOP/s: the best of ``repeats`` jitted ``(size, size)`` GEMMs.
+
+    The best, not the median: the peak is what the machine can do when it is
+    not disturbed (it is shared); the per-case shares are relative to it.
+    """
+    import time
+
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    with jax.default_matmul_precision("float32"):
+        matmul = jax.jit(lambda x: x @ x)
+        jax.block_until_ready(matmul(a))
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(matmul(a))
+            best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best
+
+
+def load_average() -> Optional[list]:
+    """The 1, 5 and 15 minute load averages (None where the OS has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def run_info(argv: Optional[list] = None) -> dict:
     argv = sys.argv if argv is None else argv
     return {

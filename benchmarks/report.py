@@ -71,6 +71,13 @@ def _mib(value) -> str:
     return "" if value is None else f"{value / 2**20:.1f}"
 
 
+def _share(row: dict, peak: Optional[float]) -> str:
+    """The row's matmul FLOP rate as a percentage of the machine's peak."""
+    if not peak or not row.get("matmul_flops"):
+        return ""
+    return f"{100 * row['matmul_flops'] / row['median_s'] / peak:.1f}"
+
+
 def markdown(results: dict) -> str:
     rows = results["rows"]
     peers = _peer_order(results)
@@ -134,9 +141,21 @@ def markdown(results: dict) -> str:
         "the loss (train)."
     )
     lines.append("")
+    peak = results.get("flop_peak")
+    if peak:
+        load = results.get("load_average") or {}
+        lines.append("")
+        lines.append(
+            f"% peak: the step's matmul FLOPs (`Config.matmul_flops`: forward "
+            f"2·B·T·(I+H)·4H per layer and direction, training 3x) per median step time, "
+            f"over this machine's measured float32 peak of {peak / 1e9:.0f} GFLOP/s (a "
+            f"jitted 2048³ GEMM, best of 7, at the start of the run). Load average "
+            f"(1, 5, 15 min) at start {load.get('start')}, at end {load.get('end')}."
+        )
+        lines.append("")
     lines.append("| Config | Workload | Peer | Status | Median ms | IQR ms | Min–max ms | "
-                 "Tokens/s | Compile s | Memory MiB | Memory kind | Check Δ | Full Δ |")  # fmt: skip
-    lines.append("|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+                 "Tokens/s | % peak | Compile s | Memory MiB | Memory kind | Check Δ | Full Δ |")  # fmt: skip
+    lines.append("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for row in rows:
         ok = _ok(row)
         full = row.get("full_outputs_max_abs_diff", row.get("full_loss_rel_diff"))
@@ -147,6 +166,7 @@ def markdown(results: dict) -> str:
             f"{row['q1_s'] * 1e3:.3g}–{row['q3_s'] * 1e3:.3g}" if ok else "",
             f"{row['min_s'] * 1e3:.3g}–{row['max_s'] * 1e3:.3g}" if ok else "",
             f"{row['tokens_per_s']:,.0f}" if ok else "",
+            _share(row, peak) if ok else "",
             f"{row['compile_s']:.2f}" if row.get("compile_s") is not None else "",
             _mib(row.get("memory_bytes")),
             row.get("memory_kind", ""),

@@ -32,6 +32,7 @@ import numpy as np
 import lstm_jax as lj
 from benchmarks import peers as peers_lib
 from benchmarks.grid import Case, Config, Grid
+from benchmarks.machine import load_average, measure_flop_peak
 
 __all__ = ["TOLERANCES", "CHECK_BATCH", "CHECK_TIME", "make_inputs", "run"]
 
@@ -156,7 +157,7 @@ def _run_case(case: Case, peers: list, grid: Grid, checker: _Checker, seed: int,
     params, x, target = make_inputs(config, seed)
     rows, live = [], []  # live: (row, prepared)
     base = {"config": config.as_dict(), "label": config.label, "workload": workload,
-            "tags": list(case.tags)}  # fmt: skip
+            "tags": list(case.tags), "matmul_flops": config.matmul_flops(workload)}  # fmt: skip
 
     # Reference values at full size: the first step of lstm_jax[scan] in float32;
     # the timed scan peer's own first step when it runs this case in float32.
@@ -263,6 +264,10 @@ def run(
             log(f"peer {peer.name} unavailable: {reason}")
     checker = _Checker()
     rows = []
+    load_start = load_average()
+    flop_peak = measure_flop_peak()
+    log(f"float32 peak: {flop_peak / 1e9:.0f} GFLOP/s (jitted 2048^3 GEMM, best of 7); "
+        f"load average {load_start}")  # fmt: skip
     start, cpu_start = time.perf_counter(), _cpu_seconds()
     bar = tqdm(grid.cases, desc=f"benchmarks ({grid.name})", unit="case", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)  # fmt: skip
@@ -278,6 +283,8 @@ def run(
         "peers": peer_status,
         "rows": rows,
         "elapsed_s": time.perf_counter() - start,
+        "flop_peak": flop_peak,
+        "load_average": {"start": load_start, "end": load_average()},
         "cpu_s": _cpu_seconds() - cpu_start,
         "settings": {
             "seed": seed,

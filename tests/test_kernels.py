@@ -250,7 +250,7 @@ def test_dispatcher_errors():
     with pytest.raises(ValueError, match="remat must be False, True"):
         lj.lstm(lj.init_lstm(jax.random.key(0), I, H), jnp.ones((B, T, I)), remat=0.5)
     assert select_layer("auto", "gru") is scan_layer
-    assert set(BACKENDS) == {"scan", "fused", "pallas", "cudnn"}
+    assert set(BACKENDS) == {"scan", "fused", "pallas", "native", "cudnn"}
 
 
 def test_gru_rnn_auto_is_scan():

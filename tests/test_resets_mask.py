@@ -170,7 +170,7 @@ def test_unbatched_and_time_major_layouts():
     _assert_close((jnp.swapaxes(tm[0], 0, 1), tm[1]), (ys, h))
 
 
-@pytest.mark.parametrize("backend", ["fused", "pallas", "cudnn"])
+@pytest.mark.parametrize("backend", ["fused", "pallas", "native", "cudnn"])
 @pytest.mark.parametrize("name", ["resets", "mask"])
 def test_explicit_kernels_reject_resets_and_mask(backend, name):
     fn, params, xs, _ = _setup("lstm", 3, 7)

@@ -9,6 +9,7 @@ backend    cells                  what it is
 "scan"     lstm, gru, rnn         the reference: ``lax.scan`` + autodiff
 "fused"    lstm (plain)           hand-written VJP, blocked gradient GEMMs (``fused.py``)
 "pallas"   lstm (plain)           Pallas forward kernel per platform + the fused backward
+"native"   lstm (plain, float32)  C++ time loop through XLA's FFI, CPU (``native.py``)
 "cudnn"    lstm (plain, float32)  ``jax.experimental.rnn`` when lowered for ``cuda``
 "auto"     all                    per platform, see below; "scan" for other cells
 =========  =====================  ===============================================
@@ -18,11 +19,13 @@ backend does not implement:
 
 * ``"auto"`` routes it to ``"scan"`` silently (always correct), as it does
   calls with per-step ``resets`` or ``mask``.
-* ``"fused"`` and ``"pallas"`` raise ``ValueError`` at trace time.
+* ``"fused"``, ``"pallas"`` and ``"native"`` raise ``ValueError`` at trace
+  time (``"native"`` also off CPU, for non-float32 parameters or compute dtype,
+  and when its C++ extension was not built).
 * ``"cudnn"`` warns (``RuntimeWarning``) and runs ``"scan"``: also for
   non-float32 compute, recurrent dropout, ``vmap``, a jaxlib without its CUDA
   plugin, and on platforms other than ``cuda``.
-* ``resets`` or ``mask`` with ``"fused"``, ``"pallas"`` or ``"cudnn"`` raise
+* ``resets`` or ``mask`` with ``"fused"``, ``"pallas"``, ``"native"`` or ``"cudnn"`` raise
   ``ValueError`` at trace time.
 * A cell kind outside a backend's list (e.g. ``gru`` with ``"fused"``) raises
   ``ValueError`` in :func:`select_layer`.
@@ -30,8 +33,11 @@ backend does not implement:
 Kernels are chosen per platform when the call is lowered, not from
 ``jax.default_backend()`` (``lstm_jax.kernels.dispatch``). For the plain LSTM
 ``"auto"`` runs ``dispatch.AUTO_LSTM[platform]`` where that kernel supports
-the call, else ``"fused"``: on CPU ``"fused"`` (measured faster than
-``"scan"`` for training and inference, ``lstm_jax/kernels/TIMINGS.md``), on
+the call, else ``"fused"``: on CPU ``"fused"`` (``"native"`` is registered as
+``dispatch.KERNELS["native"]`` and declines H > ``native.AUTO_NATIVE_MAX_HIDDEN``
+and an unbuilt extension; ``lstm_jax/kernels/TIMINGS.md`` has the measurements
+that decide the CPU default; ``jax.export`` refuses its custom calls).
+``"fused"`` was measured faster than ``"scan"`` for training and inference. On
 ``cuda`` cuDNN (by design, not measured: no GPU was available), on ``tpu``
 ``"fused"``: the Pallas TPU kernel has been lowered for TPU but never compiled
 by libtpu nor run, so it is ``backend="pallas"`` until measured. Neither Pallas
@@ -49,6 +55,7 @@ from typing import Any, Callable, Optional, Union
 from lstm_jax.kernels.cudnn import cudnn_lstm_layer
 from lstm_jax.kernels.dispatch import auto_lstm_layer
 from lstm_jax.kernels.fused import fused_lstm_layer, unsupported_variant
+from lstm_jax.kernels.native import native_lstm_layer
 from lstm_jax.kernels.pallas import pallas_lstm_layer
 from lstm_jax.kernels.remat import check_remat, remat_layer
 from lstm_jax.scan import scan_layer
@@ -60,12 +67,14 @@ BACKENDS: dict[str, tuple[str, ...]] = {
     "scan": ("lstm", "gru", "rnn"),
     "fused": ("lstm",),
     "pallas": ("lstm",),
+    "native": ("lstm",),
     "cudnn": ("lstm",),
 }
 
 _LSTM_KERNELS = {
     "fused": fused_lstm_layer,
     "pallas": pallas_lstm_layer,
+    "native": native_lstm_layer,
     "cudnn": cudnn_lstm_layer,
 }
 

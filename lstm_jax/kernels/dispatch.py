@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple, Optional
 
 from lstm_jax.kernels.cudnn import cudnn_kernel_layer, cudnn_unsupported
+from lstm_jax.kernels.native import native_auto_unsupported, native_kernel_layer
 from lstm_jax.kernels.pallas import TPU_FORWARD
 from lstm_jax.kernels.pallas_tpu import tpu_unsupported
 from lstm_jax.kernels.platform import per_platform
@@ -47,10 +48,14 @@ class Kernel(NamedTuple):
 KERNELS: dict[str, Kernel] = {
     "fused": Kernel(forward=fused_forward),
     "cudnn": Kernel(layer=cudnn_kernel_layer, unsupported=cudnn_unsupported),
+    "native": Kernel(layer=native_kernel_layer, unsupported=native_auto_unsupported),
     "pallas_tpu": Kernel(forward=TPU_FORWARD, unsupported=tpu_unsupported),
 }
 
 # platform -> the kernel "auto" runs there (where that kernel supports the call).
+# CPU: "fused" or "native" (see the native section of TIMINGS.md for the
+# measurement that decides; "native"'s custom calls have no compatibility
+# guarantee, so jax.export of an "auto" LSTM on CPU needs disabled_checks with it).
 # cuDNN is chosen by design, not measured: no GPU or TPU was available to this
 # project (see lstm_jax/kernels/ACCELERATORS.md). It is JAX's own primitive, which
 # Keras also routes its JAX LSTM to. Our Pallas TPU kernel has been lowered for

@@ -1,0 +1,131 @@
+// Vector traits for the LSTM kernels: one struct per instruction set, each
+// with the same static interface (W lanes, loads/stores of the first n lanes,
+// arithmetic, exp). lstm_kernel.inc is written once against this interface and
+// compiled once per struct, inside a `#pragma GCC target` region
+// (lstm_native.cc), so no file is built with -march=native.
+#ifndef LSTM_JAX_SIMD_H_
+#define LSTM_JAX_SIMD_H_
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define LSTM_JAX_X86 1
+#endif
+
+namespace lstm_jax {
+
+// Portable C++: one lane.
+struct ScalarVec {
+  using T = float;
+  static constexpr int W = 1;
+  static constexpr int MR = 4;   // rows per forward register block
+  static constexpr int MRB = 4;  // rows per backward register block
+  static inline T zero() { return 0.f; }
+  static inline T set1(float x) { return x; }
+  static inline T loadn(const float* p, int) { return *p; }
+  static inline void storen(float* p, T v, int) { *p = v; }
+  static inline T fmadd(T a, T b, T c) { return a * b + c; }
+  static inline T add(T a, T b) { return a + b; }
+  static inline T sub(T a, T b) { return a - b; }
+  static inline T mul(T a, T b) { return a * b; }
+  static inline T div(T a, T b) { return a / b; }
+  static inline T exp(T x) { return std::exp(x); }
+};
+
+#ifdef LSTM_JAX_X86
+
+// Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-6
+// polynomial (relative error ~1e-7); inputs clamped to the float range.
+#define LSTM_JAX_EXP_POLY(V, x, n, r)                                      \
+  typename V::T p = V::set1(1.9875691500E-4f);                             \
+  p = V::fmadd(p, r, V::set1(1.3981999507E-3f));                           \
+  p = V::fmadd(p, r, V::set1(8.3334519073E-3f));                           \
+  p = V::fmadd(p, r, V::set1(4.1665795894E-2f));                           \
+  p = V::fmadd(p, r, V::set1(1.6666665459E-1f));                           \
+  p = V::fmadd(p, r, V::set1(5.0000001201E-1f));                           \
+  p = V::fmadd(V::mul(p, r), r, V::add(r, V::set1(1.f)));
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+struct Avx2Vec {
+  using T = __m256;
+  static constexpr int W = 8;
+  static constexpr int MR = 2;
+  static constexpr int MRB = 4;
+  static inline __m256i lanes(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static inline T zero() { return _mm256_setzero_ps(); }
+  static inline T set1(float x) { return _mm256_set1_ps(x); }
+  static inline T loadn(const float* p, int n) {
+    return n == W ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lanes(n));
+  }
+  static inline void storen(float* p, T v, int n) {
+    if (n == W) {
+      _mm256_storeu_ps(p, v);
+    } else {
+      _mm256_maskstore_ps(p, lanes(n), v);
+    }
+  }
+  static inline T fmadd(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static inline T add(T a, T b) { return _mm256_add_ps(a, b); }
+  static inline T sub(T a, T b) { return _mm256_sub_ps(a, b); }
+  static inline T mul(T a, T b) { return _mm256_mul_ps(a, b); }
+  static inline T div(T a, T b) { return _mm256_div_ps(a, b); }
+  static inline T exp(T x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, set1(-87.3f)), set1(88.3f));
+    T n = _mm256_round_ps(_mm256_mul_ps(x, set1(1.44269504088896341f)),
+                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    T r = _mm256_fnmadd_ps(n, set1(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, set1(-2.12194440e-4f), r);
+    LSTM_JAX_EXP_POLY(Avx2Vec, x, n, r)
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  }
+};
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,fma")
+struct Avx512Vec {
+  using T = __m512;
+  static constexpr int W = 16;
+  static constexpr int MR = 6;
+  static constexpr int MRB = 8;
+  static inline __mmask16 lanes(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
+  static inline T zero() { return _mm512_setzero_ps(); }
+  static inline T set1(float x) { return _mm512_set1_ps(x); }
+  static inline T loadn(const float* p, int n) {
+    return n == W ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(lanes(n), p);
+  }
+  static inline void storen(float* p, T v, int n) {
+    if (n == W) {
+      _mm512_storeu_ps(p, v);
+    } else {
+      _mm512_mask_storeu_ps(p, lanes(n), v);
+    }
+  }
+  static inline T fmadd(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  static inline T add(T a, T b) { return _mm512_add_ps(a, b); }
+  static inline T sub(T a, T b) { return _mm512_sub_ps(a, b); }
+  static inline T mul(T a, T b) { return _mm512_mul_ps(a, b); }
+  static inline T div(T a, T b) { return _mm512_div_ps(a, b); }
+  static inline T exp(T x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, set1(-87.3f)), set1(88.3f));
+    T n = _mm512_roundscale_ps(_mm512_mul_ps(x, set1(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    T r = _mm512_fnmadd_ps(n, set1(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, set1(-2.12194440e-4f), r);
+    LSTM_JAX_EXP_POLY(Avx512Vec, x, n, r)
+    return _mm512_scalef_ps(p, n);
+  }
+};
+#pragma GCC pop_options
+
+#endif  // LSTM_JAX_X86
+
+}  // namespace lstm_jax
+
+#endif  // LSTM_JAX_SIMD_H_

@@ -1,0 +1,358 @@
+"""An LSTM layer whose time loop is native CPU code (``backend="native"``).
+
+Same signature and semantics as :func:`lstm_jax.scan.scan_layer`, for the
+plain float32 LSTM on CPU. The C++ in ``csrc/`` is built into
+``lstm_jax/_lstm_native*.so`` by ``pip install`` (``setup.py``; optional: the
+install succeeds without a compiler) and called through XLA's FFI
+(``jax.ffi.ffi_call``), one custom call per layer-direction forward and one
+for its backward:
+
+* forward: the custom call runs the loop: per step ``x_t @ w_ih + b + h @ w_hh``
+  as one register-blocked AVX-512 (or AVX2, or portable) GEMM over
+  ``[w_ih; w_hh]`` packed once per call, the gate math in registers right
+  after it, the carry. For training it also saves the gate activations and
+  the carried cell state. (Projecting all steps' inputs in one XLA GEMM before
+  the loop measured ~3x slower for inference: the ``(T, B, 4H)`` array does
+  not stay in cache.)
+* backward (``jax.custom_vjp``): the custom call carries ``(dh, dc)``, writes
+  the gate gradients ``dz`` over the saved activations (aliased again) and
+  computes ``dz @ w_hh^T`` per step; XLA then computes ``dx = dz @ w_ih^T``,
+  ``dw_ih = x^T dz``, ``dw_hh = h_prev^T dz`` and ``db`` as single GEMMs.
+
+Both loops split the hidden units of every step across the threads of XLA's
+intra-op pool (one synchronisation per step); steps too small to split run on
+one thread. Under ``vmap`` the custom calls loop over the mapped axes
+(``vmap_method="broadcast_all"``).
+
+Inputs at steps where a sequence is not valid are zeroed before the
+projection, so values in padding (even NaN) never reach an output or a
+gradient.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.util
+import logging
+import threading
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from lstm_jax.cells import Cell, lstm_pointwise
+from lstm_jax.kernels.fused import _recurrence as fused_recurrence
+from lstm_jax.kernels.fused import unsupported_variant
+from lstm_jax.kernels.platform import platform_only
+from lstm_jax.params import LSTMWeights
+from lstm_jax.scan import over_time
+
+__all__ = [
+    "AUTO_NATIVE_MAX_HIDDEN",
+    "native_auto_unsupported",
+    "native_isa",
+    "native_kernel_layer",
+    "native_lstm_layer",
+    "native_unavailable",
+    "native_unsupported",
+]
+
+# where "auto" runs "native" on CPU (dispatch.AUTO_LSTM), it does so up to this
+# hidden size: training at H = 512 measured slower than "fused" (TIMINGS.md)
+AUTO_NATIVE_MAX_HIDDEN = 256
+
+_LOG = logging.getLogger(__name__)
+_MODULE = "lstm_jax._lstm_native"
+_TARGETS = {
+    "lstm_jax_native_forward_train": "LstmJaxForwardTrain",
+    "lstm_jax_native_forward_infer": "LstmJaxForwardInfer",
+    "lstm_jax_native_backward": "LstmJaxBackward",
+}
+
+
+_LOCK = threading.Lock()
+
+
+def _library() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
+    """The loaded extension with its FFI targets registered, or why it is unavailable."""
+    with _LOCK:  # two threads' first calls must not register twice
+        return _load()
+
+
+@functools.lru_cache(maxsize=None)
+def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
+    spec = importlib.util.find_spec(_MODULE)
+    if spec is None or spec.origin is None:
+        return None, (
+            f"the C++ extension {_MODULE} is not built (reinstall lstm_jax with a C++17 "
+            "compiler on x86-64 or another platform gcc/clang supports: pip install -e .)"
+        )
+    try:
+        lib = ctypes.CDLL(spec.origin)
+        for target, symbol in _TARGETS.items():
+            jax.ffi.register_ffi_target(
+                target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu"
+            )
+    except (OSError, AttributeError) as error:
+        return None, f"the C++ extension {spec.origin} could not be loaded: {error}"
+    lib.LstmJaxNativeIsa.restype = ctypes.c_char_p
+    return lib, None
+
+
+def native_unavailable() -> Optional[str]:
+    """Why the native kernels cannot run in this process, or None if they can."""
+    reason = _library()[1]
+    if reason is None and jax.default_backend() != "cpu":
+        return f"it runs on CPU only, the default backend is {jax.default_backend()!r}"
+    return reason
+
+
+def native_isa() -> Optional[str]:
+    """The instruction set the kernels use (``avx512``, ``avx2``, ``portable``), or None."""
+    lib = _library()[0]
+    return None if lib is None else lib.LstmJaxNativeIsa().decode()
+
+
+@functools.lru_cache(maxsize=None)
+def log_unavailable_once() -> None:
+    """Log (once per process) why ``backend="auto"`` does not use the native kernels."""
+    reason = _library()[1]
+    if reason is not None:
+        _LOG.info("lstm_jax: backend='auto' uses 'fused' instead of 'native': %s", reason)
+
+
+def native_unsupported(weights: Any, xs: Array, compute_dtype=None, *, platform=True) -> Optional[str]:
+    """Why ``native_lstm_layer`` cannot run these arguments, or None if it can.
+
+    With ``platform=False`` the default backend is not checked (the dispatcher
+    picks kernels per platform at lowering time).
+    """
+    reason = _unsupported_arguments(weights, xs, compute_dtype)
+    if reason is not None:
+        return reason
+    return native_unavailable() if platform else _library()[1]
+
+
+def native_auto_unsupported(weights, xs, initial_carry, *, recurrent_mask, compute_dtype,
+                            time_major) -> Optional[str]:  # fmt: skip
+    """Why ``"auto"`` does not run ``"native"`` on CPU for this call (``dispatch.Kernel``)."""
+    del initial_carry, recurrent_mask, time_major
+    if weights.w_hh.shape[0] > AUTO_NATIVE_MAX_HIDDEN:
+        return f"hidden size {weights.w_hh.shape[0]} > {AUTO_NATIVE_MAX_HIDDEN}"
+    reason = native_unsupported(weights, xs, compute_dtype, platform=False)
+    if reason is not None and _unsupported_arguments(weights, xs, compute_dtype) is None:
+        log_unavailable_once()
+    return reason
+
+
+def _unsupported_arguments(weights: Any, xs: Array, compute_dtype) -> Optional[str]:
+    reason = unsupported_variant(weights)
+    if reason is not None:
+        return reason
+    if weights.w_hh.dtype != jnp.float32 or weights.w_ih.dtype != jnp.float32:
+        return f"it needs float32 parameters, got {weights.w_hh.dtype}"
+    if compute_dtype is not None and jnp.dtype(compute_dtype) != jnp.float32:
+        return f"it computes in float32 only, got compute_dtype={jnp.dtype(compute_dtype)}"
+    if not jnp.issubdtype(xs.dtype, jnp.floating):
+        return f"xs must be floating point, got {xs.dtype}"
+    return None
+
+
+def _ffi(target: str, results, *args, aliases=None):
+    """The custom call, lowered for CPU only (inside "auto"'s CPU branch of a multi-platform export)."""
+    _library()  # registers the targets
+    call = jax.ffi.ffi_call(
+        target, results, vmap_method="broadcast_all", input_output_aliases=aliases or {}
+    )
+    return platform_only("cpu", call, *args)
+
+
+def _optional(mask: Optional[Array], dtype) -> Array:
+    """The array the custom calls read for an absent mask: empty."""
+    return jnp.zeros((0,), dtype) if mask is None else mask
+
+
+def _forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, *, save):
+    """Time-major ``xs (T, B, I)`` -> ``ys (T, B, H), h, c`` (+ activations and cell states)."""
+    if save:
+        ys, h, c, act, cs = _forward_train(w_ih, b, w_hh, xs, h0, c0, mask, valid)
+        return ys, h, c, (act, cs)
+    steps, batch, _ = xs.shape
+    state = jax.ShapeDtypeStruct((batch, w_hh.shape[0]), jnp.float32)
+    seq = jax.ShapeDtypeStruct((steps, batch, w_hh.shape[0]), jnp.float32)
+    args = (xs, w_ih, b, w_hh, h0, c0, _optional(mask, jnp.float32), _optional(valid, jnp.uint8))
+    ys, h, c = _ffi("lstm_jax_native_forward_infer", (seq, state, state), *args)
+    return ys, h, c, None
+
+
+@jax.custom_jvp
+def _forward_train(w_ih, b, w_hh, xs, h0, c0, mask, valid):
+    """``ys, h, c`` and the residuals ``act (T, B, 4H)`` (gate activations), ``cs (T, B, H)``."""
+    steps, batch, _ = xs.shape
+    hidden = w_hh.shape[0]
+    state = jax.ShapeDtypeStruct((batch, hidden), jnp.float32)
+    seq = jax.ShapeDtypeStruct((steps, batch, hidden), jnp.float32)
+    gates = jax.ShapeDtypeStruct((steps, batch, 4 * hidden), jnp.float32)
+    args = (xs, w_ih, b, w_hh, h0, c0, _optional(mask, jnp.float32), _optional(valid, jnp.uint8))
+    return _ffi("lstm_jax_native_forward_train", (seq, state, state, gates, seq), *args)
+
+
+def _forward_reference(w_ih, b, w_hh, xs, h0, c0, mask, valid):
+    """:func:`_forward_train` in JAX, for derivatives of the gradients (e.g. ``jax.hessian``)."""
+    plain = LSTMWeights(w_ih=None, w_hh=None, b=None)
+
+    def body(carry, inputs):
+        h, c = carry
+        x, keep = inputs
+        gates = x @ w_ih + b[None] + (h if mask is None else h * mask) @ w_hh
+        h_new, c_new = jax.vmap(lstm_pointwise, in_axes=(None, 0, 0))(plain, gates, c)
+        i, f, g, o = jnp.split(gates, 4, axis=-1)
+        act = jnp.concatenate([jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)], -1)
+        y = h_new
+        if keep is not None:
+            keep = keep[:, None] != 0
+            h_new, c_new = jnp.where(keep, h_new, h), jnp.where(keep, c_new, c)
+            y = jnp.where(keep, y, jnp.zeros_like(y))
+        return (h_new, c_new), (y, act, c_new)
+
+    (h, c), (ys, act, cs) = jax.lax.scan(body, (h0, c0), (xs, valid))
+    return ys, h, c, act, cs
+
+
+@_forward_train.defjvp
+def _forward_train_jvp(primals, tangents):
+    *diff, valid = primals
+    outputs = _forward_train(*primals)
+    _, out_tangents = jax.jvp(
+        lambda *args: _forward_reference(*args, valid), tuple(diff), tuple(tangents[:-1])
+    )
+    return outputs, out_tangents
+
+
+@jax.custom_vjp
+def _recurrence(w_ih, b, w_hh, xs, h0, c0, mask, valid):
+    ys, h, c, _ = _forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, save=False)
+    return ys, h, c
+
+
+def _recurrence_fwd(w_ih, b, w_hh, xs, h0, c0, mask, valid):
+    ys, h, c, (act, cs) = _forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, save=True)
+    return (ys, h, c), (w_ih, b, w_hh, xs, h0, c0, mask, valid, ys, act, cs)
+
+
+def _recurrence_bwd(residuals, cotangents):
+    grads = _gradients(*residuals[:8], *cotangents, *residuals[8:])
+    return (*grads, None)  # no gradient for the validity mask
+
+
+@jax.custom_jvp
+def _gradients(w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, dh, dc, ys, act, cs):
+    """Gradients w.r.t. ``(w_ih, b, w_hh, xs, h0, c0, mask)``: the native loop, then XLA GEMMs.
+
+    ``ys, act, cs`` are :func:`_forward_train`'s outputs for the same inputs.
+    """
+    del b  # read through act
+    steps, batch, inputs = xs.shape
+    hidden = w_hh.shape[0]
+    state = jax.ShapeDtypeStruct(h0.shape, jnp.float32)
+    results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state, state)
+    dz, dh0, dc0, dmask = _ffi(
+        "lstm_jax_native_backward", results,
+        w_hh, act, cs, c0, dys, dh, dc, _optional(mask, jnp.float32),
+        _optional(valid, jnp.uint8), ys, h0,
+        aliases={1: 0},
+    )  # fmt: skip
+    rows = dz.reshape(steps * batch, 4 * hidden)
+    # h_{t-1} for every step: h0, then ys (dz is zero wherever ys was zeroed)
+    h_prev = jnp.concatenate([h0[None], ys[:-1]])  # [T, B, H]
+    if mask is not None:
+        h_prev = h_prev * mask[None]
+    dw_hh = h_prev.reshape(steps * batch, hidden).T @ rows
+    dw_ih = xs.reshape(steps * batch, inputs).T @ rows
+    dxs = (rows @ w_ih.T).reshape(xs.shape)
+    db = jnp.sum(rows, axis=0)
+    return dw_ih, db, dw_hh, dxs, dh0, dc0, (None if mask is None else dmask)
+
+
+@_gradients.defjvp
+def _gradients_jvp(primals, tangents):
+    """Derivatives of the gradients (``jax.hessian``, grad of grad) through the
+    ``fused`` backend's JAX implementation of the same gradients. ``ys, act, cs``
+    are functions of the other inputs, recomputed inside it, so their tangents
+    are not used (they would count twice)."""
+    w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, dh, dc = primals[:11]
+    keep = None if valid is None else valid != 0
+
+    def reference(w_ih, b, w_hh, xs, h0, c0, mask, dys, dh, dc):
+        def forward(w_ih, b, w_hh, xs, h0, c0, mask):
+            return fused_recurrence(None, 1, w_ih, b, w_hh, xs, h0, c0, mask, keep)
+
+        return jax.vjp(forward, w_ih, b, w_hh, xs, h0, c0, mask)[1]((dys, dh, dc))
+
+    diff = (w_ih, b, w_hh, xs, h0, c0, mask, dys, dh, dc)
+    diff_tangents = tangents[:7] + tangents[8:11]
+    _, out_tangents = jax.jvp(reference, diff, diff_tangents)
+    return _gradients(*primals), out_tangents
+
+
+_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+def native_lstm_layer(
+    cell: Cell,
+    weights: LSTMWeights,
+    xs: Array,
+    initial_carry: tuple[Array, Array],
+    *,
+    seq_lengths: Optional[Array] = None,
+    reverse: bool = False,
+    recurrent_mask: Optional[Array] = None,
+    unroll: int = 1,
+    time_major: bool = False,
+    compute_dtype=None,
+) -> tuple[Array, tuple[Array, Array]]:
+    """One LSTM layer with a native time loop; arguments as :func:`lstm_jax.scan.scan_layer`.
+
+    ``cell`` and ``unroll`` are accepted for signature compatibility; the gate
+    math is that of :func:`lstm_jax.cells.lstm_pointwise`, in C++.
+
+    Raises:
+      ValueError: for weights with peepholes, layer norm or a projection, for
+        non-float32 parameters or compute dtype, off CPU, or when the C++
+        extension was not built.
+
+    >>> import lstm_jax as lj
+    >>> from lstm_jax.cells import lstm_kind
+    >>> w = lj.init_lstm(jax.random.key(0), 3, 4).layers[0][0]
+    >>> carry = (jnp.zeros((2, 4)), jnp.zeros((2, 4)))
+    >>> ys, (h, c) = native_lstm_layer(lstm_kind(), w, jnp.ones((2, 5, 3)), carry)
+    >>> ys.shape
+    (2, 5, 4)
+    """
+    reason = native_unsupported(weights, xs, compute_dtype)
+    if reason is not None:
+        raise ValueError(f"backend='native': {reason}; use backend='auto' or 'fused'.")
+    return native_kernel_layer(
+        cell, weights, xs, initial_carry, seq_lengths=seq_lengths, reverse=reverse,
+        recurrent_mask=recurrent_mask, unroll=unroll, time_major=time_major,
+    )  # fmt: skip
+
+
+def native_kernel_layer(cell, weights, xs, initial_carry, *, seq_lengths=None, reverse=False,
+                        recurrent_mask=None, unroll=1, time_major=False, compute_dtype=None):  # fmt: skip
+    """:func:`native_lstm_layer` without its checks (the dispatcher made them)."""
+    del cell, unroll, compute_dtype
+    h0, c0 = (jnp.asarray(a, jnp.float32) for a in initial_carry)
+    mask = None if recurrent_mask is None else jnp.asarray(recurrent_mask, jnp.float32)
+
+    def run(xs, valid):
+        xs = xs.astype(jnp.float32)
+        if valid is not None:  # padding never reaches the GEMMs (NaN * 0 is NaN)
+            xs = jnp.where(valid[..., None], xs, jnp.zeros_like(xs))
+            valid = valid.astype(jnp.uint8)
+        ys, h, c = _recurrence(weights.w_ih, weights.b, weights.w_hh, xs, h0, c0, mask, valid)
+        return ys, (h, c)
+
+    return over_time(run, xs, seq_lengths=seq_lengths, reverse=reverse, time_major=time_major)

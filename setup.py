@@ -1,0 +1,33 @@
+"""Builds the optional native CPU kernels (``backend="native"``): ``lstm_jax/_lstm_native*.so``.
+
+Everything else about the package is in ``pyproject.toml``. The extension is
+plain C++17 against XLA's header-only FFI API, vendored in ``csrc/xla`` (so the
+build needs neither jaxlib nor network access in pip's isolated build
+environment); it is loaded with ``ctypes`` and its handlers are registered with
+``jax.ffi.register_ffi_target`` at first use (``lstm_jax/kernels/native.py``).
+It is ``optional``: where it does not compile (no C++ compiler, an unsupported
+platform) the install still succeeds and ``backend="auto"`` uses ``"fused"``.
+The instruction set is chosen at run time (AVX-512, AVX2 or portable C++);
+nothing is compiled with ``-march=native``.
+"""
+
+import glob
+import sys
+
+from setuptools import Extension, setup
+
+COMPILE_ARGS = [] if sys.platform == "win32" else ["-O3", "-g0", "-std=c++17", "-fvisibility=hidden"]
+
+setup(
+    ext_modules=[
+        Extension(
+            "lstm_jax._lstm_native",
+            sources=["csrc/lstm_native.cc"],
+            depends=sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*.inc") + glob.glob("csrc/xla/ffi/api/*.h")),
+            include_dirs=["csrc"],
+            language="c++",
+            extra_compile_args=COMPILE_ARGS,
+            optional=True,
+        )
+    ],
+)
