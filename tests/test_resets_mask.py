@@ -35,28 +35,37 @@ def _setup(kind, batch, steps, *, num_layers=2, bidirectional=True, seed=0):
 
 
 def reference(fn, params, xs, state, *, resets=None, mask=None, lengths=None):
-    """``fn`` over each sequence's segments (cut at ``resets``), masked steps dropped."""
+    """``fn`` over each sequence's segments (cut at ``resets``), masked steps dropped.
+
+    Every segment's kept steps become one row of a padded batch run in one call
+    with ``seq_lengths`` (tested against PyTorch elsewhere); the outputs are
+    gathered back to their steps, zeros elsewhere.
+    """
     batch, steps = xs.shape[:2]
     resets = np.zeros((batch, steps), bool) if resets is None else np.asarray(resets)
     mask = np.ones((batch, steps), bool) if mask is None else np.asarray(mask)
     lengths = np.full(batch, steps) if lengths is None else np.asarray(lengths)
-    out_size = jax.eval_shape(lambda: fn(params, xs[:1, :1]))[0].shape[-1]
-    zero = jnp.zeros((out_size,), xs.dtype)
-    all_ys, finals = [], []
+    rows, last = [], []  # rows: (sequence, kept steps); last[b]: b's last segment's row
     for b in range(batch):
-        init = jax.tree.map(lambda s: s[:, b : b + 1], state)
         cuts = [0] + [t for t in range(1, lengths[b]) if resets[b, t]] + [lengths[b]]
-        rows = {}  # t -> output
         for start, end in zip(cuts[:-1], cuts[1:]):
-            kept = [t for t in range(start, end) if mask[b, t]]
-            final = init
-            if kept:
-                seg_ys, final = fn(params, xs[b : b + 1, np.array(kept)], initial_state=init)
-                rows.update({t: seg_ys[0, i] for i, t in enumerate(kept)})
-        all_ys.append(jnp.stack([rows.get(t, zero) for t in range(steps)]))
-        finals.append(final)
-    state_out = jax.tree.map(lambda *s: jnp.concatenate(s, axis=1), *finals)
-    return jnp.stack(all_ys), state_out
+            rows.append((b, [t for t in range(start, end) if mask[b, t]]))
+        last.append(len(rows) - 1)
+    seq = np.array([b for b, _ in rows])
+    time = np.zeros((len(rows), steps), int)
+    out_index = np.full((batch, steps), len(rows) * steps)  # -> the appended zero row
+    for r, (b, kept) in enumerate(rows):
+        time[r, : len(kept)] = kept
+        out_index[b, kept] = r * steps + np.arange(len(kept))
+    seg_lengths = np.array([max(len(kept), 1) for _, kept in rows])
+    init = jax.tree.map(lambda s: s[:, seq], state)
+    ys, final = fn(params, xs[seq[:, None], time], initial_state=init, seq_lengths=seg_lengths)
+    flat = jnp.concatenate([ys.reshape(-1, ys.shape[-1]), jnp.zeros((1, ys.shape[-1]), ys.dtype)])
+    empty = np.array([not rows[r][1] for r in last])  # a last segment with every step masked
+    final = jax.tree.map(
+        lambda f, s: jnp.where(empty[None, :, None], s, f[:, np.array(last)]), final, state
+    )
+    return flat[out_index], final
 
 
 def _loss(out):
@@ -83,8 +92,8 @@ def _check(kind, resets=None, mask=None, lengths=None, *, grads=True, nan_xs=Non
 
     _assert_close(ours(params, xs, state), ref(params, xs, state))
     if grads:
-        g = jax.grad(lambda *a: _loss(ours(*a)), argnums=(0, 1, 2))(params, xs, state)
-        g_ref = jax.grad(lambda *a: _loss(ref(*a)), argnums=(0, 1, 2))(params, xs, state)
+        g = jax.jit(jax.grad(lambda *a: _loss(ours(*a)), argnums=(0, 1, 2)))(params, xs, state)
+        g_ref = jax.jit(jax.grad(lambda *a: _loss(ref(*a)), argnums=(0, 1, 2)))(params, xs, state)
         _assert_close(g, g_ref)
     return ours, params, xs, state
 
@@ -140,17 +149,17 @@ def test_nan_at_masked_steps_changes_no_output_or_gradient():
     assert np.all(np.asarray(dxs)[~MASK] == 0.0)
 
 
-@pytest.mark.parametrize("block", [2, True])
-def test_remat_with_resets_and_mask_equals_without(block):
-    fn, params, xs, state = _setup("lstm", 3, 7)
+def test_remat_with_resets_and_mask_equals_without():
+    """Blocks of 3 steps over 7 (a remainder block), both directions, ragged."""
+    fn, params, xs, state = _setup("lstm", 3, 7, num_layers=1)
     kw = dict(initial_state=state, resets=RESETS, mask=MASK, seq_lengths=jnp.array([7, 4, 6]))
 
     def run(params, xs, remat):
         return fn(params, xs, remat=remat, **kw)
 
-    _assert_close(run(params, xs, block), run(params, xs, False))
-    g = jax.grad(lambda p, x: _loss(run(p, x, block)), argnums=(0, 1))(params, xs)
-    g_ref = jax.grad(lambda p, x: _loss(run(p, x, False)), argnums=(0, 1))(params, xs)
+    _assert_close(run(params, xs, True), run(params, xs, False))
+    g = jax.jit(jax.grad(lambda p, x: _loss(run(p, x, True)), argnums=(0, 1)))(params, xs)
+    g_ref = jax.jit(jax.grad(lambda p, x: _loss(run(p, x, False)), argnums=(0, 1)))(params, xs)
     _assert_close(g, g_ref)
 
 
@@ -189,7 +198,7 @@ def test_bad_resets_and_mask_are_rejected(name):
         fn(params, xs, **{name: jnp.asarray(MASK, jnp.int32)})
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(
     kind=st.sampled_from(sorted(KINDS)),
     seed=st.integers(0, 2**16),
