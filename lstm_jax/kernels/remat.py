@@ -115,17 +115,18 @@ def remat_layer(layer_fn: Callable, remat: Union[bool, int]) -> Callable:
             carry, final = carries
             x_block = _read_block(xs, start, size, **read)
             lengths = None if seq_lengths is None else jnp.clip(seq_lengths - start, 0, size)
-            block_mask = None if mask is None else _read_block(mask[..., None], start, size, **read)[..., 0]
             call = dict(seq_lengths=lengths, reverse=False, recurrent_mask=recurrent_mask,
                         unroll=unroll, time_major=True, **options)  # fmt: skip
+            per_step = {}  # only what is given: plain kernels take neither
+            if mask is not None:
+                per_step["mask"] = _read_block(mask[..., None], start, size, **read)[..., 0]
             if starts is not None:
-                call["resets"] = jax.lax.dynamic_slice_in_dim(starts, start, size)
-                call["reset_to"] = initial_carry
-            ys, carry = layer_fn(cell, weights, x_block, carry, mask=block_mask, **call)
+                per_step["resets"] = jax.lax.dynamic_slice_in_dim(starts, start, size)
+                per_step["reset_to"] = initial_carry
+            ys, carry = layer_fn(cell, weights, x_block, carry, **call, **per_step)
             if in_last is not None:
                 last = jax.lax.dynamic_slice_in_dim(in_last, start, size)
-                last = last if block_mask is None else last & block_mask
-                call.update(resets=None, reset_to=None)
+                last = last if mask is None else last & per_step["mask"]
                 _, final = layer_fn(cell, weights, x_block, final, mask=last, **call)
             return (carry, final), ys  # ys [size, B, O]
 
