@@ -45,12 +45,16 @@ def _run_stack(
     key: Optional[Array],
     unroll: int,
     time_major: bool,
+    resets: Optional[Array] = None,
+    mask: Optional[Array] = None,
 ) -> tuple[Array, list]:
     """Run every layer and direction; returns the top layer's ys and the final carries.
 
     ``initial_carries[layer * D + direction]`` is that layer-direction's carry
     with a leading batch axis; the final carries come back in the same order.
+    ``resets`` and ``mask`` go to every layer function when given.
     """
+    per_step = {k: v for k, v in (("resets", resets), ("mask", mask)) if v is not None}
     num_directions = len(params.layers[0])
     finals = []
     layer_input = xs
@@ -61,11 +65,11 @@ def _run_stack(
         outputs = []
         for direction, weights in enumerate(layer_weights):
             carry = initial_carries[layer * num_directions + direction]
-            mask = None
+            dropout_mask = None
             if recurrent_dropout > 0.0:
                 h = cell.output(carry)
                 mask_key = jax.random.fold_in(layer_key, 1 + direction)
-                mask = _recurrent_mask(mask_key, h.shape, recurrent_dropout, h.dtype)
+                dropout_mask = _recurrent_mask(mask_key, h.shape, recurrent_dropout, h.dtype)
             ys, carry = layer_fn(
                 cell,
                 weights,
@@ -73,9 +77,10 @@ def _run_stack(
                 carry,
                 seq_lengths=seq_lengths,
                 reverse=direction == 1,
-                recurrent_mask=mask,
+                recurrent_mask=dropout_mask,
                 unroll=unroll,
                 time_major=time_major,
+                **per_step,
             )
             outputs.append(ys)
             finals.append(carry)
@@ -96,8 +101,10 @@ def _prepare(
     unroll: int,
     time_major: bool,
     check_lengths: bool,
+    resets: Any = None,
+    mask: Any = None,
 ):
-    """Shared checks; returns ``(xs, seq_lengths, batched)`` with a batch axis added."""
+    """Shared checks; returns ``(xs, seq_lengths, resets, mask, batched)`` with a batch axis added."""
     validation.check_params_type(params, params_type, init_name)
     validation.check_params(params)
     validation.check_inputs(xs, params.layers[0][0].w_ih.shape[0])
@@ -115,9 +122,23 @@ def _prepare(
         validation.check_seq_lengths(seq_lengths, batch)
         validation.check_length_values(seq_lengths, num_steps, check_lengths)
         seq_lengths = jnp.asarray(seq_lengths, jnp.int32).reshape(-1)
+    if batch is None:
+        layout, flag_shape = "(time,)", (num_steps,)
+    elif time_major:
+        layout, flag_shape = "(time, batch)", (num_steps, batch)
+    else:
+        layout, flag_shape = "(batch, time)", (batch, num_steps)
+    per_step = []
+    for name, flags in (("resets", resets), ("mask", mask)):
+        if flags is not None:
+            validation.check_step_flags(name, flags, flag_shape, layout)
+            flags = jnp.asarray(flags)
+            if not batched:
+                flags = flags[None] if not time_major else flags[:, None]
+        per_step.append(flags)
     if not batched:
         xs = xs[None] if not time_major else xs[:, None]
-    return xs, seq_lengths, batched
+    return xs, seq_lengths, per_step[0], per_step[1], batched
 
 
 def _batch_size(xs: Array, time_major: bool) -> int:
@@ -150,6 +171,8 @@ def lstm(
     *,
     initial_state: Optional[LSTMState] = None,
     seq_lengths: Optional[Array] = None,
+    resets: Optional[Array] = None,
+    mask: Optional[Array] = None,
     dropout: float = 0.0,
     recurrent_dropout: float = 0.0,
     key: Optional[Array] = None,
@@ -172,6 +195,16 @@ def lstm(
         sequence's length are exactly zero, the final state is the state at
         its last valid step, and the reverse direction runs over each
         sequence's valid part only, right to left.
+      resets: optional ``(B, T)`` bool (``(T,)`` unbatched, ``(T, B)`` with
+        ``time_major``). Where True the state is reset to ``initial_state``
+        (zeros if None) before step ``t``: each segment runs as its own
+        sequence (the reverse direction right to left within it) and the final
+        state is the last segment's. Resets at or past ``seq_lengths`` are
+        ignored. Runs on ``"scan"`` (``"auto"`` routes there).
+      mask: optional bool, shaped like ``resets``. Where False the step leaves
+        the state unchanged and outputs zeros, whatever ``xs`` holds there
+        (``seq_lengths`` is a prefix mask; both may be given). A reset at a
+        masked step still applies. Runs on ``"scan"`` (``"auto"`` routes there).
       dropout: rate of dropout on the inputs of layers 2..L (PyTorch semantics).
       recurrent_dropout: rate of variational dropout on ``h`` where it enters
         the recurrent matmul (one mask per sequence, the same at every step).
@@ -201,10 +234,11 @@ def lstm(
     >>> ys.shape, state.h.shape
     ((4, 5, 16), (4, 4, 8))
     """
-    xs, seq_lengths, batched = _prepare(
+    xs, seq_lengths, resets, mask, batched = _prepare(
         params, LSTMParams, "init_lstm", xs, seq_lengths,
         dropout=dropout, recurrent_dropout=recurrent_dropout, key=key,
         unroll=unroll, time_major=time_major, check_lengths=check_lengths,
+        resets=resets, mask=mask,
     )  # fmt: skip
     num_directions = len(params.layers[0])
     num_states = len(params.layers) * num_directions
@@ -227,7 +261,7 @@ def lstm(
         lstm_kind(compute_dtype=compute_dtype), params, xs,
         [(h0[k], c0[k]) for k in range(num_states)],
         layer_fn=select_layer(backend, "lstm", compute_dtype=compute_dtype, remat=remat),
-        seq_lengths=seq_lengths,
+        seq_lengths=seq_lengths, resets=resets, mask=mask,
         dropout=dropout, recurrent_dropout=recurrent_dropout, key=key,
         unroll=unroll, time_major=time_major,
     )  # fmt: skip
@@ -248,6 +282,8 @@ def _single_state_network(
     *,
     initial_state: Optional[Array],
     seq_lengths: Optional[Array],
+    resets: Optional[Array],
+    mask: Optional[Array],
     dropout: float,
     recurrent_dropout: float,
     key: Optional[Array],
@@ -258,10 +294,11 @@ def _single_state_network(
     remat: bool | int = False,
 ) -> tuple[Array, Array]:
     """GRU and RNN: networks whose state is a single array ``h``."""
-    xs, seq_lengths, batched = _prepare(
+    xs, seq_lengths, resets, mask, batched = _prepare(
         params, params_type, init_name, xs, seq_lengths,
         dropout=dropout, recurrent_dropout=recurrent_dropout, key=key,
         unroll=unroll, time_major=time_major, check_lengths=check_lengths,
+        resets=resets, mask=mask,
     )  # fmt: skip
     num_states = len(params.layers) * len(params.layers[0])
     hidden = params.layers[0][0].w_hh.shape[0]
@@ -275,7 +312,7 @@ def _single_state_network(
     ys, finals = _run_stack(
         cell, params, xs, [h0[k] for k in range(num_states)],
         layer_fn=select_layer(backend, kind, remat=remat), seq_lengths=seq_lengths,
-        dropout=dropout, recurrent_dropout=recurrent_dropout, key=key,
+        resets=resets, mask=mask, dropout=dropout, recurrent_dropout=recurrent_dropout, key=key,
         unroll=unroll, time_major=time_major,
     )  # fmt: skip
     h = jnp.stack(finals)
@@ -288,6 +325,8 @@ def gru(
     *,
     initial_state: Optional[Array] = None,
     seq_lengths: Optional[Array] = None,
+    resets: Optional[Array] = None,
+    mask: Optional[Array] = None,
     dropout: float = 0.0,
     recurrent_dropout: float = 0.0,
     key: Optional[Array] = None,
@@ -313,7 +352,8 @@ def gru(
     """
     return _single_state_network(
         gru_kind(compute_dtype=compute_dtype), "gru", params, GRUParams, "init_gru", xs,
-        initial_state=initial_state, seq_lengths=seq_lengths, dropout=dropout,
+        initial_state=initial_state, seq_lengths=seq_lengths, resets=resets, mask=mask,
+        dropout=dropout,
         recurrent_dropout=recurrent_dropout, key=key, unroll=unroll,
         time_major=time_major, backend=backend, check_lengths=check_lengths,
         remat=remat,
@@ -327,6 +367,8 @@ def rnn(
     nonlinearity: str = "tanh",
     initial_state: Optional[Array] = None,
     seq_lengths: Optional[Array] = None,
+    resets: Optional[Array] = None,
+    mask: Optional[Array] = None,
     dropout: float = 0.0,
     recurrent_dropout: float = 0.0,
     key: Optional[Array] = None,
@@ -349,7 +391,8 @@ def rnn(
     return _single_state_network(
         rnn_kind(nonlinearity=nonlinearity, compute_dtype=compute_dtype), "rnn",
         params, RNNParams, "init_rnn", xs,
-        initial_state=initial_state, seq_lengths=seq_lengths, dropout=dropout,
+        initial_state=initial_state, seq_lengths=seq_lengths, resets=resets, mask=mask,
+        dropout=dropout,
         recurrent_dropout=recurrent_dropout, key=key, unroll=unroll,
         time_major=time_major, backend=backend, check_lengths=check_lengths,
         remat=remat,

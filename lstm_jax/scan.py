@@ -23,7 +23,7 @@ from jax import Array
 
 from lstm_jax.cells import Cell
 
-__all__ = ["scan_layer", "over_time", "reverse_sequences", "valid_mask"]
+__all__ = ["scan_layer", "over_time", "reverse_sequences", "segment_starts", "valid_mask"]
 
 
 def reverse_sequences(xs: Array, seq_lengths: Optional[Array]) -> Array:
@@ -52,21 +52,49 @@ def valid_mask(num_steps: int, seq_lengths: Optional[Array]) -> Optional[Array]:
     return jnp.arange(num_steps)[:, None] < seq_lengths[None, :]
 
 
+def segment_starts(resets: Array, seq_lengths: Optional[Array], reverse: bool) -> Array:
+    """Where the carry is reset, in processing order: ``(T, B)`` bool, time-major.
+
+    ``resets[t, b]`` (forward time) starts a segment at step ``t``; resets at or
+    past a sequence's length are ignored. Forward, the carry is reset before
+    step ``t``. In reverse each segment runs right to left, so the carry is
+    reset before the step that *ends* a forward segment: step ``t`` is flagged
+    when ``t + 1`` starts one (``resets[t + 1]``; never the last valid step,
+    where the reversed run starts from the initial carry anyway). The flags are
+    then laid out like :func:`reverse_sequences` lays out ``xs``.
+    """
+    valid = valid_mask(resets.shape[0], seq_lengths)
+    if valid is not None:
+        resets = resets & valid
+    if not reverse:
+        return resets
+    ends = jnp.concatenate([resets[1:], jnp.zeros_like(resets[:1])])  # [T, B]
+    return reverse_sequences(ends, seq_lengths)
+
+
 def over_time(
-    run: Callable[[Array, Optional[Array]], tuple[Array, Any]],
+    run: Callable[..., tuple[Array, Any]],
     xs: Array,
     *,
     seq_lengths: Optional[Array],
     reverse: bool,
     time_major: bool,
+    mask: Optional[Array] = None,
+    resets: Optional[Array] = None,
 ) -> tuple[Array, Any]:
     """The sequence plumbing every layer implementation shares.
 
     Calls ``run(xs, valid)`` with ``xs`` time-major ``(T, B, I)`` and, for
     ``reverse``, each sequence's valid part reversed; ``valid`` is the
-    ``(T, B)`` mask of :func:`valid_mask` (None without ``seq_lengths``).
-    ``run`` returns time-major ``ys (T, B, O)`` and its final carry; ``ys`` is
-    reversed back and returned in the caller's layout.
+    ``(T, B)`` mask of :func:`valid_mask` and-ed with ``mask`` (None without
+    either). With ``resets``, calls ``run(xs, valid, starts)`` instead, with
+    ``starts`` from :func:`segment_starts`. ``mask`` and ``resets`` are
+    ``(B, T)`` bool (``(T, B)`` with ``time_major``). ``run`` returns
+    time-major ``ys (T, B, O)`` and its final carry; ``ys`` is reversed back
+    and returned in the caller's layout.
+
+    Reversing a sequence's whole valid part is right for any ``mask``: a
+    masked step leaves the carry unchanged wherever it sits.
 
     Inputs at invalid steps are replaced by zeros before ``run`` sees them, so
     that whatever they hold (NaN, inf) every layer computes finite values
@@ -76,12 +104,20 @@ def over_time(
     """
     if not time_major:
         xs = jnp.swapaxes(xs, 0, 1)  # [T, B, I]
+        mask = None if mask is None else mask.T  # [T, B]
+        resets = None if resets is None else resets.T  # [T, B]
     if reverse:
         xs = reverse_sequences(xs, seq_lengths)
     valid = valid_mask(xs.shape[0], seq_lengths)
+    if mask is not None:
+        mask = reverse_sequences(mask, seq_lengths) if reverse else mask
+        valid = mask if valid is None else valid & mask
     if valid is not None:
         xs = jnp.where(valid[:, :, None], xs, jnp.zeros_like(xs))
-    ys, final = run(xs, valid)
+    if resets is None:
+        ys, final = run(xs, valid)
+    else:
+        ys, final = run(xs, valid, segment_starts(resets, seq_lengths, reverse))
     if reverse:
         ys = reverse_sequences(ys, seq_lengths)
     if not time_major:
@@ -100,6 +136,9 @@ def scan_layer(
     recurrent_mask: Optional[Array] = None,
     unroll: int = 1,
     time_major: bool = False,
+    resets: Optional[Array] = None,
+    mask: Optional[Array] = None,
+    reset_to: Any = None,
 ) -> tuple[Array, Any]:
     """Run ``cell`` over a batch of sequences with ``jax.lax.scan``.
 
@@ -116,28 +155,61 @@ def scan_layer(
         matmul, the same at every step (variational dropout).
       unroll: steps per loop iteration, passed to ``jax.lax.scan``.
       time_major: ``xs`` and the returned ``ys`` are ``(T, B, ...)``.
+      resets: optional ``(B, T)`` bool (``(T, B)`` with ``time_major``): where
+        True the carry is reset to ``initial_carry`` before step ``t``, so each
+        segment runs as its own sequence (``reverse``: right to left within it).
+      mask: optional ``(B, T)`` bool (``(T, B)`` with ``time_major``): where
+        False the step leaves the carry unchanged and outputs zeros.
+      reset_to: the carry ``resets`` restore, ``initial_carry`` if None (a
+        caller that splits the time axis, e.g. remat, continues mid-sequence).
 
     Returns:
       ``(ys, final_carry)``: ``ys`` is ``(B, T, O)`` (or ``(T, B, O)``), the final
-      carry is the carry after each sequence's last valid step.
+      carry is the carry after each sequence's last valid step; with ``resets``
+      it is the last segment's final carry (for ``reverse``, the carry after
+      that segment's first step).
     """
     project = jax.vmap(lambda x: cell.project(weights, x))  # [B, I] -> [B, G]
     step = jax.vmap(cell.step, in_axes=(None, 0, 0, None if recurrent_mask is None else 0))
+
+    reset_carry = initial_carry if reset_to is None else reset_to
+
+    def select(flag, new, old):  # flag [B]
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(flag[:, None], a, b), new, old)
 
     def body(carry, inputs):
         x_t, valid_t = inputs  # [B, I], [B] or None
         new_carry = step(weights, carry, project(x_t), recurrent_mask)
         y = cell.output(new_carry)  # [B, O]
         if valid_t is not None:
-            keep = valid_t[:, None]
-            new_carry = jax.tree_util.tree_map(
-                lambda new, old: jnp.where(keep, new, old), new_carry, carry
-            )
-            y = jnp.where(keep, y, jnp.zeros_like(y))
+            new_carry = select(valid_t, new_carry, carry)
+            y = jnp.where(valid_t[:, None], y, jnp.zeros_like(y))
         return new_carry, y
 
-    def run(xs, valid):
-        final_carry, ys = jax.lax.scan(body, initial_carry, (xs, valid), unroll=unroll)
+    def segment_body(carries, inputs):
+        # final: the carry after the last segment's last processed step; in
+        # reverse that segment is processed first, so final stops following
+        # carry at the first reset
+        carry, final = carries
+        x_t, valid_t, start_t, in_last_t = inputs  # [B, I], [B] or None, [B], [B]
+        carry, y = body(select(start_t, reset_carry, carry), (x_t, valid_t))
+        return (carry, select(in_last_t, carry, final)), y
+
+    def run(xs, valid, starts=None):
+        if starts is None:
+            final_carry, ys = jax.lax.scan(body, initial_carry, (xs, valid), unroll=unroll)
+            return ys, final_carry
+        if reverse:
+            in_last = jnp.cumsum(starts, axis=0) == 0  # [T, B]: no reset so far
+        else:
+            in_last = jnp.ones_like(starts)
+        (_, final_carry), ys = jax.lax.scan(
+            segment_body, (initial_carry, initial_carry), (xs, valid, starts, in_last),
+            unroll=unroll,
+        )  # fmt: skip
         return ys, final_carry
 
-    return over_time(run, xs, seq_lengths=seq_lengths, reverse=reverse, time_major=time_major)
+    return over_time(
+        run, xs, seq_lengths=seq_lengths, reverse=reverse, time_major=time_major,
+        mask=mask, resets=resets,
+    )  # fmt: skip

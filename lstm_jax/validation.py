@@ -79,6 +79,20 @@ def check_seq_lengths(seq_lengths: Any, batch: Optional[int]) -> None:
         raise TypeError(f"seq_lengths must have an integer dtype, got {seq_lengths.dtype}.")
 
 
+def check_step_flags(name: str, flags: Any, expected: tuple, layout: str) -> None:
+    """``resets`` / ``mask``: a bool array of shape ``expected`` (``layout`` names its axes)."""
+    if not hasattr(flags, "dtype"):
+        flags = np.asarray(flags)
+    shape = tuple(flags.shape)
+    if shape != tuple(expected):
+        raise ValueError(
+            f"{name} must have shape {tuple(expected)} {layout}, like xs's batch and time "
+            f"axes, got {shape}."
+        )
+    if flags.dtype != np.bool_:
+        raise TypeError(f"{name} must have dtype bool, got {flags.dtype}.")
+
+
 def check_length_values(seq_lengths: jax.Array, num_steps: int, checked: bool) -> None:
     """Lengths must lie in ``1..num_steps``.
 

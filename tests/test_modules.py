@@ -484,3 +484,16 @@ def test_modules_demo_quick():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name in ("nnx", "linen", "equinox"):
         assert f"{name:8s} train loss" in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_resets_and_mask_equal_the_functional_call(framework):
+    params, call = build(framework, "LSTM", dict(bidirectional=True))
+    time = jnp.arange(XS.shape[1])
+    resets = (time[None, :] == jnp.array([[2], [1], [4]])) | (time[None, :] == 0)
+    mask = (time[None, :] + jnp.arange(3)[:, None]) % 3 != 1
+    kw = dict(resets=resets, mask=mask, seq_lengths=LENGTHS)
+    out = call(XS, **kw)
+    _assert_trees_equal(out, lj.lstm(params, XS, **kw))
+    plain = call(XS, seq_lengths=LENGTHS)
+    assert not np.allclose(out[0], plain[0])  # resets and mask took effect

@@ -17,13 +17,16 @@ backend    cells                  what it is
 "Plain" means no peepholes, layer norm or projection. Rules for a variant a
 backend does not implement:
 
-* ``"auto"`` routes it to ``"scan"`` silently (always correct).
+* ``"auto"`` routes it to ``"scan"`` silently (always correct), as it does
+  calls with per-step ``resets`` or ``mask``.
 * ``"fused"``, ``"pallas"`` and ``"native"`` raise ``ValueError`` at trace
   time (``"native"`` also off CPU, for non-float32 parameters or compute dtype,
   and when its C++ extension was not built).
 * ``"cudnn"`` warns (``RuntimeWarning``) and runs ``"scan"``: also for
   non-float32 compute, recurrent dropout, ``vmap``, a jaxlib without its CUDA
   plugin, and on platforms other than ``cuda``.
+* ``resets`` or ``mask`` with ``"fused"``, ``"pallas"``, ``"native"`` or ``"cudnn"`` raise
+  ``ValueError`` at trace time.
 * A cell kind outside a backend's list (e.g. ``gru`` with ``"fused"``) raises
   ``ValueError`` in :func:`select_layer`.
 
@@ -90,6 +93,21 @@ def _auto_lstm_layer(cell, weights: Any, xs, *args, compute_dtype=None, **kwargs
     return auto_lstm_layer(cell, weights, xs, *args, compute_dtype=compute_dtype, **kwargs)
 
 
+def _without_per_step(backend: str, layer: Callable) -> Callable:
+    """``layer``, raising a ``ValueError`` when given ``resets`` or ``mask`` (it has neither)."""
+
+    def run(cell, weights, xs, initial_carry, *, resets=None, mask=None, **kwargs):
+        for name, value in (("resets", resets), ("mask", mask)):
+            if value is not None:
+                raise ValueError(
+                    f"backend={backend!r} does not implement {name}; use backend='auto' or "
+                    f"'scan', which run calls with {name}."
+                )
+        return layer(cell, weights, xs, initial_carry, **kwargs)
+
+    return run
+
+
 def select_layer(
     backend: str,
     kind: str,
@@ -123,7 +141,9 @@ def select_layer(
     elif backend == "auto":
         layer = functools.partial(_auto_lstm_layer, compute_dtype=compute_dtype)
     else:
-        layer = functools.partial(_LSTM_KERNELS[backend], compute_dtype=compute_dtype)
+        layer = _without_per_step(
+            backend, functools.partial(_LSTM_KERNELS[backend], compute_dtype=compute_dtype)
+        )
     if remat:
         layer = remat_layer(layer, remat)
     return layer

@@ -16,6 +16,13 @@ transposes them itself. Works with any layer function of the
 :func:`lstm_jax.scan.scan_layer` signature; ragged batches pass each block its
 own clipped lengths (a block past a sequence's end has length 0: its carry
 passes through unchanged and its outputs are zeros).
+
+``mask`` is read block by block like ``xs``; ``resets`` become their
+processing-order flags (:func:`lstm_jax.scan.segment_starts`, ``(T, B)``
+bools) sliced per block. In reverse the final carry is the last segment's,
+which is processed first: a second run of each block, masked to that
+segment and without resets, carries it (twice the forward work, only for
+reverse with ``resets``).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from lstm_jax.cells import Cell
-from lstm_jax.scan import reverse_sequences
+from lstm_jax.scan import reverse_sequences, segment_starts
 
 __all__ = ["block_size", "remat_layer"]
 
@@ -89,33 +96,51 @@ def remat_layer(layer_fn: Callable, remat: Union[bool, int]) -> Callable:
         recurrent_mask: Optional[Array] = None,
         unroll: int = 1,
         time_major: bool = False,
+        resets: Optional[Array] = None,
+        mask: Optional[Array] = None,
         **options,
     ):
         num_steps = xs.shape[0 if time_major else 1]
         k = min(block_size(remat, num_steps), num_steps)
         num_blocks, remainder = divmod(num_steps, k)
+        read = dict(time_major=time_major, reverse=reverse, seq_lengths=seq_lengths)
+        starts = in_last = None  # [T, B] processing order
+        if resets is not None:
+            starts = segment_starts(resets if time_major else resets.T, seq_lengths, reverse)
+            if reverse:
+                in_last = jnp.cumsum(starts, axis=0) == 0
 
-        def run(carry, start, size):
-            """Steps ``start .. start + size`` (processing order) from ``carry``."""
-            x_block = _read_block(
-                xs, start, size, time_major=time_major, reverse=reverse, seq_lengths=seq_lengths
-            )
+        def run(carries, start, size):
+            """Steps ``start .. start + size`` (processing order) from ``carries``."""
+            carry, final = carries
+            x_block = _read_block(xs, start, size, **read)
             lengths = None if seq_lengths is None else jnp.clip(seq_lengths - start, 0, size)
-            ys, carry = layer_fn(
-                cell, weights, x_block, carry,
-                seq_lengths=lengths, reverse=False, recurrent_mask=recurrent_mask,
-                unroll=unroll, time_major=True, **options,
-            )  # fmt: skip
-            return carry, ys  # ys [size, B, O]
+            call = dict(seq_lengths=lengths, reverse=False, recurrent_mask=recurrent_mask,
+                        unroll=unroll, time_major=True, **options)  # fmt: skip
+            per_step = {}  # only what is given: plain kernels take neither
+            if mask is not None:
+                per_step["mask"] = _read_block(mask[..., None], start, size, **read)[..., 0]
+            if starts is not None:
+                per_step["resets"] = jax.lax.dynamic_slice_in_dim(starts, start, size)
+                per_step["reset_to"] = initial_carry
+            ys, carry = layer_fn(cell, weights, x_block, carry, **call, **per_step)
+            if in_last is not None:
+                last = jax.lax.dynamic_slice_in_dim(in_last, start, size)
+                last = last if mask is None else last & per_step["mask"]
+                _, final = layer_fn(cell, weights, x_block, final, mask=last, **call)
+            return (carry, final), ys  # ys [size, B, O]
 
         run_block = jax.checkpoint(lambda carry, start: run(carry, start, k), prevent_cse=False)
-        starts = jnp.arange(num_blocks, dtype=jnp.int32) * k  # [N]
-        final, ys = jax.lax.scan(run_block, initial_carry, starts)  # ys [N, k, B, O]
+        block_starts = jnp.arange(num_blocks, dtype=jnp.int32) * k  # [N]
+        # (carry, final): final is the carry unless reverse with resets
+        carries = (initial_carry, initial_carry if in_last is not None else None)
+        carries, ys = jax.lax.scan(run_block, carries, block_starts)  # ys [N, k, B, O]
         ys = ys.reshape((num_blocks * k,) + ys.shape[2:])  # [N k, B, O]
         if remainder:
-            last = jax.checkpoint(lambda carry: run(carry, num_blocks * k, remainder))
-            final, ys_last = last(final)
+            last_block = jax.checkpoint(lambda carries: run(carries, num_blocks * k, remainder))
+            carries, ys_last = last_block(carries)
             ys = jnp.concatenate([ys, ys_last])  # [T, B, O]
+        final = carries[0] if in_last is None else carries[1]
         if reverse:
             ys = reverse_sequences(ys, seq_lengths)
         if not time_major:

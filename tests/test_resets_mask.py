@@ -1,0 +1,214 @@
+"""``resets`` and ``mask`` of ``lstm``, ``gru`` and ``rnn`` against running the pieces alone.
+
+The reference runs every sequence on its own: it cuts it at its resets (and at
+its length), drops the masked steps of each segment, runs what is left through
+the plain call from the initial state, and scatters the outputs back with zeros
+in between. The final state is the last segment's.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lstm_jax as lj
+
+INPUT, HIDDEN = 3, 4
+KINDS = {
+    "lstm": (lj.init_lstm, lj.lstm),
+    "gru": (lj.init_gru, lj.gru),
+    "rnn": (lj.init_rnn, lj.rnn),
+}
+
+
+def _setup(kind, batch, steps, *, num_layers=2, bidirectional=True, seed=0):
+    init, fn = KINDS[kind]
+    keys = jax.random.split(jax.random.key(seed), 4)
+    params = init(keys[0], INPUT, HIDDEN, num_layers=num_layers, bidirectional=bidirectional)
+    xs = jax.random.normal(keys[1], (batch, steps, INPUT))
+    shape = (num_layers * (2 if bidirectional else 1), batch, HIDDEN)
+    h0 = jax.random.normal(keys[2], shape)
+    state = lj.LSTMState(h0, jax.random.normal(keys[3], shape)) if kind == "lstm" else h0
+    return fn, params, xs, state
+
+
+def reference(fn, params, xs, state, *, resets=None, mask=None, lengths=None):
+    """``fn`` over each sequence's segments (cut at ``resets``), masked steps dropped.
+
+    Every segment's kept steps become one row of a padded batch run in one call
+    with ``seq_lengths`` (tested against PyTorch elsewhere); the outputs are
+    gathered back to their steps, zeros elsewhere.
+    """
+    batch, steps = xs.shape[:2]
+    resets = np.zeros((batch, steps), bool) if resets is None else np.asarray(resets)
+    mask = np.ones((batch, steps), bool) if mask is None else np.asarray(mask)
+    lengths = np.full(batch, steps) if lengths is None else np.asarray(lengths)
+    rows, last = [], []  # rows: (sequence, kept steps); last[b]: b's last segment's row
+    for b in range(batch):
+        cuts = [0] + [t for t in range(1, lengths[b]) if resets[b, t]] + [lengths[b]]
+        for start, end in zip(cuts[:-1], cuts[1:]):
+            rows.append((b, [t for t in range(start, end) if mask[b, t]]))
+        last.append(len(rows) - 1)
+    seq = np.array([b for b, _ in rows])
+    time = np.zeros((len(rows), steps), int)
+    out_index = np.full((batch, steps), len(rows) * steps)  # -> the appended zero row
+    for r, (b, kept) in enumerate(rows):
+        time[r, : len(kept)] = kept
+        out_index[b, kept] = r * steps + np.arange(len(kept))
+    seg_lengths = np.array([max(len(kept), 1) for _, kept in rows])
+    init = jax.tree.map(lambda s: s[:, seq], state)
+    ys, final = fn(params, xs[seq[:, None], time], initial_state=init, seq_lengths=seg_lengths)
+    flat = jnp.concatenate([ys.reshape(-1, ys.shape[-1]), jnp.zeros((1, ys.shape[-1]), ys.dtype)])
+    empty = np.array([not rows[r][1] for r in last])  # a last segment with every step masked
+    final = jax.tree.map(
+        lambda f, s: jnp.where(empty[None, :, None], s, f[:, np.array(last)]), final, state
+    )
+    return flat[out_index], final
+
+
+def _loss(out):
+    ys, state = out
+    weights = jnp.arange(ys.size, dtype=ys.dtype).reshape(ys.shape) / ys.size
+    return jnp.sum(ys * weights) + sum(jnp.sum(jnp.sin(s)) for s in jax.tree.leaves(state))
+
+
+def _assert_close(a, b, atol=2e-5):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=2e-5)
+
+
+def _check(kind, resets=None, mask=None, lengths=None, *, grads=True, nan_xs=None, **setup):
+    batch, steps = (resets if resets is not None else mask).shape
+    fn, params, xs, state = _setup(kind, batch, steps, **setup)
+    kw = dict(resets=resets, mask=mask, seq_lengths=lengths)
+
+    def ours(params, xs, state):
+        return fn(params, xs if nan_xs is None else nan_xs(xs), initial_state=state, **kw)
+
+    def ref(params, xs, state):
+        return reference(fn, params, xs, state, resets=resets, mask=mask, lengths=lengths)
+
+    _assert_close(ours(params, xs, state), ref(params, xs, state))
+    if grads:
+        g = jax.jit(jax.grad(lambda *a: _loss(ours(*a)), argnums=(0, 1, 2)))(params, xs, state)
+        g_ref = jax.jit(jax.grad(lambda *a: _loss(ref(*a)), argnums=(0, 1, 2)))(params, xs, state)
+        _assert_close(g, g_ref)
+    return ours, params, xs, state
+
+
+RESETS = np.array(
+    [
+        [False, False, True, False, False, True, False],
+        [True, False, False, False, True, False, False],
+        [False, True, True, False, False, False, True],
+    ]
+)
+MASK = np.array(
+    [
+        [True, False, True, True, False, True, True],
+        [False, True, True, False, True, True, True],
+        [True, True, False, False, False, True, False],
+    ]
+)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_resets_equal_each_segment_alone(kind):
+    """Outputs, final state (the last segment's) and gradients, both directions, 2 layers."""
+    _check(kind, resets=RESETS)
+
+
+def test_resets_without_initial_state_reset_to_zeros():
+    fn, params, xs, state = _setup("lstm", 3, 7, num_layers=1, bidirectional=False)
+    zeros = jax.tree.map(jnp.zeros_like, state)
+    _assert_close(fn(params, xs, resets=RESETS), reference(fn, params, xs, zeros, resets=RESETS))
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_mask_equals_skipping_the_masked_steps(kind):
+    _check(kind, mask=MASK)
+
+
+def test_mask_and_seq_lengths_together():
+    _check("lstm", mask=MASK, lengths=np.array([7, 3, 5]))
+
+
+def test_resets_mask_and_seq_lengths_together():
+    """Resets at or past a sequence's length are ignored; a reset at a masked step applies."""
+    _check("gru", resets=RESETS, mask=MASK, lengths=np.array([5, 7, 2]))
+
+
+def test_nan_at_masked_steps_changes_no_output_or_gradient():
+    def poison(xs):
+        return jnp.where(jnp.asarray(MASK)[:, :, None], xs, jnp.nan)
+
+    ours, params, xs, state = _check("lstm", resets=RESETS, mask=MASK, nan_xs=poison)
+    dxs = jax.grad(lambda xs: _loss(ours(params, xs, state)))(xs)
+    assert np.all(np.asarray(dxs)[~MASK] == 0.0)
+
+
+def test_remat_with_resets_and_mask_equals_without():
+    """Blocks of 3 steps over 7 (a remainder block), both directions, ragged."""
+    fn, params, xs, state = _setup("lstm", 3, 7, num_layers=1)
+    kw = dict(initial_state=state, resets=RESETS, mask=MASK, seq_lengths=jnp.array([7, 4, 6]))
+
+    def run(params, xs, remat):
+        return fn(params, xs, remat=remat, **kw)
+
+    _assert_close(run(params, xs, True), run(params, xs, False))
+    g = jax.jit(jax.grad(lambda p, x: _loss(run(p, x, True)), argnums=(0, 1)))(params, xs)
+    g_ref = jax.jit(jax.grad(lambda p, x: _loss(run(p, x, False)), argnums=(0, 1)))(params, xs)
+    _assert_close(g, g_ref)
+
+
+def test_auto_and_jit_route_to_scan():
+    fn, params, xs, state = _setup("lstm", 3, 7)
+    kw = dict(initial_state=state, resets=RESETS, mask=MASK)
+    out = jax.jit(lambda p, x: fn(p, x, **kw))(params, xs)
+    _assert_close(out, fn(params, xs, backend="scan", **kw))
+
+
+def test_unbatched_and_time_major_layouts():
+    fn, params, xs, _ = _setup("rnn", 3, 7)
+    ys, h = fn(params, xs, resets=RESETS, mask=MASK)
+    ys1, h1 = fn(params, xs[1], resets=RESETS[1], mask=MASK[1])
+    _assert_close((ys1, h1), (ys[1], h[:, 1]))
+    tm = fn(params, jnp.swapaxes(xs, 0, 1), resets=RESETS.T, mask=MASK.T, time_major=True)
+    _assert_close((jnp.swapaxes(tm[0], 0, 1), tm[1]), (ys, h))
+
+
+@pytest.mark.parametrize("backend", ["fused", "pallas", "native", "cudnn"])
+@pytest.mark.parametrize("name", ["resets", "mask"])
+def test_explicit_kernels_reject_resets_and_mask(backend, name):
+    fn, params, xs, _ = _setup("lstm", 3, 7)
+    with pytest.raises(ValueError, match=f"backend='{backend}' does not implement {name}.*'auto'"):
+        fn(params, xs, backend=backend, **{name: MASK})
+
+
+@pytest.mark.parametrize("name", ["resets", "mask"])
+def test_bad_resets_and_mask_are_rejected(name):
+    fn, params, xs, _ = _setup("lstm", 3, 7)
+    with pytest.raises(ValueError, match=rf"{name} must have shape \(3, 7\) \(batch, time\).*got \(7, 3\)"):
+        fn(params, xs, **{name: MASK.T})
+    with pytest.raises(ValueError, match=rf"{name} must have shape \(7,\) \(time,\)"):
+        fn(params, xs[0], **{name: MASK})
+    with pytest.raises(TypeError, match=f"{name} must have dtype bool, got int32"):
+        fn(params, xs, **{name: jnp.asarray(MASK, jnp.int32)})
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    kind=st.sampled_from(sorted(KINDS)),
+    seed=st.integers(0, 2**16),
+    steps=st.integers(1, 6),
+    use_lengths=st.booleans(),
+)
+def test_property_resets_and_mask_equal_the_reference(kind, seed, steps, use_lengths):
+    rng = np.random.default_rng(seed)
+    resets = rng.random((2, steps)) < 0.3
+    mask = rng.random((2, steps)) < 0.7
+    lengths = rng.integers(1, steps + 1, size=2) if use_lengths else None
+    _check(kind, resets=resets, mask=mask, lengths=lengths, grads=False,
+           num_layers=1, seed=seed)  # fmt: skip
