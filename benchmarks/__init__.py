@@ -5,8 +5,8 @@ platform) against Flax linen and NNX, Equinox, PyTorch and, on GPU,
 ``jax.experimental.rnn``. Every peer is loaded with the same weights and must
 compute the same function as ``lstm_jax`` (scan backend) before it is timed.
 
-Modules: ``grid`` (cases as constants), ``peers`` (one class per
-implementation), ``runner`` (check, compile, interleaved timing), ``report``
+Modules: ``grid`` (cases as constants), ``peers`` (a package, one module
+per implementation), ``runner`` (check, compile, interleaved timing), ``report``
 (speed-ups, JSON, Markdown, plots), ``machine`` (machine and versions),
 ``cli`` (the command line).
 

@@ -37,7 +37,8 @@ struct ScalarVec {
 #ifdef LSTM_JAX_X86
 
 // Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-6
-// polynomial (relative error ~1e-7); inputs clamped to the float range.
+// polynomial (relative error ~1e-7); inputs clamped to the float range. min/max
+// return their second operand when either is NaN, so x goes second: NaN stays NaN.
 #define LSTM_JAX_EXP_POLY(V, x, n, r)                                      \
   typename V::T p = V::set1(1.9875691500E-4f);                             \
   p = V::fmadd(p, r, V::set1(1.3981999507E-3f));                           \
@@ -75,7 +76,7 @@ struct Avx2Vec {
   static inline T mul(T a, T b) { return _mm256_mul_ps(a, b); }
   static inline T div(T a, T b) { return _mm256_div_ps(a, b); }
   static inline T exp(T x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, set1(-87.3f)), set1(88.3f));
+    x = _mm256_min_ps(set1(88.3f), _mm256_max_ps(set1(-87.3f), x));  // NaN (2nd operand) passes
     T n = _mm256_round_ps(_mm256_mul_ps(x, set1(1.44269504088896341f)),
                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     T r = _mm256_fnmadd_ps(n, set1(0.693359375f), x);
@@ -113,7 +114,7 @@ struct Avx512Vec {
   static inline T mul(T a, T b) { return _mm512_mul_ps(a, b); }
   static inline T div(T a, T b) { return _mm512_div_ps(a, b); }
   static inline T exp(T x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, set1(-87.3f)), set1(88.3f));
+    x = _mm512_min_ps(set1(88.3f), _mm512_max_ps(set1(-87.3f), x));  // NaN (2nd operand) passes
     T n = _mm512_roundscale_ps(_mm512_mul_ps(x, set1(1.44269504088896341f)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     T r = _mm512_fnmadd_ps(n, set1(0.693359375f), x);

@@ -20,6 +20,14 @@ from jax import export
 
 import lstm_jax as lj
 from lstm_jax.kernels import dispatch
+from lstm_jax.kernels.native import native_unavailable
+
+# "auto" on CPU runs the native kernel where its extension is built (pip install builds it)
+CPU_KERNEL = "native" if native_unavailable() is None else "fused"
+NATIVE_CALLS = ("lstm_jax_native_forward_infer", "lstm_jax_native_forward_train",
+                "lstm_jax_native_backward")  # fmt: skip
+# jax.export refuses custom calls without a compatibility guarantee unless told
+NATIVE_CHECKS = [export.DisabledSafetyCheck.custom_call(c) for c in NATIVE_CALLS]
 
 B, T, I, H = 4, 6, 5, 8
 LENGTHS = jnp.array([6, 3, 1, 5], jnp.int32)
@@ -88,8 +96,9 @@ def test_auto_picks_kernel_per_platform_at_lowering(stub_cuda_rnn, make):
     measured on a TPU) on tpu; backend="pallas" gives the Mosaic kernel on tpu."""
     fn = make()
     args = (_network(), *_args())
+    native = {"lstm_jax_native_forward_infer"} if make is _forward else set(NATIVE_CALLS[1:])
     expected = {
-        "cpu": set(),
+        "cpu": native if CPU_KERNEL == "native" else set(),
         "cuda": {"cudnn_rnn_ffi"} | ({"cudnn_rnn_bwd_ffi"} if make is _grad else set()),
         "tpu": set(),
     }
@@ -98,11 +107,12 @@ def test_auto_picks_kernel_per_platform_at_lowering(stub_cuda_rnn, make):
     assert lowered_calls(make("pallas"), *args, platform="tpu") == {"tpu_custom_call"}
 
 
-def test_auto_on_cpu_equals_fused_exactly(stub_cuda_rnn):
-    """The CPU branch is the fused kernel, bit for bit, though cuda and tpu branches are traced too."""
+def test_auto_on_cpu_equals_the_cpu_kernel_exactly(stub_cuda_rnn):
+    """The CPU branch is the CPU kernel (native where built, else fused), bit for bit, though
+    cuda and tpu branches are traced too."""
     args = (_network(), *_args())
     for make in (_forward, _grad):
-        got, ref = jax.jit(make("auto"))(*args), jax.jit(make("fused"))(*args)
+        got, ref = jax.jit(make("auto"))(*args), jax.jit(make(CPU_KERNEL))(*args)
         for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -117,22 +127,24 @@ def test_auto_without_cuda_plugin_runs_fused_on_cuda():
 def test_export_for_cpu_and_cuda_runs_here():
     """A two-platform export carries the per-platform choice and runs on CPU like fused."""
     args = (_network(), *_args())
-    exported = export.export(jax.jit(_forward()), platforms=["cpu", "cuda"])(*args)
+    exported = export.export(jax.jit(_forward()), platforms=["cpu", "cuda"],
+                             disabled_checks=NATIVE_CHECKS)(*args)  # fmt: skip
     assert exported.platforms == ("cpu", "cuda")
     got = exported.call(*args)
-    np.testing.assert_allclose(got[0], jax.jit(_forward("fused"))(*args)[0], atol=1e-6)
+    np.testing.assert_allclose(got[0], jax.jit(_forward("fused"))(*args)[0], atol=1e-5)
 
 
 @pytest.mark.parametrize("make", [_forward, _grad], ids=["forward", "grad"])
 def test_export_for_cpu_cuda_tpu(stub_cuda_rnn, make):
-    """One export for three platforms holds cuDNN's and the TPU kernel's calls (each lowered for
-    its platform only) and runs on CPU exactly like the fused kernel."""
+    """One export for three platforms holds cuDNN's calls (lowered for cuda only) and runs on CPU
+    exactly like the CPU kernel; backend="pallas" exports the TPU kernel's."""
     args = (_network(), *_args())
     checks = [export.DisabledSafetyCheck.custom_call(c) for c in ("cudnn_rnn_ffi", "cudnn_rnn_bwd_ffi")]
+    checks += NATIVE_CHECKS
     exported = export.export(jax.jit(make()), platforms=["cpu", "cuda", "tpu"], disabled_checks=checks)(*args)
     assert "cudnn_rnn_ffi" in custom_calls(exported.mlir_module())
     for a, b in zip(jax.tree_util.tree_leaves(exported.call(*args)),
-                    jax.tree_util.tree_leaves(jax.jit(make("fused"))(*args))):  # fmt: skip
+                    jax.tree_util.tree_leaves(jax.jit(make(CPU_KERNEL))(*args))):  # fmt: skip
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     pallas = export.export(jax.jit(make("pallas")), platforms=["cpu", "tpu"])(*args)
     assert "tpu_custom_call" in custom_calls(pallas.mlir_module())

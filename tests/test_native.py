@@ -92,6 +92,21 @@ def test_time_major_and_more_threads_than_panels(monkeypatch):
     )
 
 
+def check_nan_propagates():
+    """A NaN at a valid step gives NaN exactly where scan gives NaN (it is not clamped away)."""
+    w, xs, h0, c0, _ = _inputs(1)
+    xs = xs.at[0, 1, 0].set(jnp.nan)  # sequence 0 is valid at step 1
+    got = native_lstm_layer(None, w, xs, (h0, c0), seq_lengths=LENGTHS)
+    ref = scan_layer(lstm_kind(), w, xs, (h0, c0), seq_lengths=LENGTHS)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
+        assert np.isnan(np.asarray(b)).any()
+        np.testing.assert_array_equal(np.isnan(np.asarray(a)), np.isnan(np.asarray(b)))
+
+
+def test_nan_at_a_valid_step_propagates():
+    check_nan_propagates()
+
+
 @pytest.mark.parametrize("isa", ["avx2", "portable"])
 def test_other_instruction_sets(isa):
     """The AVX2 and portable paths (chosen at process start) against scan."""
@@ -103,7 +118,9 @@ def test_other_instruction_sets(isa):
         from lstm_jax.kernels.native import native_isa, native_lstm_layer
         from lstm_jax.scan import scan_layer
         from tests.test_native import _inputs, _value_and_grads, assert_trees_close, LENGTHS
+        from tests.test_native import check_nan_propagates
         assert native_isa() == sys.argv[2], native_isa()
+        check_nan_propagates()
         for hidden in (3, 21):
             args = _inputs(2, hidden=hidden)
             options = dict(seq_lengths=LENGTHS, reverse=True, masked=True)

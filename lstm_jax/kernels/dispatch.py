@@ -53,15 +53,16 @@ KERNELS: dict[str, Kernel] = {
 }
 
 # platform -> the kernel "auto" runs there (where that kernel supports the call).
-# CPU: "fused" or "native" (see the native section of TIMINGS.md for the
-# measurement that decides; "native"'s custom calls have no compatibility
-# guarantee, so jax.export of an "auto" LSTM on CPU needs disabled_checks with it).
+# CPU: "native" (C++ time loop; it declines H > 256, an unbuilt extension and
+# non-float32 calls, which then run "fused"): less CPU time than "fused" at
+# H <= 256 (TIMINGS.md, native section). Its custom calls have no compatibility
+# guarantee, so jax.export of an "auto" LSTM on CPU needs disabled_checks for them.
 # cuDNN is chosen by design, not measured: no GPU or TPU was available to this
 # project (see lstm_jax/kernels/ACCELERATORS.md). It is JAX's own primitive, which
 # Keras also routes its JAX LSTM to. Our Pallas TPU kernel has been lowered for
 # TPU but never compiled by libtpu nor run, so TPU users get "fused" by default
 # until it is measured there (backend="pallas" selects it).
-AUTO_LSTM: dict[str, str] = {"cpu": "fused", "cuda": "cudnn", "tpu": "fused"}
+AUTO_LSTM: dict[str, str] = {"cpu": "native", "cuda": "cudnn", "tpu": "fused"}
 FALLBACK = "fused"  # other platforms (e.g. rocm) and calls a platform's kernel declines
 
 

@@ -54,6 +54,9 @@ def projected(recurrence: Callable) -> Callable:
     which starts from the hoisted projection ``gx: (T, B, 4H)`` (the Pallas kernels)."""
 
     def forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, lengths, *, compute_dtype, unroll, save):
+        if xs.shape[1] == 0:  # an empty batch has no tiles: the fused forward's empty results
+            return fused_forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, lengths,
+                                 compute_dtype=compute_dtype, unroll=unroll, save=save)  # fmt: skip
         del valid, unroll
         gx = _project(w_ih, b, xs, compute_dtype)
         return recurrence(w_hh, gx, h0, c0, mask, lengths, compute_dtype=compute_dtype, save=save)
