@@ -6,6 +6,8 @@ the plain call from the initial state, and scatters the outputs back with zeros
 in between. The final state is the last segment's.
 """
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,7 +50,7 @@ def reference(fn, params, xs, state, *, resets=None, mask=None, lengths=None):
     rows, last = [], []  # rows: (sequence, kept steps); last[b]: b's last segment's row
     for b in range(batch):
         cuts = [0] + [t for t in range(1, lengths[b]) if resets[b, t]] + [lengths[b]]
-        for start, end in zip(cuts[:-1], cuts[1:]):
+        for start, end in itertools.pairwise(cuts):
             rows.append((b, [t for t in range(start, end) if mask[b, t]]))
         last.append(len(rows) - 1)
     seq = np.array([b for b, _ in rows])
@@ -82,7 +84,7 @@ def _assert_close(a, b, atol=2e-5):
 def _check(kind, resets=None, mask=None, lengths=None, *, grads=True, nan_xs=None, **setup):
     batch, steps = (resets if resets is not None else mask).shape
     fn, params, xs, state = _setup(kind, batch, steps, **setup)
-    kw = dict(resets=resets, mask=mask, seq_lengths=lengths)
+    kw = {"resets": resets, "mask": mask, "seq_lengths": lengths}
 
     def ours(params, xs, state):
         return fn(params, xs if nan_xs is None else nan_xs(xs), initial_state=state, **kw)
@@ -152,7 +154,12 @@ def test_nan_at_masked_steps_changes_no_output_or_gradient():
 def test_remat_with_resets_and_mask_equals_without():
     """Blocks of 3 steps over 7 (a remainder block), both directions, ragged."""
     fn, params, xs, state = _setup("lstm", 3, 7, num_layers=1)
-    kw = dict(initial_state=state, resets=RESETS, mask=MASK, seq_lengths=jnp.array([7, 4, 6]))
+    kw = {
+        "initial_state": state,
+        "resets": RESETS,
+        "mask": MASK,
+        "seq_lengths": jnp.array([7, 4, 6]),
+    }
 
     def run(params, xs, remat):
         return fn(params, xs, remat=remat, **kw)
@@ -165,7 +172,7 @@ def test_remat_with_resets_and_mask_equals_without():
 
 def test_auto_and_jit_route_to_scan():
     fn, params, xs, state = _setup("lstm", 3, 7)
-    kw = dict(initial_state=state, resets=RESETS, mask=MASK)
+    kw = {"initial_state": state, "resets": RESETS, "mask": MASK}
     out = jax.jit(lambda p, x: fn(p, x, **kw))(params, xs)
     _assert_close(out, fn(params, xs, backend="scan", **kw))
 
@@ -190,7 +197,9 @@ def test_explicit_kernels_reject_resets_and_mask(backend, name):
 @pytest.mark.parametrize("name", ["resets", "mask"])
 def test_bad_resets_and_mask_are_rejected(name):
     fn, params, xs, _ = _setup("lstm", 3, 7)
-    with pytest.raises(ValueError, match=rf"{name} must have shape \(3, 7\) \(batch, time\).*got \(7, 3\)"):
+    with pytest.raises(
+        ValueError, match=rf"{name} must have shape \(3, 7\) \(batch, time\).*got \(7, 3\)"
+    ):
         fn(params, xs, **{name: MASK.T})
     with pytest.raises(ValueError, match=rf"{name} must have shape \(7,\) \(time,\)"):
         fn(params, xs[0], **{name: MASK})

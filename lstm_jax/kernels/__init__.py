@@ -105,6 +105,7 @@ def _without_per_step(backend: str, layer: Callable) -> Callable:
                 )
         return layer(cell, weights, xs, initial_carry, **kwargs)
 
+    run.__wrapped__ = layer
     return run
 
 
