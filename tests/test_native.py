@@ -302,6 +302,7 @@ def test_long_sequence():
     )
 
 
+@pytest.mark.slow  # 20 s; test_higher_order covers hessians of the other kernels by default
 def test_second_order_derivatives_match_scan():
     """Hessians (forward over reverse) and grad of grad go through JAX references."""
     w, xs, h0, _, mask = _inputs(16, batch=2, steps=4)

@@ -207,6 +207,7 @@ def test_bad_resets_and_mask_are_rejected(name):
         fn(params, xs, **{name: jnp.asarray(MASK, jnp.int32)})
 
 
+@pytest.mark.slow  # 10 s; the example-based tests above cover each case by default
 @settings(max_examples=6, deadline=None)
 @given(
     kind=st.sampled_from(sorted(KINDS)),
