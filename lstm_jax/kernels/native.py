@@ -43,6 +43,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from lstm_jax.cells import Cell, lstm_pointwise
+from lstm_jax.kernels.fused import _activations
 from lstm_jax.kernels.fused import _recurrence as fused_recurrence
 from lstm_jax.kernels.fused import unsupported_variant
 from lstm_jax.kernels.platform import platform_only
@@ -208,8 +209,7 @@ def _forward_reference(w_ih, b, w_hh, xs, h0, c0, mask, valid):
         x, keep = inputs
         gates = x @ w_ih + b[None] + (h if mask is None else h * mask) @ w_hh
         h_new, c_new = jax.vmap(lstm_pointwise, in_axes=(None, 0, 0))(plain, gates, c)
-        i, f, g, o = jnp.split(gates, 4, axis=-1)
-        act = jnp.concatenate([jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)], -1)
+        act = jnp.concatenate(_activations(gates), axis=-1)  # the saved (B, 4H) activations
         y = h_new
         if keep is not None:
             keep = keep[:, None] != 0
