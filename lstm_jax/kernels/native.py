@@ -296,7 +296,7 @@ def _gradients(batch_major, w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, dh, dc,
         dw_ih = jnp.einsum("bti,tbg->ig", xs, dz)
         dxs = jnp.einsum("tbg,ig->bti", dz, w_ih)
     else:
-        dw_ih = xs.reshape(steps * batch, -1).T @ rows
+        dw_ih = xs.reshape(steps * batch, xs.shape[-1]).T @ rows
         dxs = (rows @ w_ih.T).reshape(xs.shape)
     db = jnp.sum(rows, axis=0)
     return dw_ih, db, dw_hh, dxs, dh0, dc0, (None if mask is None else dmask)
