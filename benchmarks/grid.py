@@ -156,12 +156,14 @@ def full_grid() -> Grid:
 
 
 def targets_grid() -> Grid:
-    """The four training targets (training and inference) only, for lstm_jax[auto],
-    [native] and [fused], Flax and PyTorch, with more rounds than --quick (its few
-    rounds per case leave ~10% noise here)."""
+    """The four targets only (float32 training and inference, bfloat16 training), for
+    lstm_jax[auto], [native] and [fused], Flax and PyTorch, with more rounds than
+    --quick (its few rounds per case leave ~10% noise here)."""
     peers = ("lstm_jax[auto]", "lstm_jax[native]", "lstm_jax[fused]", "flax_linen_optimized",
              "torch")  # fmt: skip
     cases = [Case(c, w, ("targets",), peers) for c in TARGETS for w in ("train", "infer")]
+    cases += [Case(dataclasses.replace(c, dtype="bfloat16"), "train", ("targets",), peers)
+              for c in TARGETS]  # fmt: skip
     return Grid("targets", tuple(cases), repeats=25, min_repeats=7, budget_s=25.0)
 
 

@@ -40,14 +40,22 @@ def _geomean(values: list) -> Optional[float]:
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
 
 
+GEOMEAN_GROUPS = ("train", "infer", "train bf16", "infer bf16", "all")
+
+
+def _group(row: dict) -> str:
+    """``train``/``infer`` for float32 cases, ``train bf16``/``infer bf16`` for bfloat16 ones."""
+    return row["workload"] + (" bf16" if row["label"].endswith(" bf16") else "")
+
+
 def geomeans(speedup_rows: list) -> list:
-    """Geometric mean speed-up per peer, per workload and over all cases."""
+    """Geometric mean speed-up per peer: per workload (float32 and bfloat16 apart) and over all cases."""
     out = []
     peers = list(dict.fromkeys(s["peer"] for s in speedup_rows))
-    for workload in ("train", "infer", "all"):
+    for workload in GEOMEAN_GROUPS:
         for peer in peers:
             values = [s["speedup"] for s in speedup_rows
-                      if s["peer"] == peer and workload in ("all", s["workload"])]  # fmt: skip
+                      if s["peer"] == peer and workload in ("all", _group(s))]  # fmt: skip
             if values:
                 out.append({"peer": peer, "workload": workload, "geomean": _geomean(values),
                             "cases": len(values)})  # fmt: skip
@@ -76,6 +84,33 @@ def _share(row: dict, peak: Optional[float]) -> str:
     if not peak or not row.get("matmul_flops"):
         return ""
     return f"{100 * row['matmul_flops'] / row['median_s'] / peak:.1f}"
+
+
+# issue 11's targets: lstm_jax's default against Flax (geomean of float32
+# training) and against PyTorch (every case, float32 and bfloat16)
+TARGET_PEER, TARGET_RIVAL, TARGET_TRAIN_GEOMEAN = "lstm_jax[auto]", "torch", 2.0
+
+
+def _target_lines(results: dict, by_key: dict, geo: dict) -> list:
+    """The targets, each marked met or not, from this run's medians (empty without PyTorch)."""
+    cases = list(dict.fromkeys(_case_key(r) for r in results["rows"]))
+    pairs = [(key, by_key.get((key, TARGET_PEER)), by_key.get((key, TARGET_RIVAL))) for key in cases]
+    pairs = [(key, ours, rival) for key, ours, rival in pairs if ours and rival and _ok(ours) and _ok(rival)]
+    if not pairs:
+        return []
+    lines = ["", f"## Targets: `{TARGET_PEER}` against Flax and PyTorch", ""]
+    train = geo.get((TARGET_PEER, "train"))
+    if train is not None:
+        verdict = "met" if train >= TARGET_TRAIN_GEOMEAN else "not met"
+        lines.append(f"- float32 training, geomean speed-up over Flax: **{train:.2f}×** "
+                     f"(target >= {TARGET_TRAIN_GEOMEAN:.1f}×: {verdict})")  # fmt: skip
+    for key, ours, rival in pairs:
+        ratio = rival["median_s"] / ours["median_s"]
+        verdict = "met" if ratio >= 1.0 else "not met"
+        lines.append(f"- {key[0]} {key[1]}: {ours['median_s'] * 1e3:.3g} ms vs `{TARGET_RIVAL}` "
+                     f"{rival['median_s'] * 1e3:.3g} ms, **{ratio:.2f}×** "
+                     f"(target: no slower: {verdict})")  # fmt: skip
+    return lines
 
 
 def markdown(results: dict) -> str:
@@ -123,11 +158,12 @@ def markdown(results: dict) -> str:
         cells = [_cell(by_key.get((key, p)), speed.get((*key, p))) for p in peers]
         lines.append("| " + " | ".join([key[0], key[1], base_text] + cells) + " |")
     geo = {(g["peer"], g["workload"]): g["geomean"] for g in results["geomeans"]}
-    for workload in ("train", "infer", "all"):
+    for workload in GEOMEAN_GROUPS:
         if any((p, workload) in geo for p in peers):
             cells = [f"**{geo[(p, workload)]:.2f}×**" if (p, workload) in geo else "—" for p in peers]
             lines.append("| " + " | ".join(["**geomean**", workload, ""] + cells) + " |")
 
+    lines += _target_lines(results, by_key, geo)
     lines += ["", "## Step time, throughput, compile time, memory", ""]
     lines.append(
         "Step time after warm-up: median, interquartile range and min–max over the rounds. "

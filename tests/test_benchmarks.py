@@ -197,3 +197,23 @@ def test_device_grid_builds_and_needs_an_accelerator(capsys):
     if jax.default_backend() == "cpu":
         assert cli.main(["--device", "--no-progress"]) == 2
         assert "--device measures a GPU or TPU" in capsys.readouterr().err
+
+
+def test_geomeans_keep_bfloat16_apart_and_targets_are_judged():
+    def row(label, workload, peer, ms):
+        return {"label": label, "workload": workload, "peer": peer, "status": "ok",
+                "median_s": ms / 1e3}  # fmt: skip
+
+    rows = [row("B8", "train", FLAX, 20), row("B8", "train", "lstm_jax[auto]", 8),
+            row("B8", "train", "torch", 10), row("B8 bf16", "train", FLAX, 30),
+            row("B8 bf16", "train", "lstm_jax[auto]", 15), row("B8 bf16", "train", "torch", 12)]  # fmt: skip
+    speedups = report.speedups(rows)
+    geo = {(g["peer"], g["workload"]): g["geomean"] for g in report.geomeans(speedups)}
+    assert geo[("lstm_jax[auto]", "train")] == pytest.approx(2.5)  # float32 only
+    assert geo[("lstm_jax[auto]", "train bf16")] == pytest.approx(2.0)
+    assert geo[("lstm_jax[auto]", "all")] == pytest.approx((2.5 * 2.0) ** 0.5)
+    by_key = {((r["label"], r["workload"]), r["peer"]): r for r in rows}
+    text = "\n".join(report._target_lines({"rows": rows}, by_key, geo))
+    assert "geomean speed-up over Flax: **2.50×** (target >= 2.0×: met)" in text
+    assert "- B8 train: 8 ms vs `torch` 10 ms, **1.25×** (target: no slower: met)" in text
+    assert "- B8 bf16 train: 15 ms vs `torch` 12 ms, **0.80×** (target: no slower: not met)" in text
