@@ -13,14 +13,16 @@
 //   backward  per step the gate gradients dz (written over the saved
 //             activations, aliased again) and dh = (dz @ w_hh^T) * mask.
 //
-// Threads: hidden units are split across partitions (one per thread of XLA's
-// intra-op pool, handed to the handler through the FFI ThreadPool context).
-// Steps depend on each other through h (forward) or dz (backward), so item
-// (step s, partition p) starts once every partition finished step s - 1: one
-// synchronisation per step. The calling thread runs the loop too and takes
-// over any item that no other thread has claimed, so the call completes even
-// when the pool runs none of the helper tasks (the FFI allows that), and the
-// helpers never wait on each other.
+// Threads (one partition per thread of XLA's intra-op pool, handed to the
+// handler through the FFI ThreadPool context): with at least 4 batch rows per
+// thread, the rows are split: sequences are independent, so each partition
+// runs the whole loop for its rows with no synchronisation. Smaller batches
+// split the hidden units: steps depend on each other through h (forward) or dz
+// (backward), so item (step s, partition p) starts once every partition
+// finished step s - 1, one synchronisation per step. Either way the calling
+// thread works too and takes over whatever no other thread has claimed, so
+// the call completes even when the pool runs none of the helper tasks (the FFI
+// allows that).
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -90,7 +92,8 @@ struct BwdProblem {
   const float* wpack;
 };
 
-using ItemFn = void (*)(const void* problem, int64_t step, int p0, int p1);
+// Runs step `step` for hidden-unit panels [p0, p1) and batch rows [b0, b1).
+using ItemFn = void (*)(const void* problem, int64_t step, int p0, int p1, int b0, int b1);
 
 struct Kernels {
   int width;
@@ -187,9 +190,11 @@ struct Loop {
   std::unique_ptr<Counter[]> claimed;  // next unclaimed step, per partition
   std::unique_ptr<Counter[]> done;     // steps finished, per partition
 
-  Loop(ItemFn f, const void* pr, int64_t s, int np, int npanels)
+  int batch;
+
+  Loop(ItemFn f, const void* pr, int64_t s, int np, int npanels, int nbatch)
       : fn(f), problem(pr), steps(s), parts(np), panels(npanels),
-        claimed(new Counter[np]), done(new Counter[np]) {}
+        claimed(new Counter[np]), done(new Counter[np]), batch(nbatch) {}
 
   bool AllDone(int64_t step) const {
     for (int r = 0; r < parts; ++r) {
@@ -221,7 +226,8 @@ struct Loop {
         int64_t expected = step;
         if (claimed[r].value.compare_exchange_strong(expected, step + 1,
                                                      std::memory_order_acq_rel)) {
-          fn(problem, step, int(int64_t(r) * panels / parts), int(int64_t(r + 1) * panels / parts));
+          fn(problem, step, int(int64_t(r) * panels / parts), int(int64_t(r + 1) * panels / parts),
+             0, batch);
           done[r].value.store(step + 1, std::memory_order_release);
         }
       }
@@ -229,24 +235,85 @@ struct Loop {
   }
 };
 
-// Runs `fn` over all items on up to `parts` threads: this one plus helpers on
-// XLA's pool. Returns when every item is done. `keep` owns whatever the items
-// read (the problem, packed weights); late helpers hold it until they exit.
-void RunLoop(ffi::ThreadPool& pool, std::shared_ptr<void> keep, ItemFn fn, const void* problem,
-             int64_t steps, int parts, int panels) {
-  auto loop = std::make_shared<Loop>(fn, problem, steps, parts, panels);
-  for (int q = 1; q < parts; ++q) {
-    pool.Schedule([loop, keep, q]() { loop->Work(q); });
+// Batch rows are independent sequences: partition r runs every step for its
+// rows, with no synchronisation at all. A thread claims whole partitions (its
+// own first); the caller claims whatever no helper has started.
+struct RowLoop {
+  ItemFn fn;
+  const void* problem;
+  int64_t steps;
+  int parts, panels, batch;
+  std::unique_ptr<Counter[]> claimed, done;  // 0/1 per partition
+
+  RowLoop(ItemFn f, const void* pr, int64_t s, int np, int npanels, int nbatch)
+      : fn(f), problem(pr), steps(s), parts(np), panels(npanels), batch(nbatch),
+        claimed(new Counter[np]), done(new Counter[np]) {}
+
+  void Work(int q) {
+    for (int j = 0; j < parts; ++j) {
+      const int r = (q + j) % parts;
+      int64_t expected = 0;
+      if (!claimed[r].value.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) continue;
+      const int b0 = int(int64_t(r) * batch / parts), b1 = int(int64_t(r + 1) * batch / parts);
+      for (int64_t step = 0; step < steps; ++step) fn(problem, step, 0, panels, b0, b1);
+      done[r].value.store(1, std::memory_order_release);
+    }
   }
+
+  void WaitAllDone() const {
+    for (int r = 0; r < parts; ++r) {
+      for (int spins = 0; done[r].value.load(std::memory_order_acquire) == 0; ++spins) {
+        if (spins < 2000) {
+          CpuRelax();
+        } else {
+          std::this_thread::yield();
+        }
+      }
+    }
+  }
+};
+
+// How a call is split across threads: hidden-unit panels (one sync per step)
+// or batch rows (none).
+struct Split {
+  int parts;
+  bool rows;
+};
+
+// Runs `fn` over all items on up to `split.parts` threads: this one plus
+// helpers on XLA's pool. Returns when every item is done. `keep` owns whatever
+// the items read (the problem, packed weights); late helpers hold it until
+// they exit.
+void RunLoop(ffi::ThreadPool& pool, std::shared_ptr<void> keep, ItemFn fn, const void* problem,
+             int64_t steps, Split split, int panels, int batch) {
+  if (split.rows) {
+    auto loop = std::make_shared<RowLoop>(fn, problem, steps, split.parts, panels, batch);
+    for (int q = 1; q < split.parts; ++q) pool.Schedule([loop, keep, q]() { loop->Work(q); });
+    loop->Work(0);
+    loop->WaitAllDone();
+    return;
+  }
+  auto loop = std::make_shared<Loop>(fn, problem, steps, split.parts, panels, batch);
+  for (int q = 1; q < split.parts; ++q) pool.Schedule([loop, keep, q]() { loop->Work(q); });
   loop->Work(0);
   loop->WaitAllDone(steps);
 }
 
-int Partitions(ffi::ThreadPool& pool, int batch, int input, int hidden, int panels) {
-  if (int64_t(batch) * (input + hidden) * 4 * hidden < SplitThreshold()) return 1;
+// Rows per thread below which a call splits hidden units instead of rows: a
+// register block streams the weights for its rows, so thinner blocks waste
+// the loads (LSTM_JAX_NATIVE_MIN_ROWS overrides, for measurements).
+int MinRowsPerThread() {
+  const char* s = std::getenv("LSTM_JAX_NATIVE_MIN_ROWS");
+  return s != nullptr ? std::max(1, std::atoi(s)) : 4;
+}
+
+Split Partitions(ffi::ThreadPool& pool, int batch, int input, int hidden, int panels) {
+  if (int64_t(batch) * (input + hidden) * 4 * hidden < SplitThreshold()) return {1, false};
   int64_t threads = pool.num_threads();
   if (MaxThreads() > 0) threads = MaxThreads();
-  return int(std::max<int64_t>(1, std::min<int64_t>(threads, panels)));
+  const int64_t by_rows = std::min<int64_t>(threads, batch / MinRowsPerThread());
+  if (by_rows >= 2) return {int(by_rows), true};
+  return {int(std::max<int64_t>(1, std::min<int64_t>(threads, panels))), false};
 }
 
 // Asks the kernel to back the whole 2 MiB pages inside [data, data + bytes)
@@ -320,7 +387,7 @@ ffi::Error Forward(ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32>
   HugePagesHint(ys->typed_data(), ys->element_count() * sizeof(float));
   if (act != nullptr) HugePagesHint(act, size_t(count) * steps * batch * gates * sizeof(float));
   if (cs != nullptr) HugePagesHint(cs, size_t(count) * steps * bh * sizeof(float));
-  const int parts = Partitions(pool, batch, input, hidden, panels);
+  const Split split = Partitions(pool, batch, input, hidden, panels);
   const size_t pack = kern.fwd_pack_size(input, hidden);
   for (int64_t n = 0; n < count; ++n) {
     auto buffers = std::make_shared<std::vector<float>>(pack + 4 * bh);
@@ -356,7 +423,7 @@ ffi::Error Forward(ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32>
     }
     P->wpack = wpack;
     std::shared_ptr<void> keep = std::make_shared<std::pair<decltype(P), decltype(buffers)>>(P, buffers);
-    RunLoop(pool, keep, kern.fwd_item, P.get(), steps, parts, panels);
+    RunLoop(pool, keep, kern.fwd_item, P.get(), steps, split, panels, batch);
     std::memcpy(hT + n * bh, P->h[steps & 1], bh * sizeof(float));
   }
   return ffi::Error::Success();
@@ -415,7 +482,7 @@ ffi::Error Backward(ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32
   if (dz->typed_data() != act.typed_data()) {  // XLA did not alias: copy the activations over
     std::memcpy(dz->typed_data(), act.typed_data(), act.element_count() * sizeof(float));
   }
-  const int parts = Partitions(pool, batch, 0, hidden, panels);
+  const Split split = Partitions(pool, batch, 0, hidden, panels);
   for (int64_t n = 0; n < count; ++n) {
     auto buffers = std::make_shared<std::vector<float>>(kern.bwd_pack_size(hidden));
     kern.pack_bwd(w_hh.typed_data() + n * hidden * gates, hidden, buffers->data());
@@ -439,7 +506,7 @@ ffi::Error Backward(ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32
     P->dm = has_mask ? dm + n * bh : nullptr;
     P->wpack = buffers->data();
     std::shared_ptr<void> keep = std::make_shared<std::pair<decltype(P), decltype(buffers)>>(P, buffers);
-    RunLoop(pool, keep, kern.bwd_item, P.get(), steps + 1, parts, panels);
+    RunLoop(pool, keep, kern.bwd_item, P.get(), steps + 1, split, panels, batch);
   }
   return ffi::Error::Success();
 }

@@ -3,7 +3,8 @@
 Shapes are chosen to hit the kernels' edge cases: H = 21 is one full panel of
 16 units and a partial one (AVX-512), B = 7 is one block of 6 rows and a
 remainder. ``LSTM_JAX_NATIVE_SPLIT_MACS=0`` makes even these tiny steps run
-split across threads.
+split across threads: by hidden units (B = 7 is below 2 x the default 4 rows
+per thread), or by batch rows with ``LSTM_JAX_NATIVE_MIN_ROWS=1``.
 """
 
 from __future__ import annotations
@@ -66,11 +67,13 @@ def _value_and_grads(layer, args, *, seq_lengths, reverse, masked, time_major=Fa
 
 
 @pytest.mark.parametrize(
-    "reverse, ragged, masked, split", [(*case, False) for case in CASES] + [(True, True, True, True)]
+    "reverse, ragged, masked, split",
+    [(*case, None) for case in CASES] + [(True, True, True, "units"), (True, True, True, "rows")],
 )
 def test_layer_matches_scan(monkeypatch, reverse, ragged, masked, split):
-    if split:
+    if split is not None:
         monkeypatch.setenv("LSTM_JAX_NATIVE_SPLIT_MACS", "0")
+        monkeypatch.setenv("LSTM_JAX_NATIVE_MIN_ROWS", "1" if split == "rows" else "100")
     args = _inputs()
     options = dict(seq_lengths=LENGTHS if ragged else None, reverse=reverse, masked=masked)
     got = _value_and_grads(native_lstm_layer, args, **options)
@@ -80,8 +83,10 @@ def test_layer_matches_scan(monkeypatch, reverse, ragged, masked, split):
         assert float(jnp.max(jnp.abs(got[1][4]))) == 0.0
 
 
-def test_time_major_and_more_threads_than_panels(monkeypatch):
+@pytest.mark.parametrize("min_rows", ["100", "1"])  # 5 partitions of units, or of rows
+def test_time_major_and_more_threads_than_panels(monkeypatch, min_rows):
     monkeypatch.setenv("LSTM_JAX_NATIVE_SPLIT_MACS", "0")
+    monkeypatch.setenv("LSTM_JAX_NATIVE_MIN_ROWS", min_rows)
     monkeypatch.setenv("LSTM_JAX_NATIVE_THREADS", "5")
     w, xs, h0, c0, mask = _inputs(1)
     args = (w, jnp.swapaxes(xs, 0, 1), h0, c0, mask)
@@ -112,7 +117,7 @@ def test_other_instruction_sets(isa):
     """The AVX2 and portable paths (chosen at process start) against scan."""
     script = textwrap.dedent(
         """
-        import sys
+        import os, sys
         sys.path.insert(0, sys.argv[1])
         import jax.numpy as jnp
         from lstm_jax.kernels.native import native_isa, native_lstm_layer
@@ -121,7 +126,8 @@ def test_other_instruction_sets(isa):
         from tests.test_native import check_nan_propagates
         assert native_isa() == sys.argv[2], native_isa()
         check_nan_propagates()
-        for hidden in (3, 21):
+        for min_rows, hidden in (("100", 3), ("100", 21), ("1", 21)):  # units or rows split
+            os.environ["LSTM_JAX_NATIVE_MIN_ROWS"] = min_rows
             args = _inputs(2, hidden=hidden)
             options = dict(seq_lengths=LENGTHS, reverse=True, masked=True)
             assert_trees_close(
