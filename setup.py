@@ -1,4 +1,4 @@
-"""Builds the optional native CPU kernels (``backend="native"``): ``lstm_jax/_lstm_native*.so``.
+"""Builds the optional native CPU kernels (``backend="native"``, LSTM and GRU): ``lstm_jax/_lstm_native*.so``.
 
 Everything else about the package is in ``pyproject.toml``. The extension is
 plain C++17 against XLA's header-only FFI API, vendored in ``csrc/xla`` (so the
@@ -22,7 +22,7 @@ setup(
     ext_modules=[
         Extension(
             "lstm_jax._lstm_native",
-            sources=["csrc/lstm_native.cc"],
+            sources=["csrc/lstm_native.cc", "csrc/gru_native.cc"],
             depends=sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*.inc") + glob.glob("csrc/xla/ffi/api/*.h")),
             include_dirs=["csrc"],
             language="c++",

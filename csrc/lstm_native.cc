@@ -31,6 +31,7 @@
 #include <thread>
 #include <vector>
 
+#include "native_loop.h"
 #include "simd.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -70,8 +71,6 @@ struct BwdProblem {
   float* dm;              // (B, H) mask gradient, accumulated, or null
   const float* wpack;
 };
-
-using ItemFn = void (*)(const void* problem, int64_t step, int p0, int p1);
 
 struct Kernels {
   int width;
@@ -224,15 +223,7 @@ void RunLoop(ffi::ThreadPool& pool, std::shared_ptr<void> keep, ItemFn fn, const
 }
 
 int Partitions(ffi::ThreadPool& pool, int batch, int input, int hidden, int panels) {
-  if (int64_t(batch) * (input + hidden) * 4 * hidden < SplitThreshold()) return 1;
-  int64_t threads = pool.num_threads();
-  if (MaxThreads() > 0) threads = MaxThreads();
-  return int(std::max<int64_t>(1, std::min<int64_t>(threads, panels)));
-}
-
-template <class Buffer>
-float* Data(Buffer& b) {
-  return b.element_count() == 0 ? nullptr : b.typed_data();
+  return StepPartitions(pool, int64_t(batch) * (input + hidden) * 4 * hidden, panels);
 }
 
 // Shapes: xs (N.., T, B, I), w_ih (N.., I, 4H), b (N.., 4H), w_hh (N.., H, 4H),
@@ -390,6 +381,22 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffe
 }
 
 }  // namespace
+
+// native_loop.h: shared with the GRU handlers (gru_native.cc).
+void RunItems(ffi::ThreadPool& pool, std::shared_ptr<void> keep, ItemFn fn, const void* problem,
+              int64_t steps, int parts, int panels) {
+  RunLoop(pool, std::move(keep), fn, problem, steps, parts, panels);
+}
+
+int StepPartitions(ffi::ThreadPool& pool, int64_t macs, int panels) {
+  if (macs < SplitThreshold()) return 1;
+  int64_t threads = pool.num_threads();
+  if (MaxThreads() > 0) threads = MaxThreads();
+  return int(std::max<int64_t>(1, std::min<int64_t>(threads, panels)));
+}
+
+const char* IsaName() { return GetIsa().name; }
+
 }  // namespace lstm_jax
 
 #define LSTM_JAX_EXPORT extern "C" __attribute__((visibility("default")))
@@ -456,4 +463,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxBackward, Backward,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dmask
 );
 
-const char* LstmJaxNativeIsa() { return lstm_jax::GetIsa().name; }
+const char* LstmJaxNativeIsa() { return lstm_jax::IsaName(); }
