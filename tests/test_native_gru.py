@@ -25,7 +25,7 @@ import lstm_jax as lj
 from lstm_jax.cells import gru_kind
 from lstm_jax.kernels import dispatch, native, select_layer
 from lstm_jax.kernels.native import native_unavailable
-from lstm_jax.kernels.native_gru import native_gru_layer
+from lstm_jax.kernels.native_gru import AUTO_NATIVE_GRU_MAX_HIDDEN, native_gru_layer
 from lstm_jax.scan import scan_layer
 from tests.test_native import assert_trees_close
 
@@ -140,7 +140,7 @@ def test_other_instruction_sets(isa, tmp_path):
         import jax
         import numpy as np
         from lstm_jax.kernels.native import native_isa
-        from lstm_jax.kernels.native_gru import native_gru_layer
+        from lstm_jax.kernels.native_gru import AUTO_NATIVE_GRU_MAX_HIDDEN, native_gru_layer
         from tests.test_native_gru import ISA_OPTIONS, LENGTHS, _inputs, _nan_inputs, _value_and_grads
         assert native_isa() == sys.argv[2], native_isa()
         nan = native_gru_layer(None, *_nan_inputs(), seq_lengths=LENGTHS)
@@ -178,10 +178,10 @@ def test_network_bidirectional_remat_recurrent_dropout():
     params = lj.init_gru(keys[0], I, 10, bidirectional=True)
     xs = jax.random.normal(keys[1], (B, T, I))
     state = jax.random.normal(keys[2], (2, B, 10))
-    kwargs = dict(seq_lengths=LENGTHS, remat=4, recurrent_dropout=0.3, key=jax.random.key(6))
+    kwargs = dict(seq_lengths=LENGTHS, recurrent_dropout=0.3, key=jax.random.key(6))
     assert_trees_close(
-        _network_loss("native", **kwargs)(params, xs, state),
-        _network_loss("scan", **kwargs)(params, xs, state),
+        _network_loss("native", remat=4, **kwargs)(params, xs, state),
+        _network_loss("scan", **kwargs)(params, xs, state),  # remat changes no value
     )
 
 
@@ -311,8 +311,10 @@ def test_auto_runs_native_on_cpu_for_the_plain_gru():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     for kwargs in (dict(compute_dtype=jnp.bfloat16), dict(mask=jnp.ones((B, T), bool)),
                    dict(resets=jnp.zeros((B, T), bool))):  # fmt: skip
-        text = str(jax.make_jaxpr(lambda p: lj.gru(p, xs, **kwargs))(params))
+        text = str(jax.make_jaxpr(lambda p, kw=kwargs: lj.gru(p, xs, **kw))(params))
         assert "lstm_jax_native" not in text, kwargs
+    wide = lj.init_gru(jax.random.key(12), I, AUTO_NATIVE_GRU_MAX_HIDDEN + 1)
+    assert "lstm_jax_native" not in str(jax.make_jaxpr(lambda p: lj.gru(p, xs))(wide))
 
 
 def test_auto_export_for_cpu_and_cuda_runs_here():

@@ -1,8 +1,9 @@
 """Native GRU vs scan, interleaved: training step jit(grad) and inference, medians of rounds.
 
-Run from the repo root: ``python benchmarks/kernel_timings/gru_native.py`` (``REPS=9``,
+Run from the repo root: ``PYTHONPATH=. python benchmarks/kernel_timings/gru_native.py`` (``REPS=9``,
 ``CONFIGS="8,512,32,64;..."``). Prints wall-clock and process CPU-time medians per
-configuration and the load average before and after.
+configuration and the load average before and after. ``native1`` is ``native`` with
+``LSTM_JAX_NATIVE_THREADS=1`` (the C++ reads it per call), ``native`` uses XLA's pool.
 """
 
 import os
@@ -11,28 +12,41 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import lstm_jax as lj
+from lstm_jax.kernels.native import native_isa
 
 CONFIGS = [(8, 512, 32, 64), (64, 128, 128, 256), (32, 256, 64, 128), (128, 64, 256, 512)]
 if os.environ.get("CONFIGS"):
     CONFIGS = [tuple(int(v) for v in c.split(",")) for c in os.environ["CONFIGS"].split(";")]
-REPS = int(os.environ.get("REPS", 9))
-BACKENDS = os.environ.get("BACKENDS", "scan,native").split(",")
+REPS = int(os.environ.get("REPS", "9"))
+BACKENDS = os.environ.get("BACKENDS", "scan,native,native1").split(",")
 
 
-def cases(backend, params, xs):
+def cases(name, params, xs):
+    backend = name.rstrip("1")
+
     def forward(p, x):
         return lj.gru(p, x, backend=backend)[0]
 
+    def threads(fn):
+        def run():
+            if name == "native1":
+                os.environ["LSTM_JAX_NATIVE_THREADS"] = "1"
+            try:
+                return jax.block_until_ready(fn())
+            finally:
+                os.environ.pop("LSTM_JAX_NATIVE_THREADS", None)
+
+        return run
+
     train = jax.jit(jax.grad(lambda p, x: jnp.sum(forward(p, x)), (0, 1)))
     infer = jax.jit(forward)
-    return {"train": lambda: train(params, xs), "infer": lambda: infer(params, xs)}
+    return {"train": threads(lambda: train(params, xs)), "infer": threads(lambda: infer(params, xs))}
 
 
 def main():
-    print(f"load average at start {os.getloadavg()}, isa {lj.kernels.native.native_isa()}", flush=True)
+    print(f"load average at start {os.getloadavg()}, isa {native_isa()}", flush=True)
     for B, T, I, H in CONFIGS:
         params = lj.init_gru(jax.random.key(0), I, H)
         xs = jax.random.normal(jax.random.key(1), (B, T, I))
