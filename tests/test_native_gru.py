@@ -284,10 +284,10 @@ def test_matches_torch_gru():
     grads, (ys, h) = jax.jit(jax.grad(loss, (0, 1, 2), has_aux=True))(
         lj.from_torch(module.state_dict()), jnp.asarray(x_np), jnp.asarray(h0_np)
     )
-    np.testing.assert_allclose(ys, ys_t.detach().numpy(), atol=2e-5, rtol=0)
-    np.testing.assert_allclose(h, h_t.detach().numpy(), atol=2e-5, rtol=0)
-    np.testing.assert_allclose(grads[1], x_t.grad.numpy(), atol=1e-4, rtol=0)
-    np.testing.assert_allclose(grads[2], h0_t.grad.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(ys, ys_t.detach().numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(h, h_t.detach().numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(grads[1], x_t.grad.numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(grads[2], h0_t.grad.numpy(), atol=1e-5, rtol=0)
     theirs = dict(module.named_parameters())
     for layer, directions in enumerate(grads[0].layers):
         for d, g in enumerate(directions):
@@ -295,7 +295,7 @@ def test_matches_torch_gru():
             for name, ours in (("weight_ih", g.w_ih.T), ("weight_hh", g.w_hh.T),
                                ("bias_ih", g.b_ih), ("bias_hh", g.b_hh)):  # fmt: skip
                 np.testing.assert_allclose(
-                    ours, theirs[name + tag].grad.numpy(), atol=2e-4, rtol=0, err_msg=name + tag
+                    ours, theirs[name + tag].grad.numpy(), atol=1e-5, rtol=0, err_msg=name + tag
                 )
 
 
