@@ -463,4 +463,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxBackward, Backward,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dmask
 );
 
-const char* LstmJaxNativeIsa() { return lstm_jax::IsaName(); }
+const char* LstmJaxNativeIsa() { return lstm_jax::GetIsa().name; }

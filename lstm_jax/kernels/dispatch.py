@@ -14,7 +14,7 @@ fused backward (fused, the Pallas TPU kernel) are chosen inside one custom
 VJP (:mod:`lstm_jax.kernels.shared`); a kernel with its own VJP (cuDNN) is a
 separate branch around it.
 
-:data:`AUTO_GRU` does the same for the plain GRU, with ``"scan"`` wherever
+:data:`AUTO_GRU` does the same for the GRU, with ``"scan"`` wherever
 its kernel is absent or declines the call.
 """
 
