@@ -256,7 +256,8 @@ def test_dispatcher_errors():
 def test_rnn_auto_is_scan():
     xs = jax.random.normal(jax.random.key(17), (B, T, I))
     params = lj.init_rnn(jax.random.key(18), I, H)
-    assert_trees_close(lj.rnn(params, xs, backend="auto"), lj.rnn(params, xs, backend="scan"), atol=0, rtol=0)
+    auto, scan = lj.rnn(params, xs, backend="auto"), lj.rnn(params, xs, backend="scan")
+    assert_trees_close(auto, scan, atol=0, rtol=0)
 
 
 # ------------------------------------------------------------------------ cuDNN

@@ -118,7 +118,9 @@ def test_nan_in_padding_changes_nothing():
     padded = jnp.arange(T)[None, :, None] >= LENGTHS[:, None, None]
     options = dict(seq_lengths=LENGTHS, reverse=True, masked=True)
     clean = _value_and_grads(native_gru_layer, (w, jnp.where(padded, 0.0, xs), h0, mask), **options)
-    dirty = _value_and_grads(native_gru_layer, (w, jnp.where(padded, jnp.nan, xs), h0, mask), **options)
+    dirty = _value_and_grads(
+        native_gru_layer, (w, jnp.where(padded, jnp.nan, xs), h0, mask), **options
+    )
     (_, aux_clean), (gw, gx, gh, gm) = clean
     (_, aux_dirty), (dw, dx, dh, dm) = dirty
     assert_trees_close(aux_dirty, aux_clean, atol=0, rtol=0)
@@ -254,7 +256,9 @@ def test_hessian_matches_scan():
     """Hessians (forward over reverse) go through the JAX reference of the forward too."""
     w, xs, h0, mask = _inputs(16, batch=2, steps=3, hidden=3)
     hessian = jax.jit(jax.hessian(_second_order_loss, (0, 1, 2)), static_argnums=4)
-    assert_trees_close(hessian(w, xs, h0, mask, native_gru_layer), hessian(w, xs, h0, mask, scan_layer))
+    assert_trees_close(
+        hessian(w, xs, h0, mask, native_gru_layer), hessian(w, xs, h0, mask, scan_layer)
+    )
 
 
 def test_matches_torch_gru():
@@ -307,7 +311,9 @@ def test_auto_runs_native_on_cpu_for_the_plain_gru():
     xs = jax.random.normal(jax.random.key(13), (B, T, I))
     assert "lstm_jax_native_gru_forward" in str(jax.make_jaxpr(lambda p: lj.gru(p, xs))(params))
     loss = lambda backend: _network_loss(backend, seq_lengths=LENGTHS)(params, xs, None)  # noqa: E731
-    for a, b in zip(jax.tree_util.tree_leaves(loss("auto")), jax.tree_util.tree_leaves(loss("native"))):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(loss("auto")), jax.tree_util.tree_leaves(loss("native"))
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     for kwargs in (dict(compute_dtype=jnp.bfloat16), dict(mask=jnp.ones((B, T), bool)),
                    dict(resets=jnp.zeros((B, T), bool))):  # fmt: skip
@@ -324,7 +330,9 @@ def test_auto_export_for_cpu_and_cuda_runs_here():
     checks = [export.DisabledSafetyCheck.custom_call(c) for c in CALLS]
     fn = jax.jit(lambda p, x: lj.gru(p, x, seq_lengths=LENGTHS))
     exported = export.export(fn, platforms=["cpu", "cuda"], disabled_checks=checks)(params, xs)
-    assert_trees_close(exported.call(params, xs), lj.gru(params, xs, seq_lengths=LENGTHS, backend="scan"))
+    assert_trees_close(
+        exported.call(params, xs), lj.gru(params, xs, seq_lengths=LENGTHS, backend="scan")
+    )
 
 
 @pytest.mark.parametrize(
@@ -345,7 +353,9 @@ def test_non_float32_parameters_raise():
     params = jax.tree_util.tree_map(
         lambda a: a.astype(jnp.bfloat16), lj.init_gru(jax.random.key(17), I, H)
     )
-    with pytest.raises(ValueError, match="backend='native': it needs float32 parameters, got bfloat16"):
+    with pytest.raises(
+        ValueError, match="backend='native': it needs float32 parameters, got bfloat16"
+    ):
         lj.gru(params, jnp.ones((B, T, I), jnp.bfloat16), backend="native")
     text = str(jax.make_jaxpr(lambda p: lj.gru(p, jnp.ones((B, T, I), jnp.bfloat16)))(params))
     assert "lstm_jax_native" not in text

@@ -42,7 +42,10 @@ def cases(name, params, xs):
 
     train = jax.jit(jax.grad(lambda p, x: jnp.sum(forward(p, x)), (0, 1)))
     infer = jax.jit(forward)
-    return {"train": threads(lambda: train(params, xs)), "infer": threads(lambda: infer(params, xs))}
+    return {
+        "train": threads(lambda: train(params, xs)),
+        "infer": threads(lambda: infer(params, xs)),
+    }
 
 
 def main():
@@ -74,7 +77,8 @@ def main():
             med = {b: statistics.median(wall[b, mode]) * 1e3 for b in BACKENDS}
             cmed = {b: statistics.median(cpu[b, mode]) * 1e3 for b in BACKENDS}
             line = "  ".join(
-                f"{b} {med[b]:.2f} ms (cpu {cmed[b]:.2f}, {med['scan'] / med[b]:.2f}x)" for b in BACKENDS
+                f"{b} {med[b]:.2f} ms (cpu {cmed[b]:.2f}, {med['scan'] / med[b]:.2f}x)"
+                for b in BACKENDS
             )
             print(f"({B}, {T}, {I}, {H}) {mode}: {line}", flush=True)
     print(f"load average at end {os.getloadavg()}", flush=True)

@@ -82,6 +82,12 @@ def native_gru_auto_unsupported(weights, xs, initial_carry, *, recurrent_mask, c
     return reason
 
 
+def _operands(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid):
+    """The forward custom calls' operands; an absent mask or validity is an empty array."""
+    mask, valid = _optional(mask, jnp.float32), _optional(valid, jnp.uint8)
+    return xs, w_ih, b_ih, w_hh, b_hh, h0, mask, valid
+
+
 def _forward(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid, *, save):
     """Time-major ``xs (T, B, I)`` -> ``ys (T, B, H), h`` (+ the activations ``(T, B, 4H)``)."""
     if save:
@@ -89,7 +95,7 @@ def _forward(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid, *, save):
     steps, batch, _ = xs.shape
     state = jax.ShapeDtypeStruct((batch, w_hh.shape[0]), jnp.float32)
     seq = jax.ShapeDtypeStruct((steps, batch, w_hh.shape[0]), jnp.float32)
-    args = (xs, w_ih, b_ih, w_hh, b_hh, h0, _optional(mask, jnp.float32), _optional(valid, jnp.uint8))
+    args = _operands(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid)
     ys, h = _ffi("lstm_jax_native_gru_forward_infer", (seq, state), *args)
     return ys, h, None
 
@@ -102,7 +108,7 @@ def _forward_train(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid):
     state = jax.ShapeDtypeStruct((batch, hidden), jnp.float32)
     seq = jax.ShapeDtypeStruct((steps, batch, hidden), jnp.float32)
     gates = jax.ShapeDtypeStruct((steps, batch, 4 * hidden), jnp.float32)
-    args = (xs, w_ih, b_ih, w_hh, b_hh, h0, _optional(mask, jnp.float32), _optional(valid, jnp.uint8))
+    args = _operands(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid)
     return _ffi("lstm_jax_native_gru_forward_train", (seq, state, gates), *args)
 
 
