@@ -33,8 +33,8 @@ backend does not implement:
 * The GRU has one kernel, ``"native"``: explicitly it raises ``ValueError``
   like the LSTM's (non-float32, off CPU, unbuilt extension, ``resets`` /
   ``mask``); ``"auto"`` runs it on CPU (``dispatch.AUTO_GRU``; it declines
-  H > ``native_gru.AUTO_NATIVE_GRU_MAX_HIDDEN`` = 256, where training measured
-  slower than ``"scan"``, ``TIMINGS.md``) and ``"scan"`` on other platforms and
+  H > ``native_gru.AUTO_NATIVE_GRU_MAX_HIDDEN`` = 256, where it measured no
+  faster than ``"scan"``, ``TIMINGS.md``) and ``"scan"`` on other platforms and
   for every call it declines. Its exports need ``disabled_checks``
   for the ``lstm_jax_native_gru_*`` custom calls as the LSTM's do.
 

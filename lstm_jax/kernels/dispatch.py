@@ -113,8 +113,8 @@ GRU_KERNELS: dict[str, Kernel] = {
 # platform -> the GRU kernel "auto" runs there (where it supports the call);
 # "scan" on other platforms and for calls it declines. CPU: "native" (C++ time
 # loop; it declines H > 256, non-float32 calls and an unbuilt extension): faster
-# than "scan" at H <= 256 for training and inference, slower for training at
-# H = 512 (TIMINGS.md, native GRU section).
+# than "scan" at H <= 256 for training and inference, no faster at H = 512
+# (TIMINGS.md, native GRU section).
 AUTO_GRU: dict[str, str] = {"cpu": "native"}
 
 

@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 # where "auto" runs "native" on CPU (dispatch.AUTO_GRU), it does so up to this hidden
-# size: training at H = 512 measured slower than "scan" (TIMINGS.md, native GRU section)
+# size: at H = 512 it measured no faster than "scan" (TIMINGS.md, native GRU section)
 AUTO_NATIVE_GRU_MAX_HIDDEN = 256
 
 
