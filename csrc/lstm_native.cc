@@ -37,6 +37,7 @@
 #include <sys/mman.h>
 #endif
 
+#include "native_loop.h"
 #include "simd.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -91,9 +92,6 @@ struct BwdProblem {
   float* dm;              // (B, H) mask gradient, accumulated, or null
   const float* wpack;
 };
-
-// Runs step `step` for hidden-unit panels [p0, p1) and batch rows [b0, b1).
-using ItemFn = void (*)(const void* problem, int64_t step, int p0, int p1, int b0, int b1);
 
 struct Kernels {
   int width;
@@ -273,13 +271,6 @@ struct RowLoop {
   }
 };
 
-// How a call is split across threads: hidden-unit panels (one sync per step)
-// or batch rows (none).
-struct Split {
-  int parts;
-  bool rows;
-};
-
 // Runs `fn` over all items on up to `split.parts` threads: this one plus
 // helpers on XLA's pool. Returns when every item is done. `keep` owns whatever
 // the items read (the problem, packed weights); late helpers hold it until
@@ -308,12 +299,7 @@ int MinRowsPerThread() {
 }
 
 Split Partitions(ffi::ThreadPool& pool, int batch, int input, int hidden, int panels) {
-  if (int64_t(batch) * (input + hidden) * 4 * hidden < SplitThreshold()) return {1, false};
-  int64_t threads = pool.num_threads();
-  if (MaxThreads() > 0) threads = MaxThreads();
-  const int64_t by_rows = std::min<int64_t>(threads, batch / MinRowsPerThread());
-  if (by_rows >= 2) return {int(by_rows), true};
-  return {int(std::max<int64_t>(1, std::min<int64_t>(threads, panels))), false};
+  return StepPartitions(pool, batch, int64_t(batch) * (input + hidden) * 4 * hidden, panels);
 }
 
 // Asks the kernel to back the whole 2 MiB pages inside [data, data + bytes)
@@ -322,6 +308,8 @@ Split Partitions(ffi::ThreadPool& pool, int batch, int input, int hidden, int pa
 // the training forward's CPU time at (B, T, H) = (128, 64, 512) (TIMINGS.md).
 // Only a hint: with THP off, off Linux, or with LSTM_JAX_NATIVE_HUGEPAGES=0,
 // nothing changes.
+}  // namespace
+
 bool HugePagesWanted() {
   static const bool wanted = [] {
     const char* s = std::getenv("LSTM_JAX_NATIVE_HUGEPAGES");
@@ -343,10 +331,7 @@ void HugePagesHint(void* data, size_t bytes) {
 #endif
 }
 
-template <class Buffer>
-float* Data(Buffer& b) {
-  return b.element_count() == 0 ? nullptr : b.typed_data();
-}
+namespace {
 
 // Shapes: xs (N.., T, B, I) or with batch_major (N.., B, T, I), w_ih (N.., I, 4H),
 // b (N.., 4H), w_hh (N.., H, 4H), h0/c0 (N.., B, H), mask (N.., B, H) or empty,
@@ -512,6 +497,24 @@ ffi::Error Backward(ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32
 }
 
 }  // namespace
+
+// native_loop.h: shared with the GRU handlers (gru_native.cc).
+void RunItems(ffi::ThreadPool& pool, std::shared_ptr<void> keep, ItemFn fn, const void* problem,
+              int64_t steps, Split split, int panels, int batch) {
+  RunLoop(pool, std::move(keep), fn, problem, steps, split, panels, batch);
+}
+
+Split StepPartitions(ffi::ThreadPool& pool, int batch, int64_t macs, int panels) {
+  if (macs < SplitThreshold()) return {1, false};
+  int64_t threads = pool.num_threads();
+  if (MaxThreads() > 0) threads = MaxThreads();
+  const int64_t by_rows = std::min<int64_t>(threads, batch / MinRowsPerThread());
+  if (by_rows >= 2) return {int(by_rows), true};
+  return {int(std::max<int64_t>(1, std::min<int64_t>(threads, panels))), false};
+}
+
+const char* IsaName() { return GetIsa().name; }
+
 }  // namespace lstm_jax
 
 #define LSTM_JAX_EXPORT extern "C" __attribute__((visibility("default")))

@@ -64,6 +64,8 @@ __all__ = [
     "lstm_gates",
     "lstm_pointwise",
     "gru_input_projection",
+    "gru_recurrent_projection",
+    "gru_pointwise",
     "gru_gates",
     "gru_step",
     "rnn_input_projection",
@@ -216,6 +218,32 @@ def gru_input_projection(w: GRUWeights, x: Array, *, compute_dtype=None) -> Arra
     return matmul(x, w.w_ih, compute_dtype) + w.b_ih
 
 
+def gru_recurrent_projection(
+    w: GRUWeights, h: Array, *, recurrent_mask: Optional[Array] = None, compute_dtype=None
+) -> Array:
+    """``(H,) -> (3H,)``: the state-dependent part of the gates, ``h @ w_hh + b_hh``."""
+    return matmul(_masked(h, recurrent_mask), w.w_hh, compute_dtype) + w.b_hh
+
+
+def gru_pointwise(gx: Array, gh: Array, h: Array) -> tuple[tuple[Array, Array, Array], Array]:
+    """Gate activations and the new state from both projections.
+
+    Args:
+      gx: ``(..., 3H)`` input projection, ``x @ w_ih + b_ih``.
+      gh: ``(..., 3H)`` recurrent projection, ``h @ w_hh + b_hh``.
+      h: ``(..., H)`` previous state.
+
+    Returns:
+      ``((r, z, n), h')``, each ``(..., H)``.
+    """
+    x_r, x_z, x_n = jnp.split(gx, 3, axis=-1)
+    h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
+    r = jax.nn.sigmoid(x_r + h_r)
+    z = jax.nn.sigmoid(x_z + h_z)
+    n = jnp.tanh(x_n + r * h_n)
+    return (r, z, n), n + z * (h - n)
+
+
 def gru_step(
     w: GRUWeights,
     h: Array,
@@ -225,8 +253,8 @@ def gru_step(
     compute_dtype=None,
 ) -> Array:
     """One GRU step from a precomputed ``gx`` of shape ``(3H,)``; ``h: (H,)``."""
-    _, z, n = gru_gates(w, h, gx, recurrent_mask=recurrent_mask, compute_dtype=compute_dtype)
-    return n + z * (h - n)
+    gh = gru_recurrent_projection(w, h, recurrent_mask=recurrent_mask, compute_dtype=compute_dtype)
+    return gru_pointwise(gx, gh, h)[1]
 
 
 def gru_gates(
@@ -238,13 +266,8 @@ def gru_gates(
     compute_dtype=None,
 ) -> tuple[Array, Array, Array]:
     """The GRU's gate activations ``(r, z, n)``, each ``(H,)``; ``gx: (3H,)``, ``h: (H,)``."""
-    gh = matmul(_masked(h, recurrent_mask), w.w_hh, compute_dtype) + w.b_hh
-    x_r, x_z, x_n = jnp.split(gx, 3, axis=-1)
-    h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
-    r = jax.nn.sigmoid(x_r + h_r)
-    z = jax.nn.sigmoid(x_z + h_z)
-    n = jnp.tanh(x_n + r * h_n)
-    return r, z, n
+    gh = gru_recurrent_projection(w, h, recurrent_mask=recurrent_mask, compute_dtype=compute_dtype)
+    return gru_pointwise(gx, gh, h)[0]
 
 
 def gru_cell(

@@ -292,6 +292,7 @@ def _single_state_network(
     backend: str,
     check_lengths: bool,
     remat: bool | int = False,
+    compute_dtype=None,
 ) -> tuple[Array, Array]:
     """GRU and RNN: networks whose state is a single array ``h``."""
     xs, seq_lengths, resets, mask, batched = _prepare(
@@ -311,7 +312,8 @@ def _single_state_network(
         h0 = _state_arrays("initial_state", initial_state, shape, batched, dtype)
     ys, finals = _run_stack(
         cell, params, xs, [h0[k] for k in range(num_states)],
-        layer_fn=select_layer(backend, kind, remat=remat), seq_lengths=seq_lengths,
+        layer_fn=select_layer(backend, kind, compute_dtype=compute_dtype, remat=remat),
+        seq_lengths=seq_lengths,
         resets=resets, mask=mask, dropout=dropout, recurrent_dropout=recurrent_dropout, key=key,
         unroll=unroll, time_major=time_major,
     )  # fmt: skip
@@ -356,7 +358,7 @@ def gru(
         dropout=dropout,
         recurrent_dropout=recurrent_dropout, key=key, unroll=unroll,
         time_major=time_major, backend=backend, check_lengths=check_lengths,
-        remat=remat,
+        remat=remat, compute_dtype=compute_dtype,
     )  # fmt: skip
 
 
@@ -395,5 +397,5 @@ def rnn(
         dropout=dropout,
         recurrent_dropout=recurrent_dropout, key=key, unroll=unroll,
         time_major=time_major, backend=backend, check_lengths=check_lengths,
-        remat=remat,
+        remat=remat, compute_dtype=compute_dtype,
     )  # fmt: skip

@@ -249,14 +249,15 @@ def test_dispatcher_errors():
         lj.gru(lj.init_gru(jax.random.key(0), I, H), jnp.ones((B, T, I)), backend="fused")
     with pytest.raises(ValueError, match="remat must be False, True"):
         lj.lstm(lj.init_lstm(jax.random.key(0), I, H), jnp.ones((B, T, I)), remat=0.5)
-    assert select_layer("auto", "gru") is scan_layer
+    assert select_layer("auto", "rnn") is scan_layer
     assert set(BACKENDS) == {"scan", "fused", "pallas", "native", "cudnn"}
 
 
-def test_gru_rnn_auto_is_scan():
+def test_rnn_auto_is_scan():
     xs = jax.random.normal(jax.random.key(17), (B, T, I))
-    params = lj.init_gru(jax.random.key(18), I, H)
-    assert_trees_close(lj.gru(params, xs, backend="auto"), lj.gru(params, xs), atol=0, rtol=0)
+    params = lj.init_rnn(jax.random.key(18), I, H)
+    auto, scan = lj.rnn(params, xs, backend="auto"), lj.rnn(params, xs, backend="scan")
+    assert_trees_close(auto, scan, atol=0, rtol=0)
 
 
 # ------------------------------------------------------------------------ cuDNN

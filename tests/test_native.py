@@ -291,8 +291,8 @@ def test_unbuilt_extension_falls_back(monkeypatch, caplog, auto_native):
 
 def test_select_layer_native():
     assert select_layer("native", "lstm").__wrapped__.func is native_lstm_layer
-    with pytest.raises(ValueError, match="does not implement gru"):
-        select_layer("native", "gru")
+    with pytest.raises(ValueError, match="does not implement rnn"):
+        select_layer("native", "rnn")
 
 
 @pytest.mark.slow

@@ -9,16 +9,17 @@ backend    cells                  what it is
 "scan"     lstm, gru, rnn         the reference: ``lax.scan`` + autodiff
 "fused"    lstm (plain)           hand-written VJP, blocked gradient GEMMs (``fused.py``)
 "pallas"   lstm (plain)           Pallas forward kernel per platform + the fused backward
-"native"   lstm (plain, float32)  C++ time loop through XLA's FFI, CPU (``native.py``)
+"native"   lstm (plain), gru      C++ time loop through XLA's FFI, CPU, float32
+                                  (``native.py``, ``native_gru.py``)
 "cudnn"    lstm (plain, float32)  ``jax.experimental.rnn`` when lowered for ``cuda``
-"auto"     all                    per platform, see below; "scan" for other cells
+"auto"     all                    per platform, see below; "scan" for rnn
 =========  =====================  ===============================================
 
 "Plain" means no peepholes, layer norm or projection. Rules for a variant a
 backend does not implement:
 
 * ``"auto"`` routes it to ``"scan"`` silently (always correct), as it does
-  calls with per-step ``resets`` or ``mask``.
+  calls with per-step ``resets`` or ``mask`` (LSTM and GRU).
 * ``"fused"``, ``"pallas"`` and ``"native"`` raise ``ValueError`` at trace
   time (``"native"`` also off CPU, for non-float32 parameters or compute dtype,
   and when its C++ extension was not built).
@@ -29,6 +30,13 @@ backend does not implement:
   ``ValueError`` at trace time.
 * A cell kind outside a backend's list (e.g. ``gru`` with ``"fused"``) raises
   ``ValueError`` in :func:`select_layer`.
+* The GRU has one kernel, ``"native"``: explicitly it raises ``ValueError``
+  like the LSTM's (non-float32, off CPU, unbuilt extension, ``resets`` /
+  ``mask``); ``"auto"`` runs it on CPU (``dispatch.AUTO_GRU``; it declines
+  H > ``native_gru.AUTO_NATIVE_GRU_MAX_HIDDEN`` = 256, where it measured no
+  faster than ``"scan"``, ``TIMINGS.md``) and ``"scan"`` on other platforms and
+  for every call it declines. Its exports need ``disabled_checks``
+  for the ``lstm_jax_native_gru_*`` custom calls as the LSTM's do.
 
 Kernels are chosen per platform when the call is lowered, not from
 ``jax.default_backend()`` (``lstm_jax.kernels.dispatch``). For the plain LSTM
@@ -52,9 +60,10 @@ import functools
 from typing import Any, Callable, Optional, Union
 
 from lstm_jax.kernels.cudnn import cudnn_lstm_layer
-from lstm_jax.kernels.dispatch import auto_lstm_layer
+from lstm_jax.kernels.dispatch import auto_gru_layer, auto_lstm_layer
 from lstm_jax.kernels.fused import fused_lstm_layer, unsupported_variant
 from lstm_jax.kernels.native import native_lstm_layer
+from lstm_jax.kernels.native_gru import native_gru_layer
 from lstm_jax.kernels.pallas import pallas_lstm_layer
 from lstm_jax.kernels.remat import check_remat, remat_layer
 from lstm_jax.scan import scan_layer
@@ -66,15 +75,17 @@ BACKENDS: dict[str, tuple[str, ...]] = {
     "scan": ("lstm", "gru", "rnn"),
     "fused": ("lstm",),
     "pallas": ("lstm",),
-    "native": ("lstm",),
+    "native": ("lstm", "gru"),
     "cudnn": ("lstm",),
 }
 
-_LSTM_KERNELS = {
-    "fused": fused_lstm_layer,
-    "pallas": pallas_lstm_layer,
-    "native": native_lstm_layer,
-    "cudnn": cudnn_lstm_layer,
+# (cell kind, backend) -> layer
+_KERNELS = {
+    ("lstm", "fused"): fused_lstm_layer,
+    ("lstm", "pallas"): pallas_lstm_layer,
+    ("lstm", "native"): native_lstm_layer,
+    ("lstm", "cudnn"): cudnn_lstm_layer,
+    ("gru", "native"): native_gru_layer,
 }
 
 
@@ -83,13 +94,15 @@ _LSTM_KERNELS = {
 _KERNEL_KEYWORDS = ("seq_lengths", "reverse", "recurrent_mask", "unroll", "time_major")
 
 
-def _auto_lstm_layer(cell, weights: Any, xs, *args, compute_dtype=None, **kwargs):
-    """``scan`` for peephole / layer-norm / projection or extra per-step options, else the platform's kernel."""
+def _auto_layer(kind: str, cell, weights: Any, xs, *args, compute_dtype=None, **kwargs):
+    """``scan`` for peephole / layer-norm / projection LSTMs or extra per-step options, else the
+    platform's kernel for ``kind``."""
     extra = {k for k, v in kwargs.items() if k not in _KERNEL_KEYWORDS and v is not None}
-    if unsupported_variant(weights) is not None or extra:
+    if extra or (kind == "lstm" and unsupported_variant(weights) is not None):
         return scan_layer(cell, weights, xs, *args, **kwargs)
     kwargs = {k: v for k, v in kwargs.items() if k in _KERNEL_KEYWORDS}
-    return auto_lstm_layer(cell, weights, xs, *args, compute_dtype=compute_dtype, **kwargs)
+    auto = auto_lstm_layer if kind == "lstm" else auto_gru_layer
+    return auto(cell, weights, xs, *args, compute_dtype=compute_dtype, **kwargs)
 
 
 def _without_per_step(backend: str, layer: Callable) -> Callable:
@@ -128,7 +141,7 @@ def select_layer(
     Returns:
       A function with the signature of :func:`lstm_jax.scan.scan_layer`.
 
-    >>> select_layer("auto", "gru") is scan_layer
+    >>> select_layer("auto", "rnn") is scan_layer
     True
     """
     check_remat(remat)
@@ -136,13 +149,13 @@ def select_layer(
         raise ValueError(f"backend must be one of {('auto', *BACKENDS)}, got {backend!r}.")
     if backend != "auto" and kind not in BACKENDS[backend]:
         raise ValueError(f"backend={backend!r} does not implement {kind}; use backend='scan'.")
-    if kind != "lstm" or backend == "scan":
+    if kind == "rnn" or backend == "scan":
         layer = scan_layer
     elif backend == "auto":
-        layer = functools.partial(_auto_lstm_layer, compute_dtype=compute_dtype)
+        layer = functools.partial(_auto_layer, kind, compute_dtype=compute_dtype)
     else:
         layer = _without_per_step(
-            backend, functools.partial(_LSTM_KERNELS[backend], compute_dtype=compute_dtype)
+            backend, functools.partial(_KERNELS[kind, backend], compute_dtype=compute_dtype)
         )
     if remat:
         layer = remat_layer(layer, remat)

@@ -1,4 +1,4 @@
-"""Which LSTM kernel runs on which platform, decided when the call is lowered.
+"""Which LSTM or GRU kernel runs on which platform, decided when the call is lowered.
 
 A kernel is chosen per platform with :func:`jax.lax.platform_dependent`, not
 from ``jax.default_backend()`` at trace time, so one jitted or exported
@@ -13,6 +13,9 @@ it cannot, that platform runs :data:`FALLBACK` instead. Kernels that share the
 fused backward (fused, the Pallas TPU kernel) are chosen inside one custom
 VJP (:mod:`lstm_jax.kernels.shared`); a kernel with its own VJP (cuDNN) is a
 separate branch around it.
+
+:data:`AUTO_GRU` does the same for the GRU, with ``"scan"`` wherever
+its kernel is absent or declines the call.
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from lstm_jax.kernels.cudnn import cudnn_kernel_layer, cudnn_unsupported
 from lstm_jax.kernels.native import native_auto_unsupported, native_kernel_layer
+from lstm_jax.kernels.native_gru import native_gru_auto_unsupported, native_gru_kernel_layer
 from lstm_jax.kernels.pallas import TPU_FORWARD
 from lstm_jax.kernels.pallas_tpu import tpu_unsupported
 from lstm_jax.kernels.platform import per_platform
 from lstm_jax.kernels.shared import fused_forward, shared_vjp_layer
+from lstm_jax.scan import scan_layer
 
-__all__ = ["AUTO_LSTM", "FALLBACK", "KERNELS", "Kernel", "auto_lstm_layer"]
+__all__ = ["AUTO_GRU", "AUTO_LSTM", "FALLBACK", "GRU_KERNELS", "KERNELS", "Kernel",
+           "auto_gru_layer", "auto_lstm_layer"]  # fmt: skip
 
 
 class Kernel(NamedTuple):
@@ -98,3 +104,39 @@ def auto_lstm_layer(cell, weights: Any, xs, initial_carry, *, seq_lengths=None,
 
     others = {p: own_vjp(n) for p, n in chosen.items() if KERNELS[n].forward is None}
     return per_platform((weights, xs, initial_carry, seq_lengths, recurrent_mask), others, shared)
+
+
+GRU_KERNELS: dict[str, Kernel] = {
+    "native": Kernel(layer=native_gru_kernel_layer, unsupported=native_gru_auto_unsupported),
+}
+
+# platform -> the GRU kernel "auto" runs there (where it supports the call);
+# "scan" on other platforms and for calls it declines. CPU: "native" (C++ time
+# loop; it declines H > 256, non-float32 calls and an unbuilt extension): faster
+# than "scan" at H <= 256 for training and inference, no faster at H = 512
+# (TIMINGS.md, native GRU section).
+AUTO_GRU: dict[str, str] = {"cpu": "native"}
+
+
+def auto_gru_layer(cell, weights: Any, xs, initial_carry, *, seq_lengths=None,
+                   reverse: bool = False, recurrent_mask=None, unroll: int = 1,
+                   time_major: bool = False, compute_dtype=None):  # fmt: skip
+    """The plain GRU layer of ``backend="auto"``: :data:`AUTO_GRU`'s kernel per platform,
+    ``scan`` elsewhere. Arguments as :func:`lstm_jax.scan.scan_layer`."""
+    check = dict(recurrent_mask=recurrent_mask, compute_dtype=compute_dtype, time_major=time_major)
+    kwargs = dict(reverse=reverse, unroll=unroll, time_major=time_major)
+
+    def branch(layer):
+        def run(weights, xs, initial_carry, seq_lengths, recurrent_mask):
+            return layer(cell, weights, xs, initial_carry, seq_lengths=seq_lengths,
+                         recurrent_mask=recurrent_mask, **kwargs)  # fmt: skip
+
+        return run
+
+    kernels = {}
+    for platform, name in AUTO_GRU.items():
+        kernel = GRU_KERNELS[name]
+        if kernel.unsupported(weights, xs, initial_carry, **check) is None:
+            kernels[platform] = branch(kernel.layer)
+    args = (weights, xs, initial_carry, seq_lengths, recurrent_mask)
+    return per_platform(args, kernels, branch(scan_layer))

@@ -51,12 +51,14 @@ from lstm_jax.params import LSTMWeights
 from lstm_jax.scan import over_time
 
 __all__ = [
+    "float32_unsupported",
     "native_auto_unsupported",
     "native_isa",
     "native_kernel_layer",
     "native_lstm_layer",
     "native_unavailable",
     "native_unsupported",
+    "unsupported_here",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -65,6 +67,9 @@ _TARGETS = {
     "lstm_jax_native_forward_train": "LstmJaxForwardTrain",
     "lstm_jax_native_forward_infer": "LstmJaxForwardInfer",
     "lstm_jax_native_backward": "LstmJaxBackward",
+    "lstm_jax_native_gru_forward_train": "LstmJaxGruForwardTrain",  # native_gru.py
+    "lstm_jax_native_gru_forward_infer": "LstmJaxGruForwardInfer",
+    "lstm_jax_native_gru_backward": "LstmJaxGruBackward",
 }
 
 
@@ -116,7 +121,10 @@ def log_unavailable_once() -> None:
     """Log (once per process) why ``backend="auto"`` does not use the native kernels."""
     reason = _library()[1]
     if reason is not None:
-        _LOG.info("lstm_jax: backend='auto' uses 'fused' instead of 'native': %s", reason)
+        _LOG.info(
+            "lstm_jax: backend='auto' uses 'fused' instead of 'native' (for the GRU 'scan'): %s",
+            reason,
+        )
 
 
 def native_unsupported(weights: Any, xs: Array, compute_dtype=None, *, platform=True) -> Optional[str]:
@@ -125,7 +133,12 @@ def native_unsupported(weights: Any, xs: Array, compute_dtype=None, *, platform=
     With ``platform=False`` the default backend is not checked (the dispatcher
     picks kernels per platform at lowering time).
     """
-    reason = _unsupported_arguments(weights, xs, compute_dtype)
+    return unsupported_here(_unsupported_arguments(weights, xs, compute_dtype), platform=platform)
+
+
+def unsupported_here(reason: Optional[str], *, platform=True) -> Optional[str]:
+    """``reason`` (why the arguments do not fit a native kernel), else why the extension
+    cannot run here (``platform=False``: only whether it is built), else None."""
     if reason is not None:
         return reason
     return native_unavailable() if platform else _library()[1]
@@ -143,8 +156,11 @@ def native_auto_unsupported(weights, xs, initial_carry, *, recurrent_mask, compu
 
 def _unsupported_arguments(weights: Any, xs: Array, compute_dtype) -> Optional[str]:
     reason = unsupported_variant(weights)
-    if reason is not None:
-        return reason
+    return reason if reason is not None else float32_unsupported(weights, xs, compute_dtype)
+
+
+def float32_unsupported(weights: Any, xs: Array, compute_dtype) -> Optional[str]:
+    """Why the (float32-only) native kernels cannot run these dtypes, or None."""
     if weights.w_hh.dtype != jnp.float32 or weights.w_ih.dtype != jnp.float32:
         return f"it needs float32 parameters, got {weights.w_hh.dtype}"
     if compute_dtype is not None and jnp.dtype(compute_dtype) != jnp.float32:
@@ -154,13 +170,13 @@ def _unsupported_arguments(weights: Any, xs: Array, compute_dtype) -> Optional[s
     return None
 
 
-def _ffi(target: str, results, *args, batch_major: bool, aliases=None):
+def _ffi(target: str, results, *args, aliases=None, **attributes):
     """The custom call, lowered for CPU only (inside "auto"'s CPU branch of a multi-platform export)."""
     _library()  # registers the targets
     call = jax.ffi.ffi_call(
         target, results, vmap_method="broadcast_all", input_output_aliases=aliases or {}
     )
-    return platform_only("cpu", functools.partial(call, batch_major=batch_major), *args)
+    return platform_only("cpu", functools.partial(call, **attributes), *args)
 
 
 def _sequence(batch_major: bool, steps: int, batch: int, features: int) -> jax.ShapeDtypeStruct:
