@@ -104,15 +104,26 @@ using V = Avx512Vec;
 #include "lstm_kernel.inc"
 }  // namespace avx512
 #pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,fma")
+namespace avx512bf16 {
+using V = Avx512Vec;
+#include "lstm_kernel.inc"
+#include "lstm_kernel_bf16.inc"
+}  // namespace avx512bf16
+#pragma GCC pop_options
 #endif
 
 namespace {
 
 // The instruction set: the best the CPU has, or LSTM_JAX_NATIVE_ISA
-// (avx512, avx2, portable) when set, for tests of every path.
+// (avx512, avx2, portable) when set, for tests of every path. The bfloat16
+// kernels come with avx512 on CPUs with AVX512_BF16, else there are none.
 struct Isa {
   const char* name;
   const Kernels* kernels;
+  const Kernels* bf16;
 };
 
 Isa ChooseIsa() {
@@ -123,10 +134,15 @@ Isa ChooseIsa() {
   const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
   const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if ((want.empty() || want == "avx512") && has512) return {"avx512", &avx512::kKernels};
-  if ((want.empty() || want == "avx512" || want == "avx2") && has2) return {"avx2", &avx2::kKernels};
+  if ((want.empty() || want == "avx512") && has512) {
+    const bool bf16 = __builtin_cpu_supports("avx512bf16");
+    return {"avx512", &avx512::kKernels, bf16 ? &avx512bf16::kKernelsBf16 : nullptr};
+  }
+  if ((want.empty() || want == "avx512" || want == "avx2") && has2) {
+    return {"avx2", &avx2::kKernels, nullptr};
+  }
 #endif
-  return {"portable", &portable::kKernels};
+  return {"portable", &portable::kKernels, nullptr};
 }
 
 const Isa& GetIsa() {
@@ -243,7 +259,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<f
                    ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
                    ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::U8> valid,
                    ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_out,
-                   ffi::ResultBuffer<ffi::F32> c_out, float* act, float* cs) {
+                   ffi::ResultBuffer<ffi::F32> c_out, bool bf16, float* act, float* cs) {
   auto xdims = xs.dimensions();
   auto wdims = w_hh.dimensions();
   const size_t rank = xdims.size();
@@ -256,7 +272,9 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<f
   int64_t count = 1;
   for (size_t d = 0; d + 3 < rank; ++d) count *= xdims[d];
   const int64_t bh = int64_t(batch) * hidden;
-  const Kernels& kern = *GetIsa().kernels;
+  const Kernels* chosen = bf16 ? GetIsa().bf16 : GetIsa().kernels;
+  if (chosen == nullptr) return ffi::Error::InvalidArgument("no bfloat16 kernels on this CPU");
+  const Kernels& kern = *chosen;
   const int panels = (hidden + kern.width - 1) / kern.width;
   const bool has_mask = mask.element_count() != 0, has_valid = valid.element_count() != 0;
   float* hT = h_out->typed_data();
@@ -318,14 +336,14 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<f
       ffi::ResultBuffer<ffi::F32> c_out
 
 ffi::Error ForwardTrain(LSTM_JAX_FORWARD_ARGS, ffi::ResultBuffer<ffi::F32> act,
-                        ffi::ResultBuffer<ffi::F32> cs) {
-  return Forward(pool, xs, w_ih, bias, w_hh, h0, c0, mask, valid, ys, h_out, c_out, Data(*act),
-                 Data(*cs));
+                        ffi::ResultBuffer<ffi::F32> cs, bool bf16) {
+  return Forward(pool, xs, w_ih, bias, w_hh, h0, c0, mask, valid, ys, h_out, c_out, bf16,
+                 Data(*act), Data(*cs));
 }
 
-ffi::Error ForwardInfer(LSTM_JAX_FORWARD_ARGS) {
-  return Forward(pool, xs, w_ih, bias, w_hh, h0, c0, mask, valid, ys, h_out, c_out, nullptr,
-                 nullptr);
+ffi::Error ForwardInfer(LSTM_JAX_FORWARD_ARGS, bool bf16) {
+  return Forward(pool, xs, w_ih, bias, w_hh, h0, c0, mask, valid, ys, h_out, c_out, bf16,
+                 nullptr, nullptr);
 }
 
 // Shapes: w_hh (N.., H, 4H), act (N.., T, B, 4H), cs/dys/ys (N.., T, B, H),
@@ -337,7 +355,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffe
                     ffi::Buffer<ffi::U8> valid, ffi::Buffer<ffi::F32> ys,
                     ffi::Buffer<ffi::F32> h0, ffi::ResultBuffer<ffi::F32> dz,
                     ffi::ResultBuffer<ffi::F32> dh_out, ffi::ResultBuffer<ffi::F32> dc_out,
-                    ffi::ResultBuffer<ffi::F32> dm_out) {
+                    ffi::ResultBuffer<ffi::F32> dm_out, bool bf16) {
   auto dims = act.dimensions();
   const size_t rank = dims.size();
   if (rank < 3) return ffi::Error::InvalidArgument("act must be (..., T, B, 4H)");
@@ -346,7 +364,9 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffe
   const int64_t per = steps * batch * gates;
   const int64_t bh = int64_t(batch) * hidden;
   const int64_t count = per == 0 ? 0 : int64_t(act.element_count()) / per;
-  const Kernels& kern = *GetIsa().kernels;
+  const Kernels* chosen = bf16 ? GetIsa().bf16 : GetIsa().kernels;
+  if (chosen == nullptr) return ffi::Error::InvalidArgument("no bfloat16 kernels on this CPU");
+  const Kernels& kern = *chosen;
   const int panels = (hidden + kern.width - 1) / kern.width;
   const bool has_mask = mask.element_count() != 0, has_valid = valid.element_count() != 0;
   float* dm = Data(*dm_out);
@@ -397,6 +417,7 @@ LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxForwardTrain(XLA_FFI_CallFrame*);
 LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxForwardInfer(XLA_FFI_CallFrame*);
 LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxBackward(XLA_FFI_CallFrame*);
 LSTM_JAX_EXPORT const char* LstmJaxNativeIsa();
+LSTM_JAX_EXPORT int LstmJaxNativeHasBf16();
 
 using lstm_jax::Backward;
 using lstm_jax::ForwardInfer;
@@ -418,6 +439,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxForwardTrain, ForwardTrain,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // c
                                   .Ret<ffi::Buffer<ffi::F32>>()  // act
                                   .Ret<ffi::Buffer<ffi::F32>>()  // cs
+                                  .Attr<bool>("bf16")            // bfloat16 GEMM inputs
 );
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxForwardInfer, ForwardInfer,
@@ -434,6 +456,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxForwardInfer, ForwardInfer,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // ys
                                   .Ret<ffi::Buffer<ffi::F32>>()  // h
                                   .Ret<ffi::Buffer<ffi::F32>>()  // c
+                                  .Attr<bool>("bf16")
 );
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxBackward, Backward,
@@ -454,6 +477,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxBackward, Backward,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dh0
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dc0
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dmask
+                                  .Attr<bool>("bf16")
 );
 
 const char* LstmJaxNativeIsa() { return lstm_jax::GetIsa().name; }
+int LstmJaxNativeHasBf16() { return lstm_jax::GetIsa().bf16 != nullptr; }

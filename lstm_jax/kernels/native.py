@@ -99,6 +99,7 @@ def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
     except (OSError, AttributeError) as error:
         return None, f"the C++ extension {spec.origin} could not be loaded: {error}"
     lib.LstmJaxNativeIsa.restype = ctypes.c_char_p
+    lib.LstmJaxNativeHasBf16.restype = ctypes.c_int
     return lib, None
 
 
@@ -114,6 +115,12 @@ def native_isa() -> Optional[str]:
     """The instruction set the kernels use (``avx512``, ``avx2``, ``portable``), or None."""
     lib = _library()[0]
     return None if lib is None else lib.LstmJaxNativeIsa().decode()
+
+
+def native_has_bf16() -> bool:
+    """Whether the kernels can compute in bfloat16 here (``avx512`` on a CPU with AVX512_BF16)."""
+    lib = _library()[0]
+    return lib is not None and bool(lib.LstmJaxNativeHasBf16())
 
 
 @functools.lru_cache(maxsize=None)
@@ -154,20 +161,37 @@ def _unsupported_arguments(weights: Any, xs: Array, compute_dtype) -> Optional[s
         return reason
     if weights.w_hh.dtype != jnp.float32 or weights.w_ih.dtype != jnp.float32:
         return f"it needs float32 parameters, got {weights.w_hh.dtype}"
-    if compute_dtype is not None and jnp.dtype(compute_dtype) != jnp.float32:
-        return f"it computes in float32 only, got compute_dtype={jnp.dtype(compute_dtype)}"
+    if compute_dtype is not None and jnp.dtype(compute_dtype) not in (jnp.float32, jnp.bfloat16):
+        return f"it computes in float32 or bfloat16 only, got compute_dtype={jnp.dtype(compute_dtype)}"
+    if _bf16(compute_dtype) and _library()[0] is not None and not native_has_bf16():
+        return (
+            f"this CPU or instruction set ({native_isa()}) has no bfloat16 kernels "
+            "(they need avx512 with AVX512_BF16)"
+        )
     if not jnp.issubdtype(xs.dtype, jnp.floating):
         return f"xs must be floating point, got {xs.dtype}"
     return None
 
 
-def _ffi(target: str, results, *args, aliases=None):
+def _bf16(compute_dtype) -> bool:
+    """Whether ``compute_dtype`` asks for bfloat16 GEMM inputs (else float32)."""
+    return compute_dtype is not None and jnp.dtype(compute_dtype) == jnp.bfloat16
+
+
+def _ffi(target: str, results, bf16: bool, *args, aliases=None):
     """The custom call, lowered for CPU only (inside "auto"'s CPU branch of a multi-platform export)."""
     _library()  # registers the targets
     call = jax.ffi.ffi_call(
         target, results, vmap_method="broadcast_all", input_output_aliases=aliases or {}
     )
-    return platform_only("cpu", call, *args)
+    return platform_only("cpu", functools.partial(call, bf16=bf16), *args)
+
+
+def _gemm(a: Array, b: Array, bf16: bool) -> Array:
+    """``a @ b`` summed in float32, from bfloat16 inputs with ``bf16`` (as ``fused``)."""
+    if not bf16:
+        return a @ b
+    return jnp.matmul(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
 
 
 def _optional(mask: Optional[Array], dtype) -> Array:
@@ -175,21 +199,21 @@ def _optional(mask: Optional[Array], dtype) -> Array:
     return jnp.zeros((0,), dtype) if mask is None else mask
 
 
-def _forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, *, save):
+def _forward(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, *, save):
     """Time-major ``xs (T, B, I)`` -> ``ys (T, B, H), h, c`` (+ activations and cell states)."""
     if save:
-        ys, h, c, act, cs = _forward_train(w_ih, b, w_hh, xs, h0, c0, mask, valid)
+        ys, h, c, act, cs = _forward_train(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid)
         return ys, h, c, (act, cs)
     steps, batch, _ = xs.shape
     state = jax.ShapeDtypeStruct((batch, w_hh.shape[0]), jnp.float32)
     seq = jax.ShapeDtypeStruct((steps, batch, w_hh.shape[0]), jnp.float32)
     args = (xs, w_ih, b, w_hh, h0, c0, _optional(mask, jnp.float32), _optional(valid, jnp.uint8))
-    ys, h, c = _ffi("lstm_jax_native_forward_infer", (seq, state, state), *args)
+    ys, h, c = _ffi("lstm_jax_native_forward_infer", (seq, state, state), bf16, *args)
     return ys, h, c, None
 
 
-@jax.custom_jvp
-def _forward_train(w_ih, b, w_hh, xs, h0, c0, mask, valid):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _forward_train(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
     """``ys, h, c`` and the residuals ``act (T, B, 4H)`` (gate activations), ``cs (T, B, H)``."""
     steps, batch, _ = xs.shape
     hidden = w_hh.shape[0]
@@ -197,17 +221,17 @@ def _forward_train(w_ih, b, w_hh, xs, h0, c0, mask, valid):
     seq = jax.ShapeDtypeStruct((steps, batch, hidden), jnp.float32)
     gates = jax.ShapeDtypeStruct((steps, batch, 4 * hidden), jnp.float32)
     args = (xs, w_ih, b, w_hh, h0, c0, _optional(mask, jnp.float32), _optional(valid, jnp.uint8))
-    return _ffi("lstm_jax_native_forward_train", (seq, state, state, gates, seq), *args)
+    return _ffi("lstm_jax_native_forward_train", (seq, state, state, gates, seq), bf16, *args)
 
 
-def _forward_reference(w_ih, b, w_hh, xs, h0, c0, mask, valid):
+def _forward_reference(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
     """:func:`_forward_train` in JAX, for derivatives of the gradients (e.g. ``jax.hessian``)."""
     plain = LSTMWeights(w_ih=None, w_hh=None, b=None)
 
     def body(carry, inputs):
         h, c = carry
         x, keep = inputs
-        gates = x @ w_ih + b[None] + (h if mask is None else h * mask) @ w_hh
+        gates = _gemm(x, w_ih, bf16) + b[None] + _gemm(h if mask is None else h * mask, w_hh, bf16)
         h_new, c_new = jax.vmap(lstm_pointwise, in_axes=(None, 0, 0))(plain, gates, c)
         act = jnp.concatenate(_activations(gates), axis=-1)  # the saved (B, 4H) activations
         y = h_new
@@ -222,36 +246,37 @@ def _forward_reference(w_ih, b, w_hh, xs, h0, c0, mask, valid):
 
 
 @_forward_train.defjvp
-def _forward_train_jvp(primals, tangents):
+def _forward_train_jvp(bf16, primals, tangents):
     *diff, valid = primals
-    outputs = _forward_train(*primals)
+    outputs = _forward_train(bf16, *primals)
     _, out_tangents = jax.jvp(
-        lambda *args: _forward_reference(*args, valid), tuple(diff), tuple(tangents[:-1])
+        lambda *args: _forward_reference(bf16, *args, valid), tuple(diff), tuple(tangents[:-1])
     )
     return outputs, out_tangents
 
 
-@jax.custom_vjp
-def _recurrence(w_ih, b, w_hh, xs, h0, c0, mask, valid):
-    ys, h, c, _ = _forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, save=False)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _recurrence(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
+    ys, h, c, _ = _forward(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, save=False)
     return ys, h, c
 
 
-def _recurrence_fwd(w_ih, b, w_hh, xs, h0, c0, mask, valid):
-    ys, h, c, (act, cs) = _forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, save=True)
+def _recurrence_fwd(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
+    ys, h, c, (act, cs) = _forward(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, save=True)
     return (ys, h, c), (w_ih, b, w_hh, xs, h0, c0, mask, valid, ys, act, cs)
 
 
-def _recurrence_bwd(residuals, cotangents):
-    grads = _gradients(*residuals[:8], *cotangents, *residuals[8:])
+def _recurrence_bwd(bf16, residuals, cotangents):
+    grads = _gradients(bf16, *residuals[:8], *cotangents, *residuals[8:])
     return (*grads, None)  # no gradient for the validity mask
 
 
-@jax.custom_jvp
-def _gradients(w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, dh, dc, ys, act, cs):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _gradients(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, dh, dc, ys, act, cs):
     """Gradients w.r.t. ``(w_ih, b, w_hh, xs, h0, c0, mask)``: the native loop, then XLA GEMMs.
 
     ``ys, act, cs`` are :func:`_forward_train`'s outputs for the same inputs.
+    With ``bf16`` every GEMM takes bfloat16 inputs and sums in float32.
     """
     del b  # read through act
     steps, batch, inputs = xs.shape
@@ -259,7 +284,7 @@ def _gradients(w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, dh, dc, ys, act, cs)
     state = jax.ShapeDtypeStruct(h0.shape, jnp.float32)
     results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state, state)
     dz, dh0, dc0, dmask = _ffi(
-        "lstm_jax_native_backward", results,
+        "lstm_jax_native_backward", results, bf16,
         w_hh, act, cs, c0, dys, dh, dc, _optional(mask, jnp.float32),
         _optional(valid, jnp.uint8), ys, h0,
         aliases={1: 0},
@@ -269,15 +294,15 @@ def _gradients(w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, dh, dc, ys, act, cs)
     h_prev = jnp.concatenate([h0[None], ys[:-1]])  # [T, B, H]
     if mask is not None:
         h_prev = h_prev * mask[None]
-    dw_hh = h_prev.reshape(steps * batch, hidden).T @ rows
-    dw_ih = xs.reshape(steps * batch, inputs).T @ rows
-    dxs = (rows @ w_ih.T).reshape(xs.shape)
+    dw_hh = _gemm(h_prev.reshape(steps * batch, hidden).T, rows, bf16)
+    dw_ih = _gemm(xs.reshape(steps * batch, inputs).T, rows, bf16)
+    dxs = _gemm(rows, w_ih.T, bf16).reshape(xs.shape)
     db = jnp.sum(rows, axis=0)
     return dw_ih, db, dw_hh, dxs, dh0, dc0, (None if mask is None else dmask)
 
 
 @_gradients.defjvp
-def _gradients_jvp(primals, tangents):
+def _gradients_jvp(bf16, primals, tangents):
     """Derivatives of the gradients (``jax.hessian``, grad of grad) through the
     ``fused`` backend's JAX implementation of the same gradients. ``ys, act, cs``
     are functions of the other inputs, recomputed inside it, so their tangents
@@ -287,14 +312,15 @@ def _gradients_jvp(primals, tangents):
 
     def reference(w_ih, b, w_hh, xs, h0, c0, mask, dys, dh, dc):
         def forward(w_ih, b, w_hh, xs, h0, c0, mask):
-            return fused_recurrence(None, 1, w_ih, b, w_hh, xs, h0, c0, mask, keep)
+            compute = jnp.bfloat16 if bf16 else None
+            return fused_recurrence(compute, 1, w_ih, b, w_hh, xs, h0, c0, mask, keep)
 
         return jax.vjp(forward, w_ih, b, w_hh, xs, h0, c0, mask)[1]((dys, dh, dc))
 
     diff = (w_ih, b, w_hh, xs, h0, c0, mask, dys, dh, dc)
     diff_tangents = tangents[:7] + tangents[8:11]
     _, out_tangents = jax.jvp(reference, diff, diff_tangents)
-    return _gradients(*primals), out_tangents
+    return _gradients(bf16, *primals), out_tangents
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
@@ -337,13 +363,15 @@ def native_lstm_layer(
     return native_kernel_layer(
         cell, weights, xs, initial_carry, seq_lengths=seq_lengths, reverse=reverse,
         recurrent_mask=recurrent_mask, unroll=unroll, time_major=time_major,
+        compute_dtype=compute_dtype,
     )  # fmt: skip
 
 
 def native_kernel_layer(cell, weights, xs, initial_carry, *, seq_lengths=None, reverse=False,
                         recurrent_mask=None, unroll=1, time_major=False, compute_dtype=None):  # fmt: skip
     """:func:`native_lstm_layer` without its checks (the dispatcher made them)."""
-    del cell, unroll, compute_dtype
+    del cell, unroll
+    bf16 = _bf16(compute_dtype)
     h0, c0 = (jnp.asarray(a, jnp.float32) for a in initial_carry)
     mask = None if recurrent_mask is None else jnp.asarray(recurrent_mask, jnp.float32)
 
@@ -352,7 +380,7 @@ def native_kernel_layer(cell, weights, xs, initial_carry, *, seq_lengths=None, r
         if valid is not None:  # padding never reaches the GEMMs (NaN * 0 is NaN)
             xs = jnp.where(valid[..., None], xs, jnp.zeros_like(xs))
             valid = valid.astype(jnp.uint8)
-        ys, h, c = _recurrence(weights.w_ih, weights.b, weights.w_hh, xs, h0, c0, mask, valid)
+        ys, h, c = _recurrence(bf16, weights.w_ih, weights.b, weights.w_hh, xs, h0, c0, mask, valid)
         return ys, (h, c)
 
     return over_time(run, xs, seq_lengths=seq_lengths, reverse=reverse, time_major=time_major)
