@@ -51,6 +51,7 @@ struct FwdProblem {
   float* c;               // (B, H) cell carry, updated in place
   float* h[2];            // (B, H) hidden carry, double-buffered by step parity
   float* hm[2];           // h * mask (the GEMM's input), or == h
+  uint16_t* xhT;          // (I + H, T * B) bf16 [x_t; h * mask] per step, transposed, or null
   const float* wpack;
 };
 
@@ -68,6 +69,7 @@ struct BwdProblem {
   float* dh;              // (B, H) carry in place: dh_T in, dh_0 out
   float* dc;              // (B, H) carry in place
   float* dm;              // (B, H) mask gradient, accumulated, or null
+  uint16_t* dzb;          // (T, B, 4H) dz rounded to bfloat16 (bf16 kernels only)
   const float* wpack;
 };
 
@@ -247,7 +249,7 @@ int Partitions(ffi::ThreadPool& pool, int batch, int input, int hidden, int pane
 }
 
 template <class Buffer>
-float* Data(Buffer& b) {
+auto Data(Buffer& b) -> decltype(b.typed_data()) {
   return b.element_count() == 0 ? nullptr : b.typed_data();
 }
 
@@ -259,7 +261,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<f
                    ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
                    ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::U8> valid,
                    ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_out,
-                   ffi::ResultBuffer<ffi::F32> c_out, bool bf16, float* act, float* cs) {
+                   ffi::ResultBuffer<ffi::F32> c_out, bool bf16, float* act, float* cs,
+                   uint16_t* xhT, uint16_t* w_ihT) {
   auto xdims = xs.dimensions();
   auto wdims = w_hh.dimensions();
   const size_t rank = xdims.size();
@@ -321,6 +324,13 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<f
       P->hm[1] = P->h[1];
     }
     P->wpack = wpack;
+    P->xhT = xhT != nullptr ? xhT + n * (input + hidden) * steps * batch : nullptr;
+    if (w_ihT != nullptr) {  // (4H, I) bf16, for XLA's dx GEMM
+      const float* w = w_ih.typed_data() + n * input * gates;
+      for (int g = 0; g < gates; ++g) {
+        for (int i = 0; i < input; ++i) w_ihT[(n * gates + g) * input + i] = bf16_bits(w[i * gates + g]);
+      }
+    }
     std::shared_ptr<void> keep = std::make_shared<std::pair<decltype(P), decltype(buffers)>>(P, buffers);
     RunLoop(pool, keep, kern.fwd_item, P.get(), steps, parts, panels);
     std::memcpy(hT + n * bh, P->h[steps & 1], bh * sizeof(float));
@@ -336,14 +346,15 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<f
       ffi::ResultBuffer<ffi::F32> c_out
 
 ffi::Error ForwardTrain(LSTM_JAX_FORWARD_ARGS, ffi::ResultBuffer<ffi::F32> act,
-                        ffi::ResultBuffer<ffi::F32> cs, bool bf16) {
+                        ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::BF16> xhT,
+                        ffi::ResultBuffer<ffi::BF16> w_ihT, bool bf16) {
   return Forward(pool, xs, w_ih, bias, w_hh, h0, c0, mask, valid, ys, h_out, c_out, bf16,
-                 Data(*act), Data(*cs));
+                 Data(*act), Data(*cs), bf16 ? Data(*xhT) : nullptr, bf16 ? Data(*w_ihT) : nullptr);
 }
 
 ffi::Error ForwardInfer(LSTM_JAX_FORWARD_ARGS, bool bf16) {
   return Forward(pool, xs, w_ih, bias, w_hh, h0, c0, mask, valid, ys, h_out, c_out, bf16,
-                 nullptr, nullptr);
+                 nullptr, nullptr, nullptr, nullptr);
 }
 
 // Shapes: w_hh (N.., H, 4H), act (N.., T, B, 4H), cs/dys/ys (N.., T, B, H),
@@ -355,7 +366,8 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffe
                     ffi::Buffer<ffi::U8> valid, ffi::Buffer<ffi::F32> ys,
                     ffi::Buffer<ffi::F32> h0, ffi::ResultBuffer<ffi::F32> dz,
                     ffi::ResultBuffer<ffi::F32> dh_out, ffi::ResultBuffer<ffi::F32> dc_out,
-                    ffi::ResultBuffer<ffi::F32> dm_out, bool bf16) {
+                    ffi::ResultBuffer<ffi::F32> dm_out, ffi::ResultBuffer<ffi::BF16> dzb,
+                    bool bf16) {
   auto dims = act.dimensions();
   const size_t rank = dims.size();
   if (rank < 3) return ffi::Error::InvalidArgument("act must be (..., T, B, 4H)");
@@ -402,6 +414,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffe
     std::memcpy(P->dh, dh_in.typed_data() + n * bh, bh * sizeof(float));
     std::memcpy(P->dc, dc_in.typed_data() + n * bh, bh * sizeof(float));
     P->dm = has_mask ? dm + n * bh : nullptr;
+    P->dzb = bf16 ? dzb->typed_data() + n * per : nullptr;
     P->wpack = buffers->data();
     std::shared_ptr<void> keep = std::make_shared<std::pair<decltype(P), decltype(buffers)>>(P, buffers);
     RunLoop(pool, keep, kern.bwd_item, P.get(), steps + 1, parts, panels);
@@ -439,6 +452,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxForwardTrain, ForwardTrain,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // c
                                   .Ret<ffi::Buffer<ffi::F32>>()  // act
                                   .Ret<ffi::Buffer<ffi::F32>>()  // cs
+                                  .Ret<ffi::Buffer<ffi::BF16>>() // xhT, or empty (float32)
+                                  .Ret<ffi::Buffer<ffi::BF16>>() // w_ih^T, or empty (float32)
                                   .Attr<bool>("bf16")            // bfloat16 GEMM inputs
 );
 
@@ -477,6 +492,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxBackward, Backward,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dh0
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dc0
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dmask
+                                  .Ret<ffi::Buffer<ffi::BF16>>() // dz in bf16, or empty
                                   .Attr<bool>("bf16")
 );
 

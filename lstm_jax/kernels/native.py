@@ -202,8 +202,8 @@ def _optional(mask: Optional[Array], dtype) -> Array:
 def _forward(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, *, save):
     """Time-major ``xs (T, B, I)`` -> ``ys (T, B, H), h, c`` (+ activations and cell states)."""
     if save:
-        ys, h, c, act, cs = _forward_train(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid)
-        return ys, h, c, (act, cs)
+        ys, h, c, *saved = _forward_train(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid)
+        return ys, h, c, tuple(saved)
     steps, batch, _ = xs.shape
     state = jax.ShapeDtypeStruct((batch, w_hh.shape[0]), jnp.float32)
     seq = jax.ShapeDtypeStruct((steps, batch, w_hh.shape[0]), jnp.float32)
@@ -214,14 +214,20 @@ def _forward(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, *, save):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _forward_train(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
-    """``ys, h, c`` and the residuals ``act (T, B, 4H)`` (gate activations), ``cs (T, B, H)``."""
-    steps, batch, _ = xs.shape
+    """``ys, h, c`` and the residuals ``act (T, B, 4H)`` (gate activations), ``cs (T, B, H)``,
+    and with ``bf16`` the bfloat16 GEMM operands of the gradients, row-major as XLA's fast
+    bf16 dot needs them: ``xhT (I + H, T * B)`` (``x_t`` and ``h_{t-1} * mask`` per step,
+    transposed) and ``w_ihT (4H, I)``; empty without ``bf16``."""
+    steps, batch, inputs = xs.shape
     hidden = w_hh.shape[0]
     state = jax.ShapeDtypeStruct((batch, hidden), jnp.float32)
     seq = jax.ShapeDtypeStruct((steps, batch, hidden), jnp.float32)
     gates = jax.ShapeDtypeStruct((steps, batch, 4 * hidden), jnp.float32)
+    xh_t = jax.ShapeDtypeStruct((inputs + hidden, steps * batch) if bf16 else (0,), jnp.bfloat16)
+    w_t = jax.ShapeDtypeStruct((4 * hidden, inputs) if bf16 else (0,), jnp.bfloat16)
     args = (xs, w_ih, b, w_hh, h0, c0, _optional(mask, jnp.float32), _optional(valid, jnp.uint8))
-    return _ffi("lstm_jax_native_forward_train", (seq, state, state, gates, seq), bf16, *args)
+    results = (seq, state, state, gates, seq, xh_t, w_t)
+    return _ffi("lstm_jax_native_forward_train", results, bf16, *args)
 
 
 def _forward_reference(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
@@ -252,7 +258,8 @@ def _forward_train_jvp(bf16, primals, tangents):
     _, out_tangents = jax.jvp(
         lambda *args: _forward_reference(bf16, *args, valid), tuple(diff), tuple(tangents[:-1])
     )
-    return outputs, out_tangents
+    # the rounded GEMM operands are read by _gradients only, whose JVP does not use them
+    return outputs, (*out_tangents, *(jnp.zeros_like(a) for a in outputs[5:]))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -262,8 +269,8 @@ def _recurrence(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
 
 
 def _recurrence_fwd(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
-    ys, h, c, (act, cs) = _forward(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, save=True)
-    return (ys, h, c), (w_ih, b, w_hh, xs, h0, c0, mask, valid, ys, act, cs)
+    ys, h, c, saved = _forward(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, save=True)
+    return (ys, h, c), (w_ih, b, w_hh, xs, h0, c0, mask, valid, ys, *saved)
 
 
 def _recurrence_bwd(bf16, residuals, cotangents):
@@ -272,32 +279,41 @@ def _recurrence_bwd(bf16, residuals, cotangents):
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _gradients(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, dh, dc, ys, act, cs):
+def _gradients(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, dh, dc, ys, act, cs, xh_t, w_t):
     """Gradients w.r.t. ``(w_ih, b, w_hh, xs, h0, c0, mask)``: the native loop, then XLA GEMMs.
 
-    ``ys, act, cs`` are :func:`_forward_train`'s outputs for the same inputs.
-    With ``bf16`` every GEMM takes bfloat16 inputs and sums in float32.
+    ``ys, act, cs, xh_t, w_t`` are :func:`_forward_train`'s outputs for the same inputs.
+    With ``bf16`` every GEMM takes bfloat16 inputs and sums in float32, all operands
+    row-major with the contracted axis of the left one last: XLA:CPU's bf16 dot
+    measured 3-6x slower for a transposed operand (``TIMINGS.md``).
     """
     del b  # read through act
     steps, batch, inputs = xs.shape
     hidden = w_hh.shape[0]
     state = jax.ShapeDtypeStruct(h0.shape, jnp.float32)
-    results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state, state)
-    dz, dh0, dc0, dmask = _ffi(
+    dz_bf16 = jax.ShapeDtypeStruct(act.shape if bf16 else (0,), jnp.bfloat16)
+    results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state, state, dz_bf16)
+    dz, dh0, dc0, dmask, dz_bf16 = _ffi(
         "lstm_jax_native_backward", results, bf16,
         w_hh, act, cs, c0, dys, dh, dc, _optional(mask, jnp.float32),
         _optional(valid, jnp.uint8), ys, h0,
         aliases={1: 0},
     )  # fmt: skip
     rows = dz.reshape(steps * batch, 4 * hidden)
+    db = jnp.sum(rows, axis=0)
+    if bf16:
+        rows = dz_bf16.reshape(steps * batch, 4 * hidden)
+        dw = jnp.matmul(xh_t, rows, preferred_element_type=jnp.float32)  # [dw_ih; dw_hh]
+        dw_ih, dw_hh = dw[:inputs], dw[inputs:]
+        dxs = jnp.matmul(rows, w_t, preferred_element_type=jnp.float32).reshape(xs.shape)
+        return dw_ih, db, dw_hh, dxs, dh0, dc0, (None if mask is None else dmask)
     # h_{t-1} for every step: h0, then ys (dz is zero wherever ys was zeroed)
     h_prev = jnp.concatenate([h0[None], ys[:-1]])  # [T, B, H]
     if mask is not None:
         h_prev = h_prev * mask[None]
-    dw_hh = _gemm(h_prev.reshape(steps * batch, hidden).T, rows, bf16)
-    dw_ih = _gemm(xs.reshape(steps * batch, inputs).T, rows, bf16)
-    dxs = _gemm(rows, w_ih.T, bf16).reshape(xs.shape)
-    db = jnp.sum(rows, axis=0)
+    dw_hh = h_prev.reshape(steps * batch, hidden).T @ rows
+    dw_ih = xs.reshape(steps * batch, inputs).T @ rows
+    dxs = (rows @ w_ih.T).reshape(xs.shape)
     return dw_ih, db, dw_hh, dxs, dh0, dc0, (None if mask is None else dmask)
 
 
