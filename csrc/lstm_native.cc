@@ -31,6 +31,14 @@
 #include <thread>
 #include <vector>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#endif
+#ifdef __linux__
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #include "simd.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -108,11 +116,12 @@ using V = Avx512Vec;
 #pragma GCC pop_options
 
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,fma")
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,amx-tile,amx-bf16,fma")
 namespace avx512bf16 {
 using V = Avx512Vec;
 #include "lstm_kernel.inc"
 #include "lstm_kernel_bf16.inc"
+#include "lstm_kernel_amx.inc"
 }  // namespace avx512bf16
 #pragma GCC pop_options
 #endif
@@ -121,12 +130,29 @@ namespace {
 
 // The instruction set: the best the CPU has, or LSTM_JAX_NATIVE_ISA
 // (avx512, avx2, portable) when set, for tests of every path. The bfloat16
-// kernels come with avx512 on CPUs with AVX512_BF16, else there are none.
+// kernels come with avx512 on CPUs with AVX512_BF16: AMX tiles where the CPU
+// has them and Linux grants their use, else vdpbf16ps, or
+// LSTM_JAX_NATIVE_BF16=avx512bf16 for the latter; other ISAs have none.
 struct Isa {
   const char* name;
   const Kernels* kernels;
   const Kernels* bf16;
+  const char* bf16_name;
 };
+
+#ifdef LSTM_JAX_X86
+// AMX-TILE and AMX-BF16 (cpuid leaf 7) and the kernel's permission to use tile data.
+bool AmxUsable() {
+#ifdef __linux__
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 22))) return false;
+  constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+#endif
 
 Isa ChooseIsa() {
   const char* forced = std::getenv("LSTM_JAX_NATIVE_ISA");
@@ -137,14 +163,18 @@ Isa ChooseIsa() {
                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
   const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if ((want.empty() || want == "avx512") && has512) {
-    const bool bf16 = __builtin_cpu_supports("avx512bf16");
-    return {"avx512", &avx512::kKernels, bf16 ? &avx512bf16::kKernelsBf16 : nullptr};
+    if (!__builtin_cpu_supports("avx512bf16")) return {"avx512", &avx512::kKernels, nullptr, ""};
+    const char* bf16 = std::getenv("LSTM_JAX_NATIVE_BF16");
+    if ((bf16 == nullptr || std::string(bf16) == "amx") && AmxUsable()) {
+      return {"avx512", &avx512::kKernels, &avx512bf16::kKernelsAmx, "amx"};
+    }
+    return {"avx512", &avx512::kKernels, &avx512bf16::kKernelsBf16, "avx512bf16"};
   }
   if ((want.empty() || want == "avx512" || want == "avx2") && has2) {
-    return {"avx2", &avx2::kKernels, nullptr};
+    return {"avx2", &avx2::kKernels, nullptr, ""};
   }
 #endif
-  return {"portable", &portable::kKernels, nullptr};
+  return {"portable", &portable::kKernels, nullptr, ""};
 }
 
 const Isa& GetIsa() {
@@ -430,7 +460,7 @@ LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxForwardTrain(XLA_FFI_CallFrame*);
 LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxForwardInfer(XLA_FFI_CallFrame*);
 LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxBackward(XLA_FFI_CallFrame*);
 LSTM_JAX_EXPORT const char* LstmJaxNativeIsa();
-LSTM_JAX_EXPORT int LstmJaxNativeHasBf16();
+LSTM_JAX_EXPORT const char* LstmJaxNativeBf16Isa();
 
 using lstm_jax::Backward;
 using lstm_jax::ForwardInfer;
@@ -497,4 +527,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxBackward, Backward,
 );
 
 const char* LstmJaxNativeIsa() { return lstm_jax::GetIsa().name; }
-int LstmJaxNativeHasBf16() { return lstm_jax::GetIsa().bf16 != nullptr; }
+const char* LstmJaxNativeBf16Isa() { return lstm_jax::GetIsa().bf16_name; }

@@ -99,7 +99,7 @@ def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
     except (OSError, AttributeError) as error:
         return None, f"the C++ extension {spec.origin} could not be loaded: {error}"
     lib.LstmJaxNativeIsa.restype = ctypes.c_char_p
-    lib.LstmJaxNativeHasBf16.restype = ctypes.c_int
+    lib.LstmJaxNativeBf16Isa.restype = ctypes.c_char_p
     return lib, None
 
 
@@ -117,10 +117,20 @@ def native_isa() -> Optional[str]:
     return None if lib is None else lib.LstmJaxNativeIsa().decode()
 
 
-def native_has_bf16() -> bool:
-    """Whether the kernels can compute in bfloat16 here (``avx512`` on a CPU with AVX512_BF16)."""
+def native_bf16_isa() -> Optional[str]:
+    """The bfloat16 kernels' instruction set (``amx``, ``avx512bf16``), or None where there are none.
+
+    They need the ``avx512`` kernels and AVX512_BF16; AMX tiles are used where
+    the CPU has AMX-BF16 and Linux grants their use, unless
+    ``LSTM_JAX_NATIVE_BF16=avx512bf16`` (read once per process).
+    """
     lib = _library()[0]
-    return lib is not None and bool(lib.LstmJaxNativeHasBf16())
+    return (lib.LstmJaxNativeBf16Isa().decode() or None) if lib is not None else None
+
+
+def native_has_bf16() -> bool:
+    """Whether the kernels can compute in bfloat16 here (:func:`native_bf16_isa`)."""
+    return native_bf16_isa() is not None
 
 
 @functools.lru_cache(maxsize=None)

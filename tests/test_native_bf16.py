@@ -1,0 +1,201 @@
+"""The native kernels with ``compute_dtype=bfloat16`` against ``fused`` bf16 and float32 ``scan``.
+
+Both bf16 implementations round the same GEMM inputs (``x_t``, ``h * mask``,
+the weights, ``dz``) to bfloat16 and sum in float32, so they differ only by
+float32 summation order: they are compared at 2e-4, far below bfloat16's
+resolution (2^-8 = 4e-3), so a kernel that computed in float32, or rounded
+anything differently, fails. Against float32 ``scan`` they agree to bf16
+accuracy (5e-2 on these values). Shapes as in ``test_native.py``: H = 21 and
+I = 5 are odd (a zero-padded bf16 pair) and H is one full 16-unit panel plus
+a partial one; B = 7 is one 6-row block and a remainder.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lstm_jax as lj
+from lstm_jax.cells import lstm_kind
+from lstm_jax.kernels import dispatch
+from lstm_jax.kernels.fused import fused_lstm_layer
+from lstm_jax.kernels.native import native_has_bf16, native_lstm_layer, native_unavailable
+from lstm_jax.scan import scan_layer
+from tests.test_native import CASES, LENGTHS, _inputs, assert_trees_close
+
+pytestmark = pytest.mark.skipif(
+    native_unavailable() is not None or not native_has_bf16(),
+    reason="native bfloat16 kernels unavailable (no extension, or no AVX512_BF16 on this CPU)",
+)
+
+BF16 = jnp.bfloat16
+TIGHT = dict(atol=2e-4, rtol=2e-4)  # native bf16 vs fused bf16
+LOOSE = dict(atol=5e-2, rtol=5e-2)  # bf16 vs float32
+
+
+def _value_and_grads(layer, args, *, compute_dtype=BF16, seq_lengths=None, reverse=False,
+                     masked=False):  # fmt: skip
+    """Outputs, final state and the gradients of a loss weighing all of them differently."""
+
+    def loss(w, xs, h0, c0, mask):
+        ys, (h, c) = layer(
+            lstm_kind(), w, xs, (h0, c0), seq_lengths=seq_lengths, reverse=reverse,
+            recurrent_mask=mask if masked else None, compute_dtype=compute_dtype,
+        )  # fmt: skip
+        return jnp.sum(ys * jnp.sin(ys)) + jnp.sum(1.3 * h) + jnp.sum(c * c), (ys, h, c)
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))(*args)
+
+
+def _scan(cell, w, xs, carry, compute_dtype=None, **kwargs):
+    """float32 ``scan`` (the reference ignores the compute dtype asked for)."""
+    del compute_dtype
+    return scan_layer(cell, w, xs, carry, **kwargs)
+
+
+def _max_diff(a, b) -> float:
+    leaves = zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    return max(float(jnp.max(jnp.abs(jnp.asarray(x, jnp.float32) - y))) for x, y in leaves)
+
+
+@pytest.mark.parametrize(
+    "reverse, ragged, masked, split", [(*case, False) for case in CASES] + [(True, True, True, True)]
+)
+def test_matches_fused_bf16_and_scan(monkeypatch, reverse, ragged, masked, split):
+    if split:
+        monkeypatch.setenv("LSTM_JAX_NATIVE_SPLIT_MACS", "0")
+    args = _inputs()
+    options = dict(seq_lengths=LENGTHS if ragged else None, reverse=reverse, masked=masked)
+    got = _value_and_grads(native_lstm_layer, args, **options)
+    assert_trees_close(got, _value_and_grads(fused_lstm_layer, args, **options), **TIGHT)
+    reference = _value_and_grads(_scan, args, **options)
+    assert_trees_close(got, reference, **LOOSE)
+    assert _max_diff(got, reference) > 1e-4  # it did compute in bf16
+    if not masked:
+        assert float(jnp.max(jnp.abs(got[1][4]))) == 0.0
+
+
+@pytest.mark.parametrize("input_size, hidden", [(6, 32), (1, 1), (33, 17)])
+def test_other_sizes(input_size, hidden):
+    keys = jax.random.split(jax.random.key(3), 4)
+    w = lj.init_lstm(keys[0], input_size, hidden).layers[0][0]
+    xs = jax.random.normal(keys[1], (9, 4, input_size))
+    h0, c0 = (jax.random.normal(k, (9, hidden)) for k in keys[2:])
+    args = (w, xs, h0, c0, jnp.ones((9, hidden)))
+    got = _value_and_grads(native_lstm_layer, args)
+    assert_trees_close(got, _value_and_grads(fused_lstm_layer, args), **TIGHT)
+
+
+@pytest.mark.parametrize("x_dtype", [jnp.float32, BF16])
+def test_dtypes_match_fused(x_dtype):
+    w, xs, h0, c0, mask = _inputs()
+    args = (w, xs.astype(x_dtype), h0, c0, mask)
+    got = _value_and_grads(native_lstm_layer, args)
+    want = _value_and_grads(fused_lstm_layer, args)
+    got_dtypes = [x.dtype for x in jax.tree_util.tree_leaves(got)]
+    assert got_dtypes == [x.dtype for x in jax.tree_util.tree_leaves(want)]
+    assert got[1][1].dtype == x_dtype  # the input gradient keeps the input's dtype
+
+
+def test_network_matches_fused_bf16():
+    params = lj.init_lstm(jax.random.key(5), 5, 21, num_layers=2, bidirectional=True)
+    xs = jax.random.normal(jax.random.key(6), (3, 8, 5))
+
+    def loss(backend):
+        def f(p, x):
+            ys, _ = lj.lstm(p, x, backend=backend, compute_dtype=BF16, seq_lengths=jnp.array([8, 2, 5]))
+            return jnp.sum(ys**2)
+
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(params, xs)
+
+    assert_trees_close(loss("native"), loss("fused"), **TIGHT)
+
+
+@pytest.mark.parametrize("batch, steps", [(0, 4), (3, 0), (4, 1)])
+def test_edge_shapes(batch, steps):
+    args = _inputs(batch=batch, steps=steps)
+    got = _value_and_grads(native_lstm_layer, args)
+    reference = fused_lstm_layer if steps > 0 else _scan  # fused has no T = 0
+    assert_trees_close(got, _value_and_grads(reference, args), **TIGHT)
+
+
+def test_vmap_matches_a_loop():
+    inputs = [_inputs(seed) for seed in range(3)]
+    stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *inputs)
+
+    def run(w, xs, h0, c0):
+        return native_lstm_layer(lstm_kind(), w, xs, (h0, c0), compute_dtype=BF16)
+
+    got = jax.jit(jax.vmap(run))(*stacked[:4])
+    for k, args in enumerate(inputs):
+        assert_trees_close(jax.tree_util.tree_map(lambda a: a[k], got), run(*args[:4]), **TIGHT)
+
+
+def test_padding_never_reaches_the_results():
+    w, xs, h0, c0, mask = _inputs()
+    padded = jnp.arange(xs.shape[1])[None, :, None] >= LENGTHS[:, None, None]
+    options = dict(seq_lengths=LENGTHS, masked=True)
+    clean = _value_and_grads(native_lstm_layer, (w, jnp.where(padded, 0.0, xs), h0, c0, mask), **options)
+    dirty = _value_and_grads(native_lstm_layer, (w, jnp.where(padded, jnp.nan, xs), h0, c0, mask), **options)
+    grads_x = (clean[1][1], dirty[1][1])
+    assert_trees_close((clean[0], clean[1][0]), (dirty[0], dirty[1][0]), atol=0, rtol=0)
+    np.testing.assert_array_equal(*(jnp.where(padded, 0.0, g) for g in grads_x))
+
+
+def test_second_order_matches_fused_bf16():
+    w, xs, h0, c0, _ = _inputs(batch=2, steps=3, hidden=5)
+
+    def grad_norm(layer):
+        def loss(x):
+            ys, _ = layer(lstm_kind(), w, x, (h0, c0), compute_dtype=BF16)
+            return jnp.sum(ys**2)
+
+        return jax.jit(jax.grad(lambda x: jnp.sum(jax.grad(loss)(x) ** 2)))(xs)
+
+    assert_trees_close(grad_norm(native_lstm_layer), grad_norm(fused_lstm_layer), atol=1e-3, rtol=1e-3)
+
+
+def test_auto_runs_native_bf16_where_it_is_chosen(monkeypatch):
+    monkeypatch.setitem(dispatch.AUTO_LSTM, "cpu", "native")
+    params = lj.init_lstm(jax.random.key(12), 5, 21)
+    xs = jnp.ones((7, 9, 5))
+    text = str(jax.make_jaxpr(lambda p: lj.lstm(p, xs, compute_dtype=BF16))(params))
+    assert "lstm_jax_native_forward" in text
+    fused = lj.lstm(params, xs, compute_dtype=BF16, backend="fused")
+    assert_trees_close(lj.lstm(params, xs, compute_dtype=BF16), fused, **TIGHT)
+
+
+def test_float16_is_declined():
+    params = lj.init_lstm(jax.random.key(13), 5, 21)
+    with pytest.raises(ValueError, match="float32 or bfloat16 only, got compute_dtype=float16"):
+        lj.lstm(params, jnp.ones((7, 9, 5)), backend="native", compute_dtype=jnp.float16)
+
+
+def test_without_avx512_there_are_no_bf16_kernels():
+    """``LSTM_JAX_NATIVE_ISA=avx2``: ``native`` declines bf16 with a clear error, ``auto`` runs ``fused``."""
+    code = textwrap.dedent(
+        """
+        import jax, jax.numpy as jnp, pytest
+        import lstm_jax as lj
+        from lstm_jax.kernels import dispatch
+        from lstm_jax.kernels.native import native_has_bf16, native_isa
+        assert native_isa() == "avx2" and not native_has_bf16()
+        params, xs = lj.init_lstm(jax.random.key(0), 3, 4), jnp.ones((2, 5, 3))
+        with pytest.raises(ValueError, match="no bfloat16 kernels"):
+            lj.lstm(params, xs, backend="native", compute_dtype=jnp.bfloat16)
+        dispatch.AUTO_LSTM["cpu"] = "native"
+        text = str(jax.make_jaxpr(lambda p: lj.lstm(p, xs, compute_dtype=jnp.bfloat16))(params))
+        assert "lstm_jax_native" not in text
+        assert "lstm_jax_native" in str(jax.make_jaxpr(lambda p: lj.lstm(p, xs))(params))
+        """
+    )
+    env = dict(os.environ, LSTM_JAX_NATIVE_ISA="avx2", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
