@@ -65,8 +65,14 @@ def _max_diff(a, b) -> float:
     return max(float(jnp.max(jnp.abs(jnp.asarray(x, jnp.float32) - y))) for x, y in leaves)
 
 
+def _slow_unless(default: bool, *values):
+    return pytest.param(*values, marks=() if default else pytest.mark.slow)
+
+
 @pytest.mark.parametrize(
-    "reverse, ragged, masked, split", [(*case, False) for case in CASES] + [(True, True, True, True)]
+    "reverse, ragged, masked, split",
+    [_slow_unless(k == 0, *case, False) for k, case in enumerate(CASES)]
+    + [_slow_unless(True, True, True, True, True)],
 )
 def test_matches_fused_bf16_and_scan(monkeypatch, reverse, ragged, masked, split):
     if split:
@@ -82,7 +88,9 @@ def test_matches_fused_bf16_and_scan(monkeypatch, reverse, ragged, masked, split
         assert float(jnp.max(jnp.abs(got[1][4]))) == 0.0
 
 
-@pytest.mark.parametrize("input_size, hidden", [(6, 32), (1, 1), (33, 17)])
+@pytest.mark.parametrize(
+    "input_size, hidden", [_slow_unless(True, 33, 17), _slow_unless(False, 6, 32), _slow_unless(False, 1, 1)]
+)
 def test_other_sizes(input_size, hidden):
     keys = jax.random.split(jax.random.key(3), 4)
     w = lj.init_lstm(keys[0], input_size, hidden).layers[0][0]
@@ -93,7 +101,7 @@ def test_other_sizes(input_size, hidden):
     assert_trees_close(got, _value_and_grads(fused_lstm_layer, args), **TIGHT)
 
 
-@pytest.mark.parametrize("x_dtype", [jnp.float32, BF16])
+@pytest.mark.parametrize("x_dtype", [BF16])
 def test_dtypes_match_fused(x_dtype):
     w, xs, h0, c0, mask = _inputs()
     args = (w, xs.astype(x_dtype), h0, c0, mask)
@@ -104,6 +112,7 @@ def test_dtypes_match_fused(x_dtype):
     assert got[1][1].dtype == x_dtype  # the input gradient keeps the input's dtype
 
 
+@pytest.mark.slow
 def test_network_matches_fused_bf16():
     params = lj.init_lstm(jax.random.key(5), 5, 21, num_layers=2, bidirectional=True)
     xs = jax.random.normal(jax.random.key(6), (3, 8, 5))
@@ -118,7 +127,7 @@ def test_network_matches_fused_bf16():
     assert_trees_close(loss("native"), loss("fused"), **TIGHT)
 
 
-@pytest.mark.parametrize("batch, steps", [(0, 4), (3, 0), (4, 1)])
+@pytest.mark.parametrize("batch, steps", [(0, 4), _slow_unless(False, 3, 0), (4, 1)])
 def test_edge_shapes(batch, steps):
     args = _inputs(batch=batch, steps=steps)
     got = _value_and_grads(native_lstm_layer, args)
@@ -149,6 +158,7 @@ def test_padding_never_reaches_the_results():
     np.testing.assert_array_equal(*(jnp.where(padded, 0.0, g) for g in grads_x))
 
 
+@pytest.mark.slow
 def test_second_order_matches_fused_bf16():
     w, xs, h0, c0, _ = _inputs(batch=2, steps=3, hidden=5)
 
@@ -197,5 +207,27 @@ def test_without_avx512_there_are_no_bf16_kernels():
         """
     )
     env = dict(os.environ, LSTM_JAX_NATIVE_ISA="avx2", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_vdpbf16ps_kernels_where_amx_is_not_used():
+    """``LSTM_JAX_NATIVE_BF16=avx512bf16``: the vdpbf16ps kernels (also those of CPUs without AMX)."""
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.path.insert(0, ".")
+        from lstm_jax.kernels.fused import fused_lstm_layer
+        from lstm_jax.kernels.native import native_bf16_isa, native_lstm_layer
+        from tests.test_native import LENGTHS, _inputs, assert_trees_close
+        from tests.test_native_bf16 import TIGHT, _value_and_grads
+        assert native_bf16_isa() == "avx512bf16", native_bf16_isa()
+        for options in ({}, dict(seq_lengths=LENGTHS, reverse=True, masked=True)):
+            got = _value_and_grads(native_lstm_layer, _inputs(), **options)
+            assert_trees_close(got, _value_and_grads(fused_lstm_layer, _inputs(), **options), **TIGHT)
+        """
+    )
+    env = dict(os.environ, LSTM_JAX_NATIVE_BF16="avx512bf16", LSTM_JAX_NATIVE_SPLIT_MACS="0",
+               JAX_PLATFORMS="cpu")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
