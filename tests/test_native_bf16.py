@@ -89,7 +89,8 @@ def test_matches_fused_bf16_and_scan(monkeypatch, reverse, ragged, masked, split
 
 
 @pytest.mark.parametrize(
-    "input_size, hidden", [_slow_unless(True, 33, 17), _slow_unless(False, 6, 32), _slow_unless(False, 1, 1)]
+    "input_size, hidden",
+    [_slow_unless(True, 33, 17), _slow_unless(False, 6, 32), _slow_unless(False, 1, 1)],
 )
 def test_other_sizes(input_size, hidden):
     keys = jax.random.split(jax.random.key(3), 4)
@@ -119,7 +120,9 @@ def test_network_matches_fused_bf16():
 
     def loss(backend):
         def f(p, x):
-            ys, _ = lj.lstm(p, x, backend=backend, compute_dtype=BF16, seq_lengths=jnp.array([8, 2, 5]))
+            ys, _ = lj.lstm(
+                p, x, backend=backend, compute_dtype=BF16, seq_lengths=jnp.array([8, 2, 5])
+            )
             return jnp.sum(ys**2)
 
         return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(params, xs)
@@ -151,8 +154,12 @@ def test_padding_never_reaches_the_results():
     w, xs, h0, c0, mask = _inputs()
     padded = jnp.arange(xs.shape[1])[None, :, None] >= LENGTHS[:, None, None]
     options = dict(seq_lengths=LENGTHS, masked=True)
-    clean = _value_and_grads(native_lstm_layer, (w, jnp.where(padded, 0.0, xs), h0, c0, mask), **options)
-    dirty = _value_and_grads(native_lstm_layer, (w, jnp.where(padded, jnp.nan, xs), h0, c0, mask), **options)
+    clean = _value_and_grads(
+        native_lstm_layer, (w, jnp.where(padded, 0.0, xs), h0, c0, mask), **options
+    )
+    dirty = _value_and_grads(
+        native_lstm_layer, (w, jnp.where(padded, jnp.nan, xs), h0, c0, mask), **options
+    )
     grads_x = (clean[1][1], dirty[1][1])
     assert_trees_close((clean[0], clean[1][0]), (dirty[0], dirty[1][0]), atol=0, rtol=0)
     np.testing.assert_array_equal(*(jnp.where(padded, 0.0, g) for g in grads_x))
@@ -169,7 +176,9 @@ def test_second_order_matches_fused_bf16():
 
         return jax.jit(jax.grad(lambda x: jnp.sum(jax.grad(loss)(x) ** 2)))(xs)
 
-    assert_trees_close(grad_norm(native_lstm_layer), grad_norm(fused_lstm_layer), atol=1e-3, rtol=1e-3)
+    assert_trees_close(
+        grad_norm(native_lstm_layer), grad_norm(fused_lstm_layer), atol=1e-3, rtol=1e-3
+    )
 
 
 def test_auto_runs_native_bf16_where_it_is_chosen(monkeypatch):
@@ -189,7 +198,7 @@ def test_float16_is_declined():
 
 
 def test_without_avx512_there_are_no_bf16_kernels():
-    """``LSTM_JAX_NATIVE_ISA=avx2``: ``native`` declines bf16 with a clear error, ``auto`` runs ``fused``."""
+    """``LSTM_JAX_NATIVE_ISA=avx2``: ``native`` declines bf16 with an error, ``auto`` runs fused."""
     code = textwrap.dedent(
         """
         import jax, jax.numpy as jnp, pytest
@@ -212,7 +221,7 @@ def test_without_avx512_there_are_no_bf16_kernels():
 
 
 def test_vdpbf16ps_kernels_where_amx_is_not_used():
-    """``LSTM_JAX_NATIVE_BF16=avx512bf16``: the vdpbf16ps kernels (also those of CPUs without AMX)."""
+    """``LSTM_JAX_NATIVE_BF16=avx512bf16``: the vdpbf16ps kernels (those of CPUs without AMX)."""
     code = textwrap.dedent(
         """
         import sys
@@ -224,7 +233,8 @@ def test_vdpbf16ps_kernels_where_amx_is_not_used():
         assert native_bf16_isa() == "avx512bf16", native_bf16_isa()
         for options in ({}, dict(seq_lengths=LENGTHS, reverse=True, masked=True)):
             got = _value_and_grads(native_lstm_layer, _inputs(), **options)
-            assert_trees_close(got, _value_and_grads(fused_lstm_layer, _inputs(), **options), **TIGHT)
+            want = _value_and_grads(fused_lstm_layer, _inputs(), **options)
+            assert_trees_close(got, want, **TIGHT)
         """
     )
     env = dict(os.environ, LSTM_JAX_NATIVE_BF16="avx512bf16", LSTM_JAX_NATIVE_SPLIT_MACS="0",

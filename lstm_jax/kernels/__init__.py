@@ -9,7 +9,8 @@ backend    cells                  what it is
 "scan"     lstm, gru, rnn         the reference: ``lax.scan`` + autodiff
 "fused"    lstm (plain)           hand-written VJP, blocked gradient GEMMs (``fused.py``)
 "pallas"   lstm (plain)           Pallas forward kernel per platform + the fused backward
-"native"   lstm (plain, float32)  C++ time loop through XLA's FFI, CPU (``native.py``)
+"native"   lstm (plain, float32)  C++ time loop through XLA's FFI, CPU (``native.py``),
+                                  computing in float32 or bfloat16 (AMX / AVX512_BF16)
 "cudnn"    lstm (plain, float32)  ``jax.experimental.rnn`` when lowered for ``cuda``
 "auto"     all                    per platform, see below; "scan" for other cells
 =========  =====================  ===============================================
@@ -20,8 +21,9 @@ backend does not implement:
 * ``"auto"`` routes it to ``"scan"`` silently (always correct), as it does
   calls with per-step ``resets`` or ``mask``.
 * ``"fused"``, ``"pallas"`` and ``"native"`` raise ``ValueError`` at trace
-  time (``"native"`` also off CPU, for non-float32 parameters or compute dtype,
-  and when its C++ extension was not built).
+  time (``"native"`` also off CPU, for non-float32 parameters, for a compute
+  dtype other than float32 or bfloat16, for bfloat16 on a CPU without
+  AVX512_BF16, and when its C++ extension was not built).
 * ``"cudnn"`` warns (``RuntimeWarning``) and runs ``"scan"``: also for
   non-float32 compute, recurrent dropout, ``vmap``, a jaxlib without its CUDA
   plugin, and on platforms other than ``cuda``.

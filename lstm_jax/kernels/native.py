@@ -1,7 +1,8 @@
 """An LSTM layer whose time loop is native CPU code (``backend="native"``).
 
 Same signature and semantics as :func:`lstm_jax.scan.scan_layer`, for the
-plain float32 LSTM on CPU. The C++ in ``csrc/`` is built into
+plain LSTM with float32 parameters on CPU, computing in float32 or (with
+``compute_dtype=jnp.bfloat16``) with bfloat16 GEMM inputs. The C++ in ``csrc/`` is built into
 ``lstm_jax/_lstm_native*.so`` by ``pip install`` (``setup.py``; optional: the
 install succeeds without a compiler) and called through XLA's FFI
 (``jax.ffi.ffi_call``), one custom call per layer-direction forward and one
@@ -23,6 +24,19 @@ Both loops split the hidden units of every step across the threads of XLA's
 intra-op pool (one synchronisation per step); steps too small to split run on
 one thread. Under ``vmap`` the custom calls loop over the mapped axes
 (``vmap_method="broadcast_all"``).
+
+With ``compute_dtype=jnp.bfloat16`` (as ``fused``: GEMM inputs ``x_t``,
+``h * mask``, the weights and ``dz`` rounded to bfloat16, products summed in
+float32, gate math, cell state and parameters float32, the same output
+dtypes) both loops run bfloat16 kernels (``csrc/lstm_kernel_amx.inc`` on AMX
+tiles, or ``csrc/lstm_kernel_bf16.inc`` with AVX512_BF16's ``vdpbf16ps``;
+:func:`native_bf16_isa`), and the kernels also emit the gradient GEMMs'
+operands in bfloat16, row-major: ``dz``, ``[x_t; h_{t-1} * mask]``
+transposed, ``w_ih^T``. XLA:CPU's bf16 dot is fast (oneDNN, AMX) only when the
+contracted axis of the left operand is its last and both are row-major; a
+transposed operand measured 3-6x slower than that and slower than float32
+(``TIMINGS.md``). Where the CPU has no AVX512_BF16 (or the ISA is not
+``avx512``) native declines bfloat16, and ``"auto"`` runs ``"fused"``.
 
 Inputs at steps where a sequence is not valid are zeroed before the
 projection, so values in padding (even NaN) never reach an output or a
@@ -53,6 +67,8 @@ from lstm_jax.scan import over_time
 __all__ = [
     "AUTO_NATIVE_MAX_HIDDEN",
     "native_auto_unsupported",
+    "native_bf16_isa",
+    "native_has_bf16",
     "native_isa",
     "native_kernel_layer",
     "native_lstm_layer",
@@ -118,7 +134,7 @@ def native_isa() -> Optional[str]:
 
 
 def native_bf16_isa() -> Optional[str]:
-    """The bfloat16 kernels' instruction set (``amx``, ``avx512bf16``), or None where there are none.
+    """The bfloat16 kernels' instruction set (``amx``, ``avx512bf16``), or None if there are none.
 
     They need the ``avx512`` kernels and AVX512_BF16; AMX tiles are used where
     the CPU has AMX-BF16 and Linux grants their use, unless
@@ -172,7 +188,8 @@ def _unsupported_arguments(weights: Any, xs: Array, compute_dtype) -> Optional[s
     if weights.w_hh.dtype != jnp.float32 or weights.w_ih.dtype != jnp.float32:
         return f"it needs float32 parameters, got {weights.w_hh.dtype}"
     if compute_dtype is not None and jnp.dtype(compute_dtype) not in (jnp.float32, jnp.bfloat16):
-        return f"it computes in float32 or bfloat16 only, got compute_dtype={jnp.dtype(compute_dtype)}"
+        got = jnp.dtype(compute_dtype)
+        return f"it computes in float32 or bfloat16 only, got compute_dtype={got}"
     if _bf16(compute_dtype) and _library()[0] is not None and not native_has_bf16():
         return (
             f"this CPU or instruction set ({native_isa()}) has no bfloat16 kernels "
@@ -201,7 +218,8 @@ def _gemm(a: Array, b: Array, bf16: bool) -> Array:
     """``a @ b`` summed in float32, from bfloat16 inputs with ``bf16`` (as ``fused``)."""
     if not bf16:
         return a @ b
-    return jnp.matmul(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+    a, b = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
+    return jnp.matmul(a, b, preferred_element_type=jnp.float32)
 
 
 def _optional(mask: Optional[Array], dtype) -> Array:
@@ -372,8 +390,9 @@ def native_lstm_layer(
 
     Raises:
       ValueError: for weights with peepholes, layer norm or a projection, for
-        non-float32 parameters or compute dtype, off CPU, or when the C++
-        extension was not built.
+        non-float32 parameters, a compute dtype other than float32 or bfloat16
+        (bfloat16 only where :func:`native_has_bf16`), off CPU, or when the
+        C++ extension was not built.
 
     >>> import lstm_jax as lj
     >>> from lstm_jax.cells import lstm_kind
