@@ -35,6 +35,7 @@
 #include <cpuid.h>
 #endif
 #ifdef __linux__
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
@@ -278,6 +279,33 @@ int Partitions(ffi::ThreadPool& pool, int batch, int input, int hidden, int pane
   return int(std::max<int64_t>(1, std::min<int64_t>(threads, panels)));
 }
 
+// Asks the kernel to back the whole 2 MiB pages inside [data, data + bytes)
+// with transparent huge pages. Large XLA:CPU buffers are fresh mmap'd memory
+// on every call, and faulting them in 4 KiB at a time measured as a third of
+// the training forward's CPU time at (B, T, H) = (128, 64, 512) (TIMINGS.md).
+// Only a hint: with THP off, off Linux, or with LSTM_JAX_NATIVE_HUGEPAGES=0,
+// nothing changes.
+bool HugePagesWanted() {
+  static const bool wanted = [] {
+    const char* s = std::getenv("LSTM_JAX_NATIVE_HUGEPAGES");
+    return s == nullptr || std::string(s) != "0";
+  }();
+  return wanted;
+}
+
+void HugePagesHint(void* data, size_t bytes) {
+  if (!HugePagesWanted()) return;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const uintptr_t huge = uintptr_t(1) << 21;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + huge - 1) & ~(huge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(huge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
 template <class Buffer>
 auto Data(Buffer& b) -> decltype(b.typed_data()) {
   return b.element_count() == 0 ? nullptr : b.typed_data();
@@ -320,6 +348,10 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<f
     }
     return ffi::Error::Success();
   }
+  HugePagesHint(ys->typed_data(), ys->element_count() * sizeof(float));
+  if (act != nullptr) HugePagesHint(act, size_t(count) * steps * batch * gates * sizeof(float));
+  if (cs != nullptr) HugePagesHint(cs, size_t(count) * steps * bh * sizeof(float));
+  if (xhT != nullptr) HugePagesHint(xhT, size_t(count) * (input + hidden) * steps * batch * sizeof(uint16_t));
   const int parts = Partitions(pool, batch, input, hidden, panels);
   const size_t pack = kern.fwd_pack_size(input, hidden);
   for (int64_t n = 0; n < count; ++n) {
@@ -420,6 +452,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffe
     }
     return ffi::Error::Success();
   }
+  if (bf16) HugePagesHint(dzb->typed_data(), dzb->element_count() * sizeof(uint16_t));
   if (dz->typed_data() != act.typed_data()) {  // XLA did not alias: copy the activations over
     std::memcpy(dz->typed_data(), act.typed_data(), act.element_count() * sizeof(float));
   }

@@ -31,6 +31,7 @@ struct ScalarVec {
   static constexpr int W = 1;
   static constexpr int MR = 4;   // rows per forward register block
   static constexpr int MRB = 4;  // rows per backward register block
+  static constexpr int NVB = 1;  // panels per backward register block
   static inline T zero() { return 0.f; }
   static inline T set1(float x) { return x; }
   static inline T loadn(const float* p, int) { return *p; }
@@ -64,6 +65,7 @@ struct Avx2Vec {
   static constexpr int W = 8;
   static constexpr int MR = 2;
   static constexpr int MRB = 4;
+  static constexpr int NVB = 2;
   static inline __m256i lanes(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
@@ -103,7 +105,8 @@ struct Avx512Vec {
   using T = __m512;
   static constexpr int W = 16;
   static constexpr int MR = 6;
-  static constexpr int MRB = 8;
+  static constexpr int MRB = 6;
+  static constexpr int NVB = 4;
   static inline __mmask16 lanes(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
   static inline T zero() { return _mm512_setzero_ps(); }
   static inline T set1(float x) { return _mm512_set1_ps(x); }

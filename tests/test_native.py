@@ -23,7 +23,7 @@ import pytest
 import lstm_jax as lj
 from lstm_jax.cells import lstm_kind
 from lstm_jax.kernels import dispatch, native, select_layer
-from lstm_jax.kernels.native import AUTO_NATIVE_MAX_HIDDEN, native_lstm_layer, native_unavailable
+from lstm_jax.kernels.native import native_lstm_layer, native_unavailable
 from lstm_jax.scan import scan_layer
 
 pytestmark = pytest.mark.skipif(
@@ -249,8 +249,8 @@ def test_auto_can_pick_native_on_cpu_for_the_plain_lstm(auto_native):
     assert "lstm_jax_native" not in text
     text = str(jax.make_jaxpr(lambda p: lj.lstm(p, xs, compute_dtype=jnp.float16))(params))
     assert "lstm_jax_native" not in text
-    wide = lj.init_lstm(jax.random.key(12), I, AUTO_NATIVE_MAX_HIDDEN + 1)
-    assert "lstm_jax_native" not in str(jax.make_jaxpr(lambda p: lj.lstm(p, xs))(wide))
+    wide = lj.init_lstm(jax.random.key(12), I, 513)  # no size limit: measured faster at H = 1024
+    assert "lstm_jax_native" in str(jax.make_jaxpr(lambda p: lj.lstm(p, xs))(wide))
 
 
 @pytest.mark.parametrize(

@@ -65,7 +65,6 @@ from lstm_jax.params import LSTMWeights
 from lstm_jax.scan import over_time
 
 __all__ = [
-    "AUTO_NATIVE_MAX_HIDDEN",
     "native_auto_unsupported",
     "native_bf16_isa",
     "native_has_bf16",
@@ -75,10 +74,6 @@ __all__ = [
     "native_unavailable",
     "native_unsupported",
 ]
-
-# where "auto" runs "native" on CPU (dispatch.AUTO_LSTM), it does so up to this
-# hidden size: training at H = 512 measured slower than "fused" (TIMINGS.md)
-AUTO_NATIVE_MAX_HIDDEN = 256
 
 _LOG = logging.getLogger(__name__)
 _MODULE = "lstm_jax._lstm_native"
@@ -173,8 +168,6 @@ def native_auto_unsupported(weights, xs, initial_carry, *, recurrent_mask, compu
                             time_major) -> Optional[str]:  # fmt: skip
     """Why ``"auto"`` does not run ``"native"`` on CPU for this call (``dispatch.Kernel``)."""
     del initial_carry, recurrent_mask, time_major
-    if weights.w_hh.shape[0] > AUTO_NATIVE_MAX_HIDDEN:
-        return f"hidden size {weights.w_hh.shape[0]} > {AUTO_NATIVE_MAX_HIDDEN}"
     reason = native_unsupported(weights, xs, compute_dtype, platform=False)
     if reason is not None and _unsupported_arguments(weights, xs, compute_dtype) is None:
         log_unavailable_once()
