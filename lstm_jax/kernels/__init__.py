@@ -35,9 +35,11 @@ backend does not implement:
 Kernels are chosen per platform when the call is lowered, not from
 ``jax.default_backend()`` (``lstm_jax.kernels.dispatch``). For the plain LSTM
 ``"auto"`` runs ``dispatch.AUTO_LSTM[platform]`` where that kernel supports
-the call, else ``"fused"``: on CPU ``"native"`` (it declines non-float32
-calls and an unbuilt extension, which run ``"fused"``; measurements in ``lstm_jax/kernels/TIMINGS.md``;
-``jax.export`` needs ``disabled_checks`` for its custom calls).
+the call, else ``"fused"``: on CPU ``"native"`` (float32, or bfloat16 where
+the CPU has AVX512_BF16; it declines other compute dtypes, bfloat16 elsewhere
+and an unbuilt extension, which run ``"fused"``; measurements in
+``lstm_jax/kernels/TIMINGS.md``; ``jax.export`` needs ``disabled_checks`` for
+its custom calls).
 ``"fused"`` was measured faster than ``"scan"`` for training and inference. On
 ``cuda`` cuDNN (by design, not measured: no GPU was available), on ``tpu``
 ``"fused"``: the Pallas TPU kernel has been lowered for TPU but never compiled
