@@ -13,6 +13,12 @@
 //   backward  per step the gate gradients dz (written over the saved
 //             activations, aliased again) and dh = (dz @ w_hh^T) * mask.
 //
+// With the `bf16` attribute (compute_dtype=bfloat16) the per-step GEMMs take
+// bfloat16 inputs and sum in float32 (lstm_kernel_amx.inc on AMX tiles, or
+// lstm_kernel_bf16.inc with vdpbf16ps), and the handlers also return the
+// gradient GEMMs' bfloat16 operands row-major for XLA: dz, [x_t; h * mask]
+// transposed, w_ih^T.
+//
 // Threads: hidden units are split across partitions (one per thread of XLA's
 // intra-op pool, handed to the handler through the FFI ThreadPool context).
 // Steps depend on each other through h (forward) or dz (backward), so item
