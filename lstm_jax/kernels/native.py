@@ -2,11 +2,11 @@
 
 Same signature and semantics as :func:`lstm_jax.scan.scan_layer`, for the
 plain LSTM with float32 parameters on CPU, computing in float32 or (with
-``compute_dtype=jnp.bfloat16``) with bfloat16 GEMM inputs. The C++ in ``csrc/`` is built into
-``lstm_jax/_lstm_native*.so`` by ``pip install`` (``setup.py``; optional: the
-install succeeds without a compiler) and called through XLA's FFI
-(``jax.ffi.ffi_call``), one custom call per layer-direction forward and one
-for its backward:
+``compute_dtype=jnp.bfloat16``) with bfloat16 GEMM inputs. The C++ in
+``csrc/`` is built into ``lstm_jax/_lstm_native*.so`` by ``pip install``
+(``setup.py``; optional: the install succeeds without a compiler) and called
+through XLA's FFI (``jax.ffi.ffi_call``), one custom call per layer-direction
+forward and one for its backward:
 
 * forward: the custom call runs the loop: per step ``x_t @ w_ih + b + h @ w_hh``
   as one register-blocked AVX-512 (or AVX2, or portable) GEMM over
@@ -32,8 +32,8 @@ dtypes) both loops run bfloat16 kernels (``csrc/lstm_kernel_amx.inc`` on AMX
 tiles, or ``csrc/lstm_kernel_bf16.inc`` with AVX512_BF16's ``vdpbf16ps``;
 :func:`native_bf16_isa`), and the kernels also emit the gradient GEMMs'
 operands in bfloat16, row-major: ``dz``, ``[x_t; h_{t-1} * mask]``
-transposed, ``w_ih^T``. XLA:CPU's bf16 dot is fast (oneDNN, AMX) only when the
-contracted axis of the left operand is its last and both are row-major; a
+transposed, ``w_ih^T``. XLA:CPU's bf16 dot is fast (YNNPACK on AMX) only when
+the contracted axis of the left operand is its last and both are row-major; a
 transposed operand measured 3-6x slower than that and slower than float32
 (``TIMINGS.md``). Where the CPU has no AVX512_BF16 (or the ISA is not
 ``avx512``) native declines bfloat16, and ``"auto"`` runs ``"fused"``.
