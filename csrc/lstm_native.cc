@@ -122,6 +122,10 @@ using V = Avx512Vec;
 }  // namespace avx512
 #pragma GCC pop_options
 
+// The bfloat16 kernels need AVX512_BF16 and AMX intrinsics (GCC 11, clang 12);
+// older compilers build the extension without them (native then declines bf16).
+#if (defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11)
+#define LSTM_JAX_BF16 1
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,amx-tile,amx-bf16,fma")
 namespace avx512bf16 {
@@ -131,6 +135,7 @@ using V = Avx512Vec;
 #include "lstm_kernel_amx.inc"
 }  // namespace avx512bf16
 #pragma GCC pop_options
+#endif  // bf16 compiler support
 #endif
 
 namespace {
@@ -147,7 +152,7 @@ struct Isa {
   const char* bf16_name;
 };
 
-#ifdef LSTM_JAX_X86
+#ifdef LSTM_JAX_BF16
 // AMX-TILE and AMX-BF16 (cpuid leaf 7) and the kernel's permission to use tile data.
 bool AmxUsable() {
 #ifdef __linux__
@@ -170,12 +175,16 @@ Isa ChooseIsa() {
                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
   const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if ((want.empty() || want == "avx512") && has512) {
-    if (!__builtin_cpu_supports("avx512bf16")) return {"avx512", &avx512::kKernels, nullptr, ""};
-    const char* bf16 = std::getenv("LSTM_JAX_NATIVE_BF16");
-    if ((bf16 == nullptr || std::string(bf16) == "amx") && AmxUsable()) {
-      return {"avx512", &avx512::kKernels, &avx512bf16::kKernelsAmx, "amx"};
+#ifdef LSTM_JAX_BF16
+    if (__builtin_cpu_supports("avx512bf16")) {
+      const char* bf16 = std::getenv("LSTM_JAX_NATIVE_BF16");
+      if ((bf16 == nullptr || std::string(bf16) == "amx") && AmxUsable()) {
+        return {"avx512", &avx512::kKernels, &avx512bf16::kKernelsAmx, "amx"};
+      }
+      return {"avx512", &avx512::kKernels, &avx512bf16::kKernelsBf16, "avx512bf16"};
     }
-    return {"avx512", &avx512::kKernels, &avx512bf16::kKernelsBf16, "avx512bf16"};
+#endif
+    return {"avx512", &avx512::kKernels, nullptr, ""};
   }
   if ((want.empty() || want == "avx512" || want == "avx2") && has2) {
     return {"avx2", &avx2::kKernels, nullptr, ""};
