@@ -53,9 +53,23 @@ namespace ffi = xla::ffi;
 
 namespace lstm_jax {
 
+// Where step t of sequence b sits in a (T, B, F) time-major or (B, T, F)
+// batch-major array: row(t, b) * F. xs, ys and dys are in the caller's layout
+// (no transposed copies); the saved activations and cell states, dz and valid
+// are always time-major, so that one step's rows are contiguous.
+struct Layout {
+  int64_t steps, batch;
+  bool batch_major;
+  size_t next_row;  // rows between (t, b) and (t, b + 1)
+  Layout() : Layout(0, 0, false) {}
+  Layout(int64_t t, int64_t b, bool bm) : steps(t), batch(b), batch_major(bm), next_row(bm ? t : 1) {}
+  size_t row(int64_t t, int64_t b) const { return batch_major ? size_t(b * steps + t) : size_t(t * batch + b); }
+};
+
 struct FwdProblem {
   int64_t steps;
   int batch, input, hidden;
+  Layout seq;
   const float* xs;        // (T, B, I) inputs
   const float* bias;      // (4H)
   const float* mask;      // (B, H) recurrent mask, or null
@@ -73,6 +87,7 @@ struct FwdProblem {
 struct BwdProblem {
   int64_t steps;
   int batch, hidden;
+  Layout seq;
   float* dz;              // (T, B, 4H) activations in, gate gradients out
   const float* cs;        // (T, B, H)
   const float* c0;        // (B, H)
@@ -326,10 +341,12 @@ auto Data(Buffer& b) -> decltype(b.typed_data()) {
   return b.element_count() == 0 ? nullptr : b.typed_data();
 }
 
-// Shapes: xs (N.., T, B, I), w_ih (N.., I, 4H), b (N.., 4H), w_hh (N.., H, 4H),
-// h0/c0 (N.., B, H), mask (N.., B, H) or empty, valid (N.., T, B) or empty.
+// Shapes: xs (N.., T, B, I) or with batch_major (N.., B, T, I), w_ih (N.., I, 4H),
+// b (N.., 4H), w_hh (N.., H, 4H), h0/c0 (N.., B, H), mask (N.., B, H) or empty,
+// valid (N.., T, B) or empty; ys in the layout of xs, act (N.., T, B, 4H) and
+// cs (N.., T, B, H) time-major.
 // N.. are vmap axes (ffi_call's broadcast_all), looped over.
-ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,
+ffi::Error Forward(ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,
                    ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> w_hh,
                    ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
                    ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::U8> valid,
@@ -342,8 +359,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<f
   if (rank < 3 || wdims.size() != rank - 1) {
     return ffi::Error::InvalidArgument("xs must be (..., T, B, I) and w_hh (..., H, 4H)");
   }
-  const int64_t steps = xdims[rank - 3];
-  const int batch = int(xdims[rank - 2]), input = int(xdims[rank - 1]);
+  const int64_t steps = xdims[rank - (batch_major ? 2 : 3)];
+  const int batch = int(xdims[rank - (batch_major ? 3 : 2)]), input = int(xdims[rank - 1]);
   const int hidden = int(wdims[rank - 3]), gates = 4 * hidden;
   int64_t count = 1;
   for (size_t d = 0; d + 3 < rank; ++d) count *= xdims[d];
@@ -376,6 +393,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<f
     kern.pack_fwd(w_ih.typed_data() + n * input * gates, w_hh.typed_data() + n * hidden * gates,
                   input, hidden, wpack);
     auto P = std::make_shared<FwdProblem>();
+    P->seq = Layout(steps, batch, batch_major);
     P->steps = steps;
     P->batch = batch;
     P->input = input;
@@ -416,7 +434,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<f
 }
 
 #define LSTM_JAX_FORWARD_ARGS                                                                   \
-  ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,                  \
+  ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,                  \
       ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> w_hh, ffi::Buffer<ffi::F32> h0,        \
       ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::U8> valid,        \
       ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_out,                       \
@@ -425,18 +443,20 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<f
 ffi::Error ForwardTrain(LSTM_JAX_FORWARD_ARGS, ffi::ResultBuffer<ffi::F32> act,
                         ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::BF16> xhT,
                         ffi::ResultBuffer<ffi::BF16> w_ihT, bool bf16) {
-  return Forward(pool, xs, w_ih, bias, w_hh, h0, c0, mask, valid, ys, h_out, c_out, bf16,
-                 Data(*act), Data(*cs), bf16 ? Data(*xhT) : nullptr, bf16 ? Data(*w_ihT) : nullptr);
+  return Forward(pool, batch_major, xs, w_ih, bias, w_hh, h0, c0, mask, valid, ys, h_out, c_out,
+                 bf16, Data(*act), Data(*cs), bf16 ? Data(*xhT) : nullptr,
+                 bf16 ? Data(*w_ihT) : nullptr);
 }
 
 ffi::Error ForwardInfer(LSTM_JAX_FORWARD_ARGS, bool bf16) {
-  return Forward(pool, xs, w_ih, bias, w_hh, h0, c0, mask, valid, ys, h_out, c_out, bf16,
-                 nullptr, nullptr, nullptr, nullptr);
+  return Forward(pool, batch_major, xs, w_ih, bias, w_hh, h0, c0, mask, valid, ys, h_out, c_out,
+                 bf16, nullptr, nullptr, nullptr, nullptr);
 }
 
-// Shapes: w_hh (N.., H, 4H), act (N.., T, B, 4H), cs/dys/ys (N.., T, B, H),
-// c0/h0/dh/dc (N.., B, H), mask/valid as in Forward.
-ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffer<ffi::F32> act,
+// Shapes: w_hh (N.., H, 4H), act (N.., T, B, 4H), cs (N.., T, B, H), dys/ys
+// (N.., T, B, H) or (N.., B, T, H) with batch_major; c0/h0/dh/dc (N.., B, H),
+// mask/valid as in Forward.
+ffi::Error Backward(ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32> w_hh, ffi::Buffer<ffi::F32> act,
                     ffi::Buffer<ffi::F32> cs, ffi::Buffer<ffi::F32> c0,
                     ffi::Buffer<ffi::F32> dys, ffi::Buffer<ffi::F32> dh_in,
                     ffi::Buffer<ffi::F32> dc_in, ffi::Buffer<ffi::F32> mask,
@@ -449,7 +469,8 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffe
   const size_t rank = dims.size();
   if (rank < 3) return ffi::Error::InvalidArgument("act must be (..., T, B, 4H)");
   const int64_t steps = dims[rank - 3];
-  const int batch = int(dims[rank - 2]), gates = int(dims[rank - 1]), hidden = gates / 4;
+  const int batch = int(dims[rank - 2]), gates = int(dims[rank - 1]);
+  const int hidden = gates / 4;
   const int64_t per = steps * batch * gates;
   const int64_t bh = int64_t(batch) * hidden;
   const int64_t count = per == 0 ? 0 : int64_t(act.element_count()) / per;
@@ -476,6 +497,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffe
     auto buffers = std::make_shared<std::vector<float>>(kern.bwd_pack_size(hidden));
     kern.pack_bwd(w_hh.typed_data() + n * hidden * gates, hidden, buffers->data());
     auto P = std::make_shared<BwdProblem>();
+    P->seq = Layout(steps, batch, batch_major);
     P->steps = steps;
     P->batch = batch;
     P->hidden = hidden;
@@ -517,6 +539,7 @@ using lstm_jax::ForwardTrain;
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxForwardTrain, ForwardTrain,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
+                                  .Attr<bool>("batch_major")
                                   .Arg<ffi::Buffer<ffi::F32>>()  // xs
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_ih
                                   .Arg<ffi::Buffer<ffi::F32>>()  // b
@@ -538,6 +561,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxForwardTrain, ForwardTrain,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxForwardInfer, ForwardInfer,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
+                                  .Attr<bool>("batch_major")
                                   .Arg<ffi::Buffer<ffi::F32>>()  // xs
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_ih
                                   .Arg<ffi::Buffer<ffi::F32>>()  // b
@@ -555,6 +579,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxForwardInfer, ForwardInfer,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxBackward, Backward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
+                                  .Attr<bool>("batch_major")
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_hh
                                   .Arg<ffi::Buffer<ffi::F32>>()  // act
                                   .Arg<ffi::Buffer<ffi::F32>>()  // cs

@@ -81,6 +81,7 @@ def over_time(
     time_major: bool,
     mask: Optional[Array] = None,
     resets: Optional[Array] = None,
+    run_batch_major: bool = False,
 ) -> tuple[Array, Any]:
     """The sequence plumbing every layer implementation shares.
 
@@ -101,7 +102,17 @@ def over_time(
     there: the mask after the cell selects the old carry, but its backward
     multiplies the discarded branch's derivatives by zero, and ``0 * NaN`` is
     NaN. The gradient w.r.t. those inputs is then exactly zero.
+
+    With ``run_batch_major`` (a kernel that reads either layout), batch-major
+    calls without ``reverse``, ``mask`` or ``resets`` skip the two transposed
+    copies: ``run(xs, valid, batch_major=True)`` gets ``xs (B, T, I)`` (``valid``
+    still ``(T, B)``) and returns ``ys (B, T, O)``.
     """
+    if run_batch_major and not time_major and not reverse and mask is None and resets is None:
+        valid = valid_mask(xs.shape[1], seq_lengths)
+        if valid is not None:
+            xs = jnp.where(valid.T[:, :, None], xs, jnp.zeros_like(xs))
+        return run(xs, valid, batch_major=True)
     if not time_major:
         xs = jnp.swapaxes(xs, 0, 1)  # [T, B, I]
         mask = None if mask is None else mask.T  # [T, B]

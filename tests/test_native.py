@@ -302,15 +302,16 @@ def test_long_sequence():
     )
 
 
-@pytest.mark.slow  # 20 s; test_higher_order covers hessians of the other kernels by default
-def test_second_order_derivatives_match_scan():
+@pytest.mark.slow  # 20 s each; test_higher_order covers hessians of the other kernels by default
+@pytest.mark.parametrize("reverse", [True, False])  # time-major / batch-major custom calls
+def test_second_order_derivatives_match_scan(reverse):
     """Hessians (forward over reverse) and grad of grad go through JAX references."""
     w, xs, h0, _, mask = _inputs(16, batch=2, steps=4)
     lengths = jnp.array([4, 2], jnp.int32)
 
     def loss(w, xs, h0, layer):
         ys, (h, c) = layer(
-            lstm_kind(), w, xs, (h0, h0), seq_lengths=lengths, reverse=True, recurrent_mask=mask
+            lstm_kind(), w, xs, (h0, h0), seq_lengths=lengths, reverse=reverse, recurrent_mask=mask
         )
         return jnp.sum(ys**2) + jnp.sum(h * c)
 

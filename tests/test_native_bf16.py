@@ -118,6 +118,23 @@ def test_other_sizes(batch, input_size, hidden):
     assert_close_to_fused(got, _value_and_grads(fused_lstm_layer, args))
 
 
+def test_time_major_matches_fused():
+    """``time_major=True``: the kernels read ``xs`` and write ``ys`` time-major (the default
+    batch-major calls are covered above)."""
+    w, xs, h0, c0, mask = _inputs()
+    args = (w, jnp.swapaxes(xs, 0, 1), h0, c0, mask)
+
+    def run(layer):
+        def loss(w, xs, h0, c0):
+            ys, (h, c) = layer(lstm_kind(), w, xs, (h0, c0), seq_lengths=LENGTHS, reverse=True,
+                               time_major=True, compute_dtype=BF16)  # fmt: skip
+            return jnp.sum(ys * jnp.sin(ys)) + jnp.sum(h) + jnp.sum(c * c), ys
+
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(*args[:4])
+
+    assert_close_to_fused(run(native_lstm_layer), run(fused_lstm_layer))
+
+
 @pytest.mark.parametrize("x_dtype", [BF16])
 def test_dtypes_match_fused(x_dtype):
     w, xs, h0, c0, mask = _inputs()

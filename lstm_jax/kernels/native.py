@@ -198,13 +198,13 @@ def _bf16(compute_dtype) -> bool:
     return compute_dtype is not None and jnp.dtype(compute_dtype) == jnp.bfloat16
 
 
-def _ffi(target: str, results, bf16: bool, *args, aliases=None):
+def _ffi(target: str, results, *args, batch_major: bool, bf16: bool, aliases=None):
     """The custom call, lowered for CPU only (inside "auto"'s CPU branch of a multi-platform export)."""
     _library()  # registers the targets
     call = jax.ffi.ffi_call(
         target, results, vmap_method="broadcast_all", input_output_aliases=aliases or {}
     )
-    return platform_only("cpu", functools.partial(call, bf16=bf16), *args)
+    return platform_only("cpu", functools.partial(call, batch_major=batch_major, bf16=bf16), *args)
 
 
 def _gemm(a: Array, b: Array, bf16: bool) -> Array:
@@ -215,44 +215,72 @@ def _gemm(a: Array, b: Array, bf16: bool) -> Array:
     return jnp.matmul(a, b, preferred_element_type=jnp.float32)
 
 
+def _sequence(batch_major: bool, steps: int, batch: int, features: int) -> jax.ShapeDtypeStruct:
+    """A float32 ``(T, B, F)`` array, ``(B, T, F)`` when ``batch_major``."""
+    shape = (batch, steps, features) if batch_major else (steps, batch, features)
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+def _steps_batch(xs: Array, batch_major: bool) -> tuple[int, int]:
+    return (xs.shape[1], xs.shape[0]) if batch_major else xs.shape[:2]
+
+
+def _time_major(a: Array, batch_major: bool) -> Array:
+    """A ``(B, T, F)`` array as ``(T, B, F)`` when ``batch_major``, else ``a`` (and back: it is its own inverse)."""
+    return jnp.swapaxes(a, 0, 1) if batch_major else a
+
+
 def _optional(mask: Optional[Array], dtype) -> Array:
     """The array the custom calls read for an absent mask: empty."""
     return jnp.zeros((0,), dtype) if mask is None else mask
 
 
-def _forward(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, *, save):
-    """Time-major ``xs (T, B, I)`` -> ``ys (T, B, H), h, c`` (+ activations and cell states)."""
+def _forward(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, *, save):
+    """``xs (T, B, I)`` (``(B, T, I)`` when ``batch_major``) -> ``ys`` in that layout, ``h, c``
+    (+ :func:`_forward_train`'s residuals when ``save``). ``valid`` is ``(T, B)`` either way."""
     if save:
-        ys, h, c, *saved = _forward_train(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid)
+        ys, h, c, *saved = _forward_train(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid)
         return ys, h, c, tuple(saved)
-    steps, batch, _ = xs.shape
+    steps, batch = _steps_batch(xs, batch_major)
     state = jax.ShapeDtypeStruct((batch, w_hh.shape[0]), jnp.float32)
-    seq = jax.ShapeDtypeStruct((steps, batch, w_hh.shape[0]), jnp.float32)
+    seq = _sequence(batch_major, steps, batch, w_hh.shape[0])
     args = (xs, w_ih, b, w_hh, h0, c0, _optional(mask, jnp.float32), _optional(valid, jnp.uint8))
-    ys, h, c = _ffi("lstm_jax_native_forward_infer", (seq, state, state), bf16, *args)
+    ys, h, c = _ffi("lstm_jax_native_forward_infer", (seq, state, state), *args,
+                    batch_major=batch_major, bf16=bf16)  # fmt: skip
     return ys, h, c, None
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _forward_train(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
-    """``ys, h, c`` and the residuals ``act (T, B, 4H)`` (gate activations), ``cs (T, B, H)``,
-    and with ``bf16`` the bfloat16 GEMM operands of the gradients, row-major as XLA's fast
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _forward_train(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
+    """``ys, h, c`` and the residuals ``act (T, B, 4H)`` (gate activations), ``cs (T, B, H)``;
+    ``ys`` in the layout of ``xs``, the residuals time-major (one step's rows contiguous).
+    With ``bf16`` also the bfloat16 GEMM operands of the gradients, row-major as XLA's fast
     bf16 dot needs them: ``xhT (I + H, T * B)`` (``x_t`` and ``h_{t-1} * mask`` per step,
-    transposed) and ``w_ihT (4H, I)``; empty without ``bf16``."""
-    steps, batch, inputs = xs.shape
+    time-major columns) and ``w_ihT (4H, I)``; empty without ``bf16``."""
+    steps, batch = _steps_batch(xs, batch_major)
+    inputs = xs.shape[-1]
     hidden = w_hh.shape[0]
     state = jax.ShapeDtypeStruct((batch, hidden), jnp.float32)
-    seq = jax.ShapeDtypeStruct((steps, batch, hidden), jnp.float32)
-    gates = jax.ShapeDtypeStruct((steps, batch, 4 * hidden), jnp.float32)
+    seq = _sequence(batch_major, steps, batch, hidden)
+    gates = _sequence(False, steps, batch, 4 * hidden)
+    cell_states = _sequence(False, steps, batch, hidden)
+    args = (xs, w_ih, b, w_hh, h0, c0, _optional(mask, jnp.float32), _optional(valid, jnp.uint8))
     xh_t = jax.ShapeDtypeStruct((inputs + hidden, steps * batch) if bf16 else (0,), jnp.bfloat16)
     w_t = jax.ShapeDtypeStruct((4 * hidden, inputs) if bf16 else (0,), jnp.bfloat16)
-    args = (xs, w_ih, b, w_hh, h0, c0, _optional(mask, jnp.float32), _optional(valid, jnp.uint8))
-    results = (seq, state, state, gates, seq, xh_t, w_t)
-    return _ffi("lstm_jax_native_forward_train", results, bf16, *args)
+    results = (seq, state, state, gates, cell_states, xh_t, w_t)
+    return _ffi("lstm_jax_native_forward_train", results, *args, batch_major=batch_major,
+                bf16=bf16)  # fmt: skip
 
 
-def _forward_reference(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
+def _forward_reference(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
     """:func:`_forward_train` in JAX, for derivatives of the gradients (e.g. ``jax.hessian``)."""
+    ys, h, c, act, cs = _forward_reference_time_major(
+        bf16, w_ih, b, w_hh, _time_major(xs, batch_major), h0, c0, mask, valid
+    )
+    return _time_major(ys, batch_major), h, c, act, cs
+
+
+def _forward_reference_time_major(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
     plain = LSTMWeights(w_ih=None, w_hh=None, b=None)
 
     def body(carry, inputs):
@@ -273,91 +301,103 @@ def _forward_reference(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
 
 
 @_forward_train.defjvp
-def _forward_train_jvp(bf16, primals, tangents):
+def _forward_train_jvp(batch_major, bf16, primals, tangents):
     *diff, valid = primals
-    outputs = _forward_train(bf16, *primals)
+    outputs = _forward_train(batch_major, bf16, *primals)
     _, out_tangents = jax.jvp(
-        lambda *args: _forward_reference(bf16, *args, valid), tuple(diff), tuple(tangents[:-1])
-    )
+        lambda *args: _forward_reference(batch_major, bf16, *args, valid), tuple(diff),
+        tuple(tangents[:-1]),
+    )  # fmt: skip
     # the rounded GEMM operands are read by _gradients only, whose JVP does not use them
     return outputs, (*out_tangents, *(jnp.zeros_like(a) for a in outputs[5:]))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _recurrence(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
-    ys, h, c, _ = _forward(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, save=False)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _recurrence(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
+    ys, h, c, _ = _forward(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, save=False)
     return ys, h, c
 
 
-def _recurrence_fwd(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
-    ys, h, c, saved = _forward(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, save=True)
+def _recurrence_fwd(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
+    ys, h, c, saved = _forward(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, save=True)
     return (ys, h, c), (w_ih, b, w_hh, xs, h0, c0, mask, valid, ys, *saved)
 
 
-def _recurrence_bwd(bf16, residuals, cotangents):
-    grads = _gradients(bf16, *residuals[:8], *cotangents, *residuals[8:])
+def _recurrence_bwd(batch_major, bf16, residuals, cotangents):
+    grads = _gradients(batch_major, bf16, *residuals[:8], *cotangents, *residuals[8:])
     return (*grads, None)  # no gradient for the validity mask
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _gradients(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, dh, dc, ys, act, cs, xh_t, w_t):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _gradients(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, dh, dc, ys, act,
+               cs, xh_t, w_t):  # fmt: skip
     """Gradients w.r.t. ``(w_ih, b, w_hh, xs, h0, c0, mask)``: the native loop, then XLA GEMMs.
 
-    ``ys, act, cs, xh_t, w_t`` are :func:`_forward_train`'s outputs for the same inputs.
+    ``ys, act, cs, xh_t, w_t`` are :func:`_forward_train`'s outputs for the same inputs;
+    ``xs, dys, ys`` are in one layout (``batch_major`` or not), ``act, cs`` time-major.
     With ``bf16`` every GEMM takes bfloat16 inputs and sums in float32, all operands
     row-major with the contracted axis of the left one last: XLA:CPU's bf16 dot
     measured 3-6x slower for a transposed operand (``TIMINGS.md``).
     """
     del b  # read through act
-    steps, batch, inputs = xs.shape
     hidden = w_hh.shape[0]
     state = jax.ShapeDtypeStruct(h0.shape, jnp.float32)
     dz_bf16 = jax.ShapeDtypeStruct(act.shape if bf16 else (0,), jnp.bfloat16)
     results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state, state, dz_bf16)
     dz, dh0, dc0, dmask, dz_bf16 = _ffi(
-        "lstm_jax_native_backward", results, bf16,
+        "lstm_jax_native_backward", results,
         w_hh, act, cs, c0, dys, dh, dc, _optional(mask, jnp.float32),
         _optional(valid, jnp.uint8), ys, h0,
-        aliases={1: 0},
+        batch_major=batch_major, bf16=bf16, aliases={1: 0},
     )  # fmt: skip
-    rows = dz.reshape(steps * batch, 4 * hidden)
-    db = jnp.sum(rows, axis=0)
+    steps, batch = _steps_batch(xs, batch_major)
+    rows = dz.reshape(steps * batch, 4 * hidden)  # time-major rows
     if bf16:
-        rows = dz_bf16.reshape(steps * batch, 4 * hidden)
-        dw = jnp.matmul(xh_t, rows, preferred_element_type=jnp.float32)  # [dw_ih; dw_hh]
-        dw_ih, dw_hh = dw[:inputs], dw[inputs:]
-        dxs = jnp.matmul(rows, w_t, preferred_element_type=jnp.float32).reshape(xs.shape)
-        return dw_ih, db, dw_hh, dxs, dh0, dc0, (None if mask is None else dmask)
+        inputs = xs.shape[-1]
+        rows_bf16 = dz_bf16.reshape(steps * batch, 4 * hidden)
+        dw = jnp.matmul(xh_t, rows_bf16, preferred_element_type=jnp.float32)  # [dw_ih; dw_hh]
+        dxs = jnp.matmul(rows_bf16, w_t, preferred_element_type=jnp.float32)
+        dxs = _time_major(dxs.reshape(steps, batch, inputs), batch_major)
+        db = jnp.sum(rows, axis=0)
+        return dw[:inputs], db, dw[inputs:], dxs, dh0, dc0, (None if mask is None else dmask)
     # h_{t-1} for every step: h0, then ys (dz is zero wherever ys was zeroed)
-    h_prev = jnp.concatenate([h0[None], ys[:-1]])  # [T, B, H]
+    h_prev = jnp.concatenate([h0[None], _time_major(ys, batch_major)[:-1]])  # [T, B, H]
     if mask is not None:
         h_prev = h_prev * mask[None]
     dw_hh = h_prev.reshape(steps * batch, hidden).T @ rows
-    dw_ih = xs.reshape(steps * batch, inputs).T @ rows
-    dxs = (rows @ w_ih.T).reshape(xs.shape)
+    if batch_major:  # contract over (T, B) in either order: XLA picks the copy
+        dw_ih = jnp.einsum("bti,tbg->ig", xs, dz)
+        dxs = jnp.einsum("tbg,ig->bti", dz, w_ih)
+    else:
+        dw_ih = xs.reshape(steps * batch, xs.shape[-1]).T @ rows
+        dxs = (rows @ w_ih.T).reshape(xs.shape)
+    db = jnp.sum(rows, axis=0)
     return dw_ih, db, dw_hh, dxs, dh0, dc0, (None if mask is None else dmask)
 
 
 @_gradients.defjvp
-def _gradients_jvp(bf16, primals, tangents):
+def _gradients_jvp(batch_major, bf16, primals, tangents):
     """Derivatives of the gradients (``jax.hessian``, grad of grad) through the
-    ``fused`` backend's JAX implementation of the same gradients. ``ys, act, cs``
-    are functions of the other inputs, recomputed inside it, so their tangents
-    are not used (they would count twice)."""
+    ``fused`` backend's JAX implementation of the same gradients (and compute
+    dtype). ``ys, act, cs`` (and the bf16 operands) are functions of the other
+    inputs, recomputed inside it, so their tangents are not used (they would
+    count twice)."""
     w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, dh, dc = primals[:11]
     keep = None if valid is None else valid != 0
 
     def reference(w_ih, b, w_hh, xs, h0, c0, mask, dys, dh, dc):
         def forward(w_ih, b, w_hh, xs, h0, c0, mask):
+            xs = _time_major(xs, batch_major)
             compute = jnp.bfloat16 if bf16 else None
-            return fused_recurrence(compute, 1, w_ih, b, w_hh, xs, h0, c0, mask, keep)
+            ys, h, c = fused_recurrence(compute, 1, w_ih, b, w_hh, xs, h0, c0, mask, keep)
+            return _time_major(ys, batch_major), h, c
 
         return jax.vjp(forward, w_ih, b, w_hh, xs, h0, c0, mask)[1]((dys, dh, dc))
 
     diff = (w_ih, b, w_hh, xs, h0, c0, mask, dys, dh, dc)
     diff_tangents = tangents[:7] + tangents[8:11]
     _, out_tangents = jax.jvp(reference, diff, diff_tangents)
-    return _gradients(bf16, *primals), out_tangents
+    return _gradients(batch_major, bf16, *primals), out_tangents
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
@@ -413,12 +453,13 @@ def native_kernel_layer(cell, weights, xs, initial_carry, *, seq_lengths=None, r
     h0, c0 = (jnp.asarray(a, jnp.float32) for a in initial_carry)
     mask = None if recurrent_mask is None else jnp.asarray(recurrent_mask, jnp.float32)
 
-    def run(xs, valid):
+    def run(xs, valid, batch_major=False):
         xs = xs.astype(jnp.float32)
-        if valid is not None:  # padding never reaches the GEMMs (NaN * 0 is NaN)
-            xs = jnp.where(valid[..., None], xs, jnp.zeros_like(xs))
+        if valid is not None:
             valid = valid.astype(jnp.uint8)
-        ys, h, c = _recurrence(bf16, weights.w_ih, weights.b, weights.w_hh, xs, h0, c0, mask, valid)
+        ys, h, c = _recurrence(batch_major, bf16, weights.w_ih, weights.b, weights.w_hh, xs, h0,
+                               c0, mask, valid)  # fmt: skip
         return ys, (h, c)
 
-    return over_time(run, xs, seq_lengths=seq_lengths, reverse=reverse, time_major=time_major)
+    return over_time(run, xs, seq_lengths=seq_lengths, reverse=reverse, time_major=time_major,
+                     run_batch_major=True)  # fmt: skip
