@@ -13,6 +13,12 @@
 //   backward  per step the gate gradients dz (written over the saved
 //             activations, aliased again) and dh = (dz @ w_hh^T) * mask.
 //
+// With the `bf16` attribute (compute_dtype=bfloat16) the per-step GEMMs take
+// bfloat16 inputs and sum in float32 (lstm_kernel_amx.inc on AMX tiles, or
+// lstm_kernel_bf16.inc with vdpbf16ps), and the handlers also return the
+// gradient GEMMs' bfloat16 operands row-major for XLA: dz, [x_t; h * mask]
+// transposed, w_ih^T.
+//
 // Threads (one partition per thread of XLA's intra-op pool, handed to the
 // handler through the FFI ThreadPool context): with at least 4 batch rows per
 // thread, the rows are split: sequences are independent, so each partition
@@ -33,8 +39,13 @@
 #include <thread>
 #include <vector>
 
-#if defined(__linux__)
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#endif
+#ifdef __linux__
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 #include "native_loop.h"
@@ -72,6 +83,7 @@ struct FwdProblem {
   float* c;               // (B, H) cell carry, updated in place
   float* h[2];            // (B, H) hidden carry, double-buffered by step parity
   float* hm[2];           // h * mask (the GEMM's input), or == h
+  uint16_t* xhT;          // (I + H, T * B) bf16 [x_t; h * mask] per step, transposed, or null
   const float* wpack;
 };
 
@@ -90,6 +102,7 @@ struct BwdProblem {
   float* dh;              // (B, H) carry in place: dh_T in, dh_0 out
   float* dc;              // (B, H) carry in place
   float* dm;              // (B, H) mask gradient, accumulated, or null
+  uint16_t* dzb;          // (T, B, 4H) dz rounded to bfloat16 (bf16 kernels only)
   const float* wpack;
 };
 
@@ -124,16 +137,50 @@ using V = Avx512Vec;
 #include "lstm_kernel.inc"
 }  // namespace avx512
 #pragma GCC pop_options
+
+// The bfloat16 kernels need AVX512_BF16 and AMX intrinsics (GCC 11, clang 12);
+// older compilers build the extension without them (native then declines bf16).
+#if (defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11)
+#define LSTM_JAX_BF16 1
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,amx-tile,amx-bf16,fma")
+namespace avx512bf16 {
+using V = Avx512Vec;
+#include "lstm_kernel.inc"
+#include "lstm_kernel_bf16.inc"
+#include "lstm_kernel_amx.inc"
+}  // namespace avx512bf16
+#pragma GCC pop_options
+#endif  // bf16 compiler support
 #endif
 
 namespace {
 
 // The instruction set: the best the CPU has, or LSTM_JAX_NATIVE_ISA
-// (avx512, avx2, portable) when set, for tests of every path.
+// (avx512, avx2, portable) when set, for tests of every path. The bfloat16
+// kernels come with avx512 on CPUs with AVX512_BF16: AMX tiles where the CPU
+// has them and Linux grants their use, else vdpbf16ps, or
+// LSTM_JAX_NATIVE_BF16=avx512bf16 for the latter; other ISAs have none.
 struct Isa {
   const char* name;
   const Kernels* kernels;
+  const Kernels* bf16;
+  const char* bf16_name;
 };
+
+#ifdef LSTM_JAX_BF16
+// AMX-TILE and AMX-BF16 (cpuid leaf 7) and the kernel's permission to use tile data.
+bool AmxUsable() {
+#ifdef __linux__
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 22))) return false;
+  constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+#endif
 
 Isa ChooseIsa() {
   const char* forced = std::getenv("LSTM_JAX_NATIVE_ISA");
@@ -143,10 +190,23 @@ Isa ChooseIsa() {
   const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
   const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if ((want.empty() || want == "avx512") && has512) return {"avx512", &avx512::kKernels};
-  if ((want.empty() || want == "avx512" || want == "avx2") && has2) return {"avx2", &avx2::kKernels};
+  if ((want.empty() || want == "avx512") && has512) {
+#ifdef LSTM_JAX_BF16
+    if (__builtin_cpu_supports("avx512bf16")) {
+      const char* bf16 = std::getenv("LSTM_JAX_NATIVE_BF16");
+      if ((bf16 == nullptr || std::string(bf16) == "amx") && AmxUsable()) {
+        return {"avx512", &avx512::kKernels, &avx512bf16::kKernelsAmx, "amx"};
+      }
+      return {"avx512", &avx512::kKernels, &avx512bf16::kKernelsBf16, "avx512bf16"};
+    }
 #endif
-  return {"portable", &portable::kKernels};
+    return {"avx512", &avx512::kKernels, nullptr, ""};
+  }
+  if ((want.empty() || want == "avx512" || want == "avx2") && has2) {
+    return {"avx2", &avx2::kKernels, nullptr, ""};
+  }
+#endif
+  return {"portable", &portable::kKernels, nullptr, ""};
 }
 
 const Isa& GetIsa() {
@@ -343,7 +403,8 @@ ffi::Error Forward(ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32>
                    ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
                    ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::U8> valid,
                    ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_out,
-                   ffi::ResultBuffer<ffi::F32> c_out, float* act, float* cs) {
+                   ffi::ResultBuffer<ffi::F32> c_out, bool bf16, float* act, float* cs,
+                   uint16_t* xhT, uint16_t* w_ihT) {
   auto xdims = xs.dimensions();
   auto wdims = w_hh.dimensions();
   const size_t rank = xdims.size();
@@ -356,7 +417,9 @@ ffi::Error Forward(ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32>
   int64_t count = 1;
   for (size_t d = 0; d + 3 < rank; ++d) count *= xdims[d];
   const int64_t bh = int64_t(batch) * hidden;
-  const Kernels& kern = *GetIsa().kernels;
+  const Kernels* chosen = bf16 ? GetIsa().bf16 : GetIsa().kernels;
+  if (chosen == nullptr) return ffi::Error::InvalidArgument("no bfloat16 kernels on this CPU");
+  const Kernels& kern = *chosen;
   const int panels = (hidden + kern.width - 1) / kern.width;
   const bool has_mask = mask.element_count() != 0, has_valid = valid.element_count() != 0;
   float* hT = h_out->typed_data();
@@ -372,6 +435,7 @@ ffi::Error Forward(ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32>
   HugePagesHint(ys->typed_data(), ys->element_count() * sizeof(float));
   if (act != nullptr) HugePagesHint(act, size_t(count) * steps * batch * gates * sizeof(float));
   if (cs != nullptr) HugePagesHint(cs, size_t(count) * steps * bh * sizeof(float));
+  if (xhT != nullptr) HugePagesHint(xhT, size_t(count) * (input + hidden) * steps * batch * sizeof(uint16_t));
   const Split split = Partitions(pool, batch, input, hidden, panels);
   const size_t pack = kern.fwd_pack_size(input, hidden);
   for (int64_t n = 0; n < count; ++n) {
@@ -407,6 +471,13 @@ ffi::Error Forward(ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32>
       P->hm[1] = P->h[1];
     }
     P->wpack = wpack;
+    P->xhT = xhT != nullptr ? xhT + n * (input + hidden) * steps * batch : nullptr;
+    if (w_ihT != nullptr) {  // (4H, I) bf16, for XLA's dx GEMM
+      const float* w = w_ih.typed_data() + n * input * gates;
+      for (int g = 0; g < gates; ++g) {
+        for (int i = 0; i < input; ++i) w_ihT[(n * gates + g) * input + i] = bf16_bits(w[i * gates + g]);
+      }
+    }
     std::shared_ptr<void> keep = std::make_shared<std::pair<decltype(P), decltype(buffers)>>(P, buffers);
     RunLoop(pool, keep, kern.fwd_item, P.get(), steps, split, panels, batch);
     std::memcpy(hT + n * bh, P->h[steps & 1], bh * sizeof(float));
@@ -422,14 +493,16 @@ ffi::Error Forward(ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32>
       ffi::ResultBuffer<ffi::F32> c_out
 
 ffi::Error ForwardTrain(LSTM_JAX_FORWARD_ARGS, ffi::ResultBuffer<ffi::F32> act,
-                        ffi::ResultBuffer<ffi::F32> cs) {
-  return Forward(pool, batch_major, xs, w_ih, bias, w_hh, h0, c0, mask, valid, ys, h_out, c_out, Data(*act),
-                 Data(*cs));
+                        ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::BF16> xhT,
+                        ffi::ResultBuffer<ffi::BF16> w_ihT, bool bf16) {
+  return Forward(pool, batch_major, xs, w_ih, bias, w_hh, h0, c0, mask, valid, ys, h_out, c_out,
+                 bf16, Data(*act), Data(*cs), bf16 ? Data(*xhT) : nullptr,
+                 bf16 ? Data(*w_ihT) : nullptr);
 }
 
-ffi::Error ForwardInfer(LSTM_JAX_FORWARD_ARGS) {
-  return Forward(pool, batch_major, xs, w_ih, bias, w_hh, h0, c0, mask, valid, ys, h_out, c_out, nullptr,
-                 nullptr);
+ffi::Error ForwardInfer(LSTM_JAX_FORWARD_ARGS, bool bf16) {
+  return Forward(pool, batch_major, xs, w_ih, bias, w_hh, h0, c0, mask, valid, ys, h_out, c_out,
+                 bf16, nullptr, nullptr, nullptr, nullptr);
 }
 
 // Shapes: w_hh (N.., H, 4H), act (N.., T, B, 4H), cs (N.., T, B, H), dys/ys
@@ -442,7 +515,8 @@ ffi::Error Backward(ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32
                     ffi::Buffer<ffi::U8> valid, ffi::Buffer<ffi::F32> ys,
                     ffi::Buffer<ffi::F32> h0, ffi::ResultBuffer<ffi::F32> dz,
                     ffi::ResultBuffer<ffi::F32> dh_out, ffi::ResultBuffer<ffi::F32> dc_out,
-                    ffi::ResultBuffer<ffi::F32> dm_out) {
+                    ffi::ResultBuffer<ffi::F32> dm_out, ffi::ResultBuffer<ffi::BF16> dzb,
+                    bool bf16) {
   auto dims = act.dimensions();
   const size_t rank = dims.size();
   if (rank < 3) return ffi::Error::InvalidArgument("act must be (..., T, B, 4H)");
@@ -452,7 +526,9 @@ ffi::Error Backward(ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32
   const int64_t per = steps * batch * gates;
   const int64_t bh = int64_t(batch) * hidden;
   const int64_t count = per == 0 ? 0 : int64_t(act.element_count()) / per;
-  const Kernels& kern = *GetIsa().kernels;
+  const Kernels* chosen = bf16 ? GetIsa().bf16 : GetIsa().kernels;
+  if (chosen == nullptr) return ffi::Error::InvalidArgument("no bfloat16 kernels on this CPU");
+  const Kernels& kern = *chosen;
   const int panels = (hidden + kern.width - 1) / kern.width;
   const bool has_mask = mask.element_count() != 0, has_valid = valid.element_count() != 0;
   float* dm = Data(*dm_out);
@@ -464,6 +540,7 @@ ffi::Error Backward(ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32
     }
     return ffi::Error::Success();
   }
+  if (bf16) HugePagesHint(dzb->typed_data(), dzb->element_count() * sizeof(uint16_t));
   if (dz->typed_data() != act.typed_data()) {  // XLA did not alias: copy the activations over
     std::memcpy(dz->typed_data(), act.typed_data(), act.element_count() * sizeof(float));
   }
@@ -489,6 +566,7 @@ ffi::Error Backward(ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32
     std::memcpy(P->dh, dh_in.typed_data() + n * bh, bh * sizeof(float));
     std::memcpy(P->dc, dc_in.typed_data() + n * bh, bh * sizeof(float));
     P->dm = has_mask ? dm + n * bh : nullptr;
+    P->dzb = bf16 ? dzb->typed_data() + n * per : nullptr;
     P->wpack = buffers->data();
     std::shared_ptr<void> keep = std::make_shared<std::pair<decltype(P), decltype(buffers)>>(P, buffers);
     RunLoop(pool, keep, kern.bwd_item, P.get(), steps + 1, split, panels, batch);
@@ -522,6 +600,7 @@ LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxForwardTrain(XLA_FFI_CallFrame*);
 LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxForwardInfer(XLA_FFI_CallFrame*);
 LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxBackward(XLA_FFI_CallFrame*);
 LSTM_JAX_EXPORT const char* LstmJaxNativeIsa();
+LSTM_JAX_EXPORT const char* LstmJaxNativeBf16Isa();
 
 using lstm_jax::Backward;
 using lstm_jax::ForwardInfer;
@@ -544,6 +623,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxForwardTrain, ForwardTrain,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // c
                                   .Ret<ffi::Buffer<ffi::F32>>()  // act
                                   .Ret<ffi::Buffer<ffi::F32>>()  // cs
+                                  .Ret<ffi::Buffer<ffi::BF16>>() // xhT, or empty (float32)
+                                  .Ret<ffi::Buffer<ffi::BF16>>() // w_ih^T, or empty (float32)
+                                  .Attr<bool>("bf16")            // bfloat16 GEMM inputs
 );
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxForwardInfer, ForwardInfer,
@@ -561,6 +643,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxForwardInfer, ForwardInfer,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // ys
                                   .Ret<ffi::Buffer<ffi::F32>>()  // h
                                   .Ret<ffi::Buffer<ffi::F32>>()  // c
+                                  .Attr<bool>("bf16")
 );
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxBackward, Backward,
@@ -582,6 +665,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxBackward, Backward,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dh0
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dc0
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dmask
+                                  .Ret<ffi::Buffer<ffi::BF16>>() // dz in bf16, or empty
+                                  .Attr<bool>("bf16")
 );
 
 const char* LstmJaxNativeIsa() { return lstm_jax::GetIsa().name; }
+const char* LstmJaxNativeBf16Isa() { return lstm_jax::GetIsa().bf16_name; }

@@ -53,7 +53,7 @@ inline void for_row_blocks(int batch, F&& f) {
 }
 
 template <class Buffer>
-float* Data(Buffer& b) {
+auto Data(Buffer& b) -> decltype(b.typed_data()) {
   return b.element_count() == 0 ? nullptr : b.typed_data();
 }
 

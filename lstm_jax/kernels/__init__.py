@@ -9,8 +9,9 @@ backend    cells                  what it is
 "scan"     lstm, gru, rnn         the reference: ``lax.scan`` + autodiff
 "fused"    lstm (plain)           hand-written VJP, blocked gradient GEMMs (``fused.py``)
 "pallas"   lstm (plain)           Pallas forward kernel per platform + the fused backward
-"native"   lstm (plain), gru      C++ time loop through XLA's FFI, CPU, float32
-                                  (``native.py``, ``native_gru.py``)
+"native"   lstm (plain), gru      C++ time loop through XLA's FFI, CPU (``native.py``,
+                                  ``native_gru.py``); float32, and bfloat16 compute for
+                                  the LSTM (AMX / AVX512_BF16)
 "cudnn"    lstm (plain, float32)  ``jax.experimental.rnn`` when lowered for ``cuda``
 "auto"     all                    per platform, see below; "scan" for rnn
 =========  =====================  ===============================================
@@ -21,8 +22,9 @@ backend does not implement:
 * ``"auto"`` routes it to ``"scan"`` silently (always correct), as it does
   calls with per-step ``resets`` or ``mask`` (LSTM and GRU).
 * ``"fused"``, ``"pallas"`` and ``"native"`` raise ``ValueError`` at trace
-  time (``"native"`` also off CPU, for non-float32 parameters or compute dtype,
-  and when its C++ extension was not built).
+  time (``"native"`` also off CPU, for non-float32 parameters, for a compute
+  dtype other than float32 or bfloat16, for bfloat16 on a CPU without
+  AVX512_BF16, and when its C++ extension was not built).
 * ``"cudnn"`` warns (``RuntimeWarning``) and runs ``"scan"``: also for
   non-float32 compute, recurrent dropout, ``vmap``, a jaxlib without its CUDA
   plugin, and on platforms other than ``cuda``.
@@ -41,9 +43,11 @@ backend does not implement:
 Kernels are chosen per platform when the call is lowered, not from
 ``jax.default_backend()`` (``lstm_jax.kernels.dispatch``). For the plain LSTM
 ``"auto"`` runs ``dispatch.AUTO_LSTM[platform]`` where that kernel supports
-the call, else ``"fused"``: on CPU ``"native"`` (it declines non-float32
-calls and an unbuilt extension, which run ``"fused"``; measurements in ``lstm_jax/kernels/TIMINGS.md``;
-``jax.export`` needs ``disabled_checks`` for its custom calls).
+the call, else ``"fused"``: on CPU ``"native"`` (float32, or bfloat16 where
+the CPU has AVX512_BF16; it declines other compute dtypes, bfloat16 elsewhere
+and an unbuilt extension, which run ``"fused"``; measurements in
+``lstm_jax/kernels/TIMINGS.md``; ``jax.export`` needs ``disabled_checks`` for
+its custom calls).
 ``"fused"`` was measured faster than ``"scan"`` for training and inference. On
 ``cuda`` cuDNN (by design, not measured: no GPU was available), on ``tpu``
 ``"fused"``: the Pallas TPU kernel has been lowered for TPU but never compiled

@@ -59,9 +59,11 @@ KERNELS: dict[str, Kernel] = {
 }
 
 # platform -> the kernel "auto" runs there (where that kernel supports the call).
-# CPU: "native" (C++ time loop; it declines an unbuilt extension and
-# non-float32 calls, which then run "fused"): faster than "fused" from H = 64 to
-# H = 1024 (TIMINGS.md, native section). Its custom calls have no compatibility
+# CPU: "native" (C++ time loop; it declines an unbuilt extension, compute
+# dtypes other than float32 and bfloat16, and bfloat16 on CPUs without
+# AVX512_BF16, which then run "fused"): faster than "fused" from H = 64 to
+# H = 1024 in float32, and in bfloat16 at the four CPU targets (TIMINGS.md,
+# native section). Its custom calls have no compatibility
 # guarantee, so jax.export of an "auto" LSTM on CPU needs disabled_checks for them.
 # cuDNN is chosen by design, not measured: no GPU or TPU was available to this
 # project (see lstm_jax/kernels/ACCELERATORS.md). It is JAX's own primitive, which

@@ -1,11 +1,12 @@
 """An LSTM layer whose time loop is native CPU code (``backend="native"``).
 
 Same signature and semantics as :func:`lstm_jax.scan.scan_layer`, for the
-plain float32 LSTM on CPU. The C++ in ``csrc/`` is built into
-``lstm_jax/_lstm_native*.so`` by ``pip install`` (``setup.py``; optional: the
-install succeeds without a compiler) and called through XLA's FFI
-(``jax.ffi.ffi_call``), one custom call per layer-direction forward and one
-for its backward:
+plain LSTM with float32 parameters on CPU, computing in float32 or (with
+``compute_dtype=jnp.bfloat16``) with bfloat16 GEMM inputs. The C++ in
+``csrc/`` is built into ``lstm_jax/_lstm_native*.so`` by ``pip install``
+(``setup.py``; optional: the install succeeds without a compiler) and called
+through XLA's FFI (``jax.ffi.ffi_call``), one custom call per layer-direction
+forward and one for its backward:
 
 * forward: the custom call runs the loop: per step ``x_t @ w_ih + b + h @ w_hh``
   as one register-blocked AVX-512 (or AVX2, or portable) GEMM over
@@ -23,6 +24,19 @@ Both loops split the hidden units of every step across the threads of XLA's
 intra-op pool (one synchronisation per step); steps too small to split run on
 one thread. Under ``vmap`` the custom calls loop over the mapped axes
 (``vmap_method="broadcast_all"``).
+
+With ``compute_dtype=jnp.bfloat16`` (as ``fused``: GEMM inputs ``x_t``,
+``h * mask``, the weights and ``dz`` rounded to bfloat16, products summed in
+float32, gate math, cell state and parameters float32, the same output
+dtypes) both loops run bfloat16 kernels (``csrc/lstm_kernel_amx.inc`` on AMX
+tiles, or ``csrc/lstm_kernel_bf16.inc`` with AVX512_BF16's ``vdpbf16ps``;
+:func:`native_bf16_isa`), and the kernels also emit the gradient GEMMs'
+operands in bfloat16, row-major: ``dz``, ``[x_t; h_{t-1} * mask]``
+transposed, ``w_ih^T``. XLA:CPU's bf16 dot is fast (YNNPACK on AMX) only when
+the contracted axis of the left operand is its last and both are row-major; a
+transposed operand measured 3-6x slower than that and slower than float32
+(``TIMINGS.md``). Where the CPU has no AVX512_BF16 (or the ISA is not
+``avx512``) native declines bfloat16, and ``"auto"`` runs ``"fused"``.
 
 Inputs at steps where a sequence is not valid are zeroed before the
 projection, so values in padding (even NaN) never reach an output or a
@@ -51,8 +65,10 @@ from lstm_jax.params import LSTMWeights
 from lstm_jax.scan import over_time
 
 __all__ = [
-    "float32_unsupported",
+    "dtype_unsupported",
     "native_auto_unsupported",
+    "native_bf16_isa",
+    "native_has_bf16",
     "native_isa",
     "native_kernel_layer",
     "native_lstm_layer",
@@ -99,6 +115,7 @@ def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
     except (OSError, AttributeError) as error:
         return None, f"the C++ extension {spec.origin} could not be loaded: {error}"
     lib.LstmJaxNativeIsa.restype = ctypes.c_char_p
+    lib.LstmJaxNativeBf16Isa.restype = ctypes.c_char_p
     return lib, None
 
 
@@ -114,6 +131,22 @@ def native_isa() -> Optional[str]:
     """The instruction set the kernels use (``avx512``, ``avx2``, ``portable``), or None."""
     lib = _library()[0]
     return None if lib is None else lib.LstmJaxNativeIsa().decode()
+
+
+def native_bf16_isa() -> Optional[str]:
+    """The bfloat16 kernels' instruction set (``amx``, ``avx512bf16``), or None if there are none.
+
+    They need the ``avx512`` kernels and AVX512_BF16; AMX tiles are used where
+    the CPU has AMX-BF16 and Linux grants their use, unless
+    ``LSTM_JAX_NATIVE_BF16=avx512bf16`` (read once per process).
+    """
+    lib = _library()[0]
+    return (lib.LstmJaxNativeBf16Isa().decode() or None) if lib is not None else None
+
+
+def native_has_bf16() -> bool:
+    """Whether the kernels can compute in bfloat16 here (:func:`native_bf16_isa`)."""
+    return native_bf16_isa() is not None
 
 
 @functools.lru_cache(maxsize=None)
@@ -156,18 +189,33 @@ def native_auto_unsupported(weights, xs, initial_carry, *, recurrent_mask, compu
 
 def _unsupported_arguments(weights: Any, xs: Array, compute_dtype) -> Optional[str]:
     reason = unsupported_variant(weights)
-    return reason if reason is not None else float32_unsupported(weights, xs, compute_dtype)
+    if reason is not None:
+        return reason
+    return dtype_unsupported(weights, xs, compute_dtype, bf16=True)
 
 
-def float32_unsupported(weights: Any, xs: Array, compute_dtype) -> Optional[str]:
-    """Why the (float32-only) native kernels cannot run these dtypes, or None."""
+def dtype_unsupported(weights: Any, xs: Array, compute_dtype, *, bf16: bool) -> Optional[str]:
+    """Why the native kernels cannot run these dtypes, or None: float32 parameters, and
+    float32 compute, or bfloat16 too where ``bf16`` (the LSTM's kernels) and the CPU has it."""
     if weights.w_hh.dtype != jnp.float32 or weights.w_ih.dtype != jnp.float32:
         return f"it needs float32 parameters, got {weights.w_hh.dtype}"
-    if compute_dtype is not None and jnp.dtype(compute_dtype) != jnp.float32:
-        return f"it computes in float32 only, got compute_dtype={jnp.dtype(compute_dtype)}"
+    allowed = (jnp.float32, jnp.bfloat16) if bf16 else (jnp.float32,)
+    if compute_dtype is not None and jnp.dtype(compute_dtype) not in allowed:
+        names = " or ".join(jnp.dtype(d).name for d in allowed)
+        return f"it computes in {names} only, got compute_dtype={jnp.dtype(compute_dtype)}"
+    if _bf16(compute_dtype) and _library()[0] is not None and not native_has_bf16():
+        return (
+            f"this CPU or instruction set ({native_isa()}) has no bfloat16 kernels "
+            "(they need avx512 with AVX512_BF16)"
+        )
     if not jnp.issubdtype(xs.dtype, jnp.floating):
         return f"xs must be floating point, got {xs.dtype}"
     return None
+
+
+def _bf16(compute_dtype) -> bool:
+    """Whether ``compute_dtype`` asks for bfloat16 GEMM inputs (else float32)."""
+    return compute_dtype is not None and jnp.dtype(compute_dtype) == jnp.bfloat16
 
 
 def _ffi(target: str, results, *args, aliases=None, **attributes):
@@ -177,6 +225,14 @@ def _ffi(target: str, results, *args, aliases=None, **attributes):
         target, results, vmap_method="broadcast_all", input_output_aliases=aliases or {}
     )
     return platform_only("cpu", functools.partial(call, **attributes), *args)
+
+
+def _gemm(a: Array, b: Array, bf16: bool) -> Array:
+    """``a @ b`` summed in float32, from bfloat16 inputs with ``bf16`` (as ``fused``)."""
+    if not bf16:
+        return a @ b
+    a, b = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
+    return jnp.matmul(a, b, preferred_element_type=jnp.float32)
 
 
 def _sequence(batch_major: bool, steps: int, batch: int, features: int) -> jax.ShapeDtypeStruct:
@@ -199,51 +255,58 @@ def _optional(mask: Optional[Array], dtype) -> Array:
     return jnp.zeros((0,), dtype) if mask is None else mask
 
 
-def _forward(batch_major, w_ih, b, w_hh, xs, h0, c0, mask, valid, *, save):
+def _forward(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, *, save):
     """``xs (T, B, I)`` (``(B, T, I)`` when ``batch_major``) -> ``ys`` in that layout, ``h, c``
-    (+ the activations and cell states when ``save``). ``valid`` is ``(T, B)`` either way."""
+    (+ :func:`_forward_train`'s residuals when ``save``). ``valid`` is ``(T, B)`` either way."""
     if save:
-        ys, h, c, act, cs = _forward_train(batch_major, w_ih, b, w_hh, xs, h0, c0, mask, valid)
-        return ys, h, c, (act, cs)
+        ys, h, c, *saved = _forward_train(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid)
+        return ys, h, c, tuple(saved)
     steps, batch = _steps_batch(xs, batch_major)
     state = jax.ShapeDtypeStruct((batch, w_hh.shape[0]), jnp.float32)
     seq = _sequence(batch_major, steps, batch, w_hh.shape[0])
     args = (xs, w_ih, b, w_hh, h0, c0, _optional(mask, jnp.float32), _optional(valid, jnp.uint8))
     ys, h, c = _ffi("lstm_jax_native_forward_infer", (seq, state, state), *args,
-                    batch_major=batch_major)  # fmt: skip
+                    batch_major=batch_major, bf16=bf16)  # fmt: skip
     return ys, h, c, None
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _forward_train(batch_major, w_ih, b, w_hh, xs, h0, c0, mask, valid):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _forward_train(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
     """``ys, h, c`` and the residuals ``act (T, B, 4H)`` (gate activations), ``cs (T, B, H)``;
-    ``ys`` in the layout of ``xs``, the residuals time-major (one step's rows contiguous)."""
+    ``ys`` in the layout of ``xs``, the residuals time-major (one step's rows contiguous).
+    With ``bf16`` also the bfloat16 GEMM operands of the gradients, row-major as XLA's fast
+    bf16 dot needs them: ``xhT (I + H, T * B)`` (``x_t`` and ``h_{t-1} * mask`` per step,
+    time-major columns) and ``w_ihT (4H, I)``; empty without ``bf16``."""
     steps, batch = _steps_batch(xs, batch_major)
+    inputs = xs.shape[-1]
     hidden = w_hh.shape[0]
     state = jax.ShapeDtypeStruct((batch, hidden), jnp.float32)
     seq = _sequence(batch_major, steps, batch, hidden)
     gates = _sequence(False, steps, batch, 4 * hidden)
     cell_states = _sequence(False, steps, batch, hidden)
     args = (xs, w_ih, b, w_hh, h0, c0, _optional(mask, jnp.float32), _optional(valid, jnp.uint8))
-    return _ffi("lstm_jax_native_forward_train", (seq, state, state, gates, cell_states), *args,
-                batch_major=batch_major)  # fmt: skip
+    xh_t = jax.ShapeDtypeStruct((inputs + hidden, steps * batch) if bf16 else (0,), jnp.bfloat16)
+    w_t = jax.ShapeDtypeStruct((4 * hidden, inputs) if bf16 else (0,), jnp.bfloat16)
+    results = (seq, state, state, gates, cell_states, xh_t, w_t)
+    return _ffi("lstm_jax_native_forward_train", results, *args, batch_major=batch_major,
+                bf16=bf16)  # fmt: skip
 
 
-def _forward_reference(batch_major, w_ih, b, w_hh, xs, h0, c0, mask, valid):
+def _forward_reference(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
     """:func:`_forward_train` in JAX, for derivatives of the gradients (e.g. ``jax.hessian``)."""
     ys, h, c, act, cs = _forward_reference_time_major(
-        w_ih, b, w_hh, _time_major(xs, batch_major), h0, c0, mask, valid
+        bf16, w_ih, b, w_hh, _time_major(xs, batch_major), h0, c0, mask, valid
     )
     return _time_major(ys, batch_major), h, c, act, cs
 
 
-def _forward_reference_time_major(w_ih, b, w_hh, xs, h0, c0, mask, valid):
+def _forward_reference_time_major(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
     plain = LSTMWeights(w_ih=None, w_hh=None, b=None)
 
     def body(carry, inputs):
         h, c = carry
         x, keep = inputs
-        gates = x @ w_ih + b[None] + (h if mask is None else h * mask) @ w_hh
+        gates = _gemm(x, w_ih, bf16) + b[None] + _gemm(h if mask is None else h * mask, w_hh, bf16)
         h_new, c_new = jax.vmap(lstm_pointwise, in_axes=(None, 0, 0))(plain, gates, c)
         act = jnp.concatenate(_activations(gates), axis=-1)  # the saved (B, 4H) activations
         y = h_new
@@ -258,51 +321,65 @@ def _forward_reference_time_major(w_ih, b, w_hh, xs, h0, c0, mask, valid):
 
 
 @_forward_train.defjvp
-def _forward_train_jvp(batch_major, primals, tangents):
+def _forward_train_jvp(batch_major, bf16, primals, tangents):
     *diff, valid = primals
-    outputs = _forward_train(batch_major, *primals)
+    outputs = _forward_train(batch_major, bf16, *primals)
     _, out_tangents = jax.jvp(
-        lambda *args: _forward_reference(batch_major, *args, valid), tuple(diff),
+        lambda *args: _forward_reference(batch_major, bf16, *args, valid), tuple(diff),
         tuple(tangents[:-1]),
     )  # fmt: skip
-    return outputs, out_tangents
+    # the rounded GEMM operands are read by _gradients only, whose JVP does not use them
+    return outputs, (*out_tangents, *(jnp.zeros_like(a) for a in outputs[5:]))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _recurrence(batch_major, w_ih, b, w_hh, xs, h0, c0, mask, valid):
-    ys, h, c, _ = _forward(batch_major, w_ih, b, w_hh, xs, h0, c0, mask, valid, save=False)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _recurrence(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
+    ys, h, c, _ = _forward(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, save=False)
     return ys, h, c
 
 
-def _recurrence_fwd(batch_major, w_ih, b, w_hh, xs, h0, c0, mask, valid):
-    ys, h, c, (act, cs) = _forward(batch_major, w_ih, b, w_hh, xs, h0, c0, mask, valid, save=True)
-    return (ys, h, c), (w_ih, b, w_hh, xs, h0, c0, mask, valid, ys, act, cs)
+def _recurrence_fwd(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
+    ys, h, c, saved = _forward(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, save=True)
+    return (ys, h, c), (w_ih, b, w_hh, xs, h0, c0, mask, valid, ys, *saved)
 
 
-def _recurrence_bwd(batch_major, residuals, cotangents):
-    grads = _gradients(batch_major, *residuals[:8], *cotangents, *residuals[8:])
+def _recurrence_bwd(batch_major, bf16, residuals, cotangents):
+    grads = _gradients(batch_major, bf16, *residuals[:8], *cotangents, *residuals[8:])
     return (*grads, None)  # no gradient for the validity mask
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _gradients(batch_major, w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, dh, dc, ys, act, cs):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _gradients(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, dh, dc, ys, act,
+               cs, xh_t, w_t):  # fmt: skip
     """Gradients w.r.t. ``(w_ih, b, w_hh, xs, h0, c0, mask)``: the native loop, then XLA GEMMs.
 
-    ``ys, act, cs`` are :func:`_forward_train`'s outputs for the same inputs;
+    ``ys, act, cs, xh_t, w_t`` are :func:`_forward_train`'s outputs for the same inputs;
     ``xs, dys, ys`` are in one layout (``batch_major`` or not), ``act, cs`` time-major.
+    With ``bf16`` every GEMM takes bfloat16 inputs and sums in float32, all operands
+    row-major with the contracted axis of the left one last: XLA:CPU's bf16 dot
+    measured 3-6x slower for a transposed operand (``TIMINGS.md``).
     """
     del b  # read through act
     hidden = w_hh.shape[0]
     state = jax.ShapeDtypeStruct(h0.shape, jnp.float32)
-    results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state, state)
-    dz, dh0, dc0, dmask = _ffi(
+    dz_bf16 = jax.ShapeDtypeStruct(act.shape if bf16 else (0,), jnp.bfloat16)
+    results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state, state, dz_bf16)
+    dz, dh0, dc0, dmask, dz_bf16 = _ffi(
         "lstm_jax_native_backward", results,
         w_hh, act, cs, c0, dys, dh, dc, _optional(mask, jnp.float32),
         _optional(valid, jnp.uint8), ys, h0,
-        batch_major=batch_major, aliases={1: 0},
+        batch_major=batch_major, bf16=bf16, aliases={1: 0},
     )  # fmt: skip
     steps, batch = _steps_batch(xs, batch_major)
     rows = dz.reshape(steps * batch, 4 * hidden)  # time-major rows
+    if bf16:
+        inputs = xs.shape[-1]
+        rows_bf16 = dz_bf16.reshape(steps * batch, 4 * hidden)
+        dw = jnp.matmul(xh_t, rows_bf16, preferred_element_type=jnp.float32)  # [dw_ih; dw_hh]
+        dxs = jnp.matmul(rows_bf16, w_t, preferred_element_type=jnp.float32)
+        dxs = _time_major(dxs.reshape(steps, batch, inputs), batch_major)
+        db = jnp.sum(rows, axis=0)
+        return dw[:inputs], db, dw[inputs:], dxs, dh0, dc0, (None if mask is None else dmask)
     # h_{t-1} for every step: h0, then ys (dz is zero wherever ys was zeroed)
     h_prev = jnp.concatenate([h0[None], _time_major(ys, batch_major)[:-1]])  # [T, B, H]
     if mask is not None:
@@ -319,18 +396,20 @@ def _gradients(batch_major, w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, dh, dc,
 
 
 @_gradients.defjvp
-def _gradients_jvp(batch_major, primals, tangents):
+def _gradients_jvp(batch_major, bf16, primals, tangents):
     """Derivatives of the gradients (``jax.hessian``, grad of grad) through the
-    ``fused`` backend's JAX implementation of the same gradients. ``ys, act, cs``
-    are functions of the other inputs, recomputed inside it, so their tangents
-    are not used (they would count twice)."""
+    ``fused`` backend's JAX implementation of the same gradients (and compute
+    dtype). ``ys, act, cs`` (and the bf16 operands) are functions of the other
+    inputs, recomputed inside it, so their tangents are not used (they would
+    count twice)."""
     w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, dh, dc = primals[:11]
     keep = None if valid is None else valid != 0
 
     def reference(w_ih, b, w_hh, xs, h0, c0, mask, dys, dh, dc):
         def forward(w_ih, b, w_hh, xs, h0, c0, mask):
             xs = _time_major(xs, batch_major)
-            ys, h, c = fused_recurrence(None, 1, w_ih, b, w_hh, xs, h0, c0, mask, keep)
+            compute = jnp.bfloat16 if bf16 else None
+            ys, h, c = fused_recurrence(compute, 1, w_ih, b, w_hh, xs, h0, c0, mask, keep)
             return _time_major(ys, batch_major), h, c
 
         return jax.vjp(forward, w_ih, b, w_hh, xs, h0, c0, mask)[1]((dys, dh, dc))
@@ -338,7 +417,7 @@ def _gradients_jvp(batch_major, primals, tangents):
     diff = (w_ih, b, w_hh, xs, h0, c0, mask, dys, dh, dc)
     diff_tangents = tangents[:7] + tangents[8:11]
     _, out_tangents = jax.jvp(reference, diff, diff_tangents)
-    return _gradients(batch_major, *primals), out_tangents
+    return _gradients(batch_major, bf16, *primals), out_tangents
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
@@ -364,8 +443,9 @@ def native_lstm_layer(
 
     Raises:
       ValueError: for weights with peepholes, layer norm or a projection, for
-        non-float32 parameters or compute dtype, off CPU, or when the C++
-        extension was not built.
+        non-float32 parameters, a compute dtype other than float32 or bfloat16
+        (bfloat16 only where :func:`native_has_bf16`), off CPU, or when the
+        C++ extension was not built.
 
     >>> import lstm_jax as lj
     >>> from lstm_jax.cells import lstm_kind
@@ -381,13 +461,15 @@ def native_lstm_layer(
     return native_kernel_layer(
         cell, weights, xs, initial_carry, seq_lengths=seq_lengths, reverse=reverse,
         recurrent_mask=recurrent_mask, unroll=unroll, time_major=time_major,
+        compute_dtype=compute_dtype,
     )  # fmt: skip
 
 
 def native_kernel_layer(cell, weights, xs, initial_carry, *, seq_lengths=None, reverse=False,
                         recurrent_mask=None, unroll=1, time_major=False, compute_dtype=None):  # fmt: skip
     """:func:`native_lstm_layer` without its checks (the dispatcher made them)."""
-    del cell, unroll, compute_dtype
+    del cell, unroll
+    bf16 = _bf16(compute_dtype)
     h0, c0 = (jnp.asarray(a, jnp.float32) for a in initial_carry)
     mask = None if recurrent_mask is None else jnp.asarray(recurrent_mask, jnp.float32)
 
@@ -395,8 +477,8 @@ def native_kernel_layer(cell, weights, xs, initial_carry, *, seq_lengths=None, r
         xs = xs.astype(jnp.float32)
         if valid is not None:
             valid = valid.astype(jnp.uint8)
-        ys, h, c = _recurrence(batch_major, weights.w_ih, weights.b, weights.w_hh, xs, h0, c0,
-                               mask, valid)  # fmt: skip
+        ys, h, c = _recurrence(batch_major, bf16, weights.w_ih, weights.b, weights.w_hh, xs, h0,
+                               c0, mask, valid)  # fmt: skip
         return ys, (h, c)
 
     return over_time(run, xs, seq_lengths=seq_lengths, reverse=reverse, time_major=time_major,

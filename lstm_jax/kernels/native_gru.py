@@ -39,7 +39,7 @@ from lstm_jax.cells import Cell, gru_pointwise
 from lstm_jax.kernels.native import (
     _ffi,
     _optional,
-    float32_unsupported,
+    dtype_unsupported,
     log_unavailable_once,
     unsupported_here,
 )
@@ -67,7 +67,7 @@ def native_gru_unsupported(
     With ``platform=False`` the default backend is not checked (the dispatcher
     picks kernels per platform at lowering time).
     """
-    return unsupported_here(float32_unsupported(weights, xs, compute_dtype), platform=platform)
+    return unsupported_here(dtype_unsupported(weights, xs, compute_dtype, bf16=False), platform=platform)
 
 
 def native_gru_auto_unsupported(weights, xs, initial_carry, *, recurrent_mask, compute_dtype,
@@ -77,7 +77,7 @@ def native_gru_auto_unsupported(weights, xs, initial_carry, *, recurrent_mask, c
     if weights.w_hh.shape[0] > AUTO_NATIVE_GRU_MAX_HIDDEN:
         return f"hidden size {weights.w_hh.shape[0]} > {AUTO_NATIVE_GRU_MAX_HIDDEN}"
     reason = native_gru_unsupported(weights, xs, compute_dtype, platform=False)
-    if reason is not None and float32_unsupported(weights, xs, compute_dtype) is None:
+    if reason is not None and dtype_unsupported(weights, xs, compute_dtype, bf16=False) is None:
         log_unavailable_once()
     return reason
 
