@@ -11,14 +11,18 @@ For each case (a configuration and a workload):
    the loss before the first update (training). A peer that fails is reported
    ``invalid`` and is not timed.
 3. Compile (timed apart), one more warm-up step, then rounds: in each round
-   every valid peer runs one step, in an order rotated every round, so drift
-   of the machine is shared; the speed-ups are ratios from the same rounds.
+   every valid peer runs one step, in an order shuffled every round (seeded),
+   so drift of the machine is shared and no peer always runs right after the
+   same other one (PyTorch's OpenMP threads keep spinning for a while after
+   its step: with a fixed cyclic order the peer after it paid for that in most
+   rounds); the speed-ups are ratios from the same rounds.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
+import random
 import resource
 import statistics
 import sys
@@ -215,9 +219,9 @@ def _run_case(case: Case, peers: list, grid: Grid, checker: _Checker, seed: int,
         repeats = max(grid.min_repeats, min(grid.repeats, int(grid.budget_s / max(estimate, 1e-9))))
         times = {id(row): [] for row, _ in live}
         note(f"{config.label} {workload}: timing {len(live)} peers x {repeats} rounds")
-        for r in range(repeats):
-            shift = r % len(live)
-            for row, prepared in live[shift:] + live[:shift]:
+        order = random.Random(f"{config.label} {workload}")
+        for _ in range(repeats):
+            for row, prepared in order.sample(live, len(live)):
                 start = time.perf_counter()
                 prepared.step()
                 times[id(row)].append(time.perf_counter() - start)
