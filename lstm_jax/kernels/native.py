@@ -385,12 +385,11 @@ def _gradients(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, d
     if mask is not None:
         h_prev = h_prev * mask[None]
     dw_hh = h_prev.reshape(steps * batch, hidden).T @ rows
-    if batch_major:  # contract over (T, B) in either order: XLA picks the copy
-        dw_ih = jnp.einsum("bti,tbg->ig", xs, dz)
-        dxs = jnp.einsum("tbg,ig->bti", dz, w_ih)
-    else:
-        dw_ih = xs.reshape(steps * batch, xs.shape[-1]).T @ rows
-        dxs = (rows @ w_ih.T).reshape(xs.shape)
+    # the (T, B, I) operands are transposed, never dz: given an einsum over
+    # (T, B) in both orders, XLA copied dz (4H wide, e.g. 64 MiB) as well
+    inputs = xs.shape[-1]
+    dw_ih = _time_major(xs, batch_major).reshape(steps * batch, inputs).T @ rows
+    dxs = _time_major((rows @ w_ih.T).reshape(steps, batch, inputs), batch_major)
     db = jnp.sum(rows, axis=0)
     return dw_ih, db, dw_hh, dxs, dh0, dc0, (None if mask is None else dmask)
 
