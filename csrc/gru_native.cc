@@ -131,7 +131,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<f
   }
   HugePagesHint(ys->typed_data(), ys->element_count() * sizeof(float));
   if (act != nullptr) HugePagesHint(act, size_t(count) * steps * 4 * bh * sizeof(float));
-  const Split split = StepPartitions(pool, batch, int64_t(batch) * (input + hidden) * gates, panels);
+  const Split split = StepPartitions(pool, batch, int64_t(batch) * (input + hidden) * gates, panels,
+                                     /*inference=*/act == nullptr);
   const size_t pack = kern.fwd_pack_size(input, hidden);
   for (int64_t n = 0; n < count; ++n) {
     auto buffers = std::make_shared<std::vector<float>>(pack + 4 * bh);
@@ -213,7 +214,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffe
   if (dz->typed_data() != act.typed_data()) {  // XLA did not alias: copy the activations over
     std::memcpy(dz->typed_data(), act.typed_data(), act.element_count() * sizeof(float));
   }
-  const Split split = StepPartitions(pool, batch, bh * 3 * hidden, panels);
+  const Split split = StepPartitions(pool, batch, bh * 3 * hidden, panels, false);
   for (int64_t n = 0; n < count; ++n) {
     auto buffers = std::make_shared<std::vector<float>>(kern.bwd_pack_size(hidden));
     kern.pack_bwd(w_hh.typed_data() + n * hidden * 3 * hidden, hidden, buffers->data());

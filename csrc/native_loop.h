@@ -29,8 +29,9 @@ void RunItems(xla::ffi::ThreadPool& pool, std::shared_ptr<void> keep, ItemFn fn,
 
 // The split for steps of `macs` multiply-adds: one partition below the split
 // threshold (LSTM_JAX_NATIVE_SPLIT_MACS); rows with at least 4 per thread
-// (LSTM_JAX_NATIVE_MIN_ROWS); else panels, one partition per thread.
-Split StepPartitions(xla::ffi::ThreadPool& pool, int batch, int64_t macs, int panels);
+// (LSTM_JAX_NATIVE_MIN_ROWS), except for large `inference` steps; else panels,
+// one partition per thread.
+Split StepPartitions(xla::ffi::ThreadPool& pool, int batch, int64_t macs, int panels, bool inference);
 
 // madvise(MADV_HUGEPAGE) on the whole 2 MiB pages of a large output buffer
 // (see lstm_native.cc); LSTM_JAX_NATIVE_HUGEPAGES=0 turns it off.
