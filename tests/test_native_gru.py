@@ -25,7 +25,7 @@ import lstm_jax as lj
 from lstm_jax.cells import gru_kind
 from lstm_jax.kernels import dispatch, native, select_layer
 from lstm_jax.kernels.native import native_unavailable
-from lstm_jax.kernels.native_gru import AUTO_NATIVE_GRU_MAX_HIDDEN, native_gru_layer
+from lstm_jax.kernels.native_gru import native_gru_layer
 from lstm_jax.scan import scan_layer
 from tests.test_native import assert_trees_close
 
@@ -145,7 +145,7 @@ def test_other_instruction_sets(isa, tmp_path):
         import jax
         import numpy as np
         from lstm_jax.kernels.native import native_isa
-        from lstm_jax.kernels.native_gru import AUTO_NATIVE_GRU_MAX_HIDDEN, native_gru_layer
+        from lstm_jax.kernels.native_gru import native_gru_layer
         from tests.test_native_gru import ISA_OPTIONS, LENGTHS, _inputs, _nan_inputs, _value_and_grads
         assert native_isa() == sys.argv[2], native_isa()
         nan = native_gru_layer(None, *_nan_inputs(), seq_lengths=LENGTHS)
@@ -322,8 +322,8 @@ def test_auto_runs_native_on_cpu_for_the_plain_gru():
                    dict(resets=jnp.zeros((B, T), bool))):  # fmt: skip
         text = str(jax.make_jaxpr(lambda p, kw=kwargs: lj.gru(p, xs, **kw))(params))
         assert "lstm_jax_native" not in text, kwargs
-    wide = lj.init_gru(jax.random.key(12), I, AUTO_NATIVE_GRU_MAX_HIDDEN + 1)
-    assert "lstm_jax_native" not in str(jax.make_jaxpr(lambda p: lj.gru(p, xs))(wide))
+    wide = lj.init_gru(jax.random.key(12), I, 513)  # no size limit: faster than scan at H = 512
+    assert "lstm_jax_native_gru" in str(jax.make_jaxpr(lambda p: lj.gru(p, xs))(wide))
 
 
 def test_auto_export_for_cpu_and_cuda_runs_here():

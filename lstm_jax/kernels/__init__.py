@@ -34,10 +34,9 @@ backend does not implement:
   ``ValueError`` in :func:`select_layer`.
 * The GRU has one kernel, ``"native"``: explicitly it raises ``ValueError``
   like the LSTM's (non-float32, off CPU, unbuilt extension, ``resets`` /
-  ``mask``); ``"auto"`` runs it on CPU (``dispatch.AUTO_GRU``; it declines
-  H > ``native_gru.AUTO_NATIVE_GRU_MAX_HIDDEN`` = 256, where it measured no
-  faster than ``"scan"``, ``TIMINGS.md``) and ``"scan"`` on other platforms and
-  for every call it declines. Its exports need ``disabled_checks``
+  ``mask``); ``"auto"`` runs it on CPU (``dispatch.AUTO_GRU``; faster than
+  ``"scan"`` from H = 64 to 512, ``TIMINGS.md``) and ``"scan"`` on other
+  platforms and for every call it declines. Its exports need ``disabled_checks``
   for the ``lstm_jax_native_gru_*`` custom calls as the LSTM's do.
 
 Kernels are chosen per platform when the call is lowered, not from

@@ -114,9 +114,9 @@ GRU_KERNELS: dict[str, Kernel] = {
 
 # platform -> the GRU kernel "auto" runs there (where it supports the call);
 # "scan" on other platforms and for calls it declines. CPU: "native" (C++ time
-# loop; it declines H > 256, non-float32 calls and an unbuilt extension): faster
-# than "scan" at H <= 256 for training and inference, no faster at H = 512
-# (TIMINGS.md, native GRU section).
+# loop; it declines non-float32 calls and an unbuilt extension): faster than
+# "scan" for training and inference from H = 64 to 512 (TIMINGS.md, native GRU
+# section and session 4).
 AUTO_GRU: dict[str, str] = {"cpu": "native"}
 
 

@@ -47,17 +47,11 @@ from lstm_jax.params import GRUWeights
 from lstm_jax.scan import over_time
 
 __all__ = [
-    "AUTO_NATIVE_GRU_MAX_HIDDEN",
     "native_gru_auto_unsupported",
     "native_gru_kernel_layer",
     "native_gru_layer",
     "native_gru_unsupported",
 ]
-
-# where "auto" runs "native" on CPU (dispatch.AUTO_GRU), it does so up to this hidden
-# size: at H = 512 it measured no faster than "scan" (TIMINGS.md, native GRU section)
-AUTO_NATIVE_GRU_MAX_HIDDEN = 256
-
 
 def native_gru_unsupported(
     weights: Any, xs: Array, compute_dtype=None, *, platform=True
@@ -74,8 +68,6 @@ def native_gru_auto_unsupported(weights, xs, initial_carry, *, recurrent_mask, c
                                 time_major) -> Optional[str]:  # fmt: skip
     """Why ``"auto"`` does not run ``"native"`` on CPU for this GRU call (``dispatch.Kernel``)."""
     del initial_carry, recurrent_mask, time_major
-    if weights.w_hh.shape[0] > AUTO_NATIVE_GRU_MAX_HIDDEN:
-        return f"hidden size {weights.w_hh.shape[0]} > {AUTO_NATIVE_GRU_MAX_HIDDEN}"
     reason = native_gru_unsupported(weights, xs, compute_dtype, platform=False)
     if reason is not None and dtype_unsupported(weights, xs, compute_dtype, bf16=False) is None:
         log_unavailable_once()
