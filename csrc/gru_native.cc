@@ -54,16 +54,6 @@ struct GruBwdProblem {
   const float* wpack;
 };
 
-struct GruKernels {
-  int width;
-  void (*pack_fwd)(const float*, const float*, int, int, float*);
-  void (*pack_bwd)(const float*, int, float*);
-  size_t (*fwd_pack_size)(int, int);
-  size_t (*bwd_pack_size)(int);
-  ItemFn fwd_item;
-  ItemFn bwd_item;
-};
-
 namespace portable {
 using V = ScalarVec;
 #include "gru_kernel.inc"
@@ -89,8 +79,8 @@ using V = Avx512Vec;
 
 namespace {
 
-const GruKernels& Kernels() {  // the LSTM's choice of instruction set
-  static const GruKernels* kernels = [] {
+const Kernels& GruKernels() {  // the LSTM's choice of instruction set
+  static const Kernels* kernels = [] {
     const std::string isa = IsaName();
 #ifdef LSTM_JAX_X86
     if (isa == "avx512") return &avx512::kKernels;
@@ -121,7 +111,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<f
   int64_t count = 1;
   for (size_t d = 0; d + 3 < rank; ++d) count *= xdims[d];
   const int64_t bh = int64_t(batch) * hidden;
-  const GruKernels& kern = Kernels();
+  const Kernels& kern = GruKernels();
   const int panels = (hidden + kern.width - 1) / kern.width;
   const bool has_mask = mask.element_count() != 0, has_valid = valid.element_count() != 0;
   float* hT = h_out->typed_data();
@@ -200,7 +190,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffe
   const int batch = int(dims[rank - 2]), hidden = int(dims[rank - 1]) / 4;
   const int64_t bh = int64_t(batch) * hidden, per = steps * 4 * bh;
   const int64_t count = per == 0 ? 0 : int64_t(act.element_count()) / per;
-  const GruKernels& kern = Kernels();
+  const Kernels& kern = GruKernels();
   const int panels = (hidden + kern.width - 1) / kern.width;
   const bool has_mask = mask.element_count() != 0, has_valid = valid.element_count() != 0;
   float* dm = Data(*dm_out);

@@ -106,16 +106,6 @@ struct BwdProblem {
   const float* wpack;
 };
 
-struct Kernels {
-  int width;
-  void (*pack_fwd)(const float*, const float*, int, int, float*);
-  void (*pack_bwd)(const float*, int, float*);
-  size_t (*fwd_pack_size)(int, int);
-  size_t (*bwd_pack_size)(int);
-  ItemFn fwd_item;
-  ItemFn bwd_item;
-};
-
 namespace portable {
 using V = ScalarVec;
 #include "lstm_kernel.inc"

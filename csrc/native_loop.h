@@ -4,6 +4,7 @@
 #ifndef LSTM_JAX_NATIVE_LOOP_H_
 #define LSTM_JAX_NATIVE_LOOP_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 
@@ -13,6 +14,18 @@ namespace lstm_jax {
 
 // One item: step `step` for hidden-unit panels [p0, p1) and batch rows [b0, b1).
 using ItemFn = void (*)(const void* problem, int64_t step, int p0, int p1, int b0, int b1);
+
+// One instruction set's kernels for one cell (lstm_kernel.inc, gru_kernel.inc):
+// vector width, weight packing for each loop, and the two loops' items.
+struct Kernels {
+  int width;
+  void (*pack_fwd)(const float*, const float*, int, int, float*);
+  void (*pack_bwd)(const float*, int, float*);
+  size_t (*fwd_pack_size)(int, int);
+  size_t (*bwd_pack_size)(int);
+  ItemFn fwd_item;
+  ItemFn bwd_item;
+};
 
 // How a call is split across threads: batch rows (`rows`: sequences are
 // independent, no synchronisation) or hidden-unit panels (one per step).

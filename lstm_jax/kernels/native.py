@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from lstm_jax.cells import Cell, lstm_pointwise
+from lstm_jax.cells import Cell, lstm_pointwise, matmul
 from lstm_jax.kernels.fused import _activations
 from lstm_jax.kernels.fused import _recurrence as fused_recurrence
 from lstm_jax.kernels.fused import unsupported_variant
@@ -227,14 +227,6 @@ def _ffi(target: str, results, *args, aliases=None, **attributes):
     return platform_only("cpu", functools.partial(call, **attributes), *args)
 
 
-def _gemm(a: Array, b: Array, bf16: bool) -> Array:
-    """``a @ b`` summed in float32, from bfloat16 inputs with ``bf16`` (as ``fused``)."""
-    if not bf16:
-        return a @ b
-    a, b = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
-    return jnp.matmul(a, b, preferred_element_type=jnp.float32)
-
-
 def _sequence(batch_major: bool, steps: int, batch: int, features: int) -> jax.ShapeDtypeStruct:
     """A float32 ``(T, B, F)`` array, ``(B, T, F)`` when ``batch_major``."""
     shape = (batch, steps, features) if batch_major else (steps, batch, features)
@@ -306,7 +298,8 @@ def _forward_reference_time_major(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
     def body(carry, inputs):
         h, c = carry
         x, keep = inputs
-        gates = _gemm(x, w_ih, bf16) + b[None] + _gemm(h if mask is None else h * mask, w_hh, bf16)
+        cd = jnp.bfloat16 if bf16 else None  # the cells' matmul: bf16 inputs, float32 sums
+        gates = matmul(x, w_ih, cd) + b[None] + matmul(h if mask is None else h * mask, w_hh, cd)
         h_new, c_new = jax.vmap(lstm_pointwise, in_axes=(None, 0, 0))(plain, gates, c)
         act = jnp.concatenate(_activations(gates), axis=-1)  # the saved (B, 4H) activations
         y = h_new
