@@ -1,6 +1,6 @@
 // Vector traits for the LSTM kernels: one struct per instruction set, each
 // with the same static interface (W lanes, loads/stores of the first n lanes,
-// arithmetic, exp). lstm_kernel.inc is written once against this interface and
+// arithmetic, clamp, exp). lstm_kernel.inc is written once against this interface and
 // compiled once per struct, inside a `#pragma GCC target` region
 // (lstm_native.cc), so no file is built with -march=native.
 #ifndef LSTM_JAX_SIMD_H_
@@ -42,13 +42,13 @@ struct ScalarVec {
   static inline T mul(T a, T b) { return a * b; }
   static inline T div(T a, T b) { return a / b; }
   static inline T exp(T x) { return std::exp(x); }
+  static inline T clamp(T x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
 };
 
 #ifdef LSTM_JAX_X86
 
 // Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-6
-// polynomial (relative error ~1e-7); inputs clamped to the float range. min/max
-// return their second operand when either is NaN, so x goes second: NaN stays NaN.
+// polynomial (relative error ~1e-7); inputs clamped to the float range (NaN passes).
 #define LSTM_JAX_EXP_POLY(V, x, n, r)                                      \
   typename V::T p = V::set1(1.9875691500E-4f);                             \
   p = V::fmadd(p, r, V::set1(1.3981999507E-3f));                           \
@@ -86,8 +86,12 @@ struct Avx2Vec {
   static inline T sub(T a, T b) { return _mm256_sub_ps(a, b); }
   static inline T mul(T a, T b) { return _mm256_mul_ps(a, b); }
   static inline T div(T a, T b) { return _mm256_div_ps(a, b); }
+  // min/max return their second operand when either is NaN: x goes second, NaN stays NaN
+  static inline T clamp(T x, float lo, float hi) {
+    return _mm256_min_ps(set1(hi), _mm256_max_ps(set1(lo), x));
+  }
   static inline T exp(T x) {
-    x = _mm256_min_ps(set1(88.3f), _mm256_max_ps(set1(-87.3f), x));  // NaN (2nd operand) passes
+    x = clamp(x, -87.3f, 88.3f);
     T n = _mm256_round_ps(_mm256_mul_ps(x, set1(1.44269504088896341f)),
                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     T r = _mm256_fnmadd_ps(n, set1(0.693359375f), x);
@@ -125,8 +129,12 @@ struct Avx512Vec {
   static inline T sub(T a, T b) { return _mm512_sub_ps(a, b); }
   static inline T mul(T a, T b) { return _mm512_mul_ps(a, b); }
   static inline T div(T a, T b) { return _mm512_div_ps(a, b); }
+  // min/max return their second operand when either is NaN: x goes second, NaN stays NaN
+  static inline T clamp(T x, float lo, float hi) {
+    return _mm512_min_ps(set1(hi), _mm512_max_ps(set1(lo), x));
+  }
   static inline T exp(T x) {
-    x = _mm512_min_ps(set1(88.3f), _mm512_max_ps(set1(-87.3f), x));  // NaN (2nd operand) passes
+    x = clamp(x, -87.3f, 88.3f);
     T n = _mm512_roundscale_ps(_mm512_mul_ps(x, set1(1.44269504088896341f)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     T r = _mm512_fnmadd_ps(n, set1(0.693359375f), x);
