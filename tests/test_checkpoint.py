@@ -1,11 +1,14 @@
 """Tests of lstm_jax.checkpoint: round trip, retention, and bitwise-exact resume."""
 
 import json
+import os
+import re
 import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import lstm_jax as lj
@@ -219,3 +222,158 @@ def test_restore_checks_the_step_and_the_template(tmp_path):
                                 jax.random.key(0))
     with pytest.raises(ValueError, match="template does not match checkpoint step 4"):
         ckpt.restore(manager, other)
+
+
+# ------------------------------------- any damage to a saved step: CorruptCheckpointError
+
+
+def _tiny_state(step):
+    state = tr.init_train_state({"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)},
+                                optax.sgd(0.1), jax.random.key(0))
+    return state._replace(step=jnp.asarray(step, jnp.int32))
+
+
+def _overwrite(path, data):
+    with open(path, "r+b") as f:
+        f.write(data)
+
+
+_DAMAGES = {
+    "truncate": lambda path: os.truncate(path, os.path.getsize(path) // 2),
+    "delete": os.remove,
+    "zero_fill": lambda path: _overwrite(path, bytes(os.path.getsize(path))),
+    "random_bytes": lambda path: _overwrite(
+        path, np.random.default_rng(0).bytes(os.path.getsize(path))),
+}
+
+
+# After a failed read Orbax's background event loop may print "Event loop is closed"
+# from another thread; pytest reports that as an unraisable-exception warning.
+_ORBAX_THREAD_NOISE = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+def _save(directory, states, **kwargs):
+    manager = ckpt.make_manager(directory, save_every=1, **kwargs)
+    for state in states:
+        ckpt.save(manager, state)
+    ckpt.wait(manager)
+    return manager
+
+
+def _data_file(directory, step):
+    """The one OCDBT data file holding the arrays of ``step``."""
+    (path,) = (directory / str(step) / "default" / "d").iterdir()
+    return path
+
+
+@pytest.fixture(scope="module")
+def saved_step(tmp_path_factory):
+    """A pristine checkpoint directory holding step 2 of a tiny state, and that state."""
+    directory = tmp_path_factory.mktemp("pristine")
+    state = _tiny_state(2)
+    _save(directory, [state])
+    return directory, state
+
+
+@_ORBAX_THREAD_NOISE
+@pytest.mark.parametrize("damage", sorted(_DAMAGES))
+def test_any_damage_to_any_file_of_a_step_raises_corrupt_checkpoint_error(saved_step, damage, tmp_path):
+    pristine, state = saved_step
+    files = sorted(p.relative_to(pristine) for p in (pristine / "2").rglob("*") if p.is_file())
+    assert len(files) >= 5
+    raised = []
+    for number, name in enumerate(files):
+        copy = tmp_path / str(number)
+        shutil.copytree(pristine, copy)
+        _DAMAGES[damage](copy / name)
+        try:
+            restored = ckpt.restore(ckpt.make_manager(copy), state)
+        except ckpt.CorruptCheckpointError as error:
+            assert re.match(r"checkpoint step 2 in \S+ is corrupt: ", str(error)), (name, error)
+            assert str(error).endswith("it is the only saved step, so no intact step is left.")
+            assert error.__cause__ is not None, name  # the error of Orbax, TensorStore or json
+            raised.append(name.as_posix())
+        else:  # a file Orbax does not read on restore: the state must be exactly the saved one
+            assert_trees_equal(restored, state)
+    # the checksums and the file holding the arrays are always read
+    assert "2/checksums/metadata" in raised
+    assert any(name.startswith("2/default/d/") for name in raised)
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '{".step": {"dtype": "int32"}}'])
+def test_checksums_that_parse_but_are_not_checksums_are_corrupt(saved_step, content, tmp_path):
+    pristine, state = saved_step
+    shutil.copytree(pristine, tmp_path / "c")
+    (tmp_path / "c" / "2" / "checksums" / "metadata").write_text(content)
+    with pytest.raises(ckpt.CorruptCheckpointError,
+                       match=r"checkpoint step 2 in .* is corrupt: its checksums file holds no valid"):
+        ckpt.restore(ckpt.make_manager(tmp_path / "c"), state)
+
+
+def test_a_step_without_checksums_restores_unverified_with_a_warning(saved_step, tmp_path):
+    # checkpoints saved before checksums existed have no checksums item at all
+    pristine, state = saved_step
+    shutil.copytree(pristine, tmp_path / "c")
+    shutil.rmtree(tmp_path / "c" / "2" / "checksums")
+    with pytest.warns(UserWarning, match="checkpoint step 2 in .* has no checksums"):
+        restored = ckpt.restore(ckpt.make_manager(tmp_path / "c"), state)
+    assert_trees_equal(restored, state)
+
+
+def _tiny_run():
+    """A linear model whose loss depends on the step's key: ``(state, step_fn, get_batch)``."""
+    opt = optax.adam(1e-2)
+
+    def loss_fn(params, batch, key):
+        noise = 0.1 * jax.random.normal(key, batch["y"].shape)
+        return jnp.mean(jnp.square(batch["x"] @ params["w"] + params["b"][None] - batch["y"] - noise)), {}
+
+    def get_batch(step):
+        rng = np.random.default_rng([7, step])
+        return {"x": rng.normal(size=(4, 2)).astype(np.float32),
+                "y": rng.normal(size=(4, 3)).astype(np.float32)}
+
+    state = tr.init_train_state({"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}, opt, jax.random.key(9))
+    return state, tr.make_train_step(loss_fn, opt, donate=False), get_batch
+
+
+@_ORBAX_THREAD_NOISE
+def test_an_unreadable_newest_step_names_the_newest_intact_one_and_resuming_from_it_is_exact(tmp_path):
+    start, step_fn, get_batch = _tiny_run()
+    uninterrupted, _ = tr.fit(start, step_fn, get_batch, num_steps=4, progress=False)
+    manager = ckpt.make_manager(tmp_path, save_every=1, keep=3)
+    tr.fit(start, step_fn, get_batch, num_steps=3, checkpoint_manager=manager, progress=False)
+    _DAMAGES["truncate"](_data_file(tmp_path, 3))
+    os.remove(tmp_path / "2" / "checksums" / "metadata")
+    # a fresh process resumes: restore the newest step
+    manager = ckpt.make_manager(tmp_path, save_every=1, keep=3)
+    with pytest.raises(ckpt.CorruptCheckpointError, match=(
+            r"checkpoint step 3 in .* is corrupt: the array state\S+ could not be read \(.*\); "
+            r"step 2 could not be restored either; step 1 is intact: restore\(manager, template, "
+            r"step=1\), or delete steps 3, 2 \(manager\.delete\(step\)\) so that "
+            r"restore\(manager, template\) finds step 1\.$")) as info:
+        ckpt.restore(manager, start)
+    assert isinstance(info.value.__cause__, ValueError)  # TensorStore's OUT_OF_RANGE
+    # following the advice resumes from step 1 and ends exactly as the uninterrupted run
+    manager.delete(3)
+    manager.delete(2)
+    resumed = ckpt.restore(manager, start)
+    assert int(resumed.step) == 1
+    resumed, _ = tr.fit(resumed, step_fn, get_batch, num_steps=4, progress=False)
+    assert_trees_equal(resumed, uninterrupted)
+
+
+@_ORBAX_THREAD_NOISE
+def test_the_message_says_when_no_other_step_is_intact(tmp_path):
+    manager = _save(tmp_path, [_tiny_state(1), _tiny_state(2)])
+    _DAMAGES["zero_fill"](_data_file(tmp_path, 2))
+    # an older step asked for explicitly: the newer intact one is named, nothing to delete
+    with pytest.raises(ckpt.CorruptCheckpointError, match=(
+            r"checkpoint step 2 in .* is corrupt: .*; step 1 is intact: "
+            r"restore\(manager, template, step=1\), or delete step 2 ")):
+        ckpt.restore(manager, _tiny_state(0))
+    _DAMAGES["zero_fill"](_data_file(tmp_path, 1))
+    with pytest.raises(ckpt.CorruptCheckpointError, match=(
+            r"checkpoint step 2 in .* is corrupt: .*; no other saved step is intact either "
+            r"\(step 1 could not be restored\)\.$")):
+        ckpt.restore(manager, _tiny_state(0))

@@ -137,6 +137,111 @@ def test_pooling_matches_the_network_final_state():
     assert float(tr.accuracy(jnp.eye(3), jnp.array([0, 1, 0]))) == pytest.approx(2 / 3)
 
 
+# ------------------------------- NaN / inf in padding reaches no value or gradient
+
+_PAD_LENGTHS = jnp.array([5, 3])
+_FILLS = pytest.mark.parametrize("fill", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+
+
+def _fill_padding(x, lengths, value, offset=0):
+    """``x`` (B, T, ...) with ``value`` at the steps ``t >= lengths[b] + offset``."""
+    steps = jnp.arange(x.shape[1]).reshape((1, -1) + (1,) * (x.ndim - 2))
+    padded = steps >= (lengths + offset).reshape((-1,) + (1,) * (x.ndim - 1))
+    return jnp.where(padded, jnp.asarray(value, x.dtype), x)
+
+
+def _normal(seed, shape):
+    return jax.random.normal(jax.random.key(seed), shape)
+
+
+def _regression_case(kind):
+    def loss(floats, ints):
+        del ints
+        return tr.regression_loss(*floats, _PAD_LENGTHS, kind=kind)
+
+    return loss, (_normal(0, (2, 5, 3)), _normal(1, (2, 5, 3))), None, 0
+
+
+def _masked_mean_case():
+    mask = tr.sequence_mask(_PAD_LENGTHS, 5)
+    return lambda floats, ints: tr.masked_mean(floats[0], mask), (_normal(0, (2, 5, 3)),), None, 0
+
+
+def _pool_case():
+    weights = _normal(1, (2, 3))  # a scalar of the pooled (B, F) with a gradient per feature
+
+    def loss(floats, ints):
+        return jnp.sum(tr.masked_mean_pool(floats[0], _PAD_LENGTHS) * weights)
+
+    return loss, (_normal(0, (2, 5, 3)),), None, 0
+
+
+def _cross_entropy_case():
+    mask = tr.sequence_mask(_PAD_LENGTHS, 5)
+
+    def loss(floats, labels):
+        return tr.softmax_cross_entropy(floats[0], labels, mask)
+
+    return loss, (_normal(0, (2, 5, 4)),), jnp.array([[0, 1, 2, 3, 0], [1, 2, 3, 0, 0]]), 0
+
+
+def _next_token_case():
+    def loss(floats, tokens):
+        return tr.next_token_loss(floats[0], tokens, _PAD_LENGTHS)
+
+    # logits[:, t] predicts tokens[:, t + 1]: the padded logits start one step earlier
+    return loss, (_normal(0, (2, 5, 4)),), jnp.array([[0, 1, 2, 3, 1], [1, 2, 3, 0, 0]]), -1
+
+
+_PADDED_CASES = {
+    "regression_mse": lambda: _regression_case("mse"),
+    "regression_mae": lambda: _regression_case("mae"),
+    "regression_huber": lambda: _regression_case("huber"),
+    "masked_mean": _masked_mean_case,
+    "masked_mean_pool": _pool_case,
+    "softmax_cross_entropy": _cross_entropy_case,
+    "next_token_loss": _next_token_case,
+}
+
+
+@_FILLS
+@pytest.mark.parametrize("case", sorted(_PADDED_CASES))
+def test_non_finite_padding_reaches_no_loss_value_or_gradient(case, fill):
+    loss, floats, ints, offset = _PADDED_CASES[case]()
+
+    def padded(value, int_value):
+        out = tuple(_fill_padding(x, _PAD_LENGTHS, value, offset) for x in floats)
+        return out, None if ints is None else _fill_padding(ints, _PAD_LENGTHS, int_value)
+
+    # the same batch with zeros in the padding is the reference; padded labels/tokens
+    # out of range (-100, PyTorch's ignore_index) must not reach a value either
+    value, grads = jax.value_and_grad(loss)(*padded(fill, -100))
+    expected, expected_grads = jax.value_and_grad(loss)(*padded(0.0, 0))
+    assert np.isfinite(float(value))
+    np.testing.assert_array_equal(value, expected)
+    for g, e in zip(grads, expected_grads):
+        assert np.all(np.isfinite(g))
+        np.testing.assert_array_equal(g, e)
+
+
+@pytest.mark.parametrize("fill", [np.nan, np.inf], ids=["nan", "inf"])
+def test_a_batch_with_non_finite_padding_trains(fill):
+    # NaN marks missing values in real series: here in the padded inputs and targets
+    params, loss_fn, batch = _regression_setup()
+    pad = lambda v: {**batch, "x": _fill_padding(batch["x"], batch["lengths"], v),
+                     "y": _fill_padding(batch["y"], batch["lengths"], v)}
+    bad, zero = pad(fill), pad(0.0)
+    opt = optax.sgd(0.1)
+    step = tr.make_train_step(loss_fn, opt, donate=False)
+    state = tr.init_train_state(params, opt, jax.random.key(3))
+    trained, metrics = step(state, bad)
+    assert int(metrics["skipped"]) == 0 and np.isfinite(float(metrics["loss"]))
+    assert not np.array_equal(trained.params["head"].w, state.params["head"].w)
+    expected, expected_metrics = step(state, zero)
+    np.testing.assert_array_equal(metrics["loss"], expected_metrics["loss"])
+    assert_trees_equal(trained.params, expected.params)
+
+
 def test_evaluate_weights_batches_by_count():
     def metric_fn(params, batch):
         return {"err": jnp.mean(batch), "count": jnp.asarray(batch.size, jnp.float32)}
