@@ -21,7 +21,7 @@ import pytest
 
 import lstm_jax as lj
 from lstm_jax.kernels import native
-from lstm_jax.kernels.native import fallbacks, native_unavailable, unknown_settings
+from lstm_jax.kernels.native import isa_fallbacks, native_unavailable, unknown_settings
 from lstm_jax.kernels.native_gru import native_gru_layer
 
 needs_native = pytest.mark.skipif(
@@ -101,21 +101,21 @@ def test_invalid_value_set_later_fails_the_call(monkeypatch, cell):
 
 def test_fallback_messages_name_what_was_asked_and_what_runs():
     isa = {"LSTM_JAX_NATIVE_ISA": "avx512"}
-    (message,) = fallbacks(isa, "avx2", None)
+    (message,) = isa_fallbacks(isa, "avx2", None)
     assert message == (
         "LSTM_JAX_NATIVE_ISA='avx512': this CPU (or this build) does not have it; the native "
         "kernels run 'avx2' instead"
     )
-    (message,) = fallbacks({"LSTM_JAX_NATIVE_BF16": "amx"}, "avx512", "avx512bf16")
+    (message,) = isa_fallbacks({"LSTM_JAX_NATIVE_BF16": "amx"}, "avx512", "avx512bf16")
     assert message.endswith("does not have it; the bfloat16 kernels run 'avx512bf16' instead")
-    (message,) = fallbacks({"LSTM_JAX_NATIVE_BF16": "avx512bf16"}, "avx2", None)
+    (message,) = isa_fallbacks({"LSTM_JAX_NATIVE_BF16": "avx512bf16"}, "avx2", None)
     assert "no bfloat16 native kernels with the instruction set 'avx2' here" in message
 
 
 def test_settings_the_cpu_has_give_no_fallback_message():
     asked = {"LSTM_JAX_NATIVE_ISA": "avx2", "LSTM_JAX_NATIVE_BF16": "amx"}
-    assert fallbacks(asked, "avx2", "amx") == []
-    assert fallbacks({}, "portable", None) == []
+    assert isa_fallbacks(asked, "avx2", "amx") == []
+    assert isa_fallbacks({}, "portable", None) == []
 
 
 def test_unknown_setting_names_are_reported():

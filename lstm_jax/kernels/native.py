@@ -80,6 +80,7 @@ __all__ = [
     "auto_unsupported_here",
     "check_settings",
     "dtype_unsupported",
+    "isa_fallbacks",
     "native_auto_unavailable",
     "native_auto_unsupported",
     "native_bf16_isa",
@@ -89,6 +90,7 @@ __all__ = [
     "native_lstm_layer",
     "native_unavailable",
     "native_unsupported",
+    "unknown_settings",
     "unsupported_here",
 ]
 
@@ -178,7 +180,7 @@ def check_settings(lib: ctypes.CDLL, environ: Mapping[str, str]) -> None:
     known = _setting_names(lib)
     isa = lib.LstmJaxNativeIsa().decode()
     bf16_isa = lib.LstmJaxNativeBf16Isa().decode() or None
-    for message in unknown_settings(environ, known) + fallbacks(environ, isa, bf16_isa):
+    for message in unknown_settings(environ, known) + isa_fallbacks(environ, isa, bf16_isa):
         warnings.warn(message, RuntimeWarning)
 
 
@@ -200,7 +202,7 @@ def unknown_settings(environ: Mapping[str, str], known: tuple[str, ...]) -> list
     ]
 
 
-def fallbacks(environ: Mapping[str, str], isa: str, bf16_isa: str | None) -> list[str]:
+def isa_fallbacks(environ: Mapping[str, str], isa: str, bf16_isa: str | None) -> list[str]:
     """A message for each instruction set asked for in ``environ`` that does not run.
 
     ``isa`` and ``bf16_isa`` are what the extension chose (:func:`native_isa`,
