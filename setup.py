@@ -4,7 +4,8 @@ Everything else about the package is in ``pyproject.toml``. The extension is
 plain C++17 against XLA's header-only FFI API, vendored in ``csrc/xla`` (so the
 build needs neither jaxlib nor network access in pip's isolated build
 environment); it holds the LSTM's (``csrc/lstm_native.cc``) and the GRU's
-(``csrc/gru_native.cc``) handlers, is loaded with ``ctypes`` and its handlers
+(``csrc/gru_native.cc``) handlers and the table of its ``LSTM_JAX_NATIVE_*``
+settings (``csrc/settings.cc``), is loaded with ``ctypes`` and its handlers
 are registered with ``jax.ffi.register_ffi_target`` at first use
 (``lstm_jax/kernels/native.py``).
 It is ``optional``: where it does not compile (no C++ compiler, an unsupported
@@ -24,7 +25,7 @@ setup(
     ext_modules=[
         Extension(
             "lstm_jax._lstm_native",
-            sources=["csrc/lstm_native.cc", "csrc/gru_native.cc"],
+            sources=["csrc/lstm_native.cc", "csrc/gru_native.cc", "csrc/settings.cc"],
             depends=sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*.inc") + glob.glob("csrc/xla/ffi/api/*.h")),
             include_dirs=["csrc"],
             language="c++",

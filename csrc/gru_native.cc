@@ -99,6 +99,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<f
                    ffi::Buffer<ffi::F32> b_hh, ffi::Buffer<ffi::F32> h0,
                    ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::U8> valid,
                    ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_out, float* act) {
+  if (ffi::Error error = SettingsChecked(); error.failure()) return error;
   auto xdims = xs.dimensions();
   auto wdims = w_hh.dimensions();
   const size_t rank = xdims.size();
@@ -183,6 +184,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffe
                     ffi::Buffer<ffi::F32> ys, ffi::Buffer<ffi::F32> h0,
                     ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh_out,
                     ffi::ResultBuffer<ffi::F32> dm_out) {
+  if (ffi::Error error = SettingsChecked(); error.failure()) return error;
   auto dims = act.dimensions();
   const size_t rank = dims.size();
   if (rank < 3) return ffi::Error::InvalidArgument("act must be (..., T, B, 4H)");

@@ -49,6 +49,7 @@
 #endif
 
 #include "native_loop.h"
+#include "settings.h"
 #include "simd.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -147,7 +148,8 @@ using V = Avx512Vec;
 namespace {
 
 // The instruction set: the best the CPU has, or LSTM_JAX_NATIVE_ISA
-// (avx512, avx2, portable) when set, for tests of every path. The bfloat16
+// (avx512, avx2, portable; settings.cc) when set and the CPU has it, for tests
+// of every path (Python warns when the CPU lacks it: native.py). The bfloat16
 // kernels come with avx512 on CPUs with AVX512_BF16: AMX tiles where the CPU
 // has them and Linux grants their use, else vdpbf16ps, or
 // LSTM_JAX_NATIVE_BF16=avx512bf16 for the latter; other ISAs have none.
@@ -173,8 +175,7 @@ bool AmxUsable() {
 #endif
 
 Isa ChooseIsa() {
-  const char* forced = std::getenv("LSTM_JAX_NATIVE_ISA");
-  std::string want = forced != nullptr ? forced : "";
+  const std::string want = ChoiceSetting("LSTM_JAX_NATIVE_ISA");  // "" when unset
 #ifdef LSTM_JAX_X86
   __builtin_cpu_init();
   const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
@@ -183,8 +184,8 @@ Isa ChooseIsa() {
   if ((want.empty() || want == "avx512") && has512) {
 #ifdef LSTM_JAX_BF16
     if (__builtin_cpu_supports("avx512bf16")) {
-      const char* bf16 = std::getenv("LSTM_JAX_NATIVE_BF16");
-      if ((bf16 == nullptr || std::string(bf16) == "amx") && AmxUsable()) {
+      const std::string bf16 = ChoiceSetting("LSTM_JAX_NATIVE_BF16");
+      if ((bf16.empty() || bf16 == "amx") && AmxUsable()) {
         return {"avx512", &avx512::kKernels, &avx512bf16::kKernelsAmx, "amx"};
       }
       return {"avx512", &avx512::kKernels, &avx512bf16::kKernelsBf16, "avx512bf16"};
@@ -206,16 +207,10 @@ const Isa& GetIsa() {
 
 // Below this many multiply-adds per step (B * H * 4H) a step runs on one
 // thread: the per-step synchronisation would cost more than it saves.
-// Both are read per call (environment overrides for measurements).
-int64_t SplitThreshold() {
-  const char* s = std::getenv("LSTM_JAX_NATIVE_SPLIT_MACS");
-  return s != nullptr ? std::atoll(s) : int64_t(32768);
-}
+// Both are read per call (environment overrides for measurements; settings.cc).
+int64_t SplitThreshold() { return IntegerSetting("LSTM_JAX_NATIVE_SPLIT_MACS", 32768); }
 
-int MaxThreads() {
-  const char* s = std::getenv("LSTM_JAX_NATIVE_THREADS");
-  return s != nullptr ? std::max(1, std::atoi(s)) : 0;  // 0: the pool's size
-}
+int MaxThreads() { return int(IntegerSetting("LSTM_JAX_NATIVE_THREADS", 0)); }  // 0: the pool's size
 
 inline void CpuRelax() {
 #ifdef LSTM_JAX_X86
@@ -343,10 +338,7 @@ void RunLoop(ffi::ThreadPool& pool, std::shared_ptr<void> keep, ItemFn fn, const
 // Rows per thread below which a call splits hidden units instead of rows: a
 // register block streams the weights for its rows, so thinner blocks waste
 // the loads (LSTM_JAX_NATIVE_MIN_ROWS overrides, for measurements).
-int MinRowsPerThread() {
-  const char* s = std::getenv("LSTM_JAX_NATIVE_MIN_ROWS");
-  return s != nullptr ? std::max(1, std::atoi(s)) : 4;
-}
+int MinRowsPerThread() { return int(IntegerSetting("LSTM_JAX_NATIVE_MIN_ROWS", 4)); }
 
 Split Partitions(ffi::ThreadPool& pool, int batch, int input, int hidden, int panels, bool inference) {
   return StepPartitions(pool, batch, int64_t(batch) * (input + hidden) * 4 * hidden, panels, inference);
@@ -361,10 +353,7 @@ Split Partitions(ffi::ThreadPool& pool, int batch, int input, int hidden, int pa
 }  // namespace
 
 bool HugePagesWanted() {
-  static const bool wanted = [] {
-    const char* s = std::getenv("LSTM_JAX_NATIVE_HUGEPAGES");
-    return s == nullptr || std::string(s) != "0";
-  }();
+  static const bool wanted = ChoiceSetting("LSTM_JAX_NATIVE_HUGEPAGES") != "0";
   return wanted;
 }
 
@@ -395,6 +384,7 @@ ffi::Error Forward(ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32>
                    ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_out,
                    ffi::ResultBuffer<ffi::F32> c_out, bool bf16, float* act, float* cs,
                    uint16_t* xhT, uint16_t* w_ihT) {
+  if (ffi::Error error = SettingsChecked(); error.failure()) return error;
   auto xdims = xs.dimensions();
   auto wdims = w_hh.dimensions();
   const size_t rank = xdims.size();
@@ -510,6 +500,7 @@ ffi::Error Backward(ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32
                     ffi::ResultBuffer<ffi::F32> dh_out, ffi::ResultBuffer<ffi::F32> dc_out,
                     ffi::ResultBuffer<ffi::F32> dm_out, ffi::ResultBuffer<ffi::BF16> dzb,
                     bool bf16) {
+  if (ffi::Error error = SettingsChecked(); error.failure()) return error;
   auto dims = act.dimensions();
   const size_t rank = dims.size();
   if (rank < 3) return ffi::Error::InvalidArgument("act must be (..., T, B, 4H)");
@@ -582,10 +573,7 @@ void RunItems(ffi::ThreadPool& pool, std::shared_ptr<void> keep, ItemFn fn, cons
 // Training keeps rows in both loops: split by units, the backward would
 // exchange all of dz between the cores every step.
 // LSTM_JAX_NATIVE_UNITS_MACS overrides.
-int64_t ForwardUnitsThreshold() {
-  const char* s = std::getenv("LSTM_JAX_NATIVE_UNITS_MACS");
-  return s != nullptr ? std::atoll(s) : int64_t(1) << 24;
-}
+int64_t ForwardUnitsThreshold() { return IntegerSetting("LSTM_JAX_NATIVE_UNITS_MACS", int64_t(1) << 24); }
 
 Split StepPartitions(ffi::ThreadPool& pool, int batch, int64_t macs, int panels, bool inference) {
   if (macs < SplitThreshold()) return {1, false};

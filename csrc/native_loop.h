@@ -7,10 +7,20 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 
+#include "settings.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace lstm_jax {
+
+// INVALID_ARGUMENT naming the first invalid LSTM_JAX_NATIVE_* setting, else
+// success: every handler checks first, so a mistyped value set after the
+// extension was loaded (the per-call settings) fails the call, not quietly.
+inline xla::ffi::Error SettingsChecked() {
+  const std::string error = SettingsError();
+  return error.empty() ? xla::ffi::Error::Success() : xla::ffi::Error::InvalidArgument(error);
+}
 
 // One item: step `step` for hidden-unit panels [p0, p1) and batch rows [b0, b1).
 using ItemFn = void (*)(const void* problem, int64_t step, int p0, int p1, int b0, int b1);
@@ -50,7 +60,7 @@ Split StepPartitions(xla::ffi::ThreadPool& pool, int batch, int64_t macs, int pa
 // (see lstm_native.cc); LSTM_JAX_NATIVE_HUGEPAGES=0 turns it off.
 void HugePagesHint(void* data, size_t bytes);
 
-// "avx512", "avx2" or "portable" (LSTM_JAX_NATIVE_ISA when set and supported).
+// "avx512", "avx2" or "portable" (LSTM_JAX_NATIVE_ISA when set and the CPU has it).
 const char* IsaName();
 
 // Calls f(r0, rows) over [0, batch) in blocks of at most MAX rows, as even as

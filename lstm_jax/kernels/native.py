@@ -38,6 +38,15 @@ transposed operand measured 3-6x slower than that and slower than float32
 (``TIMINGS.md``). Where the CPU has no AVX512_BF16 (or the ISA is not
 ``avx512``) native declines bfloat16, and ``"auto"`` runs ``"fused"``.
 
+``"auto"`` never runs the portable C++ kernels (CPUs without AVX2, e.g. every
+ARM CPU, or ``LSTM_JAX_NATIVE_ISA=portable``): they are slower than
+``"fused"`` (and the GRU's than ``"scan"``), which run instead;
+``backend="native"`` still runs them (:func:`native_auto_unavailable`).
+
+The ``LSTM_JAX_NATIVE_*`` environment variables (instruction set, thread split
+thresholds, ...; the table is ``csrc/settings.cc``) are checked when the
+extension is loaded: see :func:`check_settings`.
+
 Inputs at steps where a sequence is not valid are zeroed before the
 projection, so values in padding (even NaN) never reach an output or a
 gradient.
@@ -49,7 +58,10 @@ import ctypes
 import functools
 import importlib.util
 import logging
+import os
 import threading
+import warnings
+from collections.abc import Mapping
 from typing import Any, Optional
 
 import jax
@@ -65,7 +77,11 @@ from lstm_jax.params import LSTMWeights
 from lstm_jax.scan import over_time
 
 __all__ = [
+    "auto_unsupported_here",
+    "check_settings",
     "dtype_unsupported",
+    "isa_fallbacks",
+    "native_auto_unavailable",
     "native_auto_unsupported",
     "native_bf16_isa",
     "native_has_bf16",
@@ -74,6 +90,7 @@ __all__ = [
     "native_lstm_layer",
     "native_unavailable",
     "native_unsupported",
+    "unknown_settings",
     "unsupported_here",
 ]
 
@@ -108,15 +125,105 @@ def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
         )
     try:
         lib = ctypes.CDLL(spec.origin)
-        for target, symbol in _TARGETS.items():
-            jax.ffi.register_ffi_target(
-                target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu"
-            )
+        _declare(lib)
     except (OSError, AttributeError) as error:
         return None, f"the C++ extension {spec.origin} could not be loaded: {error}"
-    lib.LstmJaxNativeIsa.restype = ctypes.c_char_p
-    lib.LstmJaxNativeBf16Isa.restype = ctypes.c_char_p
+    check_settings(lib, os.environ)  # raises before any kernel is registered or run
+    for target, symbol in _TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
     return lib, None
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    """Result and argument types of the extension's plain C functions (AttributeError if absent)."""
+    for symbol in _TARGETS.values():
+        getattr(lib, symbol)
+    for name in ("LstmJaxNativeIsa", "LstmJaxNativeBf16Isa", "LstmJaxNativeSettingsError",
+                 "LstmJaxNativeSettingName"):  # fmt: skip
+        getattr(lib, name).restype = ctypes.c_char_p
+    lib.LstmJaxNativeSettingName.argtypes = [ctypes.c_int]
+
+
+_PREFIX = "LSTM_JAX_NATIVE_"
+_ISA = "LSTM_JAX_NATIVE_ISA"
+_BF16 = "LSTM_JAX_NATIVE_BF16"
+
+
+def check_settings(lib: ctypes.CDLL, environ: Mapping[str, str]) -> None:
+    """Check the ``LSTM_JAX_NATIVE_*`` variables in ``environ`` against the extension's table.
+
+    Called once, when the extension is loaded (before its kernels are
+    registered); the C++ table (``csrc/settings.cc``) is the one list of
+    variables and accepted values, and every custom call checks the same
+    table again (the thread settings are read per call), failing with
+    ``INVALID_ARGUMENT`` where a value set later is invalid.
+
+    * A value the table does not accept (``LSTM_JAX_NATIVE_ISA=avx-2``,
+      ``LSTM_JAX_NATIVE_THREADS=two``) raises: it is wrong on every machine, a
+      typo, and going on would measure or test another kernel than the one
+      asked for.
+    * An accepted instruction set the CPU lacks (``avx512`` on an AVX2-only
+      CPU, ``LSTM_JAX_NATIVE_BF16=amx`` without AMX) warns (``RuntimeWarning``)
+      naming what was asked and what runs instead: the setting is right on
+      other machines, and the results are the same, only slower or faster.
+    * A variable with the prefix that is not in the table warns: a mistyped
+      name, or one of another lstm_jax version, which should not stop a run.
+
+    Raises:
+      ValueError: naming the variable, its value and the accepted values.
+    """
+    error = lib.LstmJaxNativeSettingsError().decode()
+    if error:
+        raise ValueError(
+            f"{error} (an lstm_jax native kernel setting; unset it or give an accepted value)."
+        )
+    known = _setting_names(lib)
+    isa = lib.LstmJaxNativeIsa().decode()
+    bf16_isa = lib.LstmJaxNativeBf16Isa().decode() or None
+    for message in unknown_settings(environ, known) + isa_fallbacks(environ, isa, bf16_isa):
+        warnings.warn(message, RuntimeWarning)
+
+
+def _setting_names(lib: ctypes.CDLL) -> tuple[str, ...]:
+    """The variables of the extension's settings table, in its order."""
+    names = []
+    while (name := lib.LstmJaxNativeSettingName(len(names))) is not None:
+        names.append(name.decode())
+    return tuple(names)
+
+
+def unknown_settings(environ: Mapping[str, str], known: tuple[str, ...]) -> list[str]:
+    """A message for each ``LSTM_JAX_NATIVE_*`` variable in ``environ`` not in ``known``."""
+    return [
+        f"{name} is not an lstm_jax native kernel setting and is ignored (they are "
+        f"{', '.join(known)})"
+        for name in sorted(environ)
+        if name.startswith(_PREFIX) and name not in known
+    ]
+
+
+def isa_fallbacks(environ: Mapping[str, str], isa: str, bf16_isa: str | None) -> list[str]:
+    """A message for each instruction set asked for in ``environ`` that does not run.
+
+    ``isa`` and ``bf16_isa`` are what the extension chose (:func:`native_isa`,
+    :func:`native_bf16_isa`); each message names what was asked and what runs.
+    """
+    messages = []
+    want = environ.get(_ISA)
+    if want is not None and want != isa:
+        messages.append(
+            f"{_ISA}={want!r}: this CPU (or this build) does not have it; the native kernels "
+            f"run {isa!r} instead"
+        )
+    want = environ.get(_BF16)
+    if want is not None and want != bf16_isa:
+        instead = (
+            f"the bfloat16 kernels run {bf16_isa!r} instead" if bf16_isa is not None
+            else f"there are no bfloat16 native kernels with the instruction set {isa!r} here, "
+            "so compute_dtype=bfloat16 runs 'fused' under backend='auto'"
+        )  # fmt: skip
+        messages.append(f"{_BF16}={want!r}: this CPU (or OS, or build) does not have it; {instead}")
+    return messages
 
 
 def native_unavailable() -> Optional[str]:
@@ -149,10 +256,44 @@ def native_has_bf16() -> bool:
     return native_bf16_isa() is not None
 
 
+def native_auto_unavailable() -> str | None:
+    """Why ``backend="auto"`` runs no native kernel in this process, or None if it may.
+
+    As :func:`unsupported_here` with ``platform=False`` (an unbuilt extension),
+    and also where only the portable C++ kernels run (:func:`native_isa`: no
+    AVX2 on this CPU, as on every ARM CPU, or ``LSTM_JAX_NATIVE_ISA=portable``).
+    Those are scalar loops the compiler vectorises at best: forced with
+    ``LSTM_JAX_NATIVE_ISA=portable`` on an AVX-512 CPU, a training step
+    measured 3.0x slower than ``"fused"`` at (B, T, I, H) = (32, 256, 64, 128)
+    and 6.0x at (64, 128, 128, 256) (the measurement that asked for this), so
+    ``"auto"`` runs ``"fused"`` (the GRU ``"scan"``) there;
+    ``backend="native"`` still runs them.
+    """
+    reason = _library()[1]
+    if reason is None and native_isa() == "portable":
+        return (
+            "only its portable C++ kernels run here (no AVX2 on this CPU, or "
+            f"{_ISA}=portable), which 'auto' does not use (3-6x slower than 'fused' for "
+            "LSTM training)"
+        )
+    return reason
+
+
+def auto_unsupported_here(reason: str | None) -> str | None:
+    """``reason`` (why the arguments do not fit a native kernel), else
+    :func:`native_auto_unavailable` (logged once), else None: ``"auto"``'s check."""
+    if reason is not None:
+        return reason
+    reason = native_auto_unavailable()
+    if reason is not None:
+        log_unavailable_once()
+    return reason
+
+
 @functools.lru_cache(maxsize=None)
 def log_unavailable_once() -> None:
     """Log (once per process) why ``backend="auto"`` does not use the native kernels."""
-    reason = _library()[1]
+    reason = native_auto_unavailable()
     if reason is not None:
         _LOG.info(
             "lstm_jax: backend='auto' uses 'fused' instead of 'native' (for the GRU 'scan'): %s",
@@ -181,10 +322,7 @@ def native_auto_unsupported(weights, xs, initial_carry, *, recurrent_mask, compu
                             time_major) -> Optional[str]:  # fmt: skip
     """Why ``"auto"`` does not run ``"native"`` on CPU for this call (``dispatch.Kernel``)."""
     del initial_carry, recurrent_mask, time_major
-    reason = native_unsupported(weights, xs, compute_dtype, platform=False)
-    if reason is not None and _unsupported_arguments(weights, xs, compute_dtype) is None:
-        log_unavailable_once()
-    return reason
+    return auto_unsupported_here(_unsupported_arguments(weights, xs, compute_dtype))
 
 
 def _unsupported_arguments(weights: Any, xs: Array, compute_dtype) -> Optional[str]:

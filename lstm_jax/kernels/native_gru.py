@@ -39,8 +39,8 @@ from lstm_jax.cells import Cell, gru_pointwise
 from lstm_jax.kernels.native import (
     _ffi,
     _optional,
+    auto_unsupported_here,
     dtype_unsupported,
-    log_unavailable_once,
     unsupported_here,
 )
 from lstm_jax.params import GRUWeights
@@ -68,10 +68,7 @@ def native_gru_auto_unsupported(weights, xs, initial_carry, *, recurrent_mask, c
                                 time_major) -> Optional[str]:  # fmt: skip
     """Why ``"auto"`` does not run ``"native"`` on CPU for this GRU call (``dispatch.Kernel``)."""
     del initial_carry, recurrent_mask, time_major
-    reason = native_gru_unsupported(weights, xs, compute_dtype, platform=False)
-    if reason is not None and dtype_unsupported(weights, xs, compute_dtype, bf16=False) is None:
-        log_unavailable_once()
-    return reason
+    return auto_unsupported_here(dtype_unsupported(weights, xs, compute_dtype, bf16=False))
 
 
 def _operands(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid):
