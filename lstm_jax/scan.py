@@ -23,7 +23,14 @@ from jax import Array
 
 from lstm_jax.cells import Cell
 
-__all__ = ["scan_layer", "over_time", "reverse_sequences", "segment_starts", "valid_mask"]
+__all__ = [
+    "carried_outputs",
+    "over_time",
+    "reverse_sequences",
+    "scan_layer",
+    "segment_starts",
+    "valid_mask",
+]
 
 
 def reverse_sequences(xs: Array, seq_lengths: Optional[Array]) -> Array:
@@ -50,6 +57,31 @@ def valid_mask(num_steps: int, seq_lengths: Optional[Array]) -> Optional[Array]:
     if seq_lengths is None:
         return None
     return jnp.arange(num_steps)[:, None] < seq_lengths[None, :]
+
+
+def carried_outputs(ys: Array, h0: Array, valid: Optional[Array]) -> Array:
+    """The hidden carry after each step, from the outputs: ``ys`` where a step is valid,
+    else the carry before it (``h0`` before the first valid step).
+
+    A kernel's backward needs ``h_{t-1}``, the carry entering step ``t``. It is
+    ``ys[t - 1]`` only where step ``t - 1`` was valid: a masked step outputs
+    zeros but passes the carry on. (With ``seq_lengths`` alone the invalid
+    steps are a suffix, where the gradients are zero anyway.)
+
+    Args:
+      ys: ``(T, B, H)`` time-major outputs, zero at invalid steps.
+      h0: ``(B, H)`` the initial carry.
+      valid: ``(T, B)`` bool, or None (every step valid: ``ys`` itself).
+
+    Returns:
+      ``(T, B, H)``: the carry after step ``t`` at ``[t]``.
+    """
+    if valid is None:
+        return ys
+    steps = jnp.arange(ys.shape[0])[:, None]  # [T, 1]
+    last = jax.lax.cummax(jnp.where(valid, steps, -1), axis=0)  # [T, B]: last valid step <= t
+    stacked = jnp.concatenate([h0[None], ys])  # [T + 1, B, H]: h0 at -1 + 1
+    return jnp.take_along_axis(stacked, (last + 1)[:, :, None], axis=0)
 
 
 def segment_starts(resets: Array, seq_lengths: Optional[Array], reverse: bool) -> Array:

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lstm_jax as lj
+from lstm_jax.kernels.native import native_auto_unavailable, native_unavailable
 
 INPUT, HIDDEN = 3, 4
 KINDS = {
@@ -81,10 +82,13 @@ def _assert_close(a, b, atol=2e-5):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=2e-5)
 
 
-def _check(kind, resets=None, mask=None, lengths=None, *, grads=True, nan_xs=None, **setup):
+def _check(kind, resets=None, mask=None, lengths=None, *, grads=True, nan_xs=None,
+           backend="auto", remat=False, **setup):  # fmt: skip
     batch, steps = (resets if resets is not None else mask).shape
     fn, params, xs, state = _setup(kind, batch, steps, **setup)
     kw = {"resets": resets, "mask": mask, "seq_lengths": lengths}
+    if backend != "auto" or remat:
+        kw.update(backend=backend, remat=remat)
 
     def ours(params, xs, state):
         return fn(params, xs if nan_xs is None else nan_xs(xs), initial_state=state, **kw)
@@ -170,11 +174,36 @@ def test_remat_with_resets_and_mask_equals_without():
     _assert_close(g, g_ref)
 
 
-def test_auto_and_jit_route_to_scan():
+def test_auto_routes_resets_to_scan():
     fn, params, xs, state = _setup("lstm", 3, 7)
     kw = {"initial_state": state, "resets": RESETS, "mask": MASK}
-    out = jax.jit(lambda p, x: fn(p, x, **kw))(params, xs)
-    _assert_close(out, fn(params, xs, backend="scan", **kw))
+    run = jax.jit(lambda p, x: fn(p, x, **kw))
+    assert "lstm_jax_native" not in run.lower(params, xs).as_text()
+    _assert_close(run(params, xs), fn(params, xs, backend="scan", **kw))
+
+
+# (cell, backend) pairs whose kernels take a per-step mask
+MASK_KERNELS = [("lstm", "fused"), ("lstm", "native"), ("gru", "native")]
+
+
+@pytest.mark.parametrize("kind, backend", MASK_KERNELS)
+@pytest.mark.parametrize("remat", [False, 3])
+def test_mask_on_the_kernels_equals_skipping_the_masked_steps(kind, backend, remat):
+    """Outputs, final state and gradients, both directions, 2 layers, ragged too: the
+    backward must take ``h_{t-1}`` from the carry, not from the zeroed output, after a
+    masked step."""
+    if backend == "native" and native_unavailable() is not None:
+        pytest.skip(native_unavailable())
+    _check(kind, mask=MASK, lengths=np.array([7, 3, 5]), backend=backend, remat=remat)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_auto_keeps_masked_calls_on_the_native_kernel(kind):
+    if native_auto_unavailable() is not None:
+        pytest.skip(native_auto_unavailable())
+    fn, params, xs, state = _setup(kind, 3, 7)
+    run = jax.jit(jax.grad(lambda p: _loss(fn(p, xs, initial_state=state, mask=MASK))))
+    assert "lstm_jax_native" in run.lower(params).as_text()
 
 
 def test_unbatched_and_time_major_layouts():
@@ -186,9 +215,12 @@ def test_unbatched_and_time_major_layouts():
     _assert_close((jnp.swapaxes(tm[0], 0, 1), tm[1]), (ys, h))
 
 
-@pytest.mark.parametrize("backend", ["fused", "pallas", "native", "cudnn"])
-@pytest.mark.parametrize("name", ["resets", "mask"])
-def test_explicit_kernels_reject_resets_and_mask(backend, name):
+@pytest.mark.parametrize(
+    "backend, name",
+    [(b, "resets") for b in ("fused", "pallas", "native", "cudnn")]
+    + [("pallas", "mask"), ("cudnn", "mask")],
+)
+def test_explicit_kernels_reject_what_they_do_not_implement(backend, name):
     fn, params, xs, _ = _setup("lstm", 3, 7)
     with pytest.raises(ValueError, match=f"backend='{backend}' does not implement {name}.*'auto'"):
         fn(params, xs, backend=backend, **{name: MASK})

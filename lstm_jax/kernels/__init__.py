@@ -20,7 +20,9 @@ backend    cells                  what it is
 backend does not implement:
 
 * ``"auto"`` routes it to ``"scan"`` silently (always correct), as it does
-  calls with per-step ``resets`` or ``mask`` (LSTM and GRU).
+  calls with per-step ``resets``. Calls with a per-step ``mask`` stay on the
+  kernels that take one (``"native"`` for the LSTM and GRU, ``"fused"``): on
+  CPU the native kernel, elsewhere ``"fused"`` for the LSTM.
 * ``"fused"``, ``"pallas"`` and ``"native"`` raise ``ValueError`` at trace
   time (``"native"`` also off CPU, for non-float32 parameters, for a compute
   dtype other than float32 or bfloat16, for bfloat16 on a CPU without
@@ -28,13 +30,12 @@ backend does not implement:
 * ``"cudnn"`` warns (``RuntimeWarning``) and runs ``"scan"``: also for
   non-float32 compute, recurrent dropout, ``vmap``, a jaxlib without its CUDA
   plugin, and on platforms other than ``cuda``.
-* ``resets`` or ``mask`` with ``"fused"``, ``"pallas"``, ``"native"`` or ``"cudnn"`` raise
-  ``ValueError`` at trace time.
+* ``resets`` with ``"fused"``, ``"pallas"``, ``"native"`` or ``"cudnn"``, and ``mask``
+  with ``"pallas"`` or ``"cudnn"``, raise ``ValueError`` at trace time.
 * A cell kind outside a backend's list (e.g. ``gru`` with ``"fused"``) raises
   ``ValueError`` in :func:`select_layer`.
 * The GRU has one kernel, ``"native"``: explicitly it raises ``ValueError``
-  like the LSTM's (non-float32, off CPU, unbuilt extension, ``resets`` /
-  ``mask``); ``"auto"`` runs it on CPU (``dispatch.AUTO_GRU``; faster than
+  like the LSTM's (non-float32, off CPU, unbuilt extension, ``resets``); ``"auto"`` runs it on CPU (``dispatch.AUTO_GRU``; faster than
   ``"scan"`` from H = 64 to 512, ``TIMINGS.md``) where the CPU has AVX2 or
   AVX-512, and ``"scan"`` on other platforms, on CPUs with only the portable
   C++ kernels, and for every call it declines. Its exports need ``disabled_checks``
@@ -95,13 +96,21 @@ _KERNELS = {
 }
 
 
-# keywords every kernel takes; any other (e.g. per-step resets or masks) that is
-# not None sends the call to "scan", the one implementation that has them all
-_KERNEL_KEYWORDS = ("seq_lengths", "reverse", "recurrent_mask", "unroll", "time_major")
+# keywords every kernel takes, and the per-step mask (fused and native: the kernels
+# of _PER_STEP); any other (per-step resets) that is not None sends the call to
+# "scan", the one implementation that has them all
+_KERNEL_KEYWORDS = ("seq_lengths", "reverse", "recurrent_mask", "unroll", "time_major", "mask")
+
+# (cell kind, backend) -> the per-step options its layer takes
+_PER_STEP = {
+    ("lstm", "fused"): ("mask",),
+    ("lstm", "native"): ("mask",),
+    ("gru", "native"): ("mask",),
+}
 
 
 def _auto_layer(kind: str, cell, weights: Any, xs, *args, compute_dtype=None, **kwargs):
-    """``scan`` for peephole / layer-norm / projection LSTMs or extra per-step options, else the
+    """``scan`` for peephole / layer-norm / projection LSTMs or ``resets``, else the
     platform's kernel for ``kind``."""
     extra = {k for k, v in kwargs.items() if k not in _KERNEL_KEYWORDS and v is not None}
     if extra or (kind == "lstm" and unsupported_variant(weights) is not None):
@@ -111,16 +120,19 @@ def _auto_layer(kind: str, cell, weights: Any, xs, *args, compute_dtype=None, **
     return auto(cell, weights, xs, *args, compute_dtype=compute_dtype, **kwargs)
 
 
-def _without_per_step(backend: str, layer: Callable) -> Callable:
-    """``layer``, raising a ``ValueError`` when given ``resets`` or ``mask`` (it has neither)."""
+def _without_per_step(backend: str, layer: Callable, takes: tuple[str, ...] = ()) -> Callable:
+    """``layer``, raising a ``ValueError`` when given ``resets`` or ``mask`` and it does
+    not take it (``takes``)."""
 
     def run(cell, weights, xs, initial_carry, *, resets=None, mask=None, **kwargs):
         for name, value in (("resets", resets), ("mask", mask)):
-            if value is not None:
+            if value is not None and name not in takes:
                 raise ValueError(
                     f"backend={backend!r} does not implement {name}; use backend='auto' or "
                     f"'scan', which run calls with {name}."
                 )
+        if mask is not None:
+            kwargs["mask"] = mask
         return layer(cell, weights, xs, initial_carry, **kwargs)
 
     run.__wrapped__ = layer
@@ -161,7 +173,8 @@ def select_layer(
         layer = functools.partial(_auto_layer, kind, compute_dtype=compute_dtype)
     else:
         layer = _without_per_step(
-            backend, functools.partial(_KERNELS[kind, backend], compute_dtype=compute_dtype)
+            backend, functools.partial(_KERNELS[kind, backend], compute_dtype=compute_dtype),
+            _PER_STEP.get((kind, backend), ()),
         )
     if remat:
         layer = remat_layer(layer, remat)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple, Optional
 
 from lstm_jax.kernels.cudnn import cudnn_kernel_layer, cudnn_unsupported
+from lstm_jax.kernels.fused import fused_lstm_layer
 from lstm_jax.kernels.native import native_auto_unsupported, native_kernel_layer
 from lstm_jax.kernels.native_gru import native_gru_auto_unsupported, native_gru_kernel_layer
 from lstm_jax.kernels.pallas import TPU_FORWARD
@@ -44,17 +45,20 @@ class Kernel(NamedTuple):
     choice has one run inside a single custom VJP with the fused backward.
     ``unsupported(weights, xs, initial_carry, *, recurrent_mask, compute_dtype,
     time_major)`` returns why it cannot run a plain-LSTM call, or None.
+    ``mask``: its ``layer`` takes a per-step ``mask`` (the others run calls with
+    one as :data:`FALLBACK`'s own layer, :func:`fused_lstm_layer`).
     """
 
     layer: Optional[Callable] = None
     unsupported: Optional[Callable] = None
     forward: Optional[Callable] = None
+    mask: bool = False
 
 
 KERNELS: dict[str, Kernel] = {
     "fused": Kernel(forward=fused_forward),
     "cudnn": Kernel(layer=cudnn_kernel_layer, unsupported=cudnn_unsupported),
-    "native": Kernel(layer=native_kernel_layer, unsupported=native_auto_unsupported),
+    "native": Kernel(layer=native_kernel_layer, unsupported=native_auto_unsupported, mask=True),
     "pallas_tpu": Kernel(forward=TPU_FORWARD, unsupported=tpu_unsupported),
 }
 
@@ -77,11 +81,12 @@ FALLBACK = "fused"  # other platforms (e.g. rocm) and calls a platform's kernel 
 
 def auto_lstm_layer(cell, weights: Any, xs, initial_carry, *, seq_lengths=None,
                     reverse: bool = False, recurrent_mask=None, unroll: int = 1,
-                    time_major: bool = False, compute_dtype=None):  # fmt: skip
+                    time_major: bool = False, mask=None, compute_dtype=None):  # fmt: skip
     """The plain LSTM layer of ``backend="auto"``: :data:`AUTO_LSTM`'s kernel per platform.
 
-    Arguments as :func:`lstm_jax.scan.scan_layer`; peephole / layer-norm /
-    projection weights are routed to ``scan`` by the caller.
+    Arguments as :func:`lstm_jax.scan.scan_layer` (``mask`` included, not
+    ``resets``); peephole / layer-norm / projection weights are routed to
+    ``scan`` by the caller.
     """
     check = dict(recurrent_mask=recurrent_mask, compute_dtype=compute_dtype, time_major=time_major)
     chosen = {}
@@ -90,6 +95,11 @@ def auto_lstm_layer(cell, weights: Any, xs, initial_carry, *, seq_lengths=None,
         if unsupported is not None and unsupported(weights, xs, initial_carry, **check) is not None:
             name = FALLBACK
         chosen[platform] = name
+    if mask is not None:
+        return _masked_lstm_layer(cell, weights, xs, initial_carry, chosen, mask,
+                                  seq_lengths=seq_lengths, reverse=reverse,
+                                  recurrent_mask=recurrent_mask, unroll=unroll,
+                                  time_major=time_major, compute_dtype=compute_dtype)  # fmt: skip
     forwards = {p: KERNELS[n].forward for p, n in chosen.items() if KERNELS[n].forward is not None}
     forwards[None] = KERNELS[FALLBACK].forward
     kwargs = dict(reverse=reverse, unroll=unroll, time_major=time_major, compute_dtype=compute_dtype)
@@ -109,8 +119,27 @@ def auto_lstm_layer(cell, weights: Any, xs, initial_carry, *, seq_lengths=None,
     return per_platform((weights, xs, initial_carry, seq_lengths, recurrent_mask), others, shared)
 
 
+def _masked_lstm_layer(cell, weights, xs, initial_carry, chosen, mask, *, seq_lengths,
+                       recurrent_mask, **kwargs):  # fmt: skip
+    """``auto_lstm_layer`` of a call with a per-step ``mask``: each platform's chosen kernel
+    where it takes masks, else :func:`fused_lstm_layer` (the shared-VJP forwards do not)."""
+
+    def branch(layer):
+        def run(weights, xs, initial_carry, seq_lengths, recurrent_mask, mask):
+            return layer(cell, weights, xs, initial_carry, seq_lengths=seq_lengths,
+                         recurrent_mask=recurrent_mask, mask=mask, **kwargs)  # fmt: skip
+
+        return run
+
+    fallback = branch(fused_lstm_layer)
+    layers = {p: branch(KERNELS[n].layer) for p, n in chosen.items() if KERNELS[n].mask}
+    args = (weights, xs, initial_carry, seq_lengths, recurrent_mask, mask)
+    return per_platform(args, layers, fallback)
+
+
 GRU_KERNELS: dict[str, Kernel] = {
-    "native": Kernel(layer=native_gru_kernel_layer, unsupported=native_gru_auto_unsupported),
+    "native": Kernel(layer=native_gru_kernel_layer, unsupported=native_gru_auto_unsupported,
+                     mask=True),
 }
 
 # platform -> the GRU kernel "auto" runs there (where it supports the call);
@@ -124,23 +153,26 @@ AUTO_GRU: dict[str, str] = {"cpu": "native"}
 
 def auto_gru_layer(cell, weights: Any, xs, initial_carry, *, seq_lengths=None,
                    reverse: bool = False, recurrent_mask=None, unroll: int = 1,
-                   time_major: bool = False, compute_dtype=None):  # fmt: skip
+                   time_major: bool = False, mask=None, compute_dtype=None):  # fmt: skip
     """The plain GRU layer of ``backend="auto"``: :data:`AUTO_GRU`'s kernel per platform,
-    ``scan`` elsewhere. Arguments as :func:`lstm_jax.scan.scan_layer`."""
+    ``scan`` elsewhere. Arguments as :func:`lstm_jax.scan.scan_layer` (``mask`` included,
+    not ``resets``)."""
     check = dict(recurrent_mask=recurrent_mask, compute_dtype=compute_dtype, time_major=time_major)
     kwargs = dict(reverse=reverse, unroll=unroll, time_major=time_major)
 
     def branch(layer):
-        def run(weights, xs, initial_carry, seq_lengths, recurrent_mask):
+        def run(weights, xs, initial_carry, seq_lengths, recurrent_mask, mask):
             return layer(cell, weights, xs, initial_carry, seq_lengths=seq_lengths,
-                         recurrent_mask=recurrent_mask, **kwargs)  # fmt: skip
+                         recurrent_mask=recurrent_mask, mask=mask, **kwargs)  # fmt: skip
 
         return run
 
     kernels = {}
     for platform, name in AUTO_GRU.items():
         kernel = GRU_KERNELS[name]
+        if mask is not None and not kernel.mask:
+            continue
         if kernel.unsupported(weights, xs, initial_carry, **check) is None:
             kernels[platform] = branch(kernel.layer)
-    args = (weights, xs, initial_carry, seq_lengths, recurrent_mask)
+    args = (weights, xs, initial_carry, seq_lengths, recurrent_mask, mask)
     return per_platform(args, kernels, branch(scan_layer))

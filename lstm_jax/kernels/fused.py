@@ -52,7 +52,7 @@ from jax import Array
 
 from lstm_jax.cells import Cell, lstm_pointwise
 from lstm_jax.params import LSTMWeights
-from lstm_jax.scan import over_time
+from lstm_jax.scan import carried_outputs, over_time
 
 __all__ = ["fused_lstm_layer", "unsupported_variant"]
 
@@ -198,20 +198,21 @@ class Gradients(NamedTuple):
     mask: Optional[Array]
 
 
-def _backward(w_ih, w_hh, xs, h0, mask, valid, ys, saved: Residuals, dys, dh, dc, *,
+def _backward(w_ih, w_hh, xs, h0, mask, valid, hs, saved: Residuals, dys, dh, dc, *,
               compute_dtype, unroll) -> Gradients:  # fmt: skip
     """Gradients of ``ys, (h, c) = recurrence(xs, h0, c0)`` with input projection ``xs @ w_ih + b``.
 
     Walks the time steps backwards in blocks of :data:`BLOCK`. Per step: the
     gate pre-activation gradients ``dz (B, 4H)`` and one ``dz @ w_hh^T``. Per
     block: ``dw_hh += h_prev^T dz``, ``dw_ih += x^T dz``, ``db += sum(dz)`` and
-    ``dx = dz @ w_ih^T``, one GEMM each over the block's rows.
+    ``dx = dz @ w_ih^T``, one GEMM each over the block's rows. ``hs (T, B, R)`` is
+    the hidden carry after each step (:func:`lstm_jax.scan.carried_outputs`).
     """
     dtype = dys.dtype
     cd = compute_dtype or dtype
     w_t = jnp.transpose(w_hh).astype(cd)  # [4H, R], transposed once outside the loops
     w_ih_t = jnp.transpose(w_ih).astype(cd)  # [4H, I]
-    steps, batch, outputs = ys.shape
+    steps, batch, outputs = hs.shape
     inputs = xs.shape[-1]
     gates = w_hh.shape[-1]
     block = min(BLOCK, steps)
@@ -240,7 +241,7 @@ def _backward(w_ih, w_hh, xs, h0, mask, valid, ys, saved: Residuals, dys, dh, dc
         dh_prev = dhm if mask is None else dhm * mask
         dc_prev = dc_t * f
         if with_mask:
-            dm_new = dm + dhm * _h_prev(ys, h0, t)
+            dm_new = dm + dhm * _h_prev(hs, h0, t)
         if valid is not None:
             keep = _index(valid, t)[:, None]
             dh_prev = jnp.where(keep, dh_prev, dh)
@@ -260,12 +261,11 @@ def _backward(w_ih, w_hh, xs, h0, mask, valid, ys, saved: Residuals, dys, dh, dc
         dw_ih, db, dw_hh, dxs = grads
         dz = dz_block[:size].reshape(size * batch, gates)  # [rows, 4H]
         x_rows = jax.lax.dynamic_slice_in_dim(xs, start, size).reshape(size * batch, inputs)
-        # h_{t-1} for the block's first step is ys[start - 1] or h0; for the rest it is
-        # ys[t - 1] wherever dz_t != 0 (ragged steps past a sequence's end have dz = 0)
-        h_first = _h_prev(ys, h0, start)  # [B, R]
+        # h_{t-1} for the block's first step is hs[start - 1] or h0, for the rest hs[t - 1]
+        h_first = _h_prev(hs, h0, start)  # [B, R]
         dw_hh = dw_hh + gemm((h_first if mask is None else h_first * mask).T, dz[:batch])
         if size > 1:
-            h_rest = jax.lax.dynamic_slice_in_dim(ys, start, size - 1)  # [size - 1, B, R]
+            h_rest = jax.lax.dynamic_slice_in_dim(hs, start, size - 1)  # [size - 1, B, R]
             h_rest = h_rest if mask is None else h_rest * mask[None]
             dw_hh = dw_hh + gemm(h_rest.reshape((size - 1) * batch, outputs).T, dz[batch:])
         dw_ih = dw_ih + gemm(x_rows.T, dz)
@@ -294,9 +294,9 @@ def _backward(w_ih, w_hh, xs, h0, mask, valid, ys, saved: Residuals, dys, dh, dc
     )  # fmt: skip
 
 
-def _h_prev(ys, h0, t):
-    """The hidden state before step ``t``: ``ys[t - 1]``, or ``h0`` at ``t = 0``."""
-    return jnp.where(t > 0, _index(ys, jnp.maximum(t - 1, 0)), h0)
+def _h_prev(hs, h0, t):
+    """The hidden state before step ``t``: ``hs[t - 1]``, or ``h0`` at ``t = 0``."""
+    return jnp.where(t > 0, _index(hs, jnp.maximum(t - 1, 0)), h0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -319,8 +319,9 @@ def _recurrence_fwd(compute_dtype, unroll, w_ih, b, w_hh, xs, h0, c0, mask, vali
 def _recurrence_bwd(compute_dtype, unroll, residuals, cotangents):
     w_ih, w_hh, xs, h0, mask, valid, ys, saved = residuals
     dys, dh, dc = cotangents
+    hs = carried_outputs(ys, h0, valid)  # h_{t-1} is hs[t - 1], also after a masked step
     grads = _backward(
-        w_ih, w_hh, xs, h0, mask, valid, ys, saved, dys, dh, dc,
+        w_ih, w_hh, xs, h0, mask, valid, hs, saved, dys, dh, dc,
         compute_dtype=compute_dtype, unroll=unroll,
     )  # fmt: skip
     return (*grads, None)  # no gradient for the validity mask
@@ -340,9 +341,11 @@ def fused_lstm_layer(
     recurrent_mask: Optional[Array] = None,
     unroll: int = 1,
     time_major: bool = False,
+    mask: Optional[Array] = None,
     compute_dtype=None,
 ) -> tuple[Array, tuple[Array, Array]]:
-    """One LSTM layer with a hand-written VJP; arguments as :func:`lstm_jax.scan.scan_layer`.
+    """One LSTM layer with a hand-written VJP; arguments as :func:`lstm_jax.scan.scan_layer`
+    (``mask`` included; not ``resets``).
 
     ``cell`` is accepted for signature compatibility; the gate math is
     :func:`lstm_jax.cells.lstm_pointwise`, and ``compute_dtype`` (the matmul input
@@ -372,4 +375,5 @@ def fused_lstm_layer(
         )  # fmt: skip
         return ys, (h, c)
 
-    return over_time(run, xs, seq_lengths=seq_lengths, reverse=reverse, time_major=time_major)
+    return over_time(run, xs, seq_lengths=seq_lengths, reverse=reverse, time_major=time_major,
+                     mask=mask)  # fmt: skip

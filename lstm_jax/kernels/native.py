@@ -74,7 +74,7 @@ from lstm_jax.kernels.fused import _recurrence as fused_recurrence
 from lstm_jax.kernels.fused import unsupported_variant
 from lstm_jax.kernels.platform import platform_only
 from lstm_jax.params import LSTMWeights
-from lstm_jax.scan import over_time
+from lstm_jax.scan import carried_outputs, over_time
 
 __all__ = [
     "auto_unsupported_here",
@@ -463,19 +463,25 @@ def _forward_train_jvp(batch_major, bf16, primals, tangents):
     return outputs, (*out_tangents, *(jnp.zeros_like(a) for a in outputs[5:]))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _recurrence(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _recurrence(batch_major, bf16, masked_steps, w_ih, b, w_hh, xs, h0, c0, mask, valid):
+    """``ys, h, c``; ``masked_steps``: ``valid`` may have holes (a per-step ``mask``), not
+    only a ragged end, so the backward needs the carry behind each masked step."""
     ys, h, c, _ = _forward(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, save=False)
     return ys, h, c
 
 
-def _recurrence_fwd(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
+def _recurrence_fwd(batch_major, bf16, masked_steps, w_ih, b, w_hh, xs, h0, c0, mask, valid):
     ys, h, c, saved = _forward(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, save=True)
     return (ys, h, c), (w_ih, b, w_hh, xs, h0, c0, mask, valid, ys, *saved)
 
 
-def _recurrence_bwd(batch_major, bf16, residuals, cotangents):
-    grads = _gradients(batch_major, bf16, *residuals[:8], *cotangents, *residuals[8:])
+def _recurrence_bwd(batch_major, bf16, masked_steps, residuals, cotangents):
+    inputs, (ys, *saved) = residuals[:8], residuals[8:]
+    if masked_steps:
+        h0, valid = inputs[4], inputs[7]
+        ys = _time_major(carried_outputs(_time_major(ys, batch_major), h0, valid), batch_major)
+    grads = _gradients(batch_major, bf16, *inputs, *cotangents, ys, *saved)
     return (*grads, None)  # no gradient for the validity mask
 
 
@@ -484,8 +490,10 @@ def _gradients(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, d
                cs, xh_t, w_t):  # fmt: skip
     """Gradients w.r.t. ``(w_ih, b, w_hh, xs, h0, c0, mask)``: the native loop, then XLA GEMMs.
 
-    ``ys, act, cs, xh_t, w_t`` are :func:`_forward_train`'s outputs for the same inputs;
-    ``xs, dys, ys`` are in one layout (``batch_major`` or not), ``act, cs`` time-major.
+    ``ys, act, cs, xh_t, w_t`` are :func:`_forward_train`'s outputs for the same inputs,
+    except that ``ys`` is the hidden carry after each step where steps are masked
+    (:func:`lstm_jax.scan.carried_outputs`); ``xs, dys, ys`` are in one layout
+    (``batch_major`` or not), ``act, cs`` time-major.
     With ``bf16`` every GEMM takes bfloat16 inputs and sums in float32, all operands
     row-major with the contracted axis of the left one last: XLA:CPU's bf16 dot
     measured 3-6x slower for a transposed operand (``TIMINGS.md``).
@@ -511,7 +519,7 @@ def _gradients(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, d
         dxs = _time_major(dxs.reshape(steps, batch, inputs), batch_major)
         db = jnp.sum(rows, axis=0)
         return dw[:inputs], db, dw[inputs:], dxs, dh0, dc0, (None if mask is None else dmask)
-    # h_{t-1} for every step: h0, then ys (dz is zero wherever ys was zeroed)
+    # h_{t-1} for every step: h0, then ys (dz is zero past a sequence's end, where ys is)
     h_prev = jnp.concatenate([h0[None], _time_major(ys, batch_major)[:-1]])  # [T, B, H]
     if mask is not None:
         h_prev = h_prev * mask[None]
@@ -564,9 +572,11 @@ def native_lstm_layer(
     recurrent_mask: Optional[Array] = None,
     unroll: int = 1,
     time_major: bool = False,
+    mask: Optional[Array] = None,
     compute_dtype=None,
 ) -> tuple[Array, tuple[Array, Array]]:
-    """One LSTM layer with a native time loop; arguments as :func:`lstm_jax.scan.scan_layer`.
+    """One LSTM layer with a native time loop; arguments as :func:`lstm_jax.scan.scan_layer`
+    (``mask`` included; not ``resets``).
 
     ``cell`` and ``unroll`` are accepted for signature compatibility; the gate
     math is that of :func:`lstm_jax.cells.lstm_pointwise`, in C++.
@@ -590,26 +600,27 @@ def native_lstm_layer(
         raise ValueError(f"backend='native': {reason}; use backend='auto' or 'fused'.")
     return native_kernel_layer(
         cell, weights, xs, initial_carry, seq_lengths=seq_lengths, reverse=reverse,
-        recurrent_mask=recurrent_mask, unroll=unroll, time_major=time_major,
+        recurrent_mask=recurrent_mask, unroll=unroll, time_major=time_major, mask=mask,
         compute_dtype=compute_dtype,
     )  # fmt: skip
 
 
 def native_kernel_layer(cell, weights, xs, initial_carry, *, seq_lengths=None, reverse=False,
-                        recurrent_mask=None, unroll=1, time_major=False, compute_dtype=None):  # fmt: skip
+                        recurrent_mask=None, unroll=1, time_major=False, mask=None,
+                        compute_dtype=None):  # fmt: skip
     """:func:`native_lstm_layer` without its checks (the dispatcher made them)."""
     del cell, unroll
     bf16 = _bf16(compute_dtype)
     h0, c0 = (jnp.asarray(a, jnp.float32) for a in initial_carry)
-    mask = None if recurrent_mask is None else jnp.asarray(recurrent_mask, jnp.float32)
+    dropout = None if recurrent_mask is None else jnp.asarray(recurrent_mask, jnp.float32)
 
     def run(xs, valid, batch_major=False):
         xs = xs.astype(jnp.float32)
         if valid is not None:
             valid = valid.astype(jnp.uint8)
-        ys, h, c = _recurrence(batch_major, bf16, weights.w_ih, weights.b, weights.w_hh, xs, h0,
-                               c0, mask, valid)  # fmt: skip
+        ys, h, c = _recurrence(batch_major, bf16, mask is not None, weights.w_ih, weights.b,
+                               weights.w_hh, xs, h0, c0, dropout, valid)  # fmt: skip
         return ys, (h, c)
 
     return over_time(run, xs, seq_lengths=seq_lengths, reverse=reverse, time_major=time_major,
-                     run_batch_major=True)  # fmt: skip
+                     mask=mask, run_batch_major=True)  # fmt: skip

@@ -29,6 +29,7 @@ reads ``h_{t-1}`` from the outputs), which is all this layer is given.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import jax
@@ -44,7 +45,7 @@ from lstm_jax.kernels.native import (
     unsupported_here,
 )
 from lstm_jax.params import GRUWeights
-from lstm_jax.scan import over_time
+from lstm_jax.scan import carried_outputs, over_time
 
 __all__ = [
     "native_gru_auto_unsupported",
@@ -131,27 +132,34 @@ def _forward_train_jvp(primals, tangents):
     return outputs, out_tangents
 
 
-@jax.custom_vjp
-def _recurrence(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _recurrence(masked_steps, w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid):
+    """``ys, h``; ``masked_steps``: ``valid`` may have holes (a per-step ``mask``), not
+    only a ragged end, so the backward needs the carry behind each masked step."""
     ys, h, _ = _forward(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid, save=False)
     return ys, h
 
 
-def _recurrence_fwd(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid):
+def _recurrence_fwd(masked_steps, w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid):
     ys, h, act = _forward(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid, save=True)
     return (ys, h), (w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid, ys, act)
 
 
-def _recurrence_bwd(residuals, cotangents):
-    grads = _gradients(*residuals[:8], *cotangents, *residuals[8:])
+def _recurrence_bwd(masked_steps, residuals, cotangents):
+    *inputs, ys, act = residuals
+    h0, valid = inputs[5], inputs[7]
+    hs = carried_outputs(ys, h0, valid) if masked_steps else ys
+    grads = _gradients(*inputs, *cotangents, hs, act)
     return (*grads, None)  # no gradient for the validity mask
 
 
 @jax.custom_jvp
-def _gradients(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid, dys, dh, ys, act):
+def _gradients(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid, dys, dh, hs, act):
     """Gradients w.r.t. ``(w_ih, b_ih, w_hh, b_hh, xs, h0, mask)``: the native loop, then XLA.
 
-    ``ys, act`` are :func:`_forward_train`'s outputs for the same inputs.
+    ``act`` is :func:`_forward_train`'s output for the same inputs, ``hs (T, B, H)``
+    the hidden carry after each step (its ``ys`` where no step is masked;
+    :func:`lstm_jax.scan.carried_outputs`).
     """
     del b_ih, b_hh  # read through act
     steps, batch, inputs = xs.shape
@@ -160,14 +168,13 @@ def _gradients(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid, dys, dh, ys, act):
     results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state)
     dz, dh0, dmask = _ffi(
         "lstm_jax_native_gru_backward", results,
-        w_hh, act, dys, dh, _optional(mask, jnp.float32), _optional(valid, jnp.uint8), ys, h0,
+        w_hh, act, dys, dh, _optional(mask, jnp.float32), _optional(valid, jnp.uint8), hs, h0,
         aliases={1: 0},
     )  # fmt: skip
     rows = dz.reshape(steps * batch, 4 * hidden)  # [dr, dz, dn, dhn]
     d_input = rows[:, : 3 * hidden]
     d_recurrent = jnp.concatenate([rows[:, : 2 * hidden], rows[:, 3 * hidden :]], axis=1)
-    # h_{t-1} for every step: h0, then ys (the gradients are zero wherever ys was zeroed)
-    h_prev = jnp.concatenate([h0[None], ys[:-1]])  # [T, B, H]
+    h_prev = jnp.concatenate([h0[None], hs[:-1]])  # [T, B, H]: h_{t-1} for every step
     if mask is not None:
         h_prev = h_prev * mask[None]
     dw_hh = h_prev.reshape(steps * batch, hidden).T @ d_recurrent
@@ -179,7 +186,7 @@ def _gradients(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid, dys, dh, ys, act):
 
 @_gradients.defjvp
 def _gradients_jvp(primals, tangents):
-    """Derivatives of the gradients through the JAX reference forward's VJP. ``ys, act``
+    """Derivatives of the gradients through the JAX reference forward's VJP. ``hs, act``
     are functions of the other inputs, recomputed inside it, so their tangents are not
     used (they would count twice)."""
     valid = primals[7]
@@ -209,9 +216,11 @@ def native_gru_layer(
     recurrent_mask: Optional[Array] = None,
     unroll: int = 1,
     time_major: bool = False,
+    mask: Optional[Array] = None,
     compute_dtype=None,
 ) -> tuple[Array, Array]:
-    """One GRU layer with a native time loop; arguments as :func:`lstm_jax.scan.scan_layer`.
+    """One GRU layer with a native time loop; arguments as :func:`lstm_jax.scan.scan_layer`
+    (``mask`` included; not ``resets``).
 
     ``cell`` and ``unroll`` are accepted for signature compatibility; the gate
     math is that of :func:`lstm_jax.cells.gru_pointwise`, in C++.
@@ -232,20 +241,23 @@ def native_gru_layer(
         raise ValueError(f"backend='native': {reason}; use backend='auto' or 'scan'.")
     return native_gru_kernel_layer(
         cell, weights, xs, initial_carry, seq_lengths=seq_lengths, reverse=reverse,
-        recurrent_mask=recurrent_mask, unroll=unroll, time_major=time_major,
+        recurrent_mask=recurrent_mask, unroll=unroll, time_major=time_major, mask=mask,
     )  # fmt: skip
 
 
 def native_gru_kernel_layer(cell, weights, xs, initial_carry, *, seq_lengths=None, reverse=False,
-                            recurrent_mask=None, unroll=1, time_major=False, compute_dtype=None):  # fmt: skip
+                            recurrent_mask=None, unroll=1, time_major=False, mask=None,
+                            compute_dtype=None):  # fmt: skip
     """:func:`native_gru_layer` without its checks (the dispatcher made them)."""
     del cell, unroll, compute_dtype
     h0 = jnp.asarray(initial_carry, jnp.float32)
-    mask = None if recurrent_mask is None else jnp.asarray(recurrent_mask, jnp.float32)
+    dropout = None if recurrent_mask is None else jnp.asarray(recurrent_mask, jnp.float32)
     w = weights
 
     def run(xs, valid):  # over_time has zeroed xs where valid is False
         valid = None if valid is None else valid.astype(jnp.uint8)
-        return _recurrence(w.w_ih, w.b_ih, w.w_hh, w.b_hh, xs.astype(jnp.float32), h0, mask, valid)
+        return _recurrence(mask is not None, w.w_ih, w.b_ih, w.w_hh, w.b_hh,
+                           xs.astype(jnp.float32), h0, dropout, valid)  # fmt: skip
 
-    return over_time(run, xs, seq_lengths=seq_lengths, reverse=reverse, time_major=time_major)
+    return over_time(run, xs, seq_lengths=seq_lengths, reverse=reverse, time_major=time_major,
+                     mask=mask)  # fmt: skip
