@@ -65,6 +65,7 @@ from lstm_jax.params import LSTMWeights
 from lstm_jax.scan import over_time
 
 __all__ = [
+    "FFI_TARGETS",
     "dtype_unsupported",
     "native_auto_unsupported",
     "native_bf16_isa",
@@ -74,6 +75,7 @@ __all__ = [
     "native_lstm_layer",
     "native_unavailable",
     "native_unsupported",
+    "register_ffi_targets",
     "unsupported_here",
 ]
 
@@ -117,6 +119,20 @@ def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
     lib.LstmJaxNativeIsa.restype = ctypes.c_char_p
     lib.LstmJaxNativeBf16Isa.restype = ctypes.c_char_p
     return lib, None
+
+
+# the custom-call targets the kernels emit (lstm_jax.export lists them for jax.export)
+FFI_TARGETS: tuple[str, ...] = tuple(_TARGETS)
+
+
+def register_ffi_targets() -> Optional[str]:
+    """Load the extension and register its FFI handlers (no compilation); why not, or None.
+
+    ``import lstm_jax`` calls it, so that a deserialized ``jax.export`` artifact
+    holding these custom calls runs in a process that has not traced a native
+    kernel yet.
+    """
+    return _library()[1]
 
 
 def native_unavailable() -> Optional[str]:
