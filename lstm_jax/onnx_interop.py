@@ -29,7 +29,7 @@ direction runs over the valid part only (``sequence_lens``).
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import jax.numpy as jnp
 import numpy as np
@@ -94,7 +94,9 @@ def _onnx_weights(kind: str, directions: tuple) -> dict[str, np.ndarray]:
 def _check_exportable(params: Any, kind: str, nonlinearity: str) -> None:
     if kind == "RNN":
         if nonlinearity not in _NONLINEARITIES:
-            raise ValueError(f"nonlinearity must be one of {_NONLINEARITIES}, got {nonlinearity!r}.")
+            raise ValueError(
+                f"nonlinearity must be one of {_NONLINEARITIES}, got {nonlinearity!r}."
+            )
     elif nonlinearity != "tanh":
         raise ValueError(
             f"nonlinearity={nonlinearity!r} applies to RNNParams only; an {kind} has fixed "
@@ -313,9 +315,13 @@ def _check_attributes(kind: str, label: str, attrs: dict, nonlinearity: str) -> 
     num_directions = 2 if direction == "bidirectional" else 1
     for name in ("clip", "activation_alpha", "activation_beta"):
         if name in attrs:
-            raise ValueError(f"{label} has the attribute {name}, which lstm_jax's cells do not have.")
+            raise ValueError(
+                f"{label} has the attribute {name}, which lstm_jax's cells do not have."
+            )
     if attrs.get("input_forget", 0):
-        raise ValueError(f"{label} has input_forget=1 (coupled gates), which lstm_jax's LSTM has not.")
+        raise ValueError(
+            f"{label} has input_forget=1 (coupled gates), which lstm_jax's LSTM has not."
+        )
     if kind == "GRU" and attrs.get("linear_before_reset", 0) != 1:
         raise ValueError(
             f"{label} has linear_before_reset=0; lstm_jax's GRU (PyTorch's) applies the reset "
@@ -387,7 +393,9 @@ def _node_weights(kind, label, n, constants, attrs, num_directions, input_size, 
         if not jnp.issubdtype(a.dtype, jnp.floating):
             raise TypeError(f"{label}: {key} has dtype {a.dtype}, expected a floating dtype.")
         if dtype is not None and a.dtype != dtype:
-            raise TypeError(f"{label}: {key} has dtype {a.dtype}, expected {dtype} like the others.")
+            raise TypeError(
+                f"{label}: {key} has dtype {a.dtype}, expected {dtype} like the others."
+            )
         dtype = a.dtype
     if arrays["B"] is None:
         arrays["B"] = np.zeros((d, 2 * g), dtype)

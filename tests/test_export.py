@@ -22,7 +22,9 @@ import lstm_jax as lj
 from lstm_jax.kernels.native import native_unavailable
 from tests.test_accel import stub_cuda_rnn  # noqa: F401 (a fixture)
 
-pytest.importorskip("flatbuffers", reason="jax.export serialisation needs flatbuffers ([export] extra)")
+pytest.importorskip(
+    "flatbuffers", reason="jax.export serialisation needs flatbuffers ([export] extra)"
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NATIVE = native_unavailable() is None
@@ -43,8 +45,14 @@ def custom_calls(text: str) -> set[str]:
 def _run_python(code: str, *args, cwd) -> str:
     """``code`` in a fresh interpreter that imports this worktree's lstm_jax; its stdout."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc.stdout
 
@@ -90,8 +98,9 @@ def test_export_reloads_in_a_fresh_process(kind, tmp_path):
         assert any(c.startswith("lstm_jax_native_") for c in custom_calls(exp.mlir_module()))
     (tmp_path / "model.bin").write_bytes(exp.serialize(vjp_order=1))
     _save(tmp_path / "args.npz", (params, xs, LENGTHS))
-    out = _run_python(RELOAD, tmp_path / "model.bin", tmp_path / "args.npz", tmp_path / "out.npz",
-                      cwd=tmp_path)  # fmt: skip
+    out = _run_python(
+        RELOAD, tmp_path / "model.bin", tmp_path / "args.npz", tmp_path / "out.npz", cwd=tmp_path
+    )
     state_type = "LSTMState" if kind == "lstm" else "ArrayImpl"
     assert out.split() == [type(params).__name__, state_type]
 
@@ -126,16 +135,18 @@ def test_fused_export_of_plain_arrays_loads_without_lstm_jax(tmp_path):
     xs = jax.random.normal(jax.random.key(1), (B, T, I))
 
     def f(leaves, x, lengths):
-        ys, state = lj.lstm(jax.tree_util.tree_unflatten(treedef, leaves), x, seq_lengths=lengths,
-                            backend="fused")  # fmt: skip
+        ys, state = lj.lstm(
+            jax.tree_util.tree_unflatten(treedef, leaves), x, seq_lengths=lengths, backend="fused"
+        )
         return ys, state.h, state.c
 
     exp = export.export(jax.jit(f))(leaves, xs, LENGTHS)  # no disabled checks needed
     assert custom_calls(exp.mlir_module()) == set()
     (tmp_path / "model.bin").write_bytes(exp.serialize())
     _save(tmp_path / "args.npz", (leaves, xs, LENGTHS))
-    _run_python(PORTABLE, tmp_path / "model.bin", tmp_path / "args.npz", tmp_path / "out.npz",
-                cwd=tmp_path)  # fmt: skip
+    _run_python(
+        PORTABLE, tmp_path / "model.bin", tmp_path / "args.npz", tmp_path / "out.npz", cwd=tmp_path
+    )
     got = np.load(tmp_path / "out.npz")
     for i, want in enumerate(jax.jit(f)(leaves, xs, LENGTHS)):
         np.testing.assert_array_equal(got[f"arr_{i}"], np.asarray(want))
@@ -168,28 +179,40 @@ def test_safety_checks_cover_every_custom_call_emitted(stub_cuda_rnn):  # noqa: 
     def grad(fn, p, **kwargs):
         def loss(p, x):
             ys, state = fn(p, x, seq_lengths=LENGTHS, **kwargs)
-            return jnp.sum(ys * jnp.sin(ys)) + sum(jnp.sum(a) for a in jax.tree_util.tree_leaves(state))
+            return jnp.sum(ys * jnp.sin(ys)) + sum(
+                jnp.sum(a) for a in jax.tree_util.tree_leaves(state)
+            )
 
         return lambda x: jax.grad(loss, argnums=(0, 1))(p, x)
 
-    cases = [(make(fn, p, **kw), name) for make in (forward, grad) for fn, p, kw, name in (
-        (lj.lstm, params, {}, "lstm auto"),
-        (lj.lstm, params, {"backend": "pallas"}, "lstm pallas"),
-        (lj.gru, gru_params, {}, "gru auto"),
-    )]  # fmt: skip
+    cases = [
+        (make(fn, p, **kw), name)
+        for make in (forward, grad)
+        for fn, p, kw, name in (
+            (lj.lstm, params, {}, "lstm auto"),
+            (lj.lstm, params, {"backend": "pallas"}, "lstm pallas"),
+            (lj.gru, gru_params, {}, "gru auto"),
+        )
+    ]
     emitted = set()
     for fn, name in cases:
         for platform in ("cpu", "cuda", "tpu"):
             lowered = jax.jit(fn).trace(xs).lower(lowering_platforms=(platform,))
             emitted |= custom_calls(lowered.as_text())
-        exp = export.export(jax.jit(fn), platforms=["cpu", "cuda", "tpu"],
-                            disabled_checks=checks)(xs)  # fmt: skip
+        exp = export.export(jax.jit(fn), platforms=["cpu", "cuda", "tpu"], disabled_checks=checks)(
+            xs
+        )
         assert exp.platforms == ("cpu", "cuda", "tpu"), name
     expected = {"cudnn_rnn_ffi", "cudnn_rnn_bwd_ffi", "__gpu$xla.gpu.triton", "tpu_custom_call"}
     if NATIVE:
-        expected |= {"lstm_jax_native_forward_infer", "lstm_jax_native_forward_train",
-                     "lstm_jax_native_backward", "lstm_jax_native_gru_forward_infer",
-                     "lstm_jax_native_gru_forward_train", "lstm_jax_native_gru_backward"}  # fmt: skip
+        expected |= {
+            "lstm_jax_native_forward_infer",
+            "lstm_jax_native_forward_train",
+            "lstm_jax_native_backward",
+            "lstm_jax_native_gru_forward_infer",
+            "lstm_jax_native_gru_forward_train",
+            "lstm_jax_native_gru_backward",
+        }
     assert expected <= emitted  # the lowering really produced each kernel's calls
     assert emitted - stable <= allowed, sorted(emitted - stable - allowed)
 
@@ -205,18 +228,24 @@ def test_symbolic_batch_and_time(tmp_path):
     grad = jax.grad(lambda p, x, lengths: jnp.sum(f(p, x, lengths)[0] ** 2))
     checks = lj.export_safety_checks()
     spec = jax.ShapeDtypeStruct((b, t, I), jnp.float32), jax.ShapeDtypeStruct((b,), jnp.int32)
-    exp = export.deserialize(export.export(jax.jit(f), disabled_checks=checks)(params, *spec).serialize())
+    exp = export.deserialize(
+        export.export(jax.jit(f), disabled_checks=checks)(params, *spec).serialize()
+    )
     spec = jax.ShapeDtypeStruct((b, T, I), jnp.float32), jax.ShapeDtypeStruct((b,), jnp.int32)
     exp_grad = export.export(jax.jit(grad), disabled_checks=checks)(params, *spec)
     for batch, steps in ((2, T), (5, 9)):
         xs = jax.random.normal(jax.random.key(batch), (batch, steps, I))
         lengths = jnp.arange(batch, dtype=jnp.int32) % steps + 1
-        for a, b_ in zip(jax.tree_util.tree_leaves(exp.call(params, xs, lengths)),
-                         jax.tree_util.tree_leaves(jax.jit(f)(params, xs, lengths))):  # fmt: skip
+        for a, b_ in zip(
+            jax.tree_util.tree_leaves(exp.call(params, xs, lengths)),
+            jax.tree_util.tree_leaves(jax.jit(f)(params, xs, lengths)),
+        ):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b_))
         if steps == T:
-            for a, b_ in zip(jax.tree_util.tree_leaves(exp_grad.call(params, xs, lengths)),
-                             jax.tree_util.tree_leaves(jax.jit(grad)(params, xs, lengths))):  # fmt: skip
+            for a, b_ in zip(
+                jax.tree_util.tree_leaves(exp_grad.call(params, xs, lengths)),
+                jax.tree_util.tree_leaves(jax.jit(grad)(params, xs, lengths)),
+            ):
                 np.testing.assert_array_equal(np.asarray(a), np.asarray(b_))
 
 
@@ -225,8 +254,17 @@ def test_every_params_and_state_type_is_registered():
 
     from lstm_jax import export as lj_export
 
-    for nodetype in (lj.LSTMParams, lj.LSTMWeights, lj.LSTMState, lj.LayerNormWeights,
-                     lj.GRUParams, lj.GRUWeights, lj.RNNParams, lj.RNNWeights, lj.training.Dense):  # fmt: skip
+    for nodetype in (
+        lj.LSTMParams,
+        lj.LSTMWeights,
+        lj.LSTMState,
+        lj.LayerNormWeights,
+        lj.GRUParams,
+        lj.GRUWeights,
+        lj.RNNParams,
+        lj.RNNWeights,
+        lj.training.Dense,
+    ):
         assert serialization_registry[nodetype][0] == f"lstm_jax.{nodetype.__name__}"
     lj_export._register_serialization()  # a second registration (importlib.reload) is harmless
 
@@ -239,8 +277,9 @@ def test_params_with_every_variant_round_trip_through_serialization():
         return p, lj.lstm(p, x)
 
     xs = jnp.ones((2, 3, I))
-    exp = export.deserialize(export.export(jax.jit(f), disabled_checks=lj.export_safety_checks())(
-        params, xs).serialize())  # fmt: skip
+    exp = export.deserialize(
+        export.export(jax.jit(f), disabled_checks=lj.export_safety_checks())(params, xs).serialize()
+    )
     back, (ys, state) = exp.call(params, xs)
     assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(params)
     assert isinstance(state, lj.LSTMState)

@@ -27,7 +27,9 @@ def _session(model):
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1  # a shared 2-core machine
     options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
 
 
 def _inputs(batch, steps, seed=1):
@@ -94,10 +96,16 @@ def test_lstm_peepholes_and_relu_rnn():
     params = lj.init_rnn(jax.random.key(0), I, H, num_layers=2, bidirectional=True)
     model = lj.to_onnx(params, nonlinearity="relu")
     got = _session(model).run(None, {"xs": xs, "seq_lengths": lengths})
-    _assert_matches(got, _expected("rnn", lj.rnn, params, xs, lengths, nonlinearity="relu"), lengths)
+    _assert_matches(
+        got, _expected("rnn", lj.rnn, params, xs, lengths, nonlinearity="relu"), lengths
+    )
     back = lj.from_onnx(model, nonlinearity="relu")
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, back, params))
-    with pytest.raises(ValueError, match=r"activations \['relu', 'relu'\], expected \['tanh', 'tanh'\] \(pass nonlinearity='relu'"):
+    with pytest.raises(
+        ValueError,
+        match=r"activations \['relu', 'relu'\], expected \['tanh', 'tanh'\] "
+        r"\(pass nonlinearity='relu'",
+    ):
         lj.from_onnx(model)
 
 
@@ -105,16 +113,23 @@ def test_graph_interface():
     params = lj.init_lstm(jax.random.key(0), I, H, num_layers=2, bidirectional=True)
 
     def dims(values):
-        return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in values}
+        return {
+            v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in values
+        }
 
     model = lj.to_onnx(params, initial_state=True)
     assert dims(model.graph.input) == {
-        "xs": ["batch", "time", I], "seq_lengths": ["batch"],
-        "h_0": [4, "batch", H], "c_0": [4, "batch", H],
-    }  # fmt: skip
+        "xs": ["batch", "time", I],
+        "seq_lengths": ["batch"],
+        "h_0": [4, "batch", H],
+        "c_0": [4, "batch", H],
+    }
     assert dims(model.graph.output) == {
-        "ys": ["batch", "time", 2 * H], "h_n": [4, "batch", H], "c_n": [4, "batch", H],
-    }  # fmt: skip
+        "ys": ["batch", "time", 2 * H],
+        "h_n": [4, "batch", H],
+        "c_n": [4, "batch", H],
+    }
     assert model.graph.input[1].type.tensor_type.elem_type == onnx.TensorProto.INT32
     assert model.opset_import[0].version == lj.onnx_interop.OPSET
 
@@ -124,7 +139,9 @@ def test_from_onnx_inverts_to_onnx(kind):
     init, _ = CELLS[kind]
     params = init(jax.random.key(0), I, H, num_layers=3, bidirectional=True)
     if kind == "lstm":
-        params = lj.init_lstm(jax.random.key(0), I, H, num_layers=3, bidirectional=True, peephole=True)
+        params = lj.init_lstm(
+            jax.random.key(0), I, H, num_layers=3, bidirectional=True, peephole=True
+        )
     model = lj.to_onnx(params)
     for source in (model, model.SerializeToString()):
         back = lj.from_onnx(source)
@@ -135,7 +152,9 @@ def test_from_onnx_inverts_to_onnx(kind):
 
 
 def test_variants_onnx_cannot_express_raise():
-    with pytest.raises(ValueError, match=r"params.layers\[0\]\[0\] has a projection \(proj_size > 0, w_hr\)"):
+    with pytest.raises(
+        ValueError, match=r"params.layers\[0\]\[0\] has a projection \(proj_size > 0, w_hr\)"
+    ):
         lj.to_onnx(lj.init_lstm(jax.random.key(0), I, H, proj_size=2))
     with pytest.raises(ValueError, match=r"has layer norm \(layer_norm=True, ln\)"):
         lj.to_onnx(lj.init_lstm(jax.random.key(0), I, H, layer_norm=True))
@@ -157,8 +176,14 @@ def _torch_onnx(module, steps=5):
     f = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.randn(2, steps, module.input_size),), f, dynamo=False,
-                          input_names=["xs"], dynamic_axes={"xs": {0: "batch", 1: "time"}})  # fmt: skip
+        torch.onnx.export(
+            module,
+            (torch.randn(2, steps, module.input_size),),
+            f,
+            dynamo=False,
+            input_names=["xs"],
+            dynamic_axes={"xs": {0: "batch", 1: "time"}},
+        )
     return onnx.load_from_string(f.getvalue())
 
 
@@ -181,11 +206,15 @@ def test_from_onnx_of_torch_export_equals_from_torch(name):
 def _model(nodes, initializers, inputs=("xs",)):
     helper = onnx.helper
     graph = helper.make_graph(
-        nodes, "g",
+        nodes,
+        "g",
         [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in inputs],
-        [helper.make_tensor_value_info(n.output[0], onnx.TensorProto.FLOAT, None) for n in nodes[-1:]],
+        [
+            helper.make_tensor_value_info(n.output[0], onnx.TensorProto.FLOAT, None)
+            for n in nodes[-1:]
+        ],
         [onnx.numpy_helper.from_array(v, k) for k, v in initializers.items()],
-    )  # fmt: skip
+    )
     return helper.make_model(graph)
 
 
@@ -194,8 +223,10 @@ def _lstm_node(x="xs", y="y", w="W", r="R", name="lstm", **attrs):
 
 
 def _lstm_weights(inputs=I, suffix=""):
-    return {"W" + suffix: np.zeros((1, 4 * H, inputs), np.float32),
-            "R" + suffix: np.zeros((1, 4 * H, H), np.float32)}  # fmt: skip
+    return {
+        "W" + suffix: np.zeros((1, 4 * H, inputs), np.float32),
+        "R" + suffix: np.zeros((1, 4 * H, H), np.float32),
+    }
 
 
 def test_from_onnx_errors():
@@ -208,8 +239,11 @@ def test_from_onnx_errors():
     assert lj.from_onnx(_model([_lstm_node()], wide)).layers[0][0].w_ih.shape == (I + 1, 4 * H)
     bad = _lstm_weights()
     bad["R"] = np.zeros((1, 4 * H, H + 1), np.float32)
-    with pytest.raises(ValueError, match=r"R has shape \(1, 20, 6\), expected \(1, 20, 5\) = "
-                                         r"\(num_directions, 4 \* hidden_size, hidden_size\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"R has shape \(1, 20, 6\), expected \(1, 20, 5\) = "
+        r"\(num_directions, 4 \* hidden_size, hidden_size\)",
+    ):
         lj.from_onnx(_model([_lstm_node()], bad))
     with pytest.raises(ValueError, match=r"'lstm' \(layer 0\)'s W input 'W' is not an initializer"):
         lj.from_onnx(_model([_lstm_node()], {"R": _lstm_weights()["R"]}, inputs=("xs", "W")))
@@ -220,8 +254,11 @@ def test_from_onnx_errors():
     wrong_input = {**_lstm_weights(), **_lstm_weights(H + 1, "1")}
     stacked = [_lstm_node(), _lstm_node(x="y", y="y1", w="W1", r="R1", name="top")]
     lj.from_onnx(_model(stacked, two))  # the same stack with fitting weights loads
-    with pytest.raises(ValueError, match=r"'top' \(layer 1\).*W has shape \(1, 20, 6\), expected "
-                                         r"\(1, 20, 5\) = .*the layer below's num_directions"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"'top' \(layer 1\).*W has shape \(1, 20, 6\), expected "
+        r"\(1, 20, 5\) = .*the layer below's num_directions",
+    ):
         lj.from_onnx(_model(stacked, wrong_input))
     for attrs, message in (
         (dict(direction="reverse"), "direction='reverse'"),
@@ -232,11 +269,18 @@ def test_from_onnx_errors():
         with pytest.raises(ValueError, match=message):
             lj.from_onnx(_model([_lstm_node(**attrs)], _lstm_weights()))
     gru = onnx.helper.make_node("GRU", ["xs", "W", "R"], ["y"], name="gru", hidden_size=H)
-    gru_weights = {"W": np.zeros((1, 3 * H, I), np.float32), "R": np.zeros((1, 3 * H, H), np.float32)}
+    gru_weights = {
+        "W": np.zeros((1, 3 * H, I), np.float32),
+        "R": np.zeros((1, 3 * H, H), np.float32),
+    }
     with pytest.raises(ValueError, match="linear_before_reset=0"):
         lj.from_onnx(_model([gru], gru_weights))
-    mixed = [_lstm_node(), onnx.helper.make_node("GRU", ["y", "W1", "R1"], ["y1"], hidden_size=H,
-                                                 linear_before_reset=1)]  # fmt: skip
+    mixed = [
+        _lstm_node(),
+        onnx.helper.make_node(
+            "GRU", ["y", "W1", "R1"], ["y1"], hidden_size=H, linear_before_reset=1
+        ),
+    ]
     with pytest.raises(ValueError, match=r"mixes recurrent operators \['LSTM', 'GRU'\]"):
         lj.from_onnx(_model(mixed, {**_lstm_weights(), **gru_weights}))
     with pytest.raises(ValueError, match="nonlinearity='relu' applies to RNN nodes only"):
