@@ -85,8 +85,13 @@ def _onnx_weights(kind: str, directions: tuple) -> dict[str, np.ndarray]:
         b = [np.concatenate([_reorder(f32(d.b), order), np.zeros_like(f32(d.b))])
              for d in directions]  # fmt: skip
     weights = {"W": w, "R": r, "B": np.stack(b)}  # B: [D, 2*G*H]
-    if kind == "LSTM" and directions[0].w_peep is not None:
-        peep = [f32(d.w_peep)[list(_PEEP_TO_ONNX)].reshape(-1) for d in directions]
+    if kind == "LSTM" and any(d.w_peep is not None for d in directions):
+        hidden = r.shape[-1]
+        peep = [  # a direction without peepholes has zero ones
+            np.zeros(3 * hidden, np.float32) if d.w_peep is None
+            else f32(d.w_peep)[list(_PEEP_TO_ONNX)].reshape(-1)
+            for d in directions
+        ]  # fmt: skip
         weights["P"] = np.stack(peep)  # [D, 3H], gates i, o, f
     return weights
 
