@@ -228,6 +228,7 @@ def test_deploy_timing_checks_and_times_every_route(cell):
 
     rows = deploy.run_case((cell, 2, 4, 3, 8, 2, True), rounds=2)
     routes = [row.split(" | ")[1] for row in rows]
-    assert routes == ["jit", "export auto", f"export portable ({deploy.PORTABLE[cell]})",
+    portable = f"export portable ({deploy.PORTABLE[cell]}), jit(.call)"
+    assert routes == ["jit", "export auto, .call", "export auto, jit(.call)", portable,
                       "onnxruntime"]  # fmt: skip
     assert all(float(row.split(" | ")[2]) > 0 for row in rows)
