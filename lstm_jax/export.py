@@ -38,12 +38,13 @@ __all__ = ["CUSTOM_CALL_TARGETS", "export_safety_checks"]
 # Custom-call targets lstm_jax may emit, by kernel. jax.export keeps a list of
 # targets with a compatibility guarantee (Pallas TPU's "tpu_custom_call" is on
 # it); the others need a DisabledSafetyCheck each. cuDNN's names are jaxlib's
-# (gpu_rnn.py); the Pallas Triton kernel lowers to "__gpu$xla.gpu.triton" up to
-# jaxlib 0.10.2 and to "triton_kernel_call_ffi" after it.
+# (gpu_rnn.py: "cudnn_rnn*_ffi" in jaxlib 0.10, "cudnn_rnn*" in older ones); the
+# Pallas Triton kernel lowers to "__gpu$xla.gpu.triton" in jaxlib 0.10.2,
+# "triton_kernel_call_ffi" after it and "triton_kernel_call" in older ones.
 CUSTOM_CALL_TARGETS: dict[str, tuple[str, ...]] = {
     "native": native.FFI_TARGETS,
-    "cudnn": ("cudnn_rnn_ffi", "cudnn_rnn_bwd_ffi"),
-    "pallas_gpu": ("__gpu$xla.gpu.triton", "triton_kernel_call_ffi"),
+    "cudnn": ("cudnn_rnn_ffi", "cudnn_rnn_bwd_ffi", "cudnn_rnn", "cudnn_rnn_bwd"),
+    "pallas_gpu": ("__gpu$xla.gpu.triton", "triton_kernel_call_ffi", "triton_kernel_call"),
     "pallas_tpu": ("tpu_custom_call",),
 }
 
