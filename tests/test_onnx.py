@@ -135,7 +135,8 @@ def test_graph_interface():
 
 
 @pytest.mark.parametrize("kind", list(CELLS))
-def test_from_onnx_inverts_to_onnx(kind):
+def test_from_onnx_inverts_to_onnx(kind, tmp_path):
+    """From the model, its bytes or its file, with or without the initial-state inputs."""
     init, _ = CELLS[kind]
     params = init(jax.random.key(0), I, H, num_layers=3, bidirectional=True)
     if kind == "lstm":
@@ -143,7 +144,10 @@ def test_from_onnx_inverts_to_onnx(kind):
             jax.random.key(0), I, H, num_layers=3, bidirectional=True, peephole=True
         )
     model = lj.to_onnx(params)
-    for source in (model, model.SerializeToString()):
+    onnx.save(model, tmp_path / "model.onnx")
+    sources = (model, model.SerializeToString(), tmp_path / "model.onnx",
+               lj.to_onnx(params, initial_state=True))  # fmt: skip
+    for source in sources:
         back = lj.from_onnx(source)
         assert type(back) is type(params)
         assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(params)
