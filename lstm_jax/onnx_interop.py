@@ -257,7 +257,7 @@ def to_onnx(
         ir_version=_IR_VERSION,
         producer_name="lstm_jax",
     )
-    onnx.checker.check_model(model)
+    onnx.checker.check_model(model, full_check=True)  # shape inference included
     return model
 
 
