@@ -13,6 +13,7 @@ from lstm_jax import training
 from lstm_jax.cells import gru_cell
 from lstm_jax.cells import lstm_cell
 from lstm_jax.cells import rnn_cell
+from lstm_jax.export import export_safety_checks
 from lstm_jax.interop import from_flax
 from lstm_jax.interop import from_keras
 from lstm_jax.interop import from_torch
@@ -22,6 +23,8 @@ from lstm_jax.interop import to_torch
 from lstm_jax.network import gru
 from lstm_jax.network import lstm
 from lstm_jax.network import rnn
+from lstm_jax.onnx_interop import from_onnx
+from lstm_jax.onnx_interop import to_onnx
 from lstm_jax.params import GRUParams
 from lstm_jax.params import GRUWeights
 from lstm_jax.params import LayerNormWeights
@@ -69,6 +72,9 @@ __all__ = [
     "to_flax",
     "to_keras",
     "to_torch",
+    "export_safety_checks",
+    "to_onnx",
+    "from_onnx",
     "TrainState",
     "init_train_state",
     "make_optimizer",

@@ -217,3 +217,18 @@ def test_geomeans_keep_bfloat16_apart_and_targets_are_judged():
     assert "geomean speed-up over Flax: **2.50×** (target >= 2.0×: met)" in text
     assert "- B8 train: 8 ms vs `torch` 10 ms, **1.25×** (target: no slower: met)" in text
     assert "- B8 bf16 train: 15 ms vs `torch` 12 ms, **0.80×** (target: no slower: not met)" in text
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_deploy_timing_checks_and_times_every_route(cell):
+    """benchmarks/deploy.py: every deployed form is checked against jit, then timed."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("flatbuffers")
+    from benchmarks import deploy
+
+    rows = deploy.run_case((cell, 2, 4, 3, 8, 2, True), rounds=2)
+    routes = [row.split(" | ")[1] for row in rows]
+    portable = f"export portable ({deploy.PORTABLE[cell]}), jit(.call)"
+    assert routes == ["jit", "export auto, .call", "export auto, jit(.call)", portable,
+                      "onnxruntime"]  # fmt: skip
+    assert all(float(row.split(" | ")[2]) > 0 for row in rows)

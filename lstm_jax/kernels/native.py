@@ -77,6 +77,7 @@ from lstm_jax.params import LSTMWeights
 from lstm_jax.scan import carried_outputs, over_time
 
 __all__ = [
+    "FFI_TARGETS",
     "auto_unsupported_here",
     "check_settings",
     "dtype_unsupported",
@@ -90,6 +91,7 @@ __all__ = [
     "native_lstm_layer",
     "native_unavailable",
     "native_unsupported",
+    "register_ffi_targets",
     "unknown_settings",
     "unsupported_here",
 ]
@@ -224,6 +226,25 @@ def isa_fallbacks(environ: Mapping[str, str], isa: str, bf16_isa: str | None) ->
         )  # fmt: skip
         messages.append(f"{_BF16}={want!r}: this CPU (or OS, or build) does not have it; {instead}")
     return messages
+
+
+# the custom-call targets the kernels emit (lstm_jax.export lists them for jax.export)
+FFI_TARGETS: tuple[str, ...] = tuple(_TARGETS)
+
+
+def register_ffi_targets() -> Optional[str]:
+    """Load the extension and register its FFI handlers (no compilation); why not, or None.
+
+    ``import lstm_jax`` calls it, so that a deserialized ``jax.export`` artifact
+    holding these custom calls runs in a process that has not traced a native
+    kernel yet. An invalid ``LSTM_JAX_NATIVE_*`` setting does not stop the
+    import: its ``ValueError`` (:func:`check_settings`) is returned here and
+    raised at the first native call.
+    """
+    try:
+        return _library()[1]
+    except ValueError as error:
+        return str(error)
 
 
 def native_unavailable() -> Optional[str]:
