@@ -59,9 +59,11 @@ def valid_mask(num_steps: int, seq_lengths: Optional[Array]) -> Optional[Array]:
     return jnp.arange(num_steps)[:, None] < seq_lengths[None, :]
 
 
-def carried_outputs(ys: Array, h0: Array, valid: Optional[Array]) -> Array:
+def carried_outputs(ys: Array, h0: Array, valid: Optional[Array], starts: Optional[Array] = None,
+                    reset_h: Optional[Array] = None) -> Array:  # fmt: skip
     """The hidden carry after each step, from the outputs: ``ys`` where a step is valid,
-    else the carry before it (``h0`` before the first valid step).
+    else the carry before it (``h0`` before the first valid step), or ``reset_h`` after a
+    reset at an invalid step.
 
     A kernel's backward needs ``h_{t-1}``, the carry entering step ``t``. It is
     ``ys[t - 1]`` only where step ``t - 1`` was valid: a masked step outputs
@@ -72,6 +74,8 @@ def carried_outputs(ys: Array, h0: Array, valid: Optional[Array]) -> Array:
       ys: ``(T, B, H)`` time-major outputs, zero at invalid steps.
       h0: ``(B, H)`` the initial carry.
       valid: ``(T, B)`` bool, or None (every step valid: ``ys`` itself).
+      starts: optional ``(T, B)`` bool: the carry is reset to ``reset_h (B, H)``
+        before these steps (:func:`segment_starts`).
 
     Returns:
       ``(T, B, H)``: the carry after step ``t`` at ``[t]``.
@@ -79,9 +83,15 @@ def carried_outputs(ys: Array, h0: Array, valid: Optional[Array]) -> Array:
     if valid is None:
         return ys
     steps = jnp.arange(ys.shape[0])[:, None]  # [T, 1]
-    last = jax.lax.cummax(jnp.where(valid, steps, -1), axis=0)  # [T, B]: last valid step <= t
+    events = valid if starts is None else valid | starts  # steps that set the carry
+    last = jax.lax.cummax(jnp.where(events, steps, -1), axis=0)  # [T, B]
     stacked = jnp.concatenate([h0[None], ys])  # [T + 1, B, H]: h0 at -1 + 1
-    return jnp.take_along_axis(stacked, (last + 1)[:, :, None], axis=0)
+    carried = jnp.take_along_axis(stacked, (last + 1)[:, :, None], axis=0)
+    if starts is None:
+        return carried
+    # the last event was a reset at an invalid step: the carry is the reset carry
+    reset = jnp.take_along_axis(starts & ~valid, jnp.maximum(last, 0), axis=0) & (last >= 0)
+    return jnp.where(reset[:, :, None], reset_h, carried)
 
 
 def segment_starts(resets: Array, seq_lengths: Optional[Array], reverse: bool) -> Array:

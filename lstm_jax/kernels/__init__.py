@@ -20,9 +20,10 @@ backend    cells                  what it is
 backend does not implement:
 
 * ``"auto"`` routes it to ``"scan"`` silently (always correct), as it does
-  calls with per-step ``resets``. Calls with a per-step ``mask`` stay on the
-  kernels that take one (``"native"`` for the LSTM and GRU, ``"fused"``): on
-  CPU the native kernel, elsewhere ``"fused"`` for the LSTM.
+  GRU calls with per-step ``resets``. Calls with a per-step ``mask`` stay on
+  the kernels that take one (``"native"`` for the LSTM and GRU, ``"fused"``):
+  on CPU the native kernel, elsewhere ``"fused"`` for the LSTM; LSTM calls
+  with ``resets`` run ``"fused"`` (the native kernels have no resets yet).
 * ``"fused"``, ``"pallas"`` and ``"native"`` raise ``ValueError`` at trace
   time (``"native"`` also off CPU, for non-float32 parameters, for a compute
   dtype other than float32 or bfloat16, for bfloat16 on a CPU without
@@ -30,8 +31,8 @@ backend does not implement:
 * ``"cudnn"`` warns (``RuntimeWarning``) and runs ``"scan"``: also for
   non-float32 compute, recurrent dropout, ``vmap``, a jaxlib without its CUDA
   plugin, and on platforms other than ``cuda``.
-* ``resets`` with ``"fused"``, ``"pallas"``, ``"native"`` or ``"cudnn"``, and ``mask``
-  with ``"pallas"`` or ``"cudnn"``, raise ``ValueError`` at trace time.
+* ``resets`` with ``"pallas"``, ``"native"`` or ``"cudnn"``, and ``mask`` with
+  ``"pallas"`` or ``"cudnn"``, raise ``ValueError`` at trace time.
 * A cell kind outside a backend's list (e.g. ``gru`` with ``"fused"``) raises
   ``ValueError`` in :func:`select_layer`.
 * The GRU has one kernel, ``"native"``: explicitly it raises ``ValueError``
@@ -96,26 +97,30 @@ _KERNELS = {
 }
 
 
-# keywords every kernel takes, and the per-step mask (fused and native: the kernels
-# of _PER_STEP); any other (per-step resets) that is not None sends the call to
-# "scan", the one implementation that has them all
-_KERNEL_KEYWORDS = ("seq_lengths", "reverse", "recurrent_mask", "unroll", "time_major", "mask")
+# keywords every kernel takes
+_KERNEL_KEYWORDS = ("seq_lengths", "reverse", "recurrent_mask", "unroll", "time_major")
+
+# cell kind -> the per-step options "auto" keeps on a kernel (dispatch: each platform's
+# kernel where it takes them, else the fused LSTM); any other that is not None sends
+# the call to "scan", the one implementation that has them all
+_AUTO_PER_STEP = {"lstm": ("mask", "resets", "reset_to"), "gru": ("mask",)}
 
 # (cell kind, backend) -> the per-step options its layer takes
 _PER_STEP = {
-    ("lstm", "fused"): ("mask",),
+    ("lstm", "fused"): ("mask", "resets"),
     ("lstm", "native"): ("mask",),
     ("gru", "native"): ("mask",),
 }
 
 
 def _auto_layer(kind: str, cell, weights: Any, xs, *args, compute_dtype=None, **kwargs):
-    """``scan`` for peephole / layer-norm / projection LSTMs or ``resets``, else the
-    platform's kernel for ``kind``."""
-    extra = {k for k, v in kwargs.items() if k not in _KERNEL_KEYWORDS and v is not None}
+    """``scan`` for peephole / layer-norm / projection LSTMs and GRU calls with ``resets``,
+    else the platform's kernel for ``kind``."""
+    keep = _KERNEL_KEYWORDS + _AUTO_PER_STEP[kind]
+    extra = {k for k, v in kwargs.items() if k not in keep and v is not None}
     if extra or (kind == "lstm" and unsupported_variant(weights) is not None):
         return scan_layer(cell, weights, xs, *args, **kwargs)
-    kwargs = {k: v for k, v in kwargs.items() if k in _KERNEL_KEYWORDS}
+    kwargs = {k: v for k, v in kwargs.items() if k in keep}
     auto = auto_lstm_layer if kind == "lstm" else auto_gru_layer
     return auto(cell, weights, xs, *args, compute_dtype=compute_dtype, **kwargs)
 
@@ -124,15 +129,18 @@ def _without_per_step(backend: str, layer: Callable, takes: tuple[str, ...] = ()
     """``layer``, raising a ``ValueError`` when given ``resets`` or ``mask`` and it does
     not take it (``takes``)."""
 
-    def run(cell, weights, xs, initial_carry, *, resets=None, mask=None, **kwargs):
+    def run(cell, weights, xs, initial_carry, *, resets=None, mask=None, reset_to=None,
+            **kwargs):  # fmt: skip
         for name, value in (("resets", resets), ("mask", mask)):
             if value is not None and name not in takes:
                 raise ValueError(
                     f"backend={backend!r} does not implement {name}; use backend='auto' or "
                     f"'scan', which run calls with {name}."
                 )
-        if mask is not None:
-            kwargs["mask"] = mask
+            if value is not None:
+                kwargs[name] = value
+        if resets is not None and reset_to is not None:  # remat's blocks
+            kwargs["reset_to"] = reset_to
         return layer(cell, weights, xs, initial_carry, **kwargs)
 
     run.__wrapped__ = layer

@@ -45,20 +45,22 @@ class Kernel(NamedTuple):
     choice has one run inside a single custom VJP with the fused backward.
     ``unsupported(weights, xs, initial_carry, *, recurrent_mask, compute_dtype,
     time_major)`` returns why it cannot run a plain-LSTM call, or None.
-    ``mask``: its ``layer`` takes a per-step ``mask`` (the others run calls with
-    one as :data:`FALLBACK`'s own layer, :func:`fused_lstm_layer`).
+    ``per_step``: the per-step options its ``layer`` takes (``"mask"``,
+    ``"resets"``); a call with others runs :func:`fused_lstm_layer` (the LSTM's
+    :data:`FALLBACK`, which takes both) or ``scan`` (the GRU's).
     """
 
     layer: Optional[Callable] = None
     unsupported: Optional[Callable] = None
     forward: Optional[Callable] = None
-    mask: bool = False
+    per_step: tuple[str, ...] = ()
 
 
 KERNELS: dict[str, Kernel] = {
     "fused": Kernel(forward=fused_forward),
     "cudnn": Kernel(layer=cudnn_kernel_layer, unsupported=cudnn_unsupported),
-    "native": Kernel(layer=native_kernel_layer, unsupported=native_auto_unsupported, mask=True),
+    "native": Kernel(layer=native_kernel_layer, unsupported=native_auto_unsupported,
+                     per_step=("mask",)),
     "pallas_tpu": Kernel(forward=TPU_FORWARD, unsupported=tpu_unsupported),
 }
 
@@ -81,12 +83,12 @@ FALLBACK = "fused"  # other platforms (e.g. rocm) and calls a platform's kernel 
 
 def auto_lstm_layer(cell, weights: Any, xs, initial_carry, *, seq_lengths=None,
                     reverse: bool = False, recurrent_mask=None, unroll: int = 1,
-                    time_major: bool = False, mask=None, compute_dtype=None):  # fmt: skip
+                    time_major: bool = False, mask=None, resets=None, reset_to=None,
+                    compute_dtype=None):  # fmt: skip
     """The plain LSTM layer of ``backend="auto"``: :data:`AUTO_LSTM`'s kernel per platform.
 
-    Arguments as :func:`lstm_jax.scan.scan_layer` (``mask`` included, not
-    ``resets``); peephole / layer-norm / projection weights are routed to
-    ``scan`` by the caller.
+    Arguments as :func:`lstm_jax.scan.scan_layer`; peephole / layer-norm /
+    projection weights are routed to ``scan`` by the caller.
     """
     check = dict(recurrent_mask=recurrent_mask, compute_dtype=compute_dtype, time_major=time_major)
     chosen = {}
@@ -95,11 +97,14 @@ def auto_lstm_layer(cell, weights: Any, xs, initial_carry, *, seq_lengths=None,
         if unsupported is not None and unsupported(weights, xs, initial_carry, **check) is not None:
             name = FALLBACK
         chosen[platform] = name
-    if mask is not None:
-        return _masked_lstm_layer(cell, weights, xs, initial_carry, chosen, mask,
-                                  seq_lengths=seq_lengths, reverse=reverse,
-                                  recurrent_mask=recurrent_mask, unroll=unroll,
-                                  time_major=time_major, compute_dtype=compute_dtype)  # fmt: skip
+    per_step = {k: v for k, v in (("mask", mask), ("resets", resets)) if v is not None}
+    if per_step:
+        if resets is not None and reset_to is not None:
+            per_step["reset_to"] = reset_to
+        return _per_step_lstm_layer(cell, weights, xs, initial_carry, chosen, per_step,
+                                    seq_lengths=seq_lengths, reverse=reverse,
+                                    recurrent_mask=recurrent_mask, unroll=unroll,
+                                    time_major=time_major, compute_dtype=compute_dtype)  # fmt: skip
     forwards = {p: KERNELS[n].forward for p, n in chosen.items() if KERNELS[n].forward is not None}
     forwards[None] = KERNELS[FALLBACK].forward
     kwargs = dict(reverse=reverse, unroll=unroll, time_major=time_major, compute_dtype=compute_dtype)
@@ -119,27 +124,30 @@ def auto_lstm_layer(cell, weights: Any, xs, initial_carry, *, seq_lengths=None,
     return per_platform((weights, xs, initial_carry, seq_lengths, recurrent_mask), others, shared)
 
 
-def _masked_lstm_layer(cell, weights, xs, initial_carry, chosen, mask, *, seq_lengths,
-                       recurrent_mask, **kwargs):  # fmt: skip
-    """``auto_lstm_layer`` of a call with a per-step ``mask``: each platform's chosen kernel
-    where it takes masks, else :func:`fused_lstm_layer` (the shared-VJP forwards do not)."""
+def _per_step_lstm_layer(cell, weights, xs, initial_carry, chosen, per_step, *, seq_lengths,
+                         recurrent_mask, **kwargs):  # fmt: skip
+    """``auto_lstm_layer`` of a call with ``per_step`` options (``mask``, ``resets`` and its
+    ``reset_to``): each platform's chosen kernel where it takes them, else
+    :func:`fused_lstm_layer` (the shared-VJP forwards take none)."""
+    names = tuple(per_step)
 
     def branch(layer):
-        def run(weights, xs, initial_carry, seq_lengths, recurrent_mask, mask):
+        def run(weights, xs, initial_carry, seq_lengths, recurrent_mask, *values):
             return layer(cell, weights, xs, initial_carry, seq_lengths=seq_lengths,
-                         recurrent_mask=recurrent_mask, mask=mask, **kwargs)  # fmt: skip
+                         recurrent_mask=recurrent_mask, **dict(zip(names, values)), **kwargs)  # fmt: skip
 
         return run
 
-    fallback = branch(fused_lstm_layer)
-    layers = {p: branch(KERNELS[n].layer) for p, n in chosen.items() if KERNELS[n].mask}
-    args = (weights, xs, initial_carry, seq_lengths, recurrent_mask, mask)
-    return per_platform(args, layers, fallback)
+    wanted = set(names) - {"reset_to"}
+    layers = {p: branch(KERNELS[n].layer) for p, n in chosen.items()
+              if KERNELS[n].layer is not None and wanted <= set(KERNELS[n].per_step)}  # fmt: skip
+    args = (weights, xs, initial_carry, seq_lengths, recurrent_mask, *per_step.values())
+    return per_platform(args, layers, branch(fused_lstm_layer))
 
 
 GRU_KERNELS: dict[str, Kernel] = {
     "native": Kernel(layer=native_gru_kernel_layer, unsupported=native_gru_auto_unsupported,
-                     mask=True),
+                     per_step=("mask",)),
 }
 
 # platform -> the GRU kernel "auto" runs there (where it supports the call);
@@ -170,7 +178,7 @@ def auto_gru_layer(cell, weights: Any, xs, initial_carry, *, seq_lengths=None,
     kernels = {}
     for platform, name in AUTO_GRU.items():
         kernel = GRU_KERNELS[name]
-        if mask is not None and not kernel.mask:
+        if mask is not None and "mask" not in kernel.per_step:
             continue
         if kernel.unsupported(weights, xs, initial_carry, **check) is None:
             kernels[platform] = branch(kernel.layer)

@@ -134,7 +134,19 @@ def _stacks(count: int, shape, dtype, first_fill: float) -> tuple[Array, ...]:
     return tuple(jnp.full(shape, first_fill + k, dtype) for k in range(count))
 
 
-def _forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, *, compute_dtype, unroll, save):
+class Segments(NamedTuple):
+    """Where the carry is reset (``resets=``), in processing order: the
+    :func:`lstm_jax.scan.segment_starts` flags and what the carry becomes there."""
+
+    starts: Array  # (T, B) bool: reset the carry before step t
+    h: Array  # (B, H) the reset carry
+    c: Array  # (B, H)
+    last: Optional[Array]  # (T, B) bool: steps of the segment whose final carry is returned
+    # (the first processed one, in reverse), or None: the carry after the last step
+
+
+def _forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, *, compute_dtype, unroll, save,
+             segments: Optional[Segments] = None):  # fmt: skip
     """The recurrence over time-major ``xs: (T, B, I)``.
 
     Each step computes ``x_t @ w_ih + b + h @ w_hh``: on XLA:CPU this measured
@@ -153,7 +165,10 @@ def _forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, *, compute_dtype, unroll, s
     hidden = h0.shape[-1]
 
     def body(t, carry):
-        h, c, ys, saved = carry
+        h, c, ys, saved, final = carry
+        if segments is not None:
+            start = _index(segments.starts, t)[:, None]
+            h, c = jnp.where(start, segments.h, h), jnp.where(start, segments.c, c)
         hm = h if mask is None else h * mask
         gates = _dot(_index(xs, t), w_x, dtype) + bias + _dot(hm, w_c, dtype)  # [B, 4H]
         h_new, c_new = _POINTWISE(plain, gates, c)
@@ -168,13 +183,18 @@ def _forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, *, compute_dtype, unroll, s
             h_new = jnp.where(keep, h_new, h)
             c_new = jnp.where(keep, c_new, c)
             y = jnp.where(keep, y, jnp.zeros_like(y))
-        return h_new, c_new, _write(ys, y, t), saved
+        if final is not None:
+            last = _index(segments.last, t)[:, None]
+            final = (jnp.where(last, h_new, final[0]), jnp.where(last, c_new, final[1]))
+        return h_new, c_new, _write(ys, y, t), saved, final
 
     shape = (steps, batch, hidden)
     (ys,) = _stacks(1, shape, dtype, 0.0)
     saved = _stacks(len(Residuals._fields), shape, dtype, 1.0) if save else ()
-    h, c, ys, saved = jax.lax.fori_loop(0, steps, body, (h0, c0, ys, saved), unroll=unroll)
-    return ys, (h, c), (Residuals(*saved) if save else None)
+    final = (h0, c0) if segments is not None and segments.last is not None else None
+    h, c, ys, saved, final = jax.lax.fori_loop(0, steps, body, (h0, c0, ys, saved, final),
+                                               unroll=unroll)  # fmt: skip
+    return ys, (h, c) if final is None else final, (Residuals(*saved) if save else None)
 
 
 # Steps per block of the backward pass. Each block's gate gradients dz stay in
@@ -196,10 +216,11 @@ class Gradients(NamedTuple):
     h0: Array
     c0: Array
     mask: Optional[Array]
+    segments: Optional[Segments] = None  # the reset carry's gradients in h and c
 
 
 def _backward(w_ih, w_hh, xs, h0, mask, valid, hs, saved: Residuals, dys, dh, dc, *,
-              compute_dtype, unroll) -> Gradients:  # fmt: skip
+              compute_dtype, unroll, segments: Optional[Segments] = None) -> Gradients:  # fmt: skip
     """Gradients of ``ys, (h, c) = recurrence(xs, h0, c0)`` with input projection ``xs @ w_ih + b``.
 
     Walks the time steps backwards in blocks of :data:`BLOCK`. Per step: the
@@ -207,6 +228,8 @@ def _backward(w_ih, w_hh, xs, h0, mask, valid, hs, saved: Residuals, dys, dh, dc
     block: ``dw_hh += h_prev^T dz``, ``dw_ih += x^T dz``, ``db += sum(dz)`` and
     ``dx = dz @ w_ih^T``, one GEMM each over the block's rows. ``hs (T, B, R)`` is
     the hidden carry after each step (:func:`lstm_jax.scan.carried_outputs`).
+    With ``segments`` the carry gradient at a reset flows to the reset carry,
+    and the final carry's cotangent enters at the last step of ``segments.last``.
     """
     dtype = dys.dtype
     cd = compute_dtype or dtype
@@ -217,14 +240,30 @@ def _backward(w_ih, w_hh, xs, h0, mask, valid, hs, saved: Residuals, dys, dh, dc
     gates = w_hh.shape[-1]
     block = min(BLOCK, steps)
     with_mask = mask is not None
+    inject = None  # [T, B]: where the final carry's cotangent enters (the last step of last)
+    if segments is not None and segments.last is not None:
+        last = segments.last
+        inject = last & ~jnp.concatenate([last[1:], jnp.zeros_like(last[:1])])
+        d_final, dh, dc = (dh, dc), jnp.zeros_like(dh), jnp.zeros_like(dc)
 
     def gemm(a, b):
         return jnp.matmul(a.astype(cd), b.astype(cd), preferred_element_type=dtype)
 
+    def h_prev(t, hs_before):
+        """``h_{t-1}`` for steps ``t`` (``hs_before``: the carry after the step before each),
+        the reset carry where a segment starts."""
+        if segments is None:
+            return hs_before
+        return jnp.where(_index(segments.starts, t)[:, None], segments.h, hs_before)
+
     def step(j, start, carry):
         """Step ``start + j``: dz into row ``j`` of the block buffer, (dh, dc, dm) one step back."""
-        dh, dc, dm, dz_block = carry
+        dh, dc, dm, dz_block, d_reset = carry
         t = start + j
+        if inject is not None:
+            enter = _index(inject, t)[:, None]
+            dh = jnp.where(enter, dh + d_final[0], dh)
+            dc = jnp.where(enter, dc + d_final[1], dc)
         i, f, g, o, c_prev, tc = (_index(stack, t) for stack in saved)
         dh_t = dh + _index(dys, t)
         dc_t = dc + dh_t * o * (1.0 - tc * tc)
@@ -241,7 +280,7 @@ def _backward(w_ih, w_hh, xs, h0, mask, valid, hs, saved: Residuals, dys, dh, dc
         dh_prev = dhm if mask is None else dhm * mask
         dc_prev = dc_t * f
         if with_mask:
-            dm_new = dm + dhm * _h_prev(hs, h0, t)
+            dm_new = dm + dhm * h_prev(t, _h_prev(hs, h0, t))
         if valid is not None:
             keep = _index(valid, t)[:, None]
             dh_prev = jnp.where(keep, dh_prev, dh)
@@ -249,30 +288,40 @@ def _backward(w_ih, w_hh, xs, h0, mask, valid, hs, saved: Residuals, dys, dh, dc
             dz = jnp.where(keep, dz, jnp.zeros_like(dz))
             if with_mask:
                 dm_new = jnp.where(keep, dm_new, dm)
-        return dh_prev, dc_prev, (dm_new if with_mask else dm), _write(dz_block, dz, j)
+        if segments is not None:  # the carry entering step t was the reset carry
+            reset = _index(segments.starts, t)[:, None]
+            d_reset = (d_reset[0] + jnp.where(reset, dh_prev, 0.0),
+                       d_reset[1] + jnp.where(reset, dc_prev, 0.0))  # fmt: skip
+            dh_prev = jnp.where(reset, 0.0, dh_prev)
+            dc_prev = jnp.where(reset, 0.0, dc_prev)
+        dm = dm_new if with_mask else dm
+        return dh_prev, dc_prev, dm, _write(dz_block, dz, j), d_reset
 
     def run_block(start, size, carry):
         """Steps ``start + size - 1`` down to ``start`` (``size`` static), then the block's GEMMs."""
-        dh, dc, dm, dz_block, grads = carry
-        dh, dc, dm, dz_block = jax.lax.fori_loop(
-            0, size, lambda k, c: step(size - 1 - k, start, c), (dh, dc, dm, dz_block),
+        dh, dc, dm, dz_block, d_reset, grads = carry
+        dh, dc, dm, dz_block, d_reset = jax.lax.fori_loop(
+            0, size, lambda k, c: step(size - 1 - k, start, c), (dh, dc, dm, dz_block, d_reset),
             unroll=unroll,
         )  # fmt: skip
         dw_ih, db, dw_hh, dxs = grads
         dz = dz_block[:size].reshape(size * batch, gates)  # [rows, 4H]
         x_rows = jax.lax.dynamic_slice_in_dim(xs, start, size).reshape(size * batch, inputs)
         # h_{t-1} for the block's first step is hs[start - 1] or h0, for the rest hs[t - 1]
-        h_first = _h_prev(hs, h0, start)  # [B, R]
+        h_first = h_prev(start, _h_prev(hs, h0, start))  # [B, R]
         dw_hh = dw_hh + gemm((h_first if mask is None else h_first * mask).T, dz[:batch])
         if size > 1:
             h_rest = jax.lax.dynamic_slice_in_dim(hs, start, size - 1)  # [size - 1, B, R]
+            if segments is not None:
+                starts = jax.lax.dynamic_slice_in_dim(segments.starts, start + 1, size - 1)
+                h_rest = jnp.where(starts[..., None], segments.h, h_rest)
             h_rest = h_rest if mask is None else h_rest * mask[None]
             dw_hh = dw_hh + gemm(h_rest.reshape((size - 1) * batch, outputs).T, dz[batch:])
         dw_ih = dw_ih + gemm(x_rows.T, dz)
         db = db + jnp.sum(dz, axis=0)
         dx = gemm(dz, w_ih_t).reshape(size, batch, inputs)
         dxs = jax.lax.dynamic_update_slice_in_dim(dxs, dx, start, 0)
-        return dh, dc, dm, dz_block, (dw_ih, db, dw_hh, dxs)
+        return dh, dc, dm, dz_block, d_reset, (dw_ih, db, dw_hh, dxs)
 
     grads = (
         jnp.zeros(w_ih.shape, dtype), jnp.zeros((gates,), dtype), jnp.zeros(w_hh.shape, dtype),
@@ -280,17 +329,20 @@ def _backward(w_ih, w_hh, xs, h0, mask, valid, hs, saved: Residuals, dys, dh, dc
     )  # fmt: skip
     (dz_block,) = _stacks(1, (block, batch, gates), dtype, 9.0)
     dm0 = jnp.zeros_like(mask) if with_mask else None
-    carry = (dh, dc, dm0, dz_block, grads)
+    d_reset = None if segments is None else (jnp.zeros_like(dh), jnp.zeros_like(dc))
+    carry = (dh, dc, dm0, dz_block, d_reset, grads)
     full_blocks, remainder = divmod(steps, block)
     carry = jax.lax.fori_loop(
         0, full_blocks, lambda n, c: run_block(steps - (n + 1) * block, block, c), carry
     )
     if remainder:  # steps [0, remainder), last
         carry = run_block(0, remainder, carry)
-    dh0, dc0, dmask, _, (dw_ih, db, dw_hh, dxs) = carry
+    dh0, dc0, dmask, _, d_reset, (dw_ih, db, dw_hh, dxs) = carry
+    if segments is not None:
+        d_reset = Segments(starts=None, h=d_reset[0], c=d_reset[1], last=None)
     return Gradients(
         w_ih=dw_ih.astype(w_ih.dtype), b=db.astype(w_ih.dtype), w_hh=dw_hh.astype(w_hh.dtype),
-        xs=dxs.astype(xs.dtype), h0=dh0, c0=dc0, mask=dmask,
+        xs=dxs.astype(xs.dtype), h0=dh0, c0=dc0, mask=dmask, segments=d_reset,
     )  # fmt: skip
 
 
@@ -300,31 +352,38 @@ def _h_prev(hs, h0, t):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _recurrence(compute_dtype, unroll, w_ih, b, w_hh, xs, h0, c0, mask, valid):
+def _recurrence(compute_dtype, unroll, w_ih, b, w_hh, xs, h0, c0, mask, valid, segments=None):
     ys, (h, c), _ = _forward(
         w_ih, b, w_hh, xs, h0, c0, mask, valid,
-        compute_dtype=compute_dtype, unroll=unroll, save=False,
+        compute_dtype=compute_dtype, unroll=unroll, save=False, segments=segments,
     )  # fmt: skip
     return ys, h, c
 
 
-def _recurrence_fwd(compute_dtype, unroll, w_ih, b, w_hh, xs, h0, c0, mask, valid):
+def _recurrence_fwd(compute_dtype, unroll, w_ih, b, w_hh, xs, h0, c0, mask, valid,
+                    segments=None):  # fmt: skip
     ys, (h, c), saved = _forward(
         w_ih, b, w_hh, xs, h0, c0, mask, valid,
-        compute_dtype=compute_dtype, unroll=unroll, save=True,
+        compute_dtype=compute_dtype, unroll=unroll, save=True, segments=segments,
     )  # fmt: skip
-    return (ys, h, c), (w_ih, w_hh, xs, h0, mask, valid, ys, saved)
+    return (ys, h, c), (w_ih, w_hh, xs, h0, mask, valid, ys, saved, segments)
 
 
 def _recurrence_bwd(compute_dtype, unroll, residuals, cotangents):
-    w_ih, w_hh, xs, h0, mask, valid, ys, saved = residuals
+    """The gradients; ``residuals`` may lack the last item, ``segments`` (the shared VJP's)."""
+    w_ih, w_hh, xs, h0, mask, valid, ys, saved, *rest = residuals
+    segments = rest[0] if rest else None
     dys, dh, dc = cotangents
-    hs = carried_outputs(ys, h0, valid)  # h_{t-1} is hs[t - 1], also after a masked step
+    resets = (None, None) if segments is None else (segments.starts, segments.h)
+    hs = carried_outputs(ys, h0, valid, *resets)  # h_{t-1} is hs[t - 1], also after a masked step
     grads = _backward(
         w_ih, w_hh, xs, h0, mask, valid, hs, saved, dys, dh, dc,
-        compute_dtype=compute_dtype, unroll=unroll,
+        compute_dtype=compute_dtype, unroll=unroll, segments=segments,
     )  # fmt: skip
-    return (*grads, None)  # no gradient for the validity mask
+    *grads, d_segments = grads
+    if not rest:
+        return (*grads, None)  # no gradient for the validity mask
+    return (*grads, None, d_segments)
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
@@ -342,10 +401,12 @@ def fused_lstm_layer(
     unroll: int = 1,
     time_major: bool = False,
     mask: Optional[Array] = None,
+    resets: Optional[Array] = None,
+    reset_to: Optional[tuple[Array, Array]] = None,
     compute_dtype=None,
 ) -> tuple[Array, tuple[Array, Array]]:
     """One LSTM layer with a hand-written VJP; arguments as :func:`lstm_jax.scan.scan_layer`
-    (``mask`` included; not ``resets``).
+    (``mask``, ``resets`` and ``reset_to`` included).
 
     ``cell`` is accepted for signature compatibility; the gate math is
     :func:`lstm_jax.cells.lstm_pointwise`, and ``compute_dtype`` (the matmul input
@@ -367,13 +428,18 @@ def fused_lstm_layer(
     if reason is not None:
         raise ValueError(f"backend='fused': {reason}; use backend='scan' or 'auto'.")
     h0, c0 = initial_carry
+    reset_h, reset_c = initial_carry if reset_to is None else reset_to
 
-    def run(xs, valid):
+    def run(xs, valid, starts=None):
+        segments = None
+        if starts is not None:  # reverse: the first processed segment's final carry
+            last = (jnp.cumsum(starts, axis=0) == 0) if reverse else None
+            segments = Segments(starts, reset_h, reset_c, last)
         ys, h, c = _recurrence(
             compute_dtype, unroll, weights.w_ih, weights.b, weights.w_hh, xs, h0, c0,
-            recurrent_mask, valid,
+            recurrent_mask, valid, segments,
         )  # fmt: skip
         return ys, (h, c)
 
     return over_time(run, xs, seq_lengths=seq_lengths, reverse=reverse, time_major=time_major,
-                     mask=mask)  # fmt: skip
+                     mask=mask, resets=resets)  # fmt: skip
