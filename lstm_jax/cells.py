@@ -61,6 +61,7 @@ __all__ = [
     "lstm_input_projection",
     "lstm_recurrent_projection",
     "lstm_step",
+    "lstm_activations",
     "lstm_gates",
     "lstm_pointwise",
     "gru_input_projection",
@@ -118,6 +119,20 @@ def lstm_recurrent_projection(
     return gh
 
 
+def lstm_activations(gates: Array) -> tuple[Array, Array, Array, Array]:
+    """The four gate activations of a plain LSTM (no peepholes).
+
+    Args:
+      gates: ``(..., 4H)`` pre-activations, i, f, g, o.
+
+    Returns:
+      ``(i, f, g, o)``: sigmoid, sigmoid, tanh, sigmoid, each ``(..., H)`` (what
+      the kernels save for their backward passes).
+    """
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+
+
 def lstm_gates(
     w: LSTMWeights, gates: Array, c: Array
 ) -> tuple[tuple[Array, Array, Array, Array], Array]:
@@ -132,10 +147,12 @@ def lstm_gates(
       ``((i, f, g, o), c')``: the activations (sigmoid, sigmoid, tanh, sigmoid),
       each ``(..., H)``, and the new cell state ``(..., H)``.
     """
+    if w.w_peep is None:
+        i, f, g, o = lstm_activations(gates)
+        return (i, f, g, o), f * c + i * g
     i, f, g, o = jnp.split(gates, 4, axis=-1)
-    if w.w_peep is not None:
-        i = i + w.w_peep[0] * c
-        f = f + w.w_peep[1] * c
+    i = i + w.w_peep[0] * c
+    f = f + w.w_peep[1] * c
     i, f, g = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g)
     c_new = f * c + i * g
     if w.w_peep is not None:

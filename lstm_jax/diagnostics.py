@@ -47,7 +47,8 @@ from jax import Array
 
 from lstm_jax import cells
 from lstm_jax.params import GRUParams, LSTMParams, LSTMState, RNNParams
-from lstm_jax.scan import scan_layer, valid_mask
+from lstm_jax.scan import scan_layer
+from lstm_jax.sequence import valid_mask
 
 __all__ = [
     "StateGradients",

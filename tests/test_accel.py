@@ -187,18 +187,18 @@ def test_vmap_of_jitted_auto_with_cuda_plugin(stub_cuda_rnn):
 
 
 def test_auto_routes_unknown_per_step_options_to_scan(monkeypatch):
-    """A keyword the kernels lack (e.g. a future ``resets``) goes to scan when set, is dropped when None."""
+    """A keyword a cell's kernels lack (``resets`` for the GRU) goes to scan when set, is
+    dropped when None."""
     from lstm_jax import kernels
-    from lstm_jax.cells import lstm_kind
+    from lstm_jax.cells import gru_kind
 
     seen = []
     monkeypatch.setattr(kernels, "scan_layer", lambda *a, **kw: seen.append(kw) or "scan")
-    w, (xs, _) = _network(1, False).layers[0][0], _args()
-    carry = (jnp.zeros((B, H)), jnp.zeros((B, H)))
-    layer = kernels.select_layer("auto", "lstm")
-    assert layer(lstm_kind(), w, xs, carry, resets=jnp.zeros((B, T), bool)) == "scan"
+    w, (xs, _) = lj.init_gru(jax.random.key(0), I, H).layers[0][0], _args()
+    layer = kernels.select_layer("auto", "gru")
+    assert layer(gru_kind(), w, xs, jnp.zeros((B, H)), resets=jnp.zeros((B, T), bool)) == "scan"
     assert "resets" in seen[0]
-    ys, _ = layer(lstm_kind(), w, xs, carry, resets=None)
+    ys, _ = layer(gru_kind(), w, xs, jnp.zeros((B, H)), resets=None)
     assert ys.shape == (B, T, H) and len(seen) == 1
 
 

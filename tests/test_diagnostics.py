@@ -19,7 +19,7 @@ import pytest
 import lstm_jax as lj
 from lstm_jax import cells
 from lstm_jax import diagnostics as dg
-from lstm_jax.scan import reverse_sequences
+from lstm_jax.sequence import reverse_sequences
 
 INITS = {"lstm": lj.init_lstm, "gru": lj.init_gru, "rnn": lj.init_rnn}
 CELLS = {"lstm": cells.lstm_cell, "gru": cells.gru_cell, "rnn": cells.rnn_cell}

@@ -42,7 +42,8 @@ from lstm_jax.cells import Cell
 from lstm_jax.kernels.fused import unsupported_variant
 from lstm_jax.kernels.platform import per_platform, platform_only
 from lstm_jax.params import LSTMWeights
-from lstm_jax.scan import reverse_sequences, scan_layer
+from lstm_jax.scan import scan_layer
+from lstm_jax.sequence import reverse_sequences
 
 __all__ = ["cudnn_lstm_layer", "cudnn_kernel_layer", "to_cudnn_weights", "cudnn_unsupported"]
 

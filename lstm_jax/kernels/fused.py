@@ -50,11 +50,20 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from lstm_jax.cells import Cell, lstm_pointwise
+from lstm_jax.cells import Cell, lstm_activations, lstm_pointwise
 from lstm_jax.params import LSTMWeights
-from lstm_jax.scan import carried_outputs, over_time
+from lstm_jax.sequence import carried_outputs, over_time
 
-__all__ = ["fused_lstm_layer", "unsupported_variant"]
+__all__ = [
+    "Residuals",
+    "Segments",
+    "backward",
+    "forward",
+    "fused_lstm_layer",
+    "recurrence",
+    "recurrence_bwd",
+    "unsupported_variant",
+]
 
 
 def unsupported_variant(weights: Any) -> Optional[str]:
@@ -73,12 +82,6 @@ def unsupported_variant(weights: Any) -> Optional[str]:
 def _dot(x: Array, w: Array, out_dtype) -> Array:
     """``x @ w`` with ``w`` already in the compute dtype, accumulated in ``out_dtype``."""
     return jnp.matmul(x.astype(w.dtype), w, preferred_element_type=out_dtype).astype(out_dtype)
-
-
-def _activations(gates: Array) -> tuple[Array, Array, Array, Array]:
-    """The four gate activations from ``(B, 4H)`` pre-activations (what the backward needs)."""
-    i, f, g, o = jnp.split(gates, 4, axis=-1)
-    return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
 
 
 _POINTWISE = jax.vmap(lstm_pointwise, in_axes=(None, 0, 0))  # over the batch
@@ -136,7 +139,7 @@ def _stacks(count: int, shape, dtype, first_fill: float) -> tuple[Array, ...]:
 
 class Segments(NamedTuple):
     """Where the carry is reset (``resets=``), in processing order: the
-    :func:`lstm_jax.scan.segment_starts` flags and what the carry becomes there."""
+    :func:`lstm_jax.sequence.segment_starts` flags and what the carry becomes there."""
 
     starts: Array  # (T, B) bool: reset the carry before step t
     h: Array  # (B, H) the reset carry
@@ -145,7 +148,7 @@ class Segments(NamedTuple):
     # (the first processed one, in reverse), or None: the carry after the last step
 
 
-def _forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, *, compute_dtype, unroll, save,
+def forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, *, compute_dtype, unroll, save,
              segments: Optional[Segments] = None):  # fmt: skip
     """The recurrence over time-major ``xs: (T, B, I)``.
 
@@ -175,7 +178,7 @@ def _forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, *, compute_dtype, unroll, s
         if save:  # XLA shares these with lstm_pointwise's identical expressions
             saved = tuple(
                 _write(stack, value, t)
-                for stack, value in zip(saved, (*_activations(gates), c, jnp.tanh(c_new)))
+                for stack, value in zip(saved, (*lstm_activations(gates), c, jnp.tanh(c_new)))
             )
         y = h_new
         if valid is not None:
@@ -207,7 +210,7 @@ BLOCK = 32
 
 
 class Gradients(NamedTuple):
-    """What :func:`_backward` returns: gradients w.r.t. the recurrence's inputs."""
+    """What :func:`backward` returns: gradients w.r.t. the recurrence's inputs."""
 
     w_ih: Array
     b: Array
@@ -219,7 +222,7 @@ class Gradients(NamedTuple):
     segments: Optional[Segments] = None  # the reset carry's gradients in h and c
 
 
-def _backward(w_ih, w_hh, xs, h0, mask, valid, hs, saved: Residuals, dys, dh, dc, *,
+def backward(w_ih, w_hh, xs, h0, mask, valid, hs, saved: Residuals, dys, dh, dc, *,
               compute_dtype, unroll, segments: Optional[Segments] = None) -> Gradients:  # fmt: skip
     """Gradients of ``ys, (h, c) = recurrence(xs, h0, c0)`` with input projection ``xs @ w_ih + b``.
 
@@ -227,7 +230,7 @@ def _backward(w_ih, w_hh, xs, h0, mask, valid, hs, saved: Residuals, dys, dh, dc
     gate pre-activation gradients ``dz (B, 4H)`` and one ``dz @ w_hh^T``. Per
     block: ``dw_hh += h_prev^T dz``, ``dw_ih += x^T dz``, ``db += sum(dz)`` and
     ``dx = dz @ w_ih^T``, one GEMM each over the block's rows. ``hs (T, B, R)`` is
-    the hidden carry after each step (:func:`lstm_jax.scan.carried_outputs`).
+    the hidden carry after each step (:func:`lstm_jax.sequence.carried_outputs`).
     With ``segments`` the carry gradient at a reset flows to the reset carry,
     and the final carry's cotangent enters at the last step of ``segments.last``.
     """
@@ -352,31 +355,31 @@ def _h_prev(hs, h0, t):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _recurrence(compute_dtype, unroll, w_ih, b, w_hh, xs, h0, c0, mask, valid, segments=None):
-    ys, (h, c), _ = _forward(
+def recurrence(compute_dtype, unroll, w_ih, b, w_hh, xs, h0, c0, mask, valid, segments=None):
+    ys, (h, c), _ = forward(
         w_ih, b, w_hh, xs, h0, c0, mask, valid,
         compute_dtype=compute_dtype, unroll=unroll, save=False, segments=segments,
     )  # fmt: skip
     return ys, h, c
 
 
-def _recurrence_fwd(compute_dtype, unroll, w_ih, b, w_hh, xs, h0, c0, mask, valid,
+def recurrence_fwd(compute_dtype, unroll, w_ih, b, w_hh, xs, h0, c0, mask, valid,
                     segments=None):  # fmt: skip
-    ys, (h, c), saved = _forward(
+    ys, (h, c), saved = forward(
         w_ih, b, w_hh, xs, h0, c0, mask, valid,
         compute_dtype=compute_dtype, unroll=unroll, save=True, segments=segments,
     )  # fmt: skip
     return (ys, h, c), (w_ih, w_hh, xs, h0, mask, valid, ys, saved, segments)
 
 
-def _recurrence_bwd(compute_dtype, unroll, residuals, cotangents):
+def recurrence_bwd(compute_dtype, unroll, residuals, cotangents):
     """The gradients; ``residuals`` may lack the last item, ``segments`` (the shared VJP's)."""
     w_ih, w_hh, xs, h0, mask, valid, ys, saved, *rest = residuals
     segments = rest[0] if rest else None
     dys, dh, dc = cotangents
     resets = (None, None) if segments is None else (segments.starts, segments.h)
     hs = carried_outputs(ys, h0, valid, *resets)  # h_{t-1} is hs[t - 1], also after a masked step
-    grads = _backward(
+    grads = backward(
         w_ih, w_hh, xs, h0, mask, valid, hs, saved, dys, dh, dc,
         compute_dtype=compute_dtype, unroll=unroll, segments=segments,
     )  # fmt: skip
@@ -386,7 +389,7 @@ def _recurrence_bwd(compute_dtype, unroll, residuals, cotangents):
     return (*grads, None, d_segments)
 
 
-_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+recurrence.defvjp(recurrence_fwd, recurrence_bwd)
 
 
 def fused_lstm_layer(
@@ -435,7 +438,7 @@ def fused_lstm_layer(
         if starts is not None:  # reverse: the first processed segment's final carry
             last = (jnp.cumsum(starts, axis=0) == 0) if reverse else None
             segments = Segments(starts, reset_h, reset_c, last)
-        ys, h, c = _recurrence(
+        ys, h, c = recurrence(
             compute_dtype, unroll, weights.w_ih, weights.b, weights.w_hh, xs, h0, c0,
             recurrent_mask, valid, segments,
         )  # fmt: skip

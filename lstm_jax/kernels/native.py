@@ -68,13 +68,12 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from lstm_jax.cells import Cell, lstm_pointwise, matmul
-from lstm_jax.kernels.fused import _activations
-from lstm_jax.kernels.fused import _recurrence as fused_recurrence
+from lstm_jax.cells import Cell, lstm_activations, lstm_pointwise, matmul
+from lstm_jax.kernels.fused import recurrence as fused_recurrence
 from lstm_jax.kernels.fused import unsupported_variant
 from lstm_jax.kernels.platform import platform_only
 from lstm_jax.params import LSTMWeights
-from lstm_jax.scan import carried_outputs, over_time
+from lstm_jax.sequence import carried_outputs, over_time
 
 __all__ = [
     "FFI_TARGETS",
@@ -460,7 +459,7 @@ def _forward_reference_time_major(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
         cd = jnp.bfloat16 if bf16 else None  # the cells' matmul: bf16 inputs, float32 sums
         gates = matmul(x, w_ih, cd) + b[None] + matmul(h if mask is None else h * mask, w_hh, cd)
         h_new, c_new = jax.vmap(lstm_pointwise, in_axes=(None, 0, 0))(plain, gates, c)
-        act = jnp.concatenate(_activations(gates), axis=-1)  # the saved (B, 4H) activations
+        act = jnp.concatenate(lstm_activations(gates), axis=-1)  # the saved (B, 4H) activations
         y = h_new
         if keep is not None:
             keep = keep[:, None] != 0
@@ -513,7 +512,7 @@ def _gradients(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, d
 
     ``ys, act, cs, xh_t, w_t`` are :func:`_forward_train`'s outputs for the same inputs,
     except that ``ys`` is the hidden carry after each step where steps are masked
-    (:func:`lstm_jax.scan.carried_outputs`); ``xs, dys, ys`` are in one layout
+    (:func:`lstm_jax.sequence.carried_outputs`); ``xs, dys, ys`` are in one layout
     (``batch_major`` or not), ``act, cs`` time-major.
     With ``bf16`` every GEMM takes bfloat16 inputs and sums in float32, all operands
     row-major with the contracted axis of the left one last: XLA:CPU's bf16 dot

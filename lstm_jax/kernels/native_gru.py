@@ -45,7 +45,7 @@ from lstm_jax.kernels.native import (
     unsupported_here,
 )
 from lstm_jax.params import GRUWeights
-from lstm_jax.scan import carried_outputs, over_time
+from lstm_jax.sequence import carried_outputs, over_time
 
 __all__ = [
     "native_gru_auto_unsupported",
@@ -159,7 +159,7 @@ def _gradients(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid, dys, dh, hs, act):
 
     ``act`` is :func:`_forward_train`'s output for the same inputs, ``hs (T, B, H)``
     the hidden carry after each step (its ``ys`` where no step is masked;
-    :func:`lstm_jax.scan.carried_outputs`).
+    :func:`lstm_jax.sequence.carried_outputs`).
     """
     del b_ih, b_hh  # read through act
     steps, batch, inputs = xs.shape

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 from typing import Optional
 
-import jax
 from jax import Array
 
 from lstm_jax.cells import Cell

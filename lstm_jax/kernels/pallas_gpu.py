@@ -35,10 +35,10 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltr
 
-from lstm_jax.cells import lstm_pointwise
-from lstm_jax.kernels.fused import Residuals, _activations
-from lstm_jax.kernels.pallas_tpu import _out_shape, _pad, _pad_gates, _round_up
+from lstm_jax.cells import lstm_activations, lstm_pointwise
+from lstm_jax.kernels.fused import Residuals
 from lstm_jax.kernels.platform import lowering_error, platform_only
+from lstm_jax.kernels.tiling import forward_shapes, pad, pad_gates, round_up
 from lstm_jax.params import LSTMWeights
 
 __all__ = ["BATCH_TILE", "TILE", "MAX_SMEM_BYTES", "smem_bytes", "gpu_forward"]
@@ -100,7 +100,7 @@ def _kernel(gx_ref, w_ref, h0_ref, c0_ref, mask_ref, len_ref, ys_ref, *refs,
             c_prev = cbuf[rows, cols]
             h_prev = hbuf[read, rows, cols]
             h_new, c_new = lstm_pointwise(plain, gates, c_prev)
-            for ref, value in zip(res_refs, (*_activations(gates), c_prev, jnp.tanh(c_new))):
+            for ref, value in zip(res_refs, (*lstm_activations(gates), c_prev, jnp.tanh(c_new))):
                 ref[t, rows, cols] = value
             ys_ref[t, rows, cols] = jnp.where(keep, h_new, 0.0)
             hbuf[write, rows, cols] = jnp.where(keep, h_new, h_prev)
@@ -138,7 +138,7 @@ def gpu_forward(w_hh, gx, h0, c0, mask, lengths, *, compute_dtype, save, interpr
     steps, batch, gates = gx.shape
     hidden = gates // 4
     cd = jnp.dtype(compute_dtype or jnp.float32)
-    bp, hp = _round_up(batch, BATCH_TILE), _round_up(hidden, TILE)
+    bp, hp = round_up(batch, BATCH_TILE), round_up(hidden, TILE)
     need = smem_bytes(max(cd.itemsize, 4))
     message = None
     if need > MAX_SMEM_BYTES:
@@ -151,17 +151,17 @@ def gpu_forward(w_hh, gx, h0, c0, mask, lengths, *, compute_dtype, save, interpr
         message = f"backend='pallas' on GPU: {message}; use backend='fused' or 'auto'."
         if interpret:
             raise ValueError(message)
-        return lowering_error(message, _out_shape(steps, batch, hidden, save))
+        return lowering_error(message, forward_shapes(steps, batch, hidden, save))
     f32 = jnp.float32
-    state = lambda x: _pad(x.astype(f32), (bp, hp))  # noqa: E731
+    state = lambda x: pad(x.astype(f32), (bp, hp))  # noqa: E731
     full = jnp.full((batch,), steps, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
     args = (
-        _chunk_major(_pad(_pad_gates(gx.astype(f32), hidden, hp), (steps, bp, 4 * hp)), hp),
-        _chunk_major(_pad(_pad_gates(w_hh, hidden, hp), (hp, 4 * hp)), hp).astype(cd),
+        _chunk_major(pad(pad_gates(gx.astype(f32), hidden, hp), (steps, bp, 4 * hp)), hp),
+        _chunk_major(pad(pad_gates(w_hh, hidden, hp), (hp, 4 * hp)), hp).astype(cd),
         state(h0),
         state(c0),
         state(jnp.ones_like(h0) if mask is None else mask),
-        _pad(full, (bp,)),
+        pad(full, (bp,)),
     )
     stack = jax.ShapeDtypeStruct((steps, bp, hp), f32)
     carry = jax.ShapeDtypeStruct((bp, hp), f32)

@@ -31,18 +31,17 @@ compiled by libtpu or run on a TPU in this project (none was available).
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-from jax import Array
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from lstm_jax.cells import lstm_pointwise
-from lstm_jax.kernels.fused import Residuals, _activations, unsupported_variant
+from lstm_jax.cells import lstm_activations, lstm_pointwise
+from lstm_jax.kernels.fused import Residuals, unsupported_variant
 from lstm_jax.kernels.platform import lowering_error, platform_only
+from lstm_jax.kernels.tiling import forward_shapes, pad, pad_gates, round_up
 from lstm_jax.params import LSTMWeights
 
 __all__ = ["VMEM_BUDGET", "Plan", "plan", "tpu_forward", "tpu_unsupported"]
@@ -66,9 +65,6 @@ class Plan(NamedTuple):
     time_block: int
     vmem_bytes: int
 
-
-def _round_up(x: int, m: int) -> int:
-    return -(-x // m) * m
 
 
 def _vmem_bytes(bb, hp, tt, w_itemsize, save) -> int:
@@ -97,16 +93,16 @@ def plan(batch: int, steps: int, hidden: int, w_itemsize: int, *, save: bool = T
     >>> plan(8, 10, 4096, 4) is None  # w_hh alone is 256 MiB
     True
     """
-    hp = _round_up(hidden, LANES)
-    bp = _round_up(batch, SUBLANES)
+    hp = round_up(hidden, LANES)
+    bp = round_up(batch, SUBLANES)
     bb = bp if bp <= MAX_BATCH_TILE else BATCH_TILE
-    bp = _round_up(bp, bb)
+    bp = round_up(bp, bb)
     fitting = [tt for tt in TIME_BLOCKS
                if budget is None or _vmem_bytes(bb, hp, tt, w_itemsize, save) <= budget]  # fmt: skip
     if not fitting:
         return None
-    tt = min(fitting, key=lambda tt: (_round_up(steps, tt), -tt))  # least padding, then largest
-    return Plan(bp, hp, _round_up(steps, tt), bb, tt, _vmem_bytes(bb, hp, tt, w_itemsize, save))
+    tt = min(fitting, key=lambda tt: (round_up(steps, tt), -tt))  # least padding, then largest
+    return Plan(bp, hp, round_up(steps, tt), bb, tt, _vmem_bytes(bb, hp, tt, w_itemsize, save))
 
 
 def _w_itemsize(w_hh, compute_dtype) -> int:
@@ -129,31 +125,14 @@ def tpu_unsupported(weights, xs, initial_carry=None, *, recurrent_mask=None,
 
 
 def _too_big(hidden: int, itemsize: int) -> str:
-    need = _vmem_bytes(SUBLANES, _round_up(hidden, LANES), 1, itemsize, True)
+    need = _vmem_bytes(SUBLANES, round_up(hidden, LANES), 1, itemsize, True)
     return (
         f"hidden size {hidden} needs at least {need / 2**20:.1f} MiB of VMEM "
         f"(w_hh resident), more than VMEM_BUDGET = {VMEM_BUDGET / 2**20:.0f} MiB"
     )
 
 
-def _out_shape(steps, batch, hidden, save):
-    """What a forward returns: ``(ys, residuals or None, h, c)`` as shapes."""
-    stack = jax.ShapeDtypeStruct((steps, batch, hidden), jnp.float32)
-    carry = jax.ShapeDtypeStruct((batch, hidden), jnp.float32)
-    return stack, (Residuals(*(stack,) * len(Residuals._fields)) if save else None), carry, carry
 
-
-def _pad_gates(x: Array, hidden: int, padded: int) -> Array:
-    """Pad each of the four gate blocks of the last axis from ``hidden`` to ``padded``."""
-    if padded == hidden:
-        return x
-    x = x.reshape(*x.shape[:-1], 4, hidden)
-    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, padded - hidden)])
-    return x.reshape(*x.shape[:-2], 4 * padded)
-
-
-def _pad(x: Array, shape: tuple) -> Array:
-    return jnp.pad(x, [(0, s - d) for d, s in zip(x.shape, shape)])
 
 
 def _kernel(*refs, time_block, masked, ragged, save):
@@ -179,7 +158,7 @@ def _kernel(*refs, time_block, masked, ragged, save):
         w = w_ref[...]
         gates = gx_ref[j] + jnp.dot(hm.astype(w.dtype), w, preferred_element_type=jnp.float32)
         h_new, c_new = lstm_pointwise(plain, gates, c)
-        for ref, value in zip(res_refs, (*_activations(gates), c, jnp.tanh(c_new))):
+        for ref, value in zip(res_refs, (*lstm_activations(gates), c, jnp.tanh(c_new))):
             ref[j] = value
         y = h_new
         if ragged:
@@ -219,14 +198,14 @@ def tpu_forward(w_hh, gx, h0, c0, mask, lengths, *, compute_dtype, save, interpr
     p = plan(batch, steps, hidden, cd.itemsize, save=save, budget=None if interpret else VMEM_BUDGET)
     if p is None:  # raised when lowered for TPU: other platforms' branches are traced too
         message = f"backend='pallas' on TPU: {_too_big(hidden, cd.itemsize)}; use backend='fused' or 'auto'."
-        return lowering_error(message, _out_shape(steps, batch, hidden, save))
+        return lowering_error(message, forward_shapes(steps, batch, hidden, save))
     bp, hp, tp, bb, tt = p.batch, p.hidden, p.steps, p.batch_tile, p.time_block
     f32 = jnp.float32
     ragged = lengths is not None or tp != steps
     masked = mask is not None
-    w = _pad(_pad_gates(w_hh, hidden, hp), (hp, 4 * hp)).astype(cd)
-    gx = _pad(_pad_gates(gx.astype(f32), hidden, hp), (tp, bp, 4 * hp))
-    state = lambda x: _pad(x.astype(f32), (bp, hp))  # noqa: E731
+    w = pad(pad_gates(w_hh, hidden, hp), (hp, 4 * hp)).astype(cd)
+    gx = pad(pad_gates(gx.astype(f32), hidden, hp), (tp, bp, 4 * hp))
+    state = lambda x: pad(x.astype(f32), (bp, hp))  # noqa: E731
     args = [gx, w, state(h0), state(c0)]
     carry_spec = pl.BlockSpec((bb, hp), lambda b, t: (b, 0))
     in_specs = [
@@ -240,7 +219,7 @@ def tpu_forward(w_hh, gx, h0, c0, mask, lengths, *, compute_dtype, save, interpr
         in_specs.append(carry_spec)
     if ragged:
         full = jnp.full((batch,), steps, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
-        args.append(_pad(full, (bp,))[:, None])
+        args.append(pad(full, (bp,))[:, None])
         in_specs.append(pl.BlockSpec((bb, 1), lambda b, t: (b, 0)))
     stack = jax.ShapeDtypeStruct((tp, bp, hp), f32)
     stack_spec = pl.BlockSpec((tt, bb, hp), lambda b, t: (t, b, 0))

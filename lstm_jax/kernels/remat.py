@@ -18,7 +18,7 @@ own clipped lengths (a block past a sequence's end has length 0: its carry
 passes through unchanged and its outputs are zeros).
 
 ``mask`` is read block by block like ``xs``; ``resets`` become their
-processing-order flags (:func:`lstm_jax.scan.segment_starts`, ``(T, B)``
+processing-order flags (:func:`lstm_jax.sequence.segment_starts`, ``(T, B)``
 bools) sliced per block. In reverse the final carry is the last segment's,
 which is processed first: a second run of each block, masked to that
 segment and without resets, carries it (twice the forward work, only for
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from lstm_jax.cells import Cell
-from lstm_jax.scan import reverse_sequences, segment_starts
+from lstm_jax.sequence import reverse_sequences, segment_starts
 
 __all__ = ["block_size", "remat_layer"]
 

@@ -27,7 +27,7 @@ from lstm_jax.cells import lstm_input_projection
 from lstm_jax.kernels import fused
 from lstm_jax.kernels.platform import per_platform
 from lstm_jax.params import LSTMWeights
-from lstm_jax.scan import over_time
+from lstm_jax.sequence import over_time
 
 __all__ = ["fused_forward", "projected", "shared_vjp_layer"]
 
@@ -35,7 +35,7 @@ __all__ = ["fused_forward", "projected", "shared_vjp_layer"]
 def fused_forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, lengths, *, compute_dtype, unroll, save):
     """The fused kernel's forward (input projection inside its loop)."""
     del lengths
-    ys, (h, c), saved = fused._forward(
+    ys, (h, c), saved = fused.forward(
         w_ih, b, w_hh, xs, h0, c0, mask, valid, compute_dtype=compute_dtype, unroll=unroll, save=save
     )
     return ys, saved, h, c
@@ -120,7 +120,7 @@ def _recurrence_fwd(forwards, compute_dtype, unroll, w_ih, b, w_hh, xs, h0, c0, 
 
 def _recurrence_bwd(forwards, compute_dtype, unroll, residuals, cotangents):
     del forwards
-    return (*fused._recurrence_bwd(compute_dtype, unroll, residuals, cotangents), None)  # none for lengths
+    return (*fused.recurrence_bwd(compute_dtype, unroll, residuals, cotangents), None)  # none for lengths
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
