@@ -10,7 +10,7 @@ than for all steps in one GEMM before it. On XLA:CPU the hoisted form was
 measured 2.0-2.6x slower for inference (LSTM, GRU, peephole LSTM at
 (B, T, I, H) = (32, 256, 64, 128)) and no faster for training: reading column
 slices of a ``(T, B, G)`` array per step is slow there
-(``lstm_jax/kernels/TIMINGS.md``).
+(``docs/TIMINGS.md``).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 Prints, for the jitted ``grad(sum(ys))``, each HLO operation's total time per
 step, its count per step and its mean (e.g. ``ynn_fusion 256x 45 us``: a dot
 run once per time step). Without the flag XLA emits no per-operation events.
-This is how TIMINGS.md's per-step breakdowns were taken.
+This is how docs/TIMINGS.md's per-step breakdowns were taken.
 """
 import collections
 import glob

@@ -1,4 +1,4 @@
-"""Why the fused kernel saves one (T, B, H) stack per gate (TIMINGS.md, "Residual layout").
+"""Why the fused kernel saves one (T, B, H) stack per gate (docs/TIMINGS.md, "Residual layout").
 
 Times a loop body that reads the four gates of step t and combines them, with
 the gates stored (a) as one (T, B, 4H) array split into four column slices,

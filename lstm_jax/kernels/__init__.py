@@ -37,7 +37,7 @@ backend does not implement:
   ``ValueError`` in :func:`select_layer`.
 * The GRU has one kernel, ``"native"``: explicitly it raises ``ValueError``
   like the LSTM's (non-float32, off CPU, unbuilt extension, ``resets``); ``"auto"`` runs it on CPU (``dispatch.AUTO_GRU``; faster than
-  ``"scan"`` from H = 64 to 512, ``TIMINGS.md``) where the CPU has AVX2 or
+  ``"scan"`` from H = 64 to 512, ``docs/TIMINGS.md``) where the CPU has AVX2 or
   AVX-512, and ``"scan"`` on other platforms, on CPUs with only the portable
   C++ kernels, and for every call it declines. Its exports need ``disabled_checks``
   for the ``lstm_jax_native_gru_*`` custom calls as the LSTM's do.
@@ -49,7 +49,7 @@ the call, else ``"fused"``: on CPU ``"native"`` (float32, or bfloat16 where
 the CPU has AVX512_BF16; it declines other compute dtypes, bfloat16 elsewhere,
 an unbuilt extension, and CPUs without AVX2 (e.g. ARM), where only its
 portable C++ kernels would run, measured 3-6x slower than ``"fused"``; all of
-these run ``"fused"``; measurements in ``lstm_jax/kernels/TIMINGS.md``;
+these run ``"fused"``; measurements in ``docs/TIMINGS.md``;
 ``jax.export`` needs ``disabled_checks`` for its custom calls).
 ``backend="native"`` runs the portable kernels where asked.
 ``"fused"`` was measured faster than ``"scan"`` for training and inference. On

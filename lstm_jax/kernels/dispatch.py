@@ -70,10 +70,11 @@ KERNELS: dict[str, Kernel] = {
 # than "fused" for training), compute dtypes other than float32 and bfloat16,
 # and bfloat16 on CPUs without AVX512_BF16, which then run "fused"): with
 # AVX2 or AVX-512, faster than "fused" from H = 64 to H = 1024 in float32, and
-# in bfloat16 at the four CPU targets (TIMINGS.md, native section). Its custom calls have no compatibility
-# guarantee, so jax.export of an "auto" LSTM on CPU needs disabled_checks for them.
+# in bfloat16 at the four CPU targets (docs/TIMINGS.md, native section). Its custom
+# calls have no compatibility guarantee, so jax.export of an "auto" LSTM on CPU
+# needs disabled_checks for them.
 # cuDNN is chosen by design, not measured: no GPU or TPU was available to this
-# project (see lstm_jax/kernels/ACCELERATORS.md). It is JAX's own primitive, which
+# project (see docs/ACCELERATORS.md). It is JAX's own primitive, which
 # Keras also routes its JAX LSTM to. Our Pallas TPU kernel has been lowered for
 # TPU but never compiled by libtpu nor run, so TPU users get "fused" by default
 # until it is measured there (backend="pallas" selects it).
@@ -154,7 +155,7 @@ GRU_KERNELS: dict[str, Kernel] = {
 # "scan" on other platforms and for calls it declines. CPU: "native" (C++ time
 # loop; it declines non-float32 calls, an unbuilt extension and CPUs where only
 # its portable C++ kernels run, as the LSTM's): with AVX2 or AVX-512, faster
-# than "scan" for training and inference from H = 64 to 512 (TIMINGS.md, native
+# than "scan" for training and inference from H = 64 to 512 (docs/TIMINGS.md, native
 # GRU section and session 4).
 AUTO_GRU: dict[str, str] = {"cpu": "native"}
 

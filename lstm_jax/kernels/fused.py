@@ -31,7 +31,7 @@ Derivatives, with ``c_t = f c_{t-1} + i g`` and ``h_t = o tanh(c_t)``::
 Saving the activations was measured against saving the pre-activations and
 recomputing the non-linearities in the backward loop, and the layout of the
 saved stacks against one ``(T, B, 4H)`` array; see
-``lstm_jax/kernels/TIMINGS.md``. Both loops are ``lax.fori_loop`` over
+``docs/TIMINGS.md``. Both loops are ``lax.fori_loop`` over
 explicit output buffers (not ``lax.scan``), so that their fills are not
 merged and copied by XLA (:func:`_stacks`).
 
@@ -93,7 +93,7 @@ class Residuals(NamedTuple):
     One stack per quantity rather than one ``(T, B, 4H)`` array: on XLA:CPU a
     loop body that reads four column slices of one dynamically indexed array
     ran ~5x slower than one reading four whole ``(B, H)`` slices
-    (``TIMINGS.md``).
+    (``docs/TIMINGS.md``).
     """
 
     i: Array  # input gate activation
@@ -154,7 +154,7 @@ def forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, *, compute_dtype, unroll, sa
 
     Each step computes ``x_t @ w_ih + b + h @ w_hh``: on XLA:CPU this measured
     faster than hoisting the input projection of all steps into one
-    ``(T, B, 4H)`` array, which falls out of cache (``TIMINGS.md``).
+    ``(T, B, 4H)`` array, which falls out of cache (``docs/TIMINGS.md``).
 
     Returns ``ys (T, B, H)``, the final ``(h, c)`` and, with ``save``, the
     :class:`Residuals`.
@@ -205,7 +205,7 @@ def forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, *, compute_dtype, unroll, sa
 # over BLOCK * B rows, instead of one (T, B, 4H) array and GEMMs over all T * B
 # rows after the loop: less fresh memory per call, and dz is still in cache
 # when the GEMMs read it. 0.97-1.19x the unblocked speed on the four CPU
-# targets, 1.1x on the two mid-sized ones (TIMINGS.md).
+# targets, 1.1x on the two mid-sized ones (docs/TIMINGS.md).
 BLOCK = 32
 
 

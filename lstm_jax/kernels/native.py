@@ -35,7 +35,7 @@ operands in bfloat16, row-major: ``dz``, ``[x_t; h_{t-1} * mask]``
 transposed, ``w_ih^T``. XLA:CPU's bf16 dot is fast (YNNPACK on AMX) only when
 the contracted axis of the left operand is its last and both are row-major; a
 transposed operand measured 3-6x slower than that and slower than float32
-(``TIMINGS.md``). Where the CPU has no AVX512_BF16 (or the ISA is not
+(``docs/TIMINGS.md``). Where the CPU has no AVX512_BF16 (or the ISA is not
 ``avx512``) native declines bfloat16, and ``"auto"`` runs ``"fused"``.
 
 ``"auto"`` never runs the portable C++ kernels (CPUs without AVX2, e.g. every
@@ -516,7 +516,7 @@ def _gradients(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, d
     (``batch_major`` or not), ``act, cs`` time-major.
     With ``bf16`` every GEMM takes bfloat16 inputs and sums in float32, all operands
     row-major with the contracted axis of the left one last: XLA:CPU's bf16 dot
-    measured 3-6x slower for a transposed operand (``TIMINGS.md``).
+    measured 3-6x slower for a transposed operand (``docs/TIMINGS.md``).
     """
     del b  # read through act
     hidden = w_hh.shape[0]
