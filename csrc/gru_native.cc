@@ -64,36 +64,25 @@ LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxGruForwardTrain(XLA_FFI_CallFrame*);
 LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxGruForwardInfer(XLA_FFI_CallFrame*);
 LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxGruBackward(XLA_FFI_CallFrame*);
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxGruForwardTrain, lstm_jax::gru::ForwardTrain,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // xs
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_ih
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // b_ih
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_hh
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // b_hh
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // mask
-                                  .Arg<ffi::Buffer<ffi::U8>>()   // valid
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // ys
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // h
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // act
-);
+// Both forward calls' arguments and first results; training also returns act.
+static auto ForwardBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()  // xs
+      .Arg<ffi::Buffer<ffi::F32>>()  // w_ih
+      .Arg<ffi::Buffer<ffi::F32>>()  // b_ih
+      .Arg<ffi::Buffer<ffi::F32>>()  // w_hh
+      .Arg<ffi::Buffer<ffi::F32>>()  // b_hh
+      .Arg<ffi::Buffer<ffi::F32>>()  // h0
+      .Arg<ffi::Buffer<ffi::F32>>()  // mask
+      .Arg<ffi::Buffer<ffi::U8>>()   // valid
+      .Ret<ffi::Buffer<ffi::F32>>()  // ys
+      .Ret<ffi::Buffer<ffi::F32>>();  // h
+}
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxGruForwardInfer, lstm_jax::gru::ForwardInfer,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // xs
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_ih
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // b_ih
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_hh
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // b_hh
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // mask
-                                  .Arg<ffi::Buffer<ffi::U8>>()   // valid
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // ys
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // h
-);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxGruForwardTrain, lstm_jax::gru::ForwardTrain,
+                              ForwardBinding().Ret<ffi::Buffer<ffi::F32>>());  // act
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxGruForwardInfer, lstm_jax::gru::ForwardInfer, ForwardBinding());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxGruBackward, lstm_jax::gru::Backward,
                               ffi::Ffi::Bind()

@@ -41,7 +41,7 @@ ffi::Error Forward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major,
   int64_t count = 1;
   for (size_t d = 0; d + 3 < rank; ++d) count *= xdims[d];
   const int64_t bh = int64_t(batch) * hidden;
-  const int panels = (hidden + kern.width - 1) / kern.width;
+  const int panels = (hidden + kern.fwd_width - 1) / kern.fwd_width;
   const bool has_mask = mask.element_count() != 0, has_valid = valid.element_count() != 0;
   float* hT = h_out->typed_data();
   if (steps == 0 || bh == 0) {  // the state passes through
@@ -121,7 +121,7 @@ ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major
   const int batch = int(dims[rank - 2]), hidden = int(dims[rank - 1]) / kern.acts;
   const int64_t bh = int64_t(batch) * hidden, per = steps * batch * dims[rank - 1];
   const int64_t count = per == 0 ? 0 : int64_t(dz->element_count()) / per;
-  const int panels = (hidden + kern.width - 1) / kern.width;
+  const int panels = (hidden + kern.bwd_width - 1) / kern.bwd_width;
   const bool has_mask = mask.element_count() != 0, has_valid = valid.element_count() != 0;
   float* dm = Data(*dm_out);
   if (dm != nullptr) std::memset(dm, 0, dm_out->element_count() * sizeof(float));

@@ -113,21 +113,26 @@ LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxForwardInfer(XLA_FFI_CallFrame*);
 LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxBackward(XLA_FFI_CallFrame*);
 
 
+// Both forward calls' first attribute, arguments and first results.
+static auto ForwardBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Attr<bool>("batch_major")
+      .Arg<ffi::Buffer<ffi::F32>>()  // xs
+      .Arg<ffi::Buffer<ffi::F32>>()  // w_ih
+      .Arg<ffi::Buffer<ffi::F32>>()  // b
+      .Arg<ffi::Buffer<ffi::F32>>()  // w_hh
+      .Arg<ffi::Buffer<ffi::F32>>()  // h0
+      .Arg<ffi::Buffer<ffi::F32>>()  // c0
+      .Arg<ffi::Buffer<ffi::F32>>()  // mask
+      .Arg<ffi::Buffer<ffi::U8>>()   // valid
+      .Ret<ffi::Buffer<ffi::F32>>()  // ys
+      .Ret<ffi::Buffer<ffi::F32>>()  // h
+      .Ret<ffi::Buffer<ffi::F32>>();  // c
+}
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxForwardTrain, lstm_jax::lstm::ForwardTrain,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Attr<bool>("batch_major")
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // xs
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_ih
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // b
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_hh
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // mask
-                                  .Arg<ffi::Buffer<ffi::U8>>()   // valid
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // ys
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // h
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // c
+                              ForwardBinding()
                                   .Ret<ffi::Buffer<ffi::F32>>()  // act
                                   .Ret<ffi::Buffer<ffi::F32>>()  // cs
                                   .Ret<ffi::Buffer<ffi::BF16>>() // xhT, or empty (float32)
@@ -136,22 +141,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxForwardTrain, lstm_jax::lstm::ForwardTrain,
 );
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxForwardInfer, lstm_jax::lstm::ForwardInfer,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Attr<bool>("batch_major")
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // xs
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_ih
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // b
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_hh
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // mask
-                                  .Arg<ffi::Buffer<ffi::U8>>()   // valid
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // ys
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // h
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // c
-                                  .Attr<bool>("bf16")
-);
+                              ForwardBinding().Attr<bool>("bf16"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxBackward, lstm_jax::lstm::Backward,
                               ffi::Ffi::Bind()

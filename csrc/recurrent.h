@@ -68,10 +68,10 @@ struct BwdProblem {
 };
 
 // One instruction set's kernels for one cell: its shape (weight columns and
-// saved activations per hidden unit), the hidden units per panel, weight
-// packing for each loop, and the two loops' items.
+// saved activations per hidden unit), the hidden units per panel of each
+// loop, weight packing for each loop, and the two loops' items.
 struct Kernels {
-  int gates, acts, width;
+  int gates, acts, fwd_width, bwd_width;
   void (*pack_fwd)(const float*, const float*, int, int, float*);
   void (*pack_bwd)(const float*, int, float*);
   size_t (*fwd_pack_size)(int, int);

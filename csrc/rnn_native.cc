@@ -60,22 +60,24 @@ LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxRnnForwardTrain(XLA_FFI_CallFrame*);
 LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxRnnForwardInfer(XLA_FFI_CallFrame*);
 LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxRnnBackward(XLA_FFI_CallFrame*);
 
-#define LSTM_JAX_RNN_FORWARD_BINDING                 \
-  ffi::Ffi::Bind()                                   \
-      .Ctx<ffi::ThreadPool>()                        \
-      .Arg<ffi::Buffer<ffi::F32>>() /* xs */         \
-      .Arg<ffi::Buffer<ffi::F32>>() /* w_ih */       \
-      .Arg<ffi::Buffer<ffi::F32>>() /* b */          \
-      .Arg<ffi::Buffer<ffi::F32>>() /* w_hh */       \
-      .Arg<ffi::Buffer<ffi::F32>>() /* h0 */         \
-      .Arg<ffi::Buffer<ffi::F32>>() /* mask */       \
-      .Arg<ffi::Buffer<ffi::U8>>()  /* valid */      \
-      .Ret<ffi::Buffer<ffi::F32>>() /* ys */         \
-      .Ret<ffi::Buffer<ffi::F32>>() /* h */          \
-      .Attr<bool>("relu")
+// Both forward calls bind the same arguments and results.
+static auto ForwardBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()  // xs
+      .Arg<ffi::Buffer<ffi::F32>>()  // w_ih
+      .Arg<ffi::Buffer<ffi::F32>>()  // b
+      .Arg<ffi::Buffer<ffi::F32>>()  // w_hh
+      .Arg<ffi::Buffer<ffi::F32>>()  // h0
+      .Arg<ffi::Buffer<ffi::F32>>()  // mask
+      .Arg<ffi::Buffer<ffi::U8>>()   // valid
+      .Ret<ffi::Buffer<ffi::F32>>()  // ys
+      .Ret<ffi::Buffer<ffi::F32>>()  // h
+      .Attr<bool>("relu");
+}
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxRnnForwardTrain, lstm_jax::rnn::ForwardTrain, LSTM_JAX_RNN_FORWARD_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxRnnForwardInfer, lstm_jax::rnn::ForwardInfer, LSTM_JAX_RNN_FORWARD_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxRnnForwardTrain, lstm_jax::rnn::ForwardTrain, ForwardBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxRnnForwardInfer, lstm_jax::rnn::ForwardInfer, ForwardBinding());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxRnnBackward, lstm_jax::rnn::Backward,
                               ffi::Ffi::Bind()
