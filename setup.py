@@ -3,8 +3,10 @@
 Everything else about the package is in ``pyproject.toml``. The extension is
 plain C++17 against XLA's header-only FFI API, vendored in ``csrc/xla`` (so the
 build needs neither jaxlib nor network access in pip's isolated build
-environment); it holds the LSTM's (``csrc/lstm_native.cc``) and the GRU's
-(``csrc/gru_native.cc``) handlers and the table of its ``LSTM_JAX_NATIVE_*``
+environment); it holds the runtime (threads, instruction set: ``csrc/runtime.cc``),
+the kernels of every cell (``csrc/kernels.cc``), one handler skeleton
+(``csrc/handler.cc``), the LSTM's, GRU's and RNN's FFI handlers
+(``csrc/{lstm,gru,rnn}_native.cc``) and the table of its ``LSTM_JAX_NATIVE_*``
 settings (``csrc/settings.cc``), is loaded with ``ctypes`` and its handlers
 are registered with ``jax.ffi.register_ffi_target`` at first use
 (``lstm_jax/kernels/native.py``).
@@ -25,7 +27,10 @@ setup(
     ext_modules=[
         Extension(
             "lstm_jax._lstm_native",
-            sources=["csrc/lstm_native.cc", "csrc/gru_native.cc", "csrc/settings.cc"],
+            sources=[
+                "csrc/runtime.cc", "csrc/kernels.cc", "csrc/handler.cc", "csrc/lstm_native.cc",
+                "csrc/gru_native.cc", "csrc/rnn_native.cc", "csrc/settings.cc",
+            ],
             depends=sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*.inc") + glob.glob("csrc/xla/ffi/api/*.h")),
             include_dirs=["csrc"],
             language="c++",

@@ -1,8 +1,9 @@
-// Vector traits for the LSTM kernels: one struct per instruction set, each
-// with the same static interface (W lanes, loads/stores of the first n lanes,
-// arithmetic, clamp, exp). lstm_kernel.inc is written once against this interface and
-// compiled once per struct, inside a `#pragma GCC target` region
-// (lstm_native.cc), so no file is built with -march=native.
+// Vector traits for the kernels: one struct per instruction set, each with
+// the same static interface (W lanes, loads/stores of the first n lanes,
+// arithmetic, clamp, exp, register-block sizes). recurrent_kernel.inc is
+// written once against this interface and compiled once per struct, inside a
+// `#pragma GCC target` region (kernels.cc), so no file is built with
+// -march=native.
 #ifndef LSTM_JAX_SIMD_H_
 #define LSTM_JAX_SIMD_H_
 
@@ -13,6 +14,11 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #define LSTM_JAX_X86 1
+// The bfloat16 kernels need AVX512_BF16 and AMX intrinsics (GCC 11, clang 12);
+// older compilers build the extension without them (native then declines bf16).
+#if (defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11)
+#define LSTM_JAX_BF16 1
+#endif
 #endif
 
 namespace lstm_jax {
@@ -43,6 +49,7 @@ struct ScalarVec {
   static inline T div(T a, T b) { return a / b; }
   static inline T exp(T x) { return std::exp(x); }
   static inline T clamp(T x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
+  static inline T where_positive(T x, T a) { return x > 0.f ? a : 0.f; }  // a where x > 0, else 0
 };
 
 #ifdef LSTM_JAX_X86
@@ -90,6 +97,7 @@ struct Avx2Vec {
   static inline T clamp(T x, float lo, float hi) {
     return _mm256_min_ps(set1(hi), _mm256_max_ps(set1(lo), x));
   }
+  static inline T where_positive(T x, T a) { return _mm256_and_ps(_mm256_cmp_ps(x, zero(), _CMP_GT_OQ), a); }
   static inline T exp(T x) {
     x = clamp(x, -87.3f, 88.3f);
     T n = _mm256_round_ps(_mm256_mul_ps(x, set1(1.44269504088896341f)),
@@ -133,6 +141,7 @@ struct Avx512Vec {
   static inline T clamp(T x, float lo, float hi) {
     return _mm512_min_ps(set1(hi), _mm512_max_ps(set1(lo), x));
   }
+  static inline T where_positive(T x, T a) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, zero(), _CMP_GT_OQ), a); }
   static inline T exp(T x) {
     x = clamp(x, -87.3f, 88.3f);
     T n = _mm512_roundscale_ps(_mm512_mul_ps(x, set1(1.44269504088896341f)),

@@ -104,6 +104,9 @@ _TARGETS = {
     "lstm_jax_native_gru_forward_train": "LstmJaxGruForwardTrain",  # native_gru.py
     "lstm_jax_native_gru_forward_infer": "LstmJaxGruForwardInfer",
     "lstm_jax_native_gru_backward": "LstmJaxGruBackward",
+    "lstm_jax_native_rnn_forward_train": "LstmJaxRnnForwardTrain",  # native_rnn.py
+    "lstm_jax_native_rnn_forward_infer": "LstmJaxRnnForwardInfer",
+    "lstm_jax_native_rnn_backward": "LstmJaxRnnBackward",
 }
 
 

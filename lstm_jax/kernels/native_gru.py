@@ -3,8 +3,8 @@
 Same signature and semantics as :func:`lstm_jax.scan.scan_layer`, for the
 plain float32 GRU on CPU; the same design as the LSTM's native kernel
 (:mod:`lstm_jax.kernels.native`, whose extension, loader and custom-call
-helpers this shares; the C++ is ``csrc/gru_native.cc`` and
-``csrc/gru_kernel.inc``):
+helpers this shares; the C++ is ``csrc/gru_native.cc`` over the kernels all
+cells share, ``csrc/recurrent_kernel.inc`` with ``csrc/cells.inc``'s ``GruCell``):
 
 * forward: the custom call runs the loop. Per step and unit it accumulates
   ``r`` and ``z``'s pre-activations over ``[x_t, h] @ [w_ih; w_hh]`` (both

@@ -1,0 +1,172 @@
+// The handler skeleton (handler.h).
+#include "handler.h"
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace ffi = xla::ffi;
+
+namespace lstm_jax {
+namespace {
+
+// Runs one call of `fn` over the problem P, which owns (with `buffers`) what
+// the items read until the last helper thread is done.
+template <class Problem>
+void Run(ffi::ThreadPool& pool, std::shared_ptr<Problem> P, std::shared_ptr<std::vector<float>> buffers,
+         ItemFn fn, int64_t items, Split split, int panels) {
+  std::shared_ptr<void> keep = std::make_shared<std::pair<decltype(P), decltype(buffers)>>(P, buffers);
+  RunItems(pool, std::move(keep), fn, P.get(), items, split, panels, P->batch);
+}
+
+}  // namespace
+
+ffi::Error Forward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major, ffi::Buffer<ffi::F32> xs,
+                   ffi::Buffer<ffi::F32> w_ih, ffi::Buffer<ffi::F32> w_hh, ffi::Buffer<ffi::F32> h0,
+                   ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::U8> valid, ffi::ResultBuffer<ffi::F32> ys,
+                   ffi::ResultBuffer<ffi::F32> h_out, const FwdCellBuffers& cell) {
+  if (ffi::Error error = SettingsChecked(); error.failure()) return error;
+  auto xdims = xs.dimensions();
+  auto wdims = w_hh.dimensions();
+  const size_t rank = xdims.size();
+  if (rank < 3 || wdims.size() != rank - 1) {
+    return ffi::Error::InvalidArgument("xs must be (..., T, B, I) and w_hh (..., H, " +
+                                       std::to_string(kern.gates) + "H)");
+  }
+  const int64_t steps = xdims[rank - (batch_major ? 2 : 3)];
+  const int batch = int(xdims[rank - (batch_major ? 3 : 2)]), input = int(xdims[rank - 1]);
+  const int hidden = int(wdims[rank - 3]), gates = kern.gates * hidden, acts = kern.acts * hidden;
+  int64_t count = 1;
+  for (size_t d = 0; d + 3 < rank; ++d) count *= xdims[d];
+  const int64_t bh = int64_t(batch) * hidden;
+  const int panels = (hidden + kern.fwd_width - 1) / kern.fwd_width;
+  const bool has_mask = mask.element_count() != 0, has_valid = valid.element_count() != 0;
+  float* hT = h_out->typed_data();
+  if (steps == 0 || bh == 0) {  // the state passes through
+    if (bh > 0) {
+      std::memcpy(hT, h0.typed_data(), h0.element_count() * sizeof(float));
+      if (cell.c_out != nullptr) std::memcpy(cell.c_out, cell.c0, h0.element_count() * sizeof(float));
+    }
+    return ffi::Error::Success();
+  }
+  HugePagesHint(ys->typed_data(), ys->element_count() * sizeof(float));
+  if (cell.act != nullptr) HugePagesHint(cell.act, size_t(count) * steps * batch * acts * sizeof(float));
+  if (cell.cs != nullptr) HugePagesHint(cell.cs, size_t(count) * steps * bh * sizeof(float));
+  if (cell.xhT != nullptr) {
+    HugePagesHint(cell.xhT, size_t(count) * (input + hidden) * steps * batch * sizeof(uint16_t));
+  }
+  // inference only: a training forward keeps the backward's split, so that
+  // each core reads back the activations it wrote (measured: units here
+  // made the LSTM's training step 8-30% slower)
+  const Split split = StepPartitions(pool, batch, int64_t(batch) * (input + hidden) * gates, panels,
+                                     /*inference=*/!cell.training);
+  const size_t pack = kern.fwd_pack_size(input, hidden);
+  for (int64_t n = 0; n < count; ++n) {
+    auto buffers = std::make_shared<std::vector<float>>(pack + 4 * bh);
+    float* wpack = buffers->data();
+    float* hbuf = wpack + pack;
+    kern.pack_fwd(w_ih.typed_data() + n * input * gates, w_hh.typed_data() + n * hidden * gates,
+                  input, hidden, wpack);
+    auto P = std::make_shared<FwdProblem>();
+    P->seq = Layout(steps, batch, batch_major);
+    P->steps = steps;
+    P->batch = batch;
+    P->input = input;
+    P->hidden = hidden;
+    P->xs = xs.typed_data() + n * steps * batch * input;
+    P->bias = cell.bias + n * gates;
+    P->bias_hh = cell.bias_hh != nullptr ? cell.bias_hh + n * gates : nullptr;
+    P->mask = has_mask ? mask.typed_data() + n * bh : nullptr;
+    P->valid = has_valid ? valid.typed_data() + n * steps * batch : nullptr;
+    P->ys = ys->typed_data() + n * steps * bh;
+    P->act = cell.act != nullptr ? cell.act + n * steps * batch * acts : nullptr;
+    P->cs = cell.cs != nullptr ? cell.cs + n * steps * bh : nullptr;
+    if (cell.c_out != nullptr) {
+      P->c = cell.c_out + n * bh;
+      std::memcpy(P->c, cell.c0 + n * bh, bh * sizeof(float));
+    }
+    P->h[0] = hbuf;
+    P->h[1] = hbuf + bh;
+    std::memcpy(P->h[0], h0.typed_data() + n * bh, bh * sizeof(float));
+    if (has_mask) {
+      P->hm[0] = hbuf + 2 * bh;
+      P->hm[1] = hbuf + 3 * bh;
+      for (int64_t e = 0; e < bh; ++e) P->hm[0][e] = P->h[0][e] * P->mask[e];
+    } else {
+      P->hm[0] = P->h[0];
+      P->hm[1] = P->h[1];
+    }
+    P->wpack = wpack;
+    P->xhT = cell.xhT != nullptr ? cell.xhT + n * (input + hidden) * steps * batch : nullptr;
+    Run(pool, P, buffers, kern.fwd_item, steps, split, panels);
+    std::memcpy(hT + n * bh, P->h[steps & 1], bh * sizeof(float));
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major, ffi::Buffer<ffi::F32> w_hh,
+                    ffi::Buffer<ffi::F32> dys, ffi::Buffer<ffi::F32> dh_in, ffi::Buffer<ffi::F32> mask,
+                    ffi::Buffer<ffi::U8> valid, ffi::Buffer<ffi::F32> ys, ffi::Buffer<ffi::F32> h0,
+                    ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh_out,
+                    ffi::ResultBuffer<ffi::F32> dm_out, const BwdCellBuffers& cell) {
+  if (ffi::Error error = SettingsChecked(); error.failure()) return error;
+  auto dims = dz->dimensions();
+  const size_t rank = dims.size();
+  if (rank < 3) {
+    return ffi::Error::InvalidArgument("act and dz must be (..., T, B, " + std::to_string(kern.acts) + "H)");
+  }
+  const int64_t steps = dims[rank - 3];
+  const int batch = int(dims[rank - 2]), hidden = int(dims[rank - 1]) / kern.acts;
+  const int64_t bh = int64_t(batch) * hidden, per = steps * batch * dims[rank - 1];
+  const int64_t count = per == 0 ? 0 : int64_t(dz->element_count()) / per;
+  const int panels = (hidden + kern.bwd_width - 1) / kern.bwd_width;
+  const bool has_mask = mask.element_count() != 0, has_valid = valid.element_count() != 0;
+  float* dm = Data(*dm_out);
+  if (dm != nullptr) std::memset(dm, 0, dm_out->element_count() * sizeof(float));
+  if (per == 0) {
+    if (bh > 0) {
+      std::memcpy(dh_out->typed_data(), dh_in.typed_data(), dh_in.element_count() * sizeof(float));
+      if (cell.dc_out != nullptr) std::memcpy(cell.dc_out, cell.dc_in, dh_in.element_count() * sizeof(float));
+    }
+    return ffi::Error::Success();
+  }
+  if (cell.dzb != nullptr) HugePagesHint(cell.dzb, dz->element_count() * sizeof(uint16_t));
+  if (cell.act == nullptr) {
+    HugePagesHint(dz->typed_data(), dz->element_count() * sizeof(float));
+  } else if (dz->typed_data() != cell.act) {  // XLA did not alias: copy the activations over
+    std::memcpy(dz->typed_data(), cell.act, dz->element_count() * sizeof(float));
+  }
+  const Split split = StepPartitions(pool, batch, bh * kern.gates * hidden, panels, /*inference=*/false);
+  for (int64_t n = 0; n < count; ++n) {
+    auto buffers = std::make_shared<std::vector<float>>(kern.bwd_pack_size(hidden));
+    kern.pack_bwd(w_hh.typed_data() + n * hidden * kern.gates * hidden, hidden, buffers->data());
+    auto P = std::make_shared<BwdProblem>();
+    P->seq = Layout(steps, batch, batch_major);
+    P->steps = steps;
+    P->batch = batch;
+    P->hidden = hidden;
+    P->dz = dz->typed_data() + n * per;
+    P->cs = cell.cs != nullptr ? cell.cs + n * steps * bh : nullptr;
+    P->c0 = cell.c0 != nullptr ? cell.c0 + n * bh : nullptr;
+    P->dys = dys.typed_data() + n * steps * bh;
+    P->mask = has_mask ? mask.typed_data() + n * bh : nullptr;
+    P->valid = has_valid ? valid.typed_data() + n * steps * batch : nullptr;
+    P->ys = ys.typed_data() + n * steps * bh;
+    P->h0 = h0.typed_data() + n * bh;
+    P->dh = dh_out->typed_data() + n * bh;
+    std::memcpy(P->dh, dh_in.typed_data() + n * bh, bh * sizeof(float));
+    if (cell.dc_out != nullptr) {
+      P->dc = cell.dc_out + n * bh;
+      std::memcpy(P->dc, cell.dc_in + n * bh, bh * sizeof(float));
+    }
+    P->dm = has_mask ? dm + n * bh : nullptr;
+    P->dzb = cell.dzb != nullptr ? cell.dzb + n * per : nullptr;
+    P->wpack = buffers->data();
+    Run(pool, P, buffers, kern.bwd_item, steps + 1, split, panels);
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace lstm_jax

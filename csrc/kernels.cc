@@ -1,0 +1,73 @@
+// Every cell's kernels (recurrent_kernel.inc with the policies of cells.inc),
+// compiled once per instruction set, and the LSTM's bfloat16 kernels; the
+// handlers find the chosen set's through CellKernels (recurrent.h).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "recurrent.h"
+#include "simd.h"
+
+namespace lstm_jax {
+
+namespace portable {
+using V = ScalarVec;
+#include "recurrent_kernel.inc"
+#include "cells.inc"
+}  // namespace portable
+
+#ifdef LSTM_JAX_X86
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+using V = Avx2Vec;
+#include "recurrent_kernel.inc"
+#include "cells.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,fma")
+namespace avx512 {
+using V = Avx512Vec;
+#include "recurrent_kernel.inc"
+#include "cells.inc"
+}  // namespace avx512
+#pragma GCC pop_options
+
+#ifdef LSTM_JAX_BF16
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,amx-tile,amx-bf16,fma")
+namespace avx512bf16 {
+using V = Avx512Vec;
+#include "recurrent_kernel.inc"
+#include "cells.inc"
+#include "lstm_kernel_bf16.inc"
+#include "lstm_kernel_amx.inc"
+}  // namespace avx512bf16
+#pragma GCC pop_options
+#endif  // LSTM_JAX_BF16
+#endif  // LSTM_JAX_X86
+
+const Kernels& CellKernels(Cell cell) {
+  switch (ChosenIsa()) {
+#ifdef LSTM_JAX_X86
+    case Isa::kAvx512: return avx512::kCells[int(cell)];
+    case Isa::kAvx2: return avx2::kCells[int(cell)];
+#endif
+    default: return portable::kCells[int(cell)];
+  }
+}
+
+const Kernels* LstmBf16Kernels() {
+  switch (ChosenBf16Isa()) {
+#ifdef LSTM_JAX_BF16
+    case Bf16Isa::kAmx: return &avx512bf16::kLstmAmx;
+    case Bf16Isa::kAvx512Bf16: return &avx512bf16::kLstmBf16;
+#endif
+    default: return nullptr;
+  }
+}
+
+}  // namespace lstm_jax

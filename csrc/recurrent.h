@@ -1,0 +1,103 @@
+// What the recurrent kernels (recurrent_kernel.inc, one per instruction set
+// and cell) and the handler skeleton (recurrent.cc) share: the per-call
+// problems, a kernel table, and the cells.
+#ifndef LSTM_JAX_RECURRENT_H_
+#define LSTM_JAX_RECURRENT_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "runtime.h"
+
+namespace lstm_jax {
+
+// The cells with native kernels; the RNN's nonlinearity is compiled in.
+enum class Cell { kLstm, kGru, kRnnTanh, kRnnRelu };
+
+// Where step t of sequence b sits in a (T, B, F) time-major or (B, T, F)
+// batch-major array: row(t, b) * F. xs, ys and dys are in the caller's layout
+// (no transposed copies); the saved activations and cell states, dz and valid
+// are always time-major, so that one step's rows are contiguous.
+struct Layout {
+  int64_t steps, batch;
+  bool batch_major;
+  size_t next_row;  // rows between (t, b) and (t, b + 1)
+  Layout() : Layout(0, 0, false) {}
+  Layout(int64_t t, int64_t b, bool bm) : steps(t), batch(b), batch_major(bm), next_row(bm ? t : 1) {}
+  size_t row(int64_t t, int64_t b) const { return batch_major ? size_t(b * steps + t) : size_t(t * batch + b); }
+};
+
+// One forward call (one vmap index). G = gates * H columns of the weights,
+// A = acts * H saved activations per row (Kernels); what a cell lacks is null.
+struct FwdProblem {
+  int64_t steps;
+  int batch, input, hidden;
+  Layout seq;
+  const float* xs;        // (T, B, I) inputs
+  const float* bias;      // (G): LSTM b, GRU b_ih, RNN b
+  const float* bias_hh;   // (G): GRU b_hh
+  const float* mask;      // (B, H) recurrent mask, or null
+  const uint8_t* valid;   // (T, B) step validity, or null (all valid)
+  float* ys;              // (T, B, H)
+  float* act;             // (T, B, A) gate activations, or null (inference)
+  float* cs;              // (T, B, H) LSTM: carried cell state after each step, or null
+  float* c;               // (B, H) LSTM: cell carry, updated in place
+  float* h[2];            // (B, H) hidden carry, double-buffered by step parity
+  float* hm[2];           // h * mask (the GEMM's input), or == h
+  uint16_t* xhT;          // (I + H, T * B) bf16 [x_t; h * mask] per step, transposed, or null
+  const float* wpack;
+};
+
+struct BwdProblem {
+  int64_t steps;
+  int batch, hidden;
+  Layout seq;
+  float* dz;              // (T, B, A) activations in (where saved), gradients out
+  const float* cs;        // (T, B, H) LSTM
+  const float* c0;        // (B, H) LSTM
+  const float* dys;       // (T, B, H)
+  const float* mask;      // (B, H), or null
+  const uint8_t* valid;   // (T, B), or null
+  const float* ys;        // (T, B, H): h_{t-1} (the valid steps of a sequence are a prefix)
+  const float* h0;        // (B, H)
+  float* dh;              // (B, H) carry in place: dh_T in, dh_0 out
+  float* dc;              // (B, H) LSTM: carry in place
+  float* dm;              // (B, H) mask gradient, accumulated, or null
+  uint16_t* dzb;          // (T, B, 4H) LSTM: dz rounded to bfloat16 (bf16 kernels only)
+  const float* wpack;
+};
+
+// One instruction set's kernels for one cell: its shape (weight columns and
+// saved activations per hidden unit), the hidden units per panel of each
+// loop, weight packing for each loop, and the two loops' items.
+struct Kernels {
+  int gates, acts, fwd_width, bwd_width;
+  void (*pack_fwd)(const float*, const float*, int, int, float*);
+  void (*pack_bwd)(const float*, int, float*);
+  size_t (*fwd_pack_size)(int, int);
+  size_t (*bwd_pack_size)(int);
+  ItemFn fwd_item;
+  ItemFn bwd_item;
+};
+
+// The cell's kernels for the chosen instruction set (kernels.cc); the LSTM's
+// bfloat16 kernels, or null where there are none.
+const Kernels& CellKernels(Cell cell);
+const Kernels* LstmBf16Kernels();
+
+// Calls f(r0, rows) over [0, batch) in blocks of at most MAX rows, as even as
+// possible: 8 rows run as 4 + 4, not 6 + 2 (a thin block streams the weights
+// for few rows).
+template <int MAX, class F>
+inline void for_row_blocks(int batch, F&& f) {
+  const int blocks = (batch + MAX - 1) / MAX;
+  for (int j = 0, r0 = 0; j < blocks; ++j) {
+    const int rows = (batch - r0) / (blocks - j);
+    f(r0, rows);
+    r0 += rows;
+  }
+}
+
+}  // namespace lstm_jax
+
+#endif  // LSTM_JAX_RECURRENT_H_

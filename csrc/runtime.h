@@ -1,0 +1,64 @@
+// The native kernels' runtime, shared by every cell: the instruction set
+// chosen for this process, the per-step thread loop over XLA's intra-op pool
+// and its split policy, and the huge-page hint for large buffers. Nothing
+// here knows a cell's gates (recurrent.h, cells.inc do).
+#ifndef LSTM_JAX_RUNTIME_H_
+#define LSTM_JAX_RUNTIME_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "settings.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace lstm_jax {
+
+// INVALID_ARGUMENT naming the first invalid LSTM_JAX_NATIVE_* setting, else
+// success: every handler checks first, so a mistyped value set after the
+// extension was loaded (the per-call settings) fails the call, not quietly.
+inline xla::ffi::Error SettingsChecked() {
+  const std::string error = SettingsError();
+  return error.empty() ? xla::ffi::Error::Success() : xla::ffi::Error::InvalidArgument(error);
+}
+
+// The float32 kernels' instruction set, and the bfloat16 kernels' (AVX512_BF16's
+// vdpbf16ps or AMX tiles; only with kAvx512). Named only for Python (IsaName).
+enum class Isa { kPortable, kAvx2, kAvx512 };
+enum class Bf16Isa { kNone, kAvx512Bf16, kAmx };
+
+// Chosen once per process: the best the CPU has, or LSTM_JAX_NATIVE_ISA /
+// LSTM_JAX_NATIVE_BF16 when set and the CPU has it (runtime.cc).
+Isa ChosenIsa();
+Bf16Isa ChosenBf16Isa();
+
+// One item: step `step` for hidden-unit panels [p0, p1) and batch rows [b0, b1).
+using ItemFn = void (*)(const void* problem, int64_t step, int p0, int p1, int b0, int b1);
+
+// How a call is split across threads: batch rows (`rows`: sequences are
+// independent, no synchronisation) or hidden-unit panels (one per step).
+struct Split {
+  int parts;
+  bool rows;
+};
+
+// The split for steps of `macs` multiply-adds: one partition below the split
+// threshold (LSTM_JAX_NATIVE_SPLIT_MACS); rows with at least 4 per thread
+// (LSTM_JAX_NATIVE_MIN_ROWS), except for large `inference` steps; else panels,
+// one partition per thread.
+Split StepPartitions(xla::ffi::ThreadPool& pool, int batch, int64_t macs, int panels, bool inference);
+
+// Runs `fn` over items (step, partition), steps [0, steps) in order, on up to
+// `split.parts` threads; returns when every item is done. `keep` owns what the
+// items read (late helper threads hold it until they exit).
+void RunItems(xla::ffi::ThreadPool& pool, std::shared_ptr<void> keep, ItemFn fn,
+              const void* problem, int64_t steps, Split split, int panels, int batch);
+
+// madvise(MADV_HUGEPAGE) on the whole 2 MiB pages of a large output buffer
+// (see runtime.cc); LSTM_JAX_NATIVE_HUGEPAGES=0 turns it off.
+void HugePagesHint(void* data, size_t bytes);
+
+}  // namespace lstm_jax
+
+#endif  // LSTM_JAX_RUNTIME_H_
