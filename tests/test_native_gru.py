@@ -318,10 +318,11 @@ def test_auto_runs_native_on_cpu_for_the_plain_gru():
         jax.tree_util.tree_leaves(loss("auto")), jax.tree_util.tree_leaves(loss("native"))
     ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    for kwargs in (dict(compute_dtype=jnp.bfloat16), dict(mask=jnp.ones((B, T), bool)),
-                   dict(resets=jnp.zeros((B, T), bool))):  # fmt: skip
+    for kwargs in (dict(compute_dtype=jnp.bfloat16), dict(resets=jnp.zeros((B, T), bool))):
         text = str(jax.make_jaxpr(lambda p, kw=kwargs: lj.gru(p, xs, **kw))(params))
         assert "lstm_jax_native" not in text, kwargs
+    masked = str(jax.make_jaxpr(lambda p: lj.gru(p, xs, mask=jnp.ones((B, T), bool)))(params))
+    assert "lstm_jax_native_gru_forward" in masked  # per-step masks stay on the kernel
     wide = lj.init_gru(jax.random.key(12), I, 513)  # no size limit: faster than scan at H = 512
     assert "lstm_jax_native_gru" in str(jax.make_jaxpr(lambda p: lj.gru(p, xs))(wide))
 
@@ -342,7 +343,6 @@ def test_auto_export_for_cpu_and_cuda_runs_here():
     "call, message",
     [
         (dict(compute_dtype=jnp.bfloat16), "backend='native': it computes in float32 only"),
-        (dict(mask=jnp.ones((B, T), bool)), "backend='native' does not implement mask"),
         (dict(resets=jnp.zeros((B, T), bool)), "backend='native' does not implement resets"),
     ],
 )

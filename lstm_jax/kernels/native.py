@@ -80,6 +80,7 @@ __all__ = [
     "auto_unsupported_here",
     "check_settings",
     "dtype_unsupported",
+    "ffi_call",
     "isa_fallbacks",
     "native_auto_unavailable",
     "native_auto_unsupported",
@@ -90,6 +91,7 @@ __all__ = [
     "native_lstm_layer",
     "native_unavailable",
     "native_unsupported",
+    "optional_operand",
     "register_ffi_targets",
     "unknown_settings",
     "unsupported_here",
@@ -379,7 +381,7 @@ def _bf16(compute_dtype) -> bool:
     return compute_dtype is not None and jnp.dtype(compute_dtype) == jnp.bfloat16
 
 
-def _ffi(target: str, results, *args, aliases=None, **attributes):
+def ffi_call(target: str, results, *args, aliases=None, **attributes):
     """The custom call, lowered for CPU only (inside "auto"'s CPU branch of a multi-platform export)."""
     _library()  # registers the targets
     call = jax.ffi.ffi_call(
@@ -403,7 +405,7 @@ def _time_major(a: Array, batch_major: bool) -> Array:
     return jnp.swapaxes(a, 0, 1) if batch_major else a
 
 
-def _optional(mask: Optional[Array], dtype) -> Array:
+def optional_operand(mask: Optional[Array], dtype) -> Array:
     """The array the custom calls read for an absent mask: empty."""
     return jnp.zeros((0,), dtype) if mask is None else mask
 
@@ -417,8 +419,8 @@ def _forward(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, *, save)
     steps, batch = _steps_batch(xs, batch_major)
     state = jax.ShapeDtypeStruct((batch, w_hh.shape[0]), jnp.float32)
     seq = _sequence(batch_major, steps, batch, w_hh.shape[0])
-    args = (xs, w_ih, b, w_hh, h0, c0, _optional(mask, jnp.float32), _optional(valid, jnp.uint8))
-    ys, h, c = _ffi("lstm_jax_native_forward_infer", (seq, state, state), *args,
+    args = (xs, w_ih, b, w_hh, h0, c0, optional_operand(mask, jnp.float32), optional_operand(valid, jnp.uint8))
+    ys, h, c = ffi_call("lstm_jax_native_forward_infer", (seq, state, state), *args,
                     batch_major=batch_major, bf16=bf16)  # fmt: skip
     return ys, h, c, None
 
@@ -437,11 +439,11 @@ def _forward_train(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
     seq = _sequence(batch_major, steps, batch, hidden)
     gates = _sequence(False, steps, batch, 4 * hidden)
     cell_states = _sequence(False, steps, batch, hidden)
-    args = (xs, w_ih, b, w_hh, h0, c0, _optional(mask, jnp.float32), _optional(valid, jnp.uint8))
+    args = (xs, w_ih, b, w_hh, h0, c0, optional_operand(mask, jnp.float32), optional_operand(valid, jnp.uint8))
     xh_t = jax.ShapeDtypeStruct((inputs + hidden, steps * batch) if bf16 else (0,), jnp.bfloat16)
     w_t = jax.ShapeDtypeStruct((4 * hidden, inputs) if bf16 else (0,), jnp.bfloat16)
     results = (seq, state, state, gates, cell_states, xh_t, w_t)
-    return _ffi("lstm_jax_native_forward_train", results, *args, batch_major=batch_major,
+    return ffi_call("lstm_jax_native_forward_train", results, *args, batch_major=batch_major,
                 bf16=bf16)  # fmt: skip
 
 
@@ -526,10 +528,10 @@ def _gradients(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, d
     state = jax.ShapeDtypeStruct(h0.shape, jnp.float32)
     dz_bf16 = jax.ShapeDtypeStruct(act.shape if bf16 else (0,), jnp.bfloat16)
     results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state, state, dz_bf16)
-    dz, dh0, dc0, dmask, dz_bf16 = _ffi(
+    dz, dh0, dc0, dmask, dz_bf16 = ffi_call(
         "lstm_jax_native_backward", results,
-        w_hh, act, cs, c0, dys, dh, dc, _optional(mask, jnp.float32),
-        _optional(valid, jnp.uint8), ys, h0,
+        w_hh, act, cs, c0, dys, dh, dc, optional_operand(mask, jnp.float32),
+        optional_operand(valid, jnp.uint8), ys, h0,
         batch_major=batch_major, bf16=bf16, aliases={1: 0},
     )  # fmt: skip
     steps, batch = _steps_batch(xs, batch_major)

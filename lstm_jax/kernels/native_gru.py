@@ -38,10 +38,10 @@ from jax import Array
 
 from lstm_jax.cells import Cell, gru_pointwise
 from lstm_jax.kernels.native import (
-    _ffi,
-    _optional,
     auto_unsupported_here,
     dtype_unsupported,
+    ffi_call,
+    optional_operand,
     unsupported_here,
 )
 from lstm_jax.params import GRUWeights
@@ -74,7 +74,7 @@ def native_gru_auto_unsupported(weights, xs, initial_carry, *, recurrent_mask, c
 
 def _operands(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid):
     """The forward custom calls' operands; an absent mask or validity is an empty array."""
-    mask, valid = _optional(mask, jnp.float32), _optional(valid, jnp.uint8)
+    mask, valid = optional_operand(mask, jnp.float32), optional_operand(valid, jnp.uint8)
     return xs, w_ih, b_ih, w_hh, b_hh, h0, mask, valid
 
 
@@ -86,7 +86,7 @@ def _forward(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid, *, save):
     state = jax.ShapeDtypeStruct((batch, w_hh.shape[0]), jnp.float32)
     seq = jax.ShapeDtypeStruct((steps, batch, w_hh.shape[0]), jnp.float32)
     args = _operands(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid)
-    ys, h = _ffi("lstm_jax_native_gru_forward_infer", (seq, state), *args)
+    ys, h = ffi_call("lstm_jax_native_gru_forward_infer", (seq, state), *args)
     return ys, h, None
 
 
@@ -99,7 +99,7 @@ def _forward_train(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid):
     seq = jax.ShapeDtypeStruct((steps, batch, hidden), jnp.float32)
     gates = jax.ShapeDtypeStruct((steps, batch, 4 * hidden), jnp.float32)
     args = _operands(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid)
-    return _ffi("lstm_jax_native_gru_forward_train", (seq, state, gates), *args)
+    return ffi_call("lstm_jax_native_gru_forward_train", (seq, state, gates), *args)
 
 
 def _forward_reference(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid):
@@ -166,9 +166,9 @@ def _gradients(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid, dys, dh, hs, act):
     hidden = w_hh.shape[0]
     state = jax.ShapeDtypeStruct(h0.shape, jnp.float32)
     results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state)
-    dz, dh0, dmask = _ffi(
+    dz, dh0, dmask = ffi_call(
         "lstm_jax_native_gru_backward", results,
-        w_hh, act, dys, dh, _optional(mask, jnp.float32), _optional(valid, jnp.uint8), hs, h0,
+        w_hh, act, dys, dh, optional_operand(mask, jnp.float32), optional_operand(valid, jnp.uint8), hs, h0,
         aliases={1: 0},
     )  # fmt: skip
     rows = dz.reshape(steps * batch, 4 * hidden)  # [dr, dz, dn, dhn]

@@ -34,14 +34,14 @@ from jax import Array
 
 from lstm_jax.cells import Cell, rnn_step
 from lstm_jax.kernels.native import (
-    _ffi,
-    _optional,
     auto_unsupported_here,
     dtype_unsupported,
+    ffi_call,
+    optional_operand,
     unsupported_here,
 )
 from lstm_jax.params import RNNWeights
-from lstm_jax.scan import over_time
+from lstm_jax.sequence import over_time
 
 __all__ = [
     "native_rnn_auto_unsupported",
@@ -73,7 +73,7 @@ def native_rnn_auto_unsupported(weights, xs, initial_carry, *, recurrent_mask, c
 
 def _operands(w_ih, b, w_hh, xs, h0, mask, valid):
     """The forward custom calls' operands; an absent mask or validity is an empty array."""
-    return xs, w_ih, b, w_hh, h0, _optional(mask, jnp.float32), _optional(valid, jnp.uint8)
+    return xs, w_ih, b, w_hh, h0, optional_operand(mask, jnp.float32), optional_operand(valid, jnp.uint8)
 
 
 def _forward_call(target, relu, w_ih, b, w_hh, xs, h0, mask, valid):
@@ -82,7 +82,7 @@ def _forward_call(target, relu, w_ih, b, w_hh, xs, h0, mask, valid):
     hidden = w_hh.shape[0]
     state = jax.ShapeDtypeStruct((batch, hidden), jnp.float32)
     seq = jax.ShapeDtypeStruct((steps, batch, hidden), jnp.float32)
-    return _ffi(target, (seq, state), *_operands(w_ih, b, w_hh, xs, h0, mask, valid), relu=relu)
+    return ffi_call(target, (seq, state), *_operands(w_ih, b, w_hh, xs, h0, mask, valid), relu=relu)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
@@ -151,9 +151,9 @@ def _gradients(relu, w_ih, b, w_hh, xs, h0, mask, valid, dys, dh, ys):
     hidden = w_hh.shape[0]
     state = jax.ShapeDtypeStruct(h0.shape, jnp.float32)
     results = (jax.ShapeDtypeStruct(ys.shape, jnp.float32), state, state)
-    dz, dh0, dmask = _ffi(
+    dz, dh0, dmask = ffi_call(
         "lstm_jax_native_rnn_backward", results,
-        w_hh, dys, dh, _optional(mask, jnp.float32), _optional(valid, jnp.uint8), ys, h0, relu=relu,
+        w_hh, dys, dh, optional_operand(mask, jnp.float32), optional_operand(valid, jnp.uint8), ys, h0, relu=relu,
     )  # fmt: skip
     rows = dz.reshape(steps * batch, hidden)
     # h_{t-1} for every step: h0, then ys (the gradients are zero wherever ys was zeroed)
