@@ -138,3 +138,31 @@ def test_plot_history_skips_curves_with_too_few_points(tmp_path, capsys):
     rows = [{"step": s, "loss": 1.0 / s} for s in range(1, 6)] + [{"step": 5, "val_accuracy": 0.5}]
     assert_png(_common.plot_history(rows, str(tmp_path / "c.png"), panels, title="t"))
     assert "left out val_accuracy" in capsys.readouterr().out
+
+
+def test_kneser_ney_is_a_distribution():
+    sys.path.insert(0, EXAMPLES)
+    import numpy as np
+    from char_lm_baselines import KneserNey
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 5, 3000)
+    ids[::3] = 2  # some structure, and symbol 5 never seen
+    for order in (1, 2, 4):
+        model = KneserNey(ids, order, 6)
+        for context in ([2, 1, 0], [0, 0, 0], [5, 5, 5]):
+            seqs = np.array([context + [w] for w in range(6)]).reshape(-1)
+            probs = 2.0 ** model.log2_probs(seqs, np.arange(3, len(seqs), 4))
+            assert abs(probs.sum() - 1.0) < 1e-9 and probs.min() > 0
+
+
+def test_char_lm_baselines_quick(tmp_path):
+    run_example("char_lm_baselines.py", tmp_path)
+    m = load(tmp_path / "metrics.json")
+    assert m["corpus_chars"] == 60_000 and set(m["ngram"]) == {"1", "2", "3", "4", "5"}
+    bpc = [m["ngram"][str(n)]["bpc"] for n in range(1, 6)]
+    assert bpc[0] < math.log2(m["vocab_size"]) and bpc[3] < bpc[0]  # context helps
+    for r in m["compressors"].values():
+        assert 0.5 < r["bpc_given_train"] < 8 and 0.5 < r["bpc_alone"] < 8
+    assert m["winner"] == m["ranking"][0][0]
+    assert_png(tmp_path / "baselines.png")
