@@ -57,8 +57,8 @@ from lstm_jax import training as tr  # noqa: E402
 
 def parse_args(argv=None):
     parser = _common.base_parser(__doc__.splitlines()[0], "runs/rl_memory")
-    parser.add_argument("--memory-length", type=int, default=10)
-    parser.add_argument("--sweep", default="5,10,20,30,50",
+    parser.add_argument("--memory-length", type=int, default=20)
+    parser.add_argument("--sweep", default="5,10,20,30,40,50,80",
                         help="memory lengths of the LSTM sweep ('' for none)")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--num-envs", type=int, default=64)
@@ -74,9 +74,9 @@ def parse_args(argv=None):
     parser.add_argument("--eval-episodes", type=int, default=2048)
     args = parser.parse_args(argv)
     if args.quick:
-        args.sweep = "5,10"
+        args.sweep = "5,10" if args.sweep == parser.get_default("sweep") else args.sweep
     # --steps: PPO updates (each num_envs * num_steps environment steps)
-    args.steps = args.steps or (150 if args.quick else 400)
+    args.steps = args.steps or (150 if args.quick else 300)
     return args
 
 

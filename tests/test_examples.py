@@ -166,3 +166,59 @@ def test_char_lm_baselines_quick(tmp_path):
         assert 0.5 < r["bpc_given_train"] < 8 and 0.5 < r["bpc_alone"] < 8
     assert m["winner"] == m["ranking"][0][0]
     assert_png(tmp_path / "baselines.png")
+
+
+def test_rl_memory_smoke(tmp_path):
+    pytest.importorskip("gymnax")
+    run_example("rl_memory.py", tmp_path, "--steps", "3", "--sweep", "", "--memory-length", "4",
+                "--num-envs", "8", "--eval-episodes", "16")
+    m = load(tmp_path / "metrics.json")
+    assert 0.0 <= m["success_rate"] <= 1.0 and 0.0 <= m["success_rate_mlp"] <= 1.0
+    assert m["env_steps"] == 3 * 8 * 10 and len(m["history_lstm"]) == 3
+    assert_png(tmp_path / "success.png")
+    assert_png(tmp_path / "memory_length.png")
+
+
+@pytest.mark.slow
+def test_rl_memory_quick(tmp_path):
+    pytest.importorskip("gymnax")
+    run_example("rl_memory.py", tmp_path)
+    m = load(tmp_path / "metrics.json")
+    assert m["memory_length"] == 20 and m["success_rate"] >= 0.9
+    assert m["success_rate_mlp"] < 0.65  # a memoryless policy can only guess
+    assert set(m["sweep"]) == {"5", "10", "20"}
+
+
+def test_translate_smoke(tmp_path):
+    run_example("translate.py", tmp_path, "--steps", "3", "--test-size", "20", "--batch", "8",
+                "--beam", "2")
+    m = load(tmp_path / "metrics.json")
+    assert 0.0 <= m["exact_match"] <= 1.0 and 0.0 <= m["exact_match_greedy"] <= 1.0
+    assert m["test_size"] == 20 and "exact_match_no_attention" in m
+    for png in ("attention.png", "accuracy_vs_length.png"):
+        assert_png(tmp_path / png)
+
+
+def test_translate_data_hold_out_whole_dates():
+    sys.path.insert(0, EXAMPLES)
+    import numpy as np
+    import translate
+
+    train_days, test_days = translate.split_days(0)
+    assert not set(train_days) & set(test_days) and 0.08 < len(test_days) / 73049 < 0.12
+    srcs, tgts = translate.sample(test_days, 500, np.random.default_rng(0))
+    vocab = translate.Vocab()
+    src, lengths = vocab.encode_src(srcs)  # every character is in the vocabulary
+    assert lengths.max() <= translate.SRC_LEN
+    assert all(vocab.decode_tgt(t) == g for t, g in zip(vocab.encode_tgt(tgts), tgts))
+    d = translate.dt.date(2021, 3, 1)
+    assert {translate.render(d, f, False) for f in (1, 8, 11)} == {
+        "Monday, March 1, 2021", "lundi 1er mars 2021", "Montag, 1. März 2021"}
+
+
+@pytest.mark.slow
+def test_translate_quick(tmp_path):
+    run_example("translate.py", tmp_path)
+    m = load(tmp_path / "metrics.json")
+    assert m["exact_match"] >= 0.9 and m["exact_match_greedy"] >= 0.9
+    assert m["exact_match_no_attention"] < m["exact_match"]
