@@ -162,7 +162,10 @@ def make_train(args, kind: str, memory_length: int):
     num_actions = env.action_space(env_params).n
     n_envs = args.num_envs
     n_steps = args.num_steps or 2 * (memory_length + 1)
-    optimizer = optax.chain(optax.clip_by_global_norm(0.5), optax.adam(args.lr, eps=1e-5))
+    # the learning rate falls linearly to 0 (as in PureJaxRL): with a constant one, a late
+    # destructive update can leave a final policy far worse than the one before it
+    schedule = optax.linear_schedule(args.lr, 0.0, args.steps * args.epochs * args.minibatches)
+    optimizer = optax.chain(optax.clip_by_global_norm(0.5), optax.adam(schedule, eps=1e-5))
     v_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
     v_reset = jax.vmap(env.reset, in_axes=(0, None))
 

@@ -34,6 +34,7 @@ import datetime as dt
 import os
 import sys
 import time
+from typing import Callable, NamedTuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -100,7 +101,7 @@ FIRST, LAST = dt.date(1900, 1, 1), dt.date(2099, 12, 31)
 TARGET_CHARS = "0123456789-"
 PAD, BOS, EOS = 0, 1, 2  # target ids; characters follow
 TGT_LEN = 10 + 1  # YYYY-MM-DD and EOS
-SRC_LEN = 40  # longest source: "Wednesday 23rd September 2021" is 29 chars
+SRC_LEN = 40  # the longest source, "miércoles, 12 de septiembre de 1900", has 35
 
 
 def render(date: dt.date, fmt: int, upper: bool) -> str:
@@ -123,9 +124,86 @@ def sample(days: np.ndarray, n: int, rng: np.random.Generator) -> tuple[list[str
     return [render(d, f, u) for d, f, u in zip(dates, fmts, upper)], [d.isoformat() for d in dates]
 
 
+# ----------------------------------------------------------------------------- numbers
+
+ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+        "fifteen sixteen seventeen eighteen nineteen").split()
+TENS = "- - twenty thirty forty fifty sixty seventy eighty ninety".split()
+NUM_SRC_LEN = 110  # the longest, 777777777, is 102 characters in words
+
+
+def _below_1000(n: int) -> list[str]:
+    words = [ONES[n // 100], "hundred"] if n >= 100 else []
+    n %= 100
+    if n >= 20:
+        words.append(TENS[n // 10] + (f"-{ONES[n % 10]}" if n % 10 else ""))
+    elif n:
+        words.append(ONES[n])
+    return words
+
+
+def number_words(n: int) -> str:
+    """English words for ``0 <= n < 10**9``: 4021 -> "four thousand twenty-one"."""
+    if n == 0:
+        return "zero"
+    words = []
+    for value, name in ((10**6, "million"), (10**3, "thousand"), (1, "")):
+        if n >= value:
+            words += _below_1000(n // value) + ([name] if name else [])
+            n %= value
+    return " ".join(words)
+
+
+def _held_out_number(n: np.ndarray) -> np.ndarray:
+    return (n * 2654435761) % 1000 < 100  # a fixed pseudo-random 10% of all numbers
+
+
+def sample_numbers(n: int, rng: np.random.Generator, held_out: bool):
+    """``n`` numbers with 1..9 digits (each digit count equally likely), from one side of the split."""
+    out = []
+    while len(out) < n:
+        digits = rng.integers(1, 10, 2 * n)
+        nums = rng.integers(10 ** (digits - 1) * (digits > 1), 10**digits)
+        out += [int(k) for k in nums[_held_out_number(nums) == held_out]]
+    return [number_words(k) for k in out[:n]], [str(k) for k in out[:n]]
+
+
+class Task(NamedTuple):
+    name: str
+    title: str
+    src_len: int
+    tgt_len: int
+    train_sample: Callable  # (n, rng) -> (sources, targets)
+    test_sample: Callable
+    bins: list  # source-length bins [lo, hi) of the accuracy-vs-length plot
+    examples: list  # sources whose attention is plotted
+    held_out: str
+
+
+def make_task(name: str, seed: int) -> Task:
+    if name == "dates":
+        train_days, test_days = split_days(seed)
+        examples = [render(FIRST + dt.timedelta(days=int(test_days[k])), f, False)
+                    for k, f in ((5, 1), (len(test_days) // 2, 8), (-30, 14))]  # fmt: skip
+        return Task("dates", "dates -> ISO 8601", SRC_LEN, TGT_LEN,
+                    lambda n, rng: sample(train_days, n, rng),
+                    lambda n, rng: sample(test_days, n, rng),
+                    [(0, 12), (12, 17), (17, 21), (21, 25), (25, SRC_LEN + 1)], examples,
+                    f"{len(test_days)} of {len(train_days) + len(test_days)} calendar days")
+    if name == "numbers":
+        rng = np.random.default_rng(seed)
+        return Task("numbers", "number words -> digits", NUM_SRC_LEN, TGT_LEN,
+                    lambda n, rng: sample_numbers(n, rng, False),
+                    lambda n, rng: sample_numbers(n, rng, True),
+                    [(0, 20), (20, 40), (40, 60), (60, 80), (80, NUM_SRC_LEN + 1)],
+                    sample_numbers(3, rng, True)[0], "10% of the numbers below 10**9")
+    raise ValueError(f"unknown task {name!r}: use dates or numbers.")
+
+
 class Vocab:
-    def __init__(self):
-        chars = set("0123456789-/., ")
+    def __init__(self, src_len: int = SRC_LEN):
+        self.src_len = src_len
+        chars = set("0123456789-/., abcdefghijklmnopqrstuvwxyz")
         for lang in MONTHS:
             for word in MONTHS[lang] + WEEKDAYS[lang] + ["of", "le", "de", "st", "nd", "rd", "th",
                                                           "er"]:
@@ -135,13 +213,16 @@ class Vocab:
         self.tgt = ["<pad>", "<bos>", "<eos>"] + list(TARGET_CHARS)
 
     def encode_src(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        ids = np.zeros((len(texts), SRC_LEN), np.int32)
+        ids = np.zeros((len(texts), self.src_len), np.int32)
         for i, t in enumerate(texts):
             ids[i, : len(t)] = [self.src_index[c] for c in t]
         return ids, np.array([len(t) for t in texts], np.int32)
 
     def encode_tgt(self, texts: list[str]) -> np.ndarray:
-        return np.array([[3 + TARGET_CHARS.index(c) for c in t] + [EOS] for t in texts], np.int32)
+        """Target ids, EOS after the end (repeated up to the longest text's length + 1)."""
+        width = max(len(t) for t in texts) + 1
+        return np.array([[3 + TARGET_CHARS.index(c) for c in t] + [EOS] * (width - len(t))
+                         for t in texts], np.int32)  # fmt: skip
 
     def decode_tgt(self, ids) -> str:
         out = []
@@ -219,7 +300,7 @@ def teacher_forced(params, src, src_len, tgt, attention: bool):
     return jnp.swapaxes(logits, 0, 1), jnp.swapaxes(alphas, 0, 1)
 
 
-def make_decoders(attention: bool, beam_size: int, length_penalty: float):
+def make_decoders(attention: bool, beam_size: int, length_penalty: float, max_len: int = TGT_LEN):
     def step_fn(params):
         def step(carry, tokens):
             logits, _, carry = decode_step(params, carry, tokens, attention)
@@ -230,13 +311,13 @@ def make_decoders(attention: bool, beam_size: int, length_penalty: float):
     @jax.jit
     def greedy(params, src, src_len):
         return decoding.greedy_search(step_fn(params), encode(params, src, src_len, attention),
-                                      bos_id=BOS, eos_id=EOS, max_len=TGT_LEN)  # fmt: skip
+                                      bos_id=BOS, eos_id=EOS, max_len=max_len)  # fmt: skip
 
     @jax.jit
     def beam(params, src, src_len):
         seqs, _ = decoding.beam_search(
             step_fn(params), encode(params, src, src_len, attention), bos_id=BOS, eos_id=EOS,
-            beam_size=beam_size, max_len=TGT_LEN, length_penalty=length_penalty)
+            beam_size=beam_size, max_len=max_len, length_penalty=length_penalty)
         return seqs[:, 0]
 
     return greedy, beam
@@ -247,6 +328,7 @@ def make_decoders(attention: bool, beam_size: int, length_penalty: float):
 
 def parse_args(argv=None):
     parser = _common.base_parser(__doc__.splitlines()[0], "runs/translate")
+    parser.add_argument("--task", choices=["dates", "numbers"], default="dates")
     parser.add_argument("--embed", type=int, default=32)
     parser.add_argument("--enc-hidden", type=int, default=64)
     parser.add_argument("--dec-hidden", type=int, default=128)
@@ -263,7 +345,7 @@ def parse_args(argv=None):
     return args
 
 
-def train_model(args, vocab, train_days, attention: bool, desc: str):
+def train_model(args, vocab, task: Task, attention: bool, desc: str):
     key = jax.random.key(args.seed)
     params = init_model(key, vocab, embed=args.embed, enc_hidden=args.enc_hidden,
                         dec_hidden=args.dec_hidden)  # fmt: skip
@@ -283,10 +365,12 @@ def train_model(args, vocab, train_days, attention: bool, desc: str):
     history, pending, t0 = [], [], time.perf_counter()
     every = _common.log_every(args.steps)
     for step in tqdm(range(args.steps), disable=args.no_progress, desc=desc):
-        srcs, tgts = sample(train_days, args.batch, rng)
+        srcs, tgts = task.train_sample(args.batch, rng)
         src, src_len = vocab.encode_src(srcs)
-        state, metrics = step_fn(state, {"src": src, "src_len": src_len,
-                                         "tgt": vocab.encode_tgt(tgts)})  # fmt: skip
+        tgt = np.full((args.batch, task.tgt_len), EOS, np.int32)  # one shape: one compilation
+        enc = vocab.encode_tgt(tgts)
+        tgt[:, : enc.shape[1]] = enc
+        state, metrics = step_fn(state, {"src": src, "src_len": src_len, "tgt": tgt})
         pending.append(metrics)
         if (step + 1) % every == 0 or step + 1 == args.steps:
             means = jax.device_get(pending)
@@ -297,8 +381,8 @@ def train_model(args, vocab, train_days, attention: bool, desc: str):
     return state.params, history, time.perf_counter() - t0
 
 
-def evaluate(params, vocab, srcs, tgts, attention, args) -> dict:
-    greedy, beam = make_decoders(attention, args.beam, args.length_penalty)
+def evaluate(params, vocab, srcs, tgts, attention, args, task: Task) -> dict:
+    greedy, beam = make_decoders(attention, args.beam, args.length_penalty, task.tgt_len)
     out = {"greedy": [], "beam": []}
     t0 = time.perf_counter()
     for start in range(0, len(srcs), 500):
@@ -307,7 +391,7 @@ def evaluate(params, vocab, srcs, tgts, attention, args) -> dict:
             out[name] += [vocab.decode_tgt(s) for s in np.asarray(fn(params, src, src_len))]
     correct = {k: np.array([p == t for p, t in zip(v, tgts)]) for k, v in out.items()}
     lengths = np.array([len(s) for s in srcs])
-    bins = [(0, 12), (12, 17), (17, 21), (21, 25), (25, SRC_LEN + 1)]
+    bins = task.bins
     by_length = {f"{lo}-{hi - 1}": {"n": int(np.sum((lengths >= lo) & (lengths < hi))),
                                     **{k: float(c[(lengths >= lo) & (lengths < hi)].mean())
                                        for k, c in correct.items()}}
@@ -318,11 +402,11 @@ def evaluate(params, vocab, srcs, tgts, attention, args) -> dict:
             "errors": errors, "decode_s": round(time.perf_counter() - t0, 2)}  # fmt: skip
 
 
-def plot_attention(params, vocab, srcs, path: str, attention: bool):
+def plot_attention(params, vocab, srcs, path: str, attention: bool, max_len: int):
     from matplotlib.figure import Figure
 
     src, src_len = vocab.encode_src(srcs)
-    greedy, _ = make_decoders(attention, 1, 1.0)
+    greedy, _ = make_decoders(attention, 1, 1.0, max_len)
     pred = np.asarray(greedy(params, src, src_len))
     _, alphas = jax.jit(teacher_forced, static_argnums=4)(params, src, src_len, pred, attention)
     fig = Figure(figsize=(10, 2.6 * len(srcs)))
@@ -339,7 +423,7 @@ def plot_attention(params, vocab, srcs, path: str, attention: bool):
     fig.savefig(path, dpi=100)
 
 
-def plot_by_length(results: dict, path: str):
+def plot_by_length(results: dict, path: str, title: str):
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4))
@@ -351,7 +435,7 @@ def plot_by_length(results: dict, path: str):
     ax.set_xlabel("source length (characters)")
     ax.set_ylabel("held-out exact match (beam search)")
     ax.set_ylim(0, 1.02)
-    ax.set_title("dates -> ISO 8601: accuracy vs source length")
+    ax.set_title(f"{title}: accuracy vs source length")
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -360,35 +444,35 @@ def plot_by_length(results: dict, path: str):
 
 def run(args) -> dict:
     os.makedirs(args.out, exist_ok=True)
-    vocab = Vocab()
-    train_days, test_days = split_days(args.seed)
-    test_src, test_tgt = sample(test_days, args.test_size, np.random.default_rng(args.seed + 7))
+    task = make_task(args.task, args.seed)
+    vocab = Vocab(task.src_len)
+    test_src, test_tgt = task.test_sample(args.test_size, np.random.default_rng(args.seed + 7))
     writer = tr.MetricsWriter(args.out, start_step=0)
     results, histories, walls = {}, {}, {}
     for attention in (True,) if args.no_baseline else (True, False):
         name = "attention" if attention else "no_attention"
-        params, history, wall = train_model(args, vocab, train_days, attention, f"seq2seq {name}")
+        params, history, wall = train_model(args, vocab, task, attention, f"seq2seq {name}")
         for row in history:
             writer.write({**row, "model": name})
-        results[name] = evaluate(params, vocab, test_src, test_tgt, attention, args)
+        results[name] = evaluate(params, vocab, test_src, test_tgt, attention, args, task)
         histories[name], walls[name] = history, wall
         print(f"  {name}: held-out exact match beam {results[name]['exact_match']:.4f}, "
               f"greedy {results[name]['exact_match_greedy']:.4f} ({wall:.0f} s training)",
               flush=True)
         if attention:
-            examples = [render(FIRST + dt.timedelta(days=int(test_days[k])), f, False)
-                        for k, f in ((5, 1), (len(test_days) // 2, 8), (-30, 14))]  # fmt: skip
-            plot_attention(params, vocab, examples, os.path.join(args.out, "attention.png"), True)
+            plot_attention(params, vocab, task.examples, os.path.join(args.out, "attention.png"),
+                           True, task.tgt_len)  # fmt: skip
     plot_by_length({("LSTM + attention" if k == "attention" else "LSTM, no attention"): v
-                    for k, v in results.items()}, os.path.join(args.out, "accuracy_vs_length.png"))
+                    for k, v in results.items()}, os.path.join(args.out, "accuracy_vs_length.png"),
+                   task.title)  # fmt: skip
     rows = [{**r, "loss_" + k: r["loss"]} for k, h in histories.items() for r in h]
     _common.plot_history(rows, os.path.join(args.out, "training.png"),
                          [("training loss (nats/token)", [f"loss_{k}" for k in histories], True)],
-                         title="dates -> ISO 8601: teacher-forced training loss")  # fmt: skip
+                         title=f"{task.title}: teacher-forced training loss")  # fmt: skip
     att = results["attention"]
     result = {
-        "task": "translate_dates", "formats": len(FORMATS), "train_days": len(train_days),
-        "held_out_days": len(test_days), "test_size": len(test_src), "steps": args.steps,
+        "task": f"translate_{task.name}", "held_out": task.held_out,
+        "test_size": len(test_src), "steps": args.steps,
         "batch": args.batch, "beam": args.beam, "length_penalty": args.length_penalty,
         "exact_match": att["exact_match"], "exact_match_greedy": att["exact_match_greedy"],
         "models": results, "train_wall_s": walls, "run": _common.run_info(),
