@@ -173,7 +173,11 @@ def load_lstm_runs(dirs: list[str]) -> dict:
     for d in dirs:
         with open(os.path.join(d, "metrics.json")) as f:
             m = json.load(f)
-        name = f"LSTM {m.get('layers', 1)}x{m.get('hidden', '?')} ({os.path.basename(d.rstrip('/'))})"
+        if "hidden" not in m:  # a run recorded before char_lm.py wrote its sizes: its command's
+            import char_lm
+
+            m.update(vars(char_lm.parse_args(m["run"]["argv"][1:])))  # sizes and defaults
+        name = f"LSTM {m['layers']}x{m['hidden']} ({os.path.basename(d.rstrip('/'))})"
         runs[name] = {"val_bpc": m["val_bpc"], "train_wall_s": m.get("train_wall_s"),
                       "steps": m.get("steps"), "corpus_chars": m.get("corpus_chars"),
                       "dir": d}  # fmt: skip
