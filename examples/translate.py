@@ -155,14 +155,19 @@ def number_words(n: int) -> str:
 
 
 def _held_out_number(n: np.ndarray) -> np.ndarray:
-    return (n * 2654435761) % 1000 < 100  # a fixed pseudo-random 10% of all numbers
+    # a fixed pseudo-random 10% of the numbers from 100 up; every number below 100 is trained
+    # on (each is a word, or a compound of two, that cannot be guessed unseen: "zero", "eleven")
+    return ((n * 2654435761) % 1000 < 100) & (n >= 100)
 
 
 def sample_numbers(n: int, rng: np.random.Generator, held_out: bool):
-    """``n`` numbers with 1..9 digits (each digit count equally likely), from one side of the split."""
+    """``n`` numbers from one side of the split, each digit count equally likely.
+
+    Training numbers have 1..9 digits, held-out ones 3..9 (all of 0..99 is in training).
+    """
     out = []
     while len(out) < n:
-        digits = rng.integers(1, 10, 2 * n)
+        digits = rng.integers(3 if held_out else 1, 10, 2 * n)
         nums = rng.integers(10 ** (digits - 1) * (digits > 1), 10**digits)
         out += [int(k) for k in nums[_held_out_number(nums) == held_out]]
     return [number_words(k) for k in out[:n]], [str(k) for k in out[:n]]
@@ -196,7 +201,7 @@ def make_task(name: str, seed: int) -> Task:
                     lambda n, rng: sample_numbers(n, rng, False),
                     lambda n, rng: sample_numbers(n, rng, True),
                     [(0, 20), (20, 40), (40, 60), (60, 80), (80, NUM_SRC_LEN + 1)],
-                    sample_numbers(3, rng, True)[0], "10% of the numbers below 10**9")
+                    sample_numbers(3, rng, True)[0], "10% of the numbers from 100 to 10**9 - 1")
     raise ValueError(f"unknown task {name!r}: use dates or numbers.")
 
 

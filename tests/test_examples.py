@@ -222,3 +222,20 @@ def test_translate_quick(tmp_path):
     m = load(tmp_path / "metrics.json")
     assert m["exact_match"] >= 0.9 and m["exact_match_greedy"] >= 0.9
     assert m["exact_match_no_attention"] < m["exact_match"]
+
+
+def test_translate_numbers_data():
+    sys.path.insert(0, EXAMPLES)
+    import numpy as np
+    import translate
+
+    words = {0: "zero", 13: "thirteen", 40: "forty", 101: "one hundred one",
+             4021: "four thousand twenty-one", 90_000_010: "ninety million ten",
+             777_777_777: "seven hundred seventy-seven million seven hundred seventy-seven "
+                          "thousand seven hundred seventy-seven"}  # fmt: skip
+    assert {n: translate.number_words(n) for n in words} == words
+    rng = np.random.default_rng(0)
+    train = set(translate.sample_numbers(5000, rng, False)[1])
+    srcs, test = translate.sample_numbers(1000, rng, True)
+    assert not train & set(test) and min(int(t) for t in test) >= 100
+    assert max(map(len, srcs)) <= translate.NUM_SRC_LEN and "0" in {t[0] for t in train}
