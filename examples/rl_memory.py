@@ -72,6 +72,7 @@ def parse_args(argv=None):
     parser.add_argument("--clip", type=float, default=0.2)
     parser.add_argument("--entropy", type=float, default=0.01)
     parser.add_argument("--eval-episodes", type=int, default=2048)
+    parser.add_argument("--no-baseline", action="store_true", help="skip the MLP agent")
     args = parser.parse_args(argv)
     if args.quick:
         args.sweep = "5,10" if args.sweep == parser.get_default("sweep") else args.sweep
@@ -356,8 +357,8 @@ def run(args) -> dict:
     writer = tr.MetricsWriter(args.out, start_step=0)
     L = args.memory_length
     lstm = train(args, "lstm", L, desc=f"PPO LSTM, memory {L}")
-    mlp_run = train(args, "mlp", L, desc=f"PPO MLP, memory {L}")
-    for agent, r in (("lstm", lstm), ("mlp", mlp_run)):
+    mlp_run = None if args.no_baseline else train(args, "mlp", L, desc=f"PPO MLP, memory {L}")
+    for agent, r in (("lstm", lstm), ("mlp", mlp_run or {"history": []})):
         for row in r["history"]:
             writer.write({**row, "agent": agent, "memory_length": L})
     sweep = {str(L): {k: lstm[k] for k in ("success_rate", "train_wall_s", "env_steps")}}
@@ -365,9 +366,11 @@ def run(args) -> dict:
         if str(n) not in sweep:
             r = train(args, "lstm", n, desc=f"PPO LSTM, memory {n}")
             sweep[str(n)] = {k: r[k] for k in ("success_rate", "train_wall_s", "env_steps")}
-    plot_success({f"LSTM policy (final greedy {lstm['success_rate']:.2f})": lstm["history"],
-                  f"MLP policy (final greedy {mlp_run['success_rate']:.2f})": mlp_run["history"]},
-                 os.path.join(args.out, "success.png"),
+    curves = {f"LSTM policy (final greedy {lstm['success_rate']:.2f})": lstm["history"]}
+    if mlp_run:
+        curves[f"MLP policy (final greedy {mlp_run['success_rate']:.2f})"] = mlp_run["history"]
+    mlp_run = mlp_run or {k: None for k in ("success_rate", "params", "train_wall_s", "history")}
+    plot_success(curves, os.path.join(args.out, "success.png"),
                  title=f"PPO on MemoryChain-bsuite, memory_length={L}")  # fmt: skip
     plot_sweep(sweep, os.path.join(args.out, "memory_length.png"),
                title=f"LSTM PPO: success vs memory length ({args.steps} updates each)")
@@ -383,7 +386,7 @@ def run(args) -> dict:
     }  # fmt: skip
     tr.write_json(os.path.join(args.out, "metrics.json"), result)
     print(f"rl_memory: memory_length={L}: LSTM success {lstm['success_rate']:.3f}, "
-          f"MLP success {mlp_run['success_rate']:.3f} ({lstm['env_steps']} env steps each)")
+          f"MLP success {mlp_run['success_rate']} ({lstm['env_steps']} env steps each)")
     _common.print_outputs(args.out)
     return result
 

@@ -171,9 +171,9 @@ def test_char_lm_baselines_quick(tmp_path):
 def test_rl_memory_smoke(tmp_path):
     pytest.importorskip("gymnax")
     run_example("rl_memory.py", tmp_path, "--steps", "3", "--sweep", "", "--memory-length", "4",
-                "--num-envs", "8", "--eval-episodes", "16")
+                "--num-envs", "8", "--eval-episodes", "16", "--no-baseline")  # the MLP: slow test
     m = load(tmp_path / "metrics.json")
-    assert 0.0 <= m["success_rate"] <= 1.0 and 0.0 <= m["success_rate_mlp"] <= 1.0
+    assert 0.0 <= m["success_rate"] <= 1.0 and m["success_rate_mlp"] is None
     assert m["env_steps"] == 3 * 8 * 10 and len(m["history_lstm"]) == 3
     assert_png(tmp_path / "success.png")
     assert_png(tmp_path / "memory_length.png")
@@ -191,10 +191,10 @@ def test_rl_memory_quick(tmp_path):
 
 def test_translate_smoke(tmp_path):
     run_example("translate.py", tmp_path, "--steps", "3", "--test-size", "20", "--batch", "8",
-                "--beam", "2")
+                "--beam", "2", "--no-baseline")  # the model without attention: the slow test
     m = load(tmp_path / "metrics.json")
     assert 0.0 <= m["exact_match"] <= 1.0 and 0.0 <= m["exact_match_greedy"] <= 1.0
-    assert m["test_size"] == 20 and "exact_match_no_attention" in m
+    assert m["test_size"] == 20 and "exact_match_no_attention" not in m
     for png in ("attention.png", "accuracy_vs_length.png"):
         assert_png(tmp_path / png)
 
