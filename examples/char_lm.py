@@ -39,6 +39,8 @@ def parse_args(argv=None):
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=1)
     parser.add_argument("--embed", type=int, default=64)
+    parser.add_argument("--dropout", type=float, default=0.0,
+                        help="dropout between the layers and before the readout (training only)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--chunk", type=int, default=100)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -69,9 +71,16 @@ def init_params(args, key, vocab_size: int) -> dict:
     return model
 
 
-def logits_and_state(params, tokens, carry):
+def logits_and_state(params, tokens, carry, *, dropout=0.0, key=None):
     xs = params["embed"][tokens]  # [B, K, E]
-    ys, state = tr.apply_network(params["rnn"], xs, initial_state=carry)
+    if key is None or dropout == 0.0:  # evaluation and sampling: no dropout
+        ys, state = tr.apply_network(params["rnn"], xs, initial_state=carry)
+    else:
+        k_rnn, k_out = jax.random.split(key)
+        ys, state = tr.apply_network(params["rnn"], xs, initial_state=carry, dropout=dropout,
+                                     key=k_rnn)  # fmt: skip
+        keep = jax.random.bernoulli(k_out, 1.0 - dropout, ys.shape)
+        ys = jnp.where(keep, ys / (1.0 - dropout), 0.0)
     return tr.dense(params["head"], ys), state  # [B, K, V]
 
 
@@ -79,11 +88,13 @@ def zero_carry(params, batch: int):
     return tr.init_stream_state(params["rnn"], (batch,))
 
 
-def chunk_loss(params, chunk, carry, key):
-    del key
-    logits, state = logits_and_state(params, chunk["x"], carry)
-    loss = tr.softmax_cross_entropy(logits, chunk["y"])
-    return loss, (state, {"bpc": tr.bits_per_token(loss)})
+def make_chunk_loss(dropout: float):
+    def chunk_loss(params, chunk, carry, key):
+        logits, state = logits_and_state(params, chunk["x"], carry, dropout=dropout, key=key)
+        loss = tr.softmax_cross_entropy(logits, chunk["y"])
+        return loss, (state, {"bpc": tr.bits_per_token(loss)})
+
+    return chunk_loss
 
 
 @jax.jit
@@ -142,7 +153,7 @@ def run(args) -> dict:
     optimizer = tr.make_optimizer(args.lr, clip_norm=1.0, warmup_steps=100,
                                   decay_steps=args.steps)  # fmt: skip
     state = tr.init_train_state(params, optimizer, jax.random.fold_in(key, 1))
-    step_fn = tr.make_tbptt_train_step(chunk_loss, optimizer)
+    step_fn = tr.make_tbptt_train_step(make_chunk_loss(args.dropout), optimizer)
     writer = tr.MetricsWriter(args.out, start_step=0)  # a new run: a new log
     manager = _common.checkpoint_manager(args.out, save_every=max(args.steps // 4, 1))
     from lstm_jax import checkpoint as ckpt
@@ -205,6 +216,7 @@ def run(args) -> dict:
                          title=f"char LM, {args.cell}: training (bpc) and validation (val_bpc)")
     result = {
         "task": "char_lm", "cell": args.cell, "params": tr.count_params(state.params),
+        "layers": args.layers, "hidden": args.hidden, "dropout": args.dropout, "lr": args.lr,
         "corpus_chars": len(text), "corpus_files": len(files),
         "corpus_first_last_file": [os.path.basename(files[0]), os.path.basename(files[-1])],
         "vocab_size": vocab.size, "steps": args.steps, "chunk": args.chunk, "batch": args.batch,

@@ -7,6 +7,7 @@
 (2, 5, 8)
 """
 
+from lstm_jax import decoding
 from lstm_jax import diagnostics
 from lstm_jax import parallel
 from lstm_jax import training
@@ -83,6 +84,7 @@ __all__ = [
     "init_stream_state",
     "stream_step",
     "training",
+    "decoding",
     "diagnostics",
     "parallel",
 ]

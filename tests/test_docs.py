@@ -106,7 +106,8 @@ def test_api_reference_lists_every_public_name():
 
 
 def test_docs_build_strict(tmp_path):
-    for module in ("mkdocs", "mkdocstrings", "mkdocstrings_handlers.python", "material"):
+    for module in ("mkdocs", "mkdocstrings", "mkdocstrings_handlers.python", "material",
+                   "latex2mathml"):
         if importlib.util.find_spec(module.split(".")[0]) is None:
             pytest.skip(f"{module} is not installed (pip install -e '.[docs]')")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
@@ -116,3 +117,22 @@ def test_docs_build_strict(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert (tmp_path / "site" / "api" / "index.html").exists()
+    # the math is MathML in the HTML itself (docs/hooks.py): no raw TeX, no script to fetch
+    tutorial = (tmp_path / "site" / "tutorial" / "index.html").read_text()
+    assert tutorial.count("<math ") >= 4 and 'display="block"' in tutorial
+    assert "\\[" not in tutorial and "$$" not in tutorial and "mathjax" not in tutorial.lower()
+    assert "<mtable" in tutorial  # the aligned LSTM and GRU equations
+
+
+def test_math_hook_renders_or_fails_loudly():
+    pytest.importorskip("latex2mathml")
+    sys.path.insert(0, os.path.join(ROOT, "docs"))
+    import hooks
+
+    page = '<p>a</p><div class="arithmatex">\\[h_t = \\tanh(x) &lt; 1\\]</div>'
+    page += ' and <span class="arithmatex">\\(c_t\\)</span>'
+    out = hooks.on_page_content(page, None, None, None)
+    assert out.count("<math ") == 2 and 'display="block"' in out and 'display="inline"' in out
+    assert "arithmatex" not in out and "&#x0003C;" in out  # the escaped < reached TeX as <
+    with pytest.raises(ValueError, match="latex2mathml could not convert"):
+        hooks.tex_to_mathml("a &= b", display=True)  # & outside an environment

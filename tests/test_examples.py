@@ -138,3 +138,104 @@ def test_plot_history_skips_curves_with_too_few_points(tmp_path, capsys):
     rows = [{"step": s, "loss": 1.0 / s} for s in range(1, 6)] + [{"step": 5, "val_accuracy": 0.5}]
     assert_png(_common.plot_history(rows, str(tmp_path / "c.png"), panels, title="t"))
     assert "left out val_accuracy" in capsys.readouterr().out
+
+
+def test_kneser_ney_is_a_distribution():
+    sys.path.insert(0, EXAMPLES)
+    import numpy as np
+    from char_lm_baselines import KneserNey
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 5, 3000)
+    ids[::3] = 2  # some structure, and symbol 5 never seen
+    for order in (1, 2, 4):
+        model = KneserNey(ids, order, 6)
+        for context in ([2, 1, 0], [0, 0, 0], [5, 5, 5]):
+            seqs = np.array([context + [w] for w in range(6)]).reshape(-1)
+            probs = 2.0 ** model.log2_probs(seqs, np.arange(3, len(seqs), 4))
+            assert abs(probs.sum() - 1.0) < 1e-9 and probs.min() > 0
+
+
+def test_char_lm_baselines_quick(tmp_path):
+    run_example("char_lm_baselines.py", tmp_path)
+    m = load(tmp_path / "metrics.json")
+    assert m["corpus_chars"] == 60_000 and set(m["ngram"]) == {"1", "2", "3", "4", "5"}
+    bpc = [m["ngram"][str(n)]["bpc"] for n in range(1, 6)]
+    assert bpc[0] < math.log2(m["vocab_size"]) and bpc[3] < bpc[0]  # context helps
+    for r in m["compressors"].values():
+        assert 0.5 < r["bpc_given_train"] < 8 and 0.5 < r["bpc_alone"] < 8
+    assert m["winner"] == m["ranking"][0][0]
+    assert_png(tmp_path / "baselines.png")
+
+
+def test_rl_memory_smoke(tmp_path):
+    pytest.importorskip("gymnax")
+    run_example("rl_memory.py", tmp_path, "--steps", "3", "--sweep", "", "--memory-length", "4",
+                "--num-envs", "8", "--eval-episodes", "16", "--no-baseline")  # the MLP: slow test
+    m = load(tmp_path / "metrics.json")
+    assert 0.0 <= m["success_rate"] <= 1.0 and m["success_rate_mlp"] is None
+    assert m["env_steps"] == 3 * 8 * 10 and len(m["history_lstm"]) == 3
+    assert_png(tmp_path / "success.png")
+    assert_png(tmp_path / "memory_length.png")
+
+
+@pytest.mark.slow
+def test_rl_memory_quick(tmp_path):
+    pytest.importorskip("gymnax")
+    run_example("rl_memory.py", tmp_path)
+    m = load(tmp_path / "metrics.json")
+    assert m["memory_length"] == 20 and m["success_rate"] >= 0.9
+    assert m["success_rate_mlp"] < 0.65  # a memoryless policy can only guess
+    assert set(m["sweep"]) == {"5", "10", "20"}
+
+
+def test_translate_smoke(tmp_path):
+    run_example("translate.py", tmp_path, "--steps", "3", "--test-size", "20", "--batch", "8",
+                "--beam", "2", "--no-baseline")  # the model without attention: the slow test
+    m = load(tmp_path / "metrics.json")
+    assert 0.0 <= m["exact_match"] <= 1.0 and 0.0 <= m["exact_match_greedy"] <= 1.0
+    assert m["test_size"] == 20 and "exact_match_no_attention" not in m
+    for png in ("attention.png", "accuracy_vs_length.png"):
+        assert_png(tmp_path / png)
+
+
+def test_translate_data_hold_out_whole_dates():
+    sys.path.insert(0, EXAMPLES)
+    import numpy as np
+    import translate
+
+    train_days, test_days = translate.split_days(0)
+    assert not set(train_days) & set(test_days) and 0.08 < len(test_days) / 73049 < 0.12
+    srcs, tgts = translate.sample(test_days, 500, np.random.default_rng(0))
+    vocab = translate.Vocab()
+    src, lengths = vocab.encode_src(srcs)  # every character is in the vocabulary
+    assert lengths.max() <= translate.SRC_LEN
+    assert all(vocab.decode_tgt(t) == g for t, g in zip(vocab.encode_tgt(tgts), tgts))
+    d = translate.dt.date(2021, 3, 1)
+    assert {translate.render(d, f, False) for f in (1, 8, 11)} == {
+        "Monday, March 1, 2021", "lundi 1er mars 2021", "Montag, 1. März 2021"}
+
+
+@pytest.mark.slow
+def test_translate_quick(tmp_path):
+    run_example("translate.py", tmp_path)
+    m = load(tmp_path / "metrics.json")
+    assert m["exact_match"] >= 0.9 and m["exact_match_greedy"] >= 0.9
+    assert m["exact_match_no_attention"] < m["exact_match"]
+
+
+def test_translate_numbers_data():
+    sys.path.insert(0, EXAMPLES)
+    import numpy as np
+    import translate
+
+    words = {0: "zero", 13: "thirteen", 40: "forty", 101: "one hundred one",
+             4021: "four thousand twenty-one", 90_000_010: "ninety million ten",
+             777_777_777: "seven hundred seventy-seven million seven hundred seventy-seven "
+                          "thousand seven hundred seventy-seven"}  # fmt: skip
+    assert {n: translate.number_words(n) for n in words} == words
+    rng = np.random.default_rng(0)
+    train = set(translate.sample_numbers(5000, rng, False)[1])
+    srcs, test = translate.sample_numbers(1000, rng, True)
+    assert not train & set(test) and min(int(t) for t in test) >= 100
+    assert max(map(len, srcs)) <= translate.NUM_SRC_LEN and "0" in {t[0] for t in train}
