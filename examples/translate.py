@@ -19,8 +19,13 @@ through the same step function. The baseline is the same model without
 attention: the decoder sees the source only through the encoder's final
 state.
 
+``--task numbers`` trains the same models on English number words below
+10**9 -> digits ("four thousand twenty-one" -> "4021", sources of up to 102
+characters), holding out 10% of the numbers from 100 up.
+
     python examples/translate.py --out runs/translate              # full run
     python examples/translate.py --quick --out /tmp/translate      # smoke test
+    python examples/translate.py --task numbers --out runs/numbers
 
 Writes metrics.json (``exact_match``: held-out exact match with beam search,
 ``exact_match_greedy``, the no-attention baseline's, accuracy per source
