@@ -1,4 +1,5 @@
-"""An empty batch runs forward and backward on every backend, cell and option."""
+"""An empty batch runs forward and backward on every pair of the backend matrix
+(``tests/backends.py``), plain and with the variants."""
 
 from __future__ import annotations
 
@@ -7,23 +8,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import lstm_jax as lj
+from tests.backends import matrix
 
-NETWORKS = {
-    "lstm": (lj.init_lstm, lj.lstm),
-    "gru": (lj.init_gru, lj.gru),
-    "rnn": (lj.init_rnn, lj.rnn),
-}
-CASES = [
-    ("lstm", "scan", {}), ("lstm", "fused", {}), ("lstm", "auto", {}), ("lstm", "pallas", {}),
-    ("lstm", "auto", {"proj_size": 2, "peephole": True}), ("gru", "auto", {}), ("rnn", "auto", {}),
-]  # fmt: skip
+VARIANT = {"proj_size": 2, "peephole": True}
+CASES = [pytest.param(pair, {}, id=str(pair)) for pair in matrix()] + [
+    pytest.param(pair, VARIANT, id=f"{pair}-variant") for pair in matrix(takes=tuple(VARIANT))
+]
 
 
-@pytest.mark.parametrize("kind, backend, options", CASES)
+@pytest.mark.parametrize("pair, options", CASES)
 @pytest.mark.parametrize("remat, time_major", [(False, False), (True, True)])
-def test_batch_zero_forward_and_backward(kind, backend, options, remat, time_major):
-    init, run = NETWORKS[kind]
+def test_batch_zero_forward_and_backward(pair, options, remat, time_major):
+    init, run, backend = pair.init, pair.run, pair.name
     params = init(jax.random.key(0), 3, 4, num_layers=2, bidirectional=True, **options)
     xs = jnp.zeros((5, 0, 3) if time_major else (0, 5, 3))
     lengths = jnp.zeros((0,), jnp.int32)

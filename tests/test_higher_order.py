@@ -1,4 +1,5 @@
-"""Second derivatives and Jacobians of every backend that runs on CPU, eager and jitted.
+"""Second derivatives and Jacobians of every kernel of the backend matrix
+(``tests/backends.py``), eager and jitted.
 
 The custom-VJP kernels support reverse mode, so ``jax.hessian`` (forward over
 reverse) and ``jax.jacrev`` must work through them and equal the ``scan``
@@ -15,30 +16,31 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import lstm_jax as lj
+from tests.backends import NETWORKS, matrix
 
 I, H = 2, 3
+KERNELS = [pair for pair in matrix() if pair.name != "scan"]  # scan: the reference
 
 
-def _setup(steps, ragged):
-    params = lj.init_lstm(jax.random.key(0), I, H)
+def _setup(kind, steps, ragged):
+    params = NETWORKS[kind][0](jax.random.key(0), I, H)
     xs = jax.random.normal(jax.random.key(1), (1, steps, I))
     lengths = jnp.array([min(3, steps)], jnp.int32) if ragged else None
     return params, xs, lengths
 
 
-def _loss(backend, lengths):
+def _loss(kind, backend, lengths):
     def loss(params, xs):
-        ys, state = lj.lstm(params, xs, seq_lengths=lengths, backend=backend)
-        return jnp.sum(ys**2) + jnp.sum(jnp.sin(state.c))
+        ys, state = NETWORKS[kind][1](params, xs, seq_lengths=lengths, backend=backend)
+        return jnp.sum(ys**2) + sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves(state))
 
     return loss
 
 
 @functools.lru_cache(maxsize=None)
-def _reference(steps, ragged):
-    params, xs, lengths = _setup(steps, ragged)
-    loss = _loss("scan", lengths)
+def _reference(kind, steps, ragged):
+    params, xs, lengths = _setup(kind, steps, ragged)
+    loss = _loss(kind, "scan", lengths)
     return (
         jax.jit(jax.hessian(loss, argnums=1))(params, xs),
         jax.jit(jax.jacrev(loss, argnums=0))(params, xs),
@@ -51,10 +53,10 @@ def _close(got, want):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4)
 
 
-def _check(backend, steps, ragged, eager_only):
-    params, xs, lengths = _setup(steps, ragged)
-    loss = _loss(backend, lengths)
-    hess_xs, jac_params, hess_params = _reference(steps, ragged)
+def _check(pair, steps, ragged, eager_only):
+    params, xs, lengths = _setup(pair.kind, steps, ragged)
+    loss = _loss(pair.kind, pair.name, lengths)
+    hess_xs, jac_params, hess_params = _reference(pair.kind, steps, ragged)
     _close(jax.hessian(loss, argnums=1)(params, xs), hess_xs)  # eager
     _close(jax.jacrev(loss, argnums=0)(params, xs), jac_params)  # eager
     if not eager_only:
@@ -62,16 +64,16 @@ def _check(backend, steps, ragged, eager_only):
         _close(jax.jit(jax.jacrev(jax.grad(loss, argnums=1), argnums=1))(params, xs), hess_xs)
 
 
-# the two configurations of the reported crash (all T and both modes: slow test below)
-@pytest.mark.parametrize("backend", ["fused", "pallas"])
-@pytest.mark.parametrize("steps, ragged", [(5, True), (40, False)])
-def test_eager_hessian_and_jacrev(backend, steps, ragged):
-    _check(backend, steps, ragged, eager_only=True)
+# eager, 5 ragged steps: the reported crash (fused._index) fails here; more T, unragged
+# and jitted: the slow test below
+@pytest.mark.parametrize("pair", KERNELS, ids=str)
+def test_eager_hessian_and_jacrev(pair):
+    _check(pair, 5, True, eager_only=True)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["fused", "auto", "pallas"])
+@pytest.mark.parametrize("pair", KERNELS, ids=str)
 @pytest.mark.parametrize("steps", [1, 5, 40])
 @pytest.mark.parametrize("ragged", [False, True])
-def test_hessian_and_jacrev_eager_and_jit(backend, steps, ragged):
-    _check(backend, steps, ragged, eager_only=False)
+def test_hessian_and_jacrev_eager_and_jit(pair, steps, ragged):
+    _check(pair, steps, ragged, eager_only=False)

@@ -1,5 +1,6 @@
 """Values past ``seq_lengths`` never matter: NaN, inf or 1e30 in the padding change
-no output, no final state and no gradient, on every backend that runs on CPU."""
+no output, no final state and no gradient, on every pair of the backend matrix
+(``tests/backends.py``)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import lstm_jax as lj
+from tests.backends import matrix
 
-NETWORKS = {
-    "lstm": (lj.init_lstm, lj.lstm),
-    "gru": (lj.init_gru, lj.gru),
-    "rnn": (lj.init_rnn, lj.rnn),
-}
-# (cell, backend) pairs that run on CPU; pallas runs in interpret mode
-CASES = [("lstm", "scan"), ("lstm", "fused"), ("lstm", "auto"), ("lstm", "pallas"),
-         ("gru", "scan"), ("rnn", "scan")]  # fmt: skip
-# LSTM variants; the fused and pallas kernels implement the plain LSTM only
+# LSTM variants, each drawn for the pairs that take it (the kernels implement the plain LSTM)
 VARIANTS = [{}, {"peephole": True}, {"layer_norm": True}, {"proj_size": 2}]
 BAD_VALUES = [np.nan, np.inf, -np.inf, 1e30]
 
@@ -40,7 +33,7 @@ def _loss(run, backend, remat, lengths, time_major):
 
 
 @st.composite
-def padded_cases(draw, kind, backend):
+def padded_cases(draw, pair):
     time = draw(st.integers(2, 6))
     lengths = draw(st.lists(st.integers(1, time), min_size=1, max_size=3))
     if min(lengths) == time:  # at least one sequence has padding
@@ -49,8 +42,7 @@ def padded_cases(draw, kind, backend):
         num_layers=draw(st.integers(1, 2)),
         bidirectional=draw(st.booleans()),
     )
-    if kind == "lstm" and backend in ("scan", "auto"):
-        options.update(draw(st.sampled_from(VARIANTS)))
+    options.update(draw(st.sampled_from([v for v in VARIANTS if pair.takes(*v)])))
     return dict(
         time=time,
         lengths=lengths,
@@ -62,23 +54,23 @@ def padded_cases(draw, kind, backend):
     )
 
 
-@pytest.mark.parametrize("kind, backend", CASES)
+@pytest.mark.parametrize("pair", matrix(), ids=str)
 @settings(max_examples=2, deadline=None)
 @given(data=st.data())
-def test_padding_values_change_nothing(kind, backend, data):
-    _check(kind, backend, data.draw(padded_cases(kind, backend)))
+def test_padding_values_change_nothing(pair, data):
+    _check(pair, data.draw(padded_cases(pair)))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind, backend", CASES)
+@pytest.mark.parametrize("pair", matrix(), ids=str)
 @settings(max_examples=25, deadline=None)
 @given(data=st.data())
-def test_padding_values_change_nothing_many(kind, backend, data):
-    _check(kind, backend, data.draw(padded_cases(kind, backend)))
+def test_padding_values_change_nothing_many(pair, data):
+    _check(pair, data.draw(padded_cases(pair)))
 
 
-def _check(kind, backend, case):
-    init, run = NETWORKS[kind]
+def _check(pair, case):
+    init, run = pair.init, pair.run
     batch, time = len(case["lengths"]), case["time"]
     keys = jax.random.split(jax.random.key(case["seed"]), 3)
     params = init(keys[0], 3, 4, **case["options"])
@@ -93,7 +85,7 @@ def _check(kind, backend, case):
     )  # a random initial state of the right shape
     if case["time_major"]:
         xs_zero, xs_bad = jnp.swapaxes(xs_zero, 0, 1), jnp.swapaxes(xs_bad, 0, 1)
-    loss = _loss(run, backend, case["remat"], lengths, case["time_major"])
+    loss = _loss(run, pair.name, case["remat"], lengths, case["time_major"])
     grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
     (value_ref, out_ref), grads_ref = grad(params, xs_zero, state)
     (value, out), grads = grad(params, xs_bad, state)

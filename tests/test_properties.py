@@ -1,20 +1,20 @@
-"""Property tests: ragged batches, jit vs eager, vmap vs batch, float64 mode."""
+"""Property tests: ragged batches, jit vs eager, vmap vs batch on every pair of the backend
+matrix (``tests/backends.py``); float64 mode; no recompilation."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lstm_jax as lj
+from tests.backends import matrix
 
-NETWORKS = {
-    "lstm": (lj.init_lstm, lj.lstm),
-    "gru": (lj.init_gru, lj.gru),
-    "rnn": (lj.init_rnn, lj.rnn),
-}
-
-_settings = settings(max_examples=6, deadline=None)
+_settings = settings(max_examples=2, deadline=None)  # per pair
+_pairs = pytest.mark.parametrize("pair", matrix(), ids=str)
 
 
 def _final_h(final):
@@ -22,23 +22,26 @@ def _final_h(final):
 
 
 @st.composite
-def ragged_cases(draw):
-    """``(kind, run, params, xs (B, T, 3), lengths (B,))`` for a random network and ragged batch."""
-    kind = draw(st.sampled_from(sorted(NETWORKS)))
+def ragged_cases(draw, pair):
+    """``(kind, run, params, xs (B, T, 3), lengths (B,))`` for a random network of ``pair``
+    (its ``run`` bound to the pair's backend) and a ragged batch."""
+    kind = pair.kind
     num_layers = draw(st.integers(1, 2))
     bidirectional = draw(st.booleans())
     time = draw(st.integers(1, 6))
     lengths = draw(st.lists(st.integers(1, time), min_size=1, max_size=4))
     seed = draw(st.integers(0, 2**16))
-    init, run = NETWORKS[kind]
+    init, run = pair.init, functools.partial(pair.run, backend=pair.name)
     params = init(jax.random.key(seed), 3, 4, num_layers=num_layers, bidirectional=bidirectional)
     xs = jax.random.normal(jax.random.key(seed + 1), (len(lengths), time, 3))
     return kind, run, params, xs, jnp.array(lengths)
 
 
+@_pairs
 @_settings
-@given(ragged_cases())
-def test_padded_batch_equals_each_sequence_alone(case):
+@given(data=st.data())
+def test_padded_batch_equals_each_sequence_alone(pair, data):
+    case = data.draw(ragged_cases(pair))
     kind, run, params, xs, lengths = case
     ys, final = run(params, xs, seq_lengths=lengths)
     for b, n in enumerate(lengths.tolist()):
@@ -50,9 +53,11 @@ def test_padded_batch_equals_each_sequence_alone(case):
             np.testing.assert_allclose(final.c[:, b], final_b.c, atol=1e-5)
 
 
+@_pairs
 @_settings
-@given(ragged_cases())
-def test_jit_equals_eager(case):
+@given(data=st.data())
+def test_jit_equals_eager(pair, data):
+    case = data.draw(ragged_cases(pair))
     _, run, params, xs, lengths = case
     eager = run(params, xs, seq_lengths=lengths)
     jitted = jax.jit(run)(params, xs, seq_lengths=lengths)
@@ -60,9 +65,11 @@ def test_jit_equals_eager(case):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@_pairs
 @_settings
-@given(ragged_cases())
-def test_vmap_of_unbatched_equals_batched(case):
+@given(data=st.data())
+def test_vmap_of_unbatched_equals_batched(pair, data):
+    case = data.draw(ragged_cases(pair))
     _, run, params, xs, lengths = case
     ys, final = run(params, xs, seq_lengths=lengths)
     ys_v, final_v = jax.vmap(lambda x, n: run(params, x, seq_lengths=n))(xs, lengths)

@@ -3,7 +3,8 @@
 The reference runs every sequence on its own: it cuts it at its resets (and at
 its length), drops the masked steps of each segment, runs what is left through
 the plain call from the initial state, and scatters the outputs back with zeros
-in between. The final state is the last segment's.
+in between. The final state is the last segment's. Every pair of the backend matrix
+(``tests/backends.py``) that takes ``resets`` or ``mask`` is checked against it.
 """
 
 import itertools
@@ -16,14 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lstm_jax as lj
-from lstm_jax.kernels.native import native_auto_unavailable, native_unavailable
+from lstm_jax.kernels.native import native_auto_unavailable
+from tests.backends import NETWORKS as KINDS
+from tests.backends import all_pairs, matrix
 
 INPUT, HIDDEN = 3, 4
-KINDS = {
-    "lstm": (lj.init_lstm, lj.lstm),
-    "gru": (lj.init_gru, lj.gru),
-    "rnn": (lj.init_rnn, lj.rnn),
-}
 
 
 def _setup(kind, batch, steps, *, num_layers=2, bidirectional=True, seed=0):
@@ -96,12 +94,26 @@ def _check(kind, resets=None, mask=None, lengths=None, *, grads=True, nan_xs=Non
     def ref(params, xs, state):
         return reference(fn, params, xs, state, resets=resets, mask=mask, lengths=lengths)
 
-    _assert_close(ours(params, xs, state), ref(params, xs, state))
+    key = (kind, grads, *map(_key, (resets, mask, lengths)), *sorted(setup.items()))
+    if key not in _REFERENCES:  # every backend of a cell kind compares with the same
+        g_ref = None
+        if grads:
+            g_ref = jax.jit(jax.grad(lambda *a: _loss(ref(*a)), argnums=(0, 1, 2)))(params, xs, state)
+        _REFERENCES[key] = ref(params, xs, state), g_ref
+    out_ref, g_ref = _REFERENCES[key]
+    _assert_close(ours(params, xs, state), out_ref)
     if grads:
         g = jax.jit(jax.grad(lambda *a: _loss(ours(*a)), argnums=(0, 1, 2)))(params, xs, state)
-        g_ref = jax.jit(jax.grad(lambda *a: _loss(ref(*a)), argnums=(0, 1, 2)))(params, xs, state)
         _assert_close(g, g_ref)
     return ours, params, xs, state
+
+
+_REFERENCES = {}  # _check's key -> the reference's outputs and gradients
+
+
+def _key(a):
+    """A hashable stand-in for an optional array argument of ``_check``."""
+    return None if a is None else (np.shape(a), np.asarray(a).tobytes())
 
 
 RESETS = np.array(
@@ -120,10 +132,14 @@ MASK = np.array(
 )
 
 
-@pytest.mark.parametrize("kind", sorted(KINDS))
-def test_resets_equal_each_segment_alone(kind):
-    """Outputs, final state (the last segment's) and gradients, both directions, 2 layers."""
-    _check(kind, resets=RESETS)
+@pytest.mark.parametrize("pair", matrix(takes=("resets",)), ids=str)
+@pytest.mark.parametrize("remat, masked", [(False, False), (3, True)])
+def test_resets_equal_each_segment_alone(pair, remat, masked):
+    """Outputs, final state (the last segment's) and gradients, both directions (the
+    reverse one's final state is its first processed segment's), 2 layers, ragged; with
+    a mask a reset can fall on a masked step."""
+    _check(pair.kind, resets=RESETS, mask=MASK if masked else None, lengths=np.array([5, 7, 2]),
+           backend=pair.name, remat=remat)  # fmt: skip
 
 
 def test_resets_without_initial_state_reset_to_zeros():
@@ -132,13 +148,13 @@ def test_resets_without_initial_state_reset_to_zeros():
     _assert_close(fn(params, xs, resets=RESETS), reference(fn, params, xs, zeros, resets=RESETS))
 
 
-@pytest.mark.parametrize("kind", sorted(KINDS))
-def test_mask_equals_skipping_the_masked_steps(kind):
-    _check(kind, mask=MASK)
-
-
-def test_mask_and_seq_lengths_together():
-    _check("lstm", mask=MASK, lengths=np.array([7, 3, 5]))
+@pytest.mark.parametrize("pair", matrix(takes=("mask",)), ids=str)
+@pytest.mark.parametrize("remat", [False, 3])
+def test_mask_equals_skipping_the_masked_steps(pair, remat):
+    """Outputs, final state and gradients, both directions, 2 layers, ragged too: the
+    backward must take ``h_{t-1}`` from the carry, not from the zeroed output, after a
+    masked step."""
+    _check(pair.kind, mask=MASK, lengths=np.array([7, 3, 5]), backend=pair.name, remat=remat)
 
 
 def test_resets_mask_and_seq_lengths_together():
@@ -184,32 +200,6 @@ def test_auto_runs_resets_off_the_native_kernel(kind):
     _assert_close(run(params, xs), fn(params, xs, backend="scan", **kw))
 
 
-# (cell, backend) pairs whose kernels take a per-step mask, and resets
-MASK_KERNELS = [("lstm", "fused"), ("lstm", "native"), ("gru", "native")]
-RESET_KERNELS = [("lstm", "fused")]
-
-
-@pytest.mark.parametrize("kind, backend", MASK_KERNELS)
-@pytest.mark.parametrize("remat", [False, 3])
-def test_mask_on_the_kernels_equals_skipping_the_masked_steps(kind, backend, remat):
-    """Outputs, final state and gradients, both directions, 2 layers, ragged too: the
-    backward must take ``h_{t-1}`` from the carry, not from the zeroed output, after a
-    masked step."""
-    if backend == "native" and native_unavailable() is not None:
-        pytest.skip(native_unavailable())
-    _check(kind, mask=MASK, lengths=np.array([7, 3, 5]), backend=backend, remat=remat)
-
-
-@pytest.mark.parametrize("kind, backend", RESET_KERNELS)
-@pytest.mark.parametrize("remat", [False, 3])
-@pytest.mark.parametrize("masked", [False, True])
-def test_resets_on_the_kernels_equal_each_segment_alone(kind, backend, remat, masked):
-    """Both directions (the reverse one's final state is its first processed segment's),
-    2 layers, ragged; with a mask a reset can fall on a masked step."""
-    _check(kind, resets=RESETS, mask=MASK if masked else None, lengths=np.array([5, 7, 2]),
-           backend=backend, remat=remat)  # fmt: skip
-
-
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_auto_keeps_masked_calls_on_the_native_kernel(kind):
     if native_auto_unavailable() is not None:
@@ -229,14 +219,17 @@ def test_unbatched_and_time_major_layouts():
 
 
 @pytest.mark.parametrize(
-    "backend, name",
-    [(b, "resets") for b in ("pallas", "native", "cudnn")]
-    + [("pallas", "mask"), ("cudnn", "mask")],
+    "pair, name",
+    [(p, n) for p in all_pairs() for n in ("resets", "mask") if not p.takes(n)],
+    ids=str,
 )
-def test_explicit_kernels_reject_what_they_do_not_implement(backend, name):
-    fn, params, xs, _ = _setup("lstm", 3, 7)
-    with pytest.raises(ValueError, match=f"backend='{backend}' does not implement {name}.*'auto'"):
-        fn(params, xs, backend=backend, **{name: MASK})
+def test_explicit_kernels_reject_what_they_do_not_implement(pair, name):
+    """Every pair of the table (cuDNN too, off GPU) that does not take an option says so."""
+    fn, params, xs, _ = _setup(pair.kind, 3, 7)
+    with pytest.raises(
+        ValueError, match=f"backend='{pair.name}' does not implement {name}.*'auto'"
+    ):
+        fn(params, xs, backend=pair.name, **{name: MASK})
 
 
 @pytest.mark.parametrize("name", ["resets", "mask"])
