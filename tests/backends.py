@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
 import lstm_jax as lj
 from lstm_jax.kernels import BACKENDS, select_layer
 
@@ -62,7 +63,7 @@ class Backend(NamedTuple):
 
 
 @functools.cache
-def refusal(backend: str, kind: str, option: Optional[str] = None) -> Optional[str]:
+def refusal(backend: str, kind: str, option: str | None = None) -> str | None:
     """Why a tiny ``kind`` call with ``backend`` (and ``option``) does not run here, or None."""
     init_kw, call_kw = OPTIONS[option] if option else ({}, {})
     init, run = NETWORKS[kind]
@@ -105,7 +106,9 @@ def left_out() -> dict[Backend, str]:
     return {pair: reason for pair, reason in reasons.items() if reason is not None}
 
 
-def matrix(*, kinds: tuple[str, ...] = tuple(NETWORKS), takes: tuple[str, ...] = ()) -> list[Backend]:
+def matrix(
+    *, kinds: tuple[str, ...] = tuple(NETWORKS), takes: tuple[str, ...] = ()
+) -> list[Backend]:
     """The pairs that run here, of ``kinds``, taking every option in ``takes``.
 
     Parametrize with ``ids=str`` for ids like ``"lstm-native"``.

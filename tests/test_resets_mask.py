@@ -96,9 +96,8 @@ def _check(kind, resets=None, mask=None, lengths=None, *, grads=True, nan_xs=Non
 
     key = (kind, grads, *map(_key, (resets, mask, lengths)), *sorted(setup.items()))
     if key not in _REFERENCES:  # every backend of a cell kind compares with the same
-        g_ref = None
-        if grads:
-            g_ref = jax.jit(jax.grad(lambda *a: _loss(ref(*a)), argnums=(0, 1, 2)))(params, xs, state)
+        grad_ref = jax.jit(jax.grad(lambda *a: _loss(ref(*a)), argnums=(0, 1, 2)))
+        g_ref = grad_ref(params, xs, state) if grads else None
         _REFERENCES[key] = ref(params, xs, state), g_ref
     out_ref, g_ref = _REFERENCES[key]
     _assert_close(ours(params, xs, state), out_ref)
