@@ -1,11 +1,9 @@
 """The documentation: every ```python block of README.md and docs/*.md runs, the
 API reference lists every public name, and the site builds with warnings as errors.
 
-A page's blocks run in order in one namespace, with the working directory in a
-temporary folder of its own. The pages share one interpreter (one JAX import and
-one compilation cache), except a page that sets ``os.environ`` (e.g. ``XLA_FLAGS``
-before it imports JAX) and the slow pages: those get a fresh interpreter each.
-A block preceded by ``<!-- skip: reason -->`` is not run.
+A page's blocks run in order in one namespace, in a fresh interpreter (so a page
+may set ``XLA_FLAGS`` before it imports JAX), with the working directory in a
+temporary folder. A block preceded by ``<!-- skip: reason -->`` is not run.
 """
 
 import glob
@@ -28,21 +26,11 @@ SLOW_PAGES = {"docs/tutorial.md"}
 
 _FENCE = re.compile(r"^(\s*)(`{3,})\s*([\w+-]*)")
 _SKIP = re.compile(r"^\s*<!--\s*skip:\s*\S.*-->\s*$")
-# argv: a JSON file of [page, working directory, [[line, code], ...]] and a file for the
-# results (page -> None or the traceback); each page in a namespace of its own
 _RUNNER = """
-import json, os, sys, traceback
-results = {}
-for page, folder, blocks in json.load(open(sys.argv[1])):
-    os.chdir(folder)
-    ns = {"__name__": "__main__"}
-    try:
-        for line, code in blocks:
-            exec(compile("\\n" * (line - 1) + code, page, "exec"), ns)
-        results[page] = None
-    except BaseException:
-        results[page] = traceback.format_exc()
-json.dump(results, open(sys.argv[2], "w"))
+import json, sys
+ns = {"__name__": "__main__"}
+for name, line, code in json.load(open(sys.argv[1])):
+    exec(compile("\\n" * (line - 1) + code, name, "exec"), ns)
 """
 
 
@@ -71,51 +59,15 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
     return blocks
 
 
-def _blocks(page: str) -> list[tuple[int, str]]:
-    with open(os.path.join(ROOT, page)) as f:
-        return python_blocks(f.read())
-
-
-def _own_process(page: str) -> bool:
-    """Whether ``page`` runs in a fresh interpreter of its own (see the module docstring)."""
-    return page in SLOW_PAGES or any("os.environ" in code for _, code in _blocks(page))
-
-
 def _page_params():
     params = []
     for page in PAGES:
-        if not _blocks(page):
-            continue
+        with open(os.path.join(ROOT, page)) as f:
+            if not python_blocks(f.read()):
+                continue
         marks = [pytest.mark.slow] if page in SLOW_PAGES else []
         params.append(pytest.param(page, marks=marks, id=page))
     return params
-
-
-def _run_pages(pages: list[str], folder) -> dict:
-    """Run ``pages`` in one fresh interpreter, each in a subfolder of ``folder``:
-    page -> None, or what went wrong."""
-    jobs = []
-    for k, page in enumerate(pages):
-        (folder / str(k)).mkdir()
-        jobs.append((page, str(folder / str(k)), _blocks(page)))
-    (folder / "pages.json").write_text(json.dumps(jobs))
-    env = {**os.environ, "MPLBACKEND": "Agg",
-           "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, "-c", _RUNNER, str(folder / "pages.json"), str(folder / "out.json")],
-        cwd=folder, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    if proc.returncode != 0 or not (folder / "out.json").exists():  # the interpreter died
-        return {page: f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}" for page in pages}
-    results = json.loads((folder / "out.json").read_text())
-    return {page: error and f"{error}\n{proc.stderr[-3000:]}" for page, error in results.items()}
-
-
-@pytest.fixture(scope="module")
-def shared_pages(tmp_path_factory):
-    """The outcome of every page that shares one interpreter, run once."""
-    pages = [p for p in PAGES if _blocks(p) and not _own_process(p)]
-    return _run_pages(pages, tmp_path_factory.mktemp("pages"))
 
 
 def test_python_blocks_extraction():
@@ -130,12 +82,16 @@ def test_python_blocks_extraction():
 
 
 @pytest.mark.parametrize("page", _page_params())
-def test_page_code_runs(page, tmp_path, request):
-    if _own_process(page):
-        error = _run_pages([page], tmp_path)[page]
-    else:
-        error = request.getfixturevalue("shared_pages")[page]
-    assert error is None, f"{page}:\n{error}"
+def test_page_code_runs(page, tmp_path):
+    with open(os.path.join(ROOT, page)) as f:
+        blocks = [(page, line, code) for line, code in python_blocks(f.read())]
+    script = tmp_path / "blocks.json"
+    script.write_text(json.dumps(blocks))
+    env = {**os.environ, "MPLBACKEND": "Agg",
+           "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", _RUNNER, str(script)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, f"{page}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
 
 
 def test_api_reference_lists_every_public_name():
