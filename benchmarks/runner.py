@@ -36,7 +36,7 @@ import numpy as np
 import lstm_jax as lj
 from benchmarks import peers as peers_lib
 from benchmarks.grid import Case, Config, Grid
-from benchmarks.machine import load_average, measure_flop_peak
+from benchmarks.machine import load_average, measure_flop_peak, nominal_peak
 
 __all__ = ["TOLERANCES", "CHECK_BATCH", "CHECK_TIME", "make_inputs", "run"]
 
@@ -297,6 +297,7 @@ def run(
         "rows": rows,
         "elapsed_s": time.perf_counter() - start,
         "flop_peak": flop_peak,
+        "nominal_peak": nominal_peak(),
         "load_average": {"start": load_start, "end": load_average()},
         "cpu_s": _cpu_seconds() - cpu_start,
         "settings": {
