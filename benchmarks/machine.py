@@ -180,7 +180,7 @@ def clock(lscpu: str, cpuinfo: str) -> tuple[Optional[float], str]:
             return float(line.split(":", 1)[1]) * 1e6, "lscpu 'CPU max MHz'"
     mhz = _cpuinfo_field(cpuinfo, "cpu MHz")
     if mhz:
-        return float(mhz) * 1e6, "/proc/cpuinfo 'cpu MHz' (first CPU)"
+        return float(mhz) * 1e6, "/proc/cpuinfo 'cpu MHz' of the first CPU"
     return None, "no clock in lscpu or /proc/cpuinfo"
 
 
@@ -199,7 +199,7 @@ def nominal_peak() -> dict:
         "clock_hz": hz,
         "clock_source": clock_source,
         "cores": cores,
-        "cores_source": "os.sched_getaffinity (the CPUs this process and XLA's CPU client use)",
+        "cores_source": "os.sched_getaffinity: the CPUs this process and XLA's CPU client use",
     }
 
 

@@ -67,9 +67,14 @@ def _group(row: dict) -> str:
     return prefix + row["workload"] + (" bf16" if row["label"].endswith(" bf16") else "")
 
 
+def _group_order(group: str) -> tuple:
+    """LSTM before GRU, plain before resets, float32 before bf16, train before infer."""
+    return (group.startswith("GRU "), "resets " in group, group.endswith(" bf16"), "infer" in group)
+
+
 def _groups(rows: list) -> list:
-    """The groups of ``rows`` in order of first appearance, then ``"all"``."""
-    return list(dict.fromkeys(_group(r) for r in rows)) + ["all"]
+    """The groups of ``rows`` (:func:`_group`) in :func:`_group_order`, then ``"all"``."""
+    return sorted({_group(r) for r in rows}, key=_group_order) + ["all"]
 
 
 def geomeans(speedup_rows: list) -> list:
