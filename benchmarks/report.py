@@ -207,10 +207,12 @@ def _geomean_lines(results: dict, geo: dict) -> list:
         value = geo.get((TARGET_PEER, group))
         if value is None:
             continue
-        compared = [r for r in results["rows"] if _group(r) == group and _ok(r)
-                    and r["peer"] in (TARGET_PEER, _baseline(r["label"]))]  # fmt: skip
-        judged = verdict(value >= (target or 0), not_judged_reasons(results, compared))
-        goal = f"target >= {target:.1f}×: {judged}" if target else "no target set"
+        goal = "no target set"
+        if target is not None:
+            compared = [r for r in results["rows"] if _group(r) == group and _ok(r)
+                        and r["peer"] in (TARGET_PEER, _baseline(r["label"]))]  # fmt: skip
+            judged = verdict(value >= target, not_judged_reasons(results, compared))
+            goal = f"target >= {target:.1f}×: {judged}"
         lines.append(f"- float32 {what} training, geomean speed-up over Flax: "
                      f"**{value:.2f}×** ({goal})")  # fmt: skip
     return lines
@@ -221,11 +223,13 @@ def _target_pairs(results: dict, by_key: dict) -> list:
     rows = [r for r in results["rows"] if not _has_resets(r["label"])]
     cases = list(dict.fromkeys(_case_key(r) for r in rows))
     pairs = [(key, by_key.get((key, TARGET_PEER)), by_key.get((key, TARGET_RIVAL))) for key in cases]
-    return [(key, ours, rival) for key, ours, rival in pairs if ours and rival and _ok(ours) and _ok(rival)]
+    return [(key, ours, rival) for key, ours, rival in pairs
+            if ours and rival and _ok(ours) and _ok(rival)]  # fmt: skip
 
 
-def _ratio(rows: dict, key: tuple, peer: str, ours: dict) -> str:
-    other = rows.get((key, peer))
+def _ratio(by_key: dict, key: tuple, peer: str, ours: dict) -> str:
+    """``"2.50×"``: ``peer``'s median in case ``key`` over ``ours``; ``"—"`` if it did not run."""
+    other = by_key.get((key, peer))
     return f"{other['median_s'] / ours['median_s']:.2f}×" if other and _ok(other) else "—"
 
 
