@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="adds layers, bidirectional, bf16, every peer, and T up to 4096")
     mode.add_argument("--targets", dest="grid", action="store_const", const="targets",
                       help="the four targets (LSTM: train, infer, bf16 train; GRU: train, infer) "
-                      "against Flax and PyTorch, and the RL case; more rounds (~15 min on 2 cores)")
+                      "against Flax and PyTorch, and the RL case; more rounds (28 min on 2 cores under load 10)")
     mode.add_argument("--rl", dest="grid", action="store_const", const="rl",
                       help="the RL case only: B256 T128 I32 H128 with 2%% resets, and without, "
                       "against Flax's ScannedRNN pattern")

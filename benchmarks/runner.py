@@ -58,7 +58,8 @@ def make_inputs(config: Config, seed: int = 0):
     """``(params, x, target)``: float32 params (PyTorch-style init; ``GRUParams`` for GRU
     cases), ``x ~ N(0, 1)``, ``target ~ N(0, 0.25)``, the same for every peer. With
     ``config.reset_rate``, ``x`` is ``WithResets(xs, resets)``, ``resets`` Bernoulli (B, T)."""
-    k_params, k_x, k_y, k_resets = jax.random.split(jax.random.key(seed), 4)
+    key = jax.random.key(seed)
+    k_params, k_x, k_y = jax.random.split(key, 3)  # as before resets existed: same cases, same data
     init = lj.init_gru if config.cell == "gru" else lj.init_lstm
     params = init(
         k_params, config.input, config.hidden,
@@ -66,6 +67,7 @@ def make_inputs(config: Config, seed: int = 0):
     )  # fmt: skip
     x = jax.random.normal(k_x, (config.batch, config.time, config.input), jnp.float32)
     if config.reset_rate:
+        k_resets = jax.random.fold_in(key, 3)
         resets = jax.random.bernoulli(k_resets, config.reset_rate, (config.batch, config.time))
         x = peers_lib.WithResets(x, resets)
     target = 0.5 * jax.random.normal(
