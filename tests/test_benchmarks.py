@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 import lstm_jax as lj
-from benchmarks import Case, Config, Grid, run, write
-from benchmarks import cli, peers, report, runner
+from benchmarks import Case, Config, Grid, cli, peers, report, run, runner, write
 
 SCAN = "lstm_jax[scan]"
 FLAX = "flax_linen_optimized"
