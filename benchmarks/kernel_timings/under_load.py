@@ -48,7 +48,7 @@ def cases(B, T, I, H):
                                jax.jit(forwards["flax"][0])(flax_params, xs), atol=1e-5)
     out = {}
     for system, (forward, p) in forwards.items():
-        train = jax.jit(jax.grad(lambda p, x: jnp.sum(forward(p, x)), (0, 1)))
+        train = jax.jit(jax.grad(lambda p, x, f=forward: jnp.sum(f(p, x)), (0, 1)))
         infer = jax.jit(forward)
         out[system, "train"] = lambda train=train, p=p: train(p, xs)
         out[system, "infer"] = lambda infer=infer, p=p: infer(p, xs)
