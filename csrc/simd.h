@@ -75,8 +75,9 @@ struct Avx2Vec {
   // GEMM micro-kernel); a cell's 4 weight vectors take two passes over k.
   static constexpr int MR = 6;
   static constexpr int NVF = 2;
+  // backward 4 x 3 accumulators (+ 3 weights, a broadcast): measured ahead of 6 x 2 and 4 x 2
   static constexpr int MRB = 4;
-  static constexpr int NVB = 2;
+  static constexpr int NVB = 3;
   static inline __m256i lanes(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
