@@ -35,11 +35,12 @@ backend does not implement:
 * A cell kind outside a backend's list (e.g. ``gru`` with ``"fused"``) raises
   ``ValueError`` in :func:`select_layer`.
 * The GRU has one kernel, ``"native"``: explicitly it raises ``ValueError``
-  like the LSTM's (non-float32, off CPU, unbuilt extension); ``"auto"`` runs it on CPU (``dispatch.AUTO_GRU``; faster than
-  ``"scan"`` from H = 64 to 512, ``docs/TIMINGS.md``) where the CPU has AVX2 or
-  AVX-512, and ``"scan"`` on other platforms, on CPUs with only the portable
-  C++ kernels, and for every call it declines. Its exports need ``disabled_checks``
-  for the ``lstm_jax_native_gru_*`` custom calls as the LSTM's do.
+  like the LSTM's (non-float32, off CPU, unbuilt extension); ``"auto"`` runs it
+  on CPU (``dispatch.AUTO_GRU``; faster than ``"scan"`` from H = 64 to 512,
+  ``docs/TIMINGS.md``) where the CPU has AVX2 or AVX-512, and ``"scan"`` on
+  other platforms, on CPUs with only the portable C++ kernels, and for every
+  call it declines. Its exports need ``disabled_checks`` for the
+  ``lstm_jax_native_gru_*`` custom calls as the LSTM's do.
 
 Kernels are chosen per platform when the call is lowered, not from
 ``jax.default_backend()`` (``lstm_jax.kernels.dispatch``). For the plain LSTM

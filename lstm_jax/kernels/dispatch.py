@@ -181,7 +181,8 @@ def auto_gru_layer(cell, weights: Any, xs, initial_carry, *, seq_lengths=None,
     def branch(layer):
         def run(weights, xs, initial_carry, seq_lengths, recurrent_mask, *values):
             return layer(cell, weights, xs, initial_carry, seq_lengths=seq_lengths,
-                         recurrent_mask=recurrent_mask, **dict(zip(names, values)), **kwargs)  # fmt: skip
+                         recurrent_mask=recurrent_mask, **dict(zip(names, values)),
+                         **kwargs)  # fmt: skip
 
         return run
 

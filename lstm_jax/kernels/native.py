@@ -19,6 +19,12 @@ forward and one for its backward:
   the gate gradients ``dz`` over the saved activations (aliased again) and
   computes ``dz @ w_hh^T`` per step; XLA then computes ``dx = dz @ w_ih^T``,
   ``dw_ih = x^T dz``, ``dw_hh = h_prev^T dz`` and ``db`` as single GEMMs.
+* ``resets``: both loops take the ``(T, B)`` flags of :func:`start_flags` and
+  the reset carry. The forward resets the carry before a flagged step (at the
+  end of the step before it, so the next step's GEMM reads the reset carry)
+  and, in reverse, keeps the carry before the first reset as the final one;
+  the backward adds the carry gradient at a flagged step to the reset carry's
+  gradient and carries zero (or the final carry's cotangent) on from there.
 
 Both loops split the hidden units of every step across the threads of XLA's
 intra-op pool (one synchronisation per step); steps too small to split run on
@@ -513,7 +519,7 @@ def _forward_reference_time_major(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, 
             h_new, c_new = jnp.where(keep, h_new, h), jnp.where(keep, c_new, c)
             y = jnp.where(keep, y, jnp.zeros_like(y))
         if last is not None:
-            final = tuple(jnp.where(last[:, None], new, old) for new, old in zip((h_new, c_new), final))
+            final = tuple(jnp.where(last[:, None], a, b) for a, b in zip((h_new, c_new), final))
         return ((h_new, c_new), final), (y, act, c_new)
 
     starts, last = (None, None) if segments is None else (segments.starts, segments.last)
@@ -704,14 +710,17 @@ def native_kernel_layer(cell, weights, xs, initial_carry, *, seq_lengths=None, r
     del cell, unroll
     bf16 = _bf16(compute_dtype)
     h0, c0 = (jnp.asarray(a, jnp.float32) for a in initial_carry)
-    reset_h, reset_c = (h0, c0) if reset_to is None else (jnp.asarray(a, jnp.float32) for a in reset_to)
+    reset_h, reset_c = (h0, c0) if reset_to is None else (jnp.asarray(a, jnp.float32)
+                                                          for a in reset_to)  # fmt: skip
     dropout = None if recurrent_mask is None else jnp.asarray(recurrent_mask, jnp.float32)
 
     def run(xs, valid, starts=None, batch_major=False):
         xs = xs.astype(jnp.float32)
         if valid is not None:
             valid = valid.astype(jnp.uint8)
-        segments = (None,) * 3 if starts is None else (start_flags(starts, reverse), reset_h, reset_c)
+        segments = (None,) * 3
+        if starts is not None:
+            segments = (start_flags(starts, reverse), reset_h, reset_c)
         ys, h, c = _recurrence(batch_major, bf16, mask is not None, weights.w_ih, weights.b,
                                weights.w_hh, xs, h0, c0, dropout, valid, *segments)  # fmt: skip
         return ys, (h, c)

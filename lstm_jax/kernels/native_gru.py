@@ -20,11 +20,13 @@ cells share, ``csrc/recurrent_kernel.inc`` with ``csrc/cells.inc``'s ``GruCell``
   step; XLA then computes ``dx``, ``dw_ih``, ``db_ih`` from ``[dr, dz, dn]``
   and ``dw_hh``, ``db_hh`` from ``[dr, dz, dhn]`` as single GEMMs / sums.
 
+``resets`` run inside both loops as the LSTM's (:mod:`lstm_jax.kernels.native`).
 Derivatives of these (``jax.hessian``, grad of grad) go through JAX
 references of the same forward and gradients (``custom_jvp``), as for the
-LSTM. Steps a sequence does not reach (``seq_lengths``) keep the carry and
-output zeros; the valid steps of a sequence must be a prefix (the backward
-reads ``h_{t-1}`` from the outputs), which is all this layer is given.
+LSTM. Steps a sequence does not reach (``seq_lengths``, ``mask``) keep the
+carry and output zeros; the backward reads ``h_{t-1}`` from the carry after
+each step (:func:`lstm_jax.sequence.carried_outputs`), or the reset carry
+where a segment starts.
 """
 
 from __future__ import annotations
@@ -76,8 +78,9 @@ def native_gru_auto_unsupported(weights, xs, initial_carry, *, recurrent_mask, c
 def _operands(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid, starts, reset_h):
     """The forward custom calls' operands; an absent option is an empty array."""
     f32, u8 = jnp.float32, jnp.uint8
-    return (xs, w_ih, b_ih, w_hh, b_hh, h0, optional_operand(mask, f32), optional_operand(valid, u8),
-            optional_operand(starts, u8), optional_operand(reset_h, f32))  # fmt: skip
+    return (xs, w_ih, b_ih, w_hh, b_hh, h0, optional_operand(mask, f32),
+            optional_operand(valid, u8), optional_operand(starts, u8),
+            optional_operand(reset_h, f32))  # fmt: skip
 
 
 def _forward(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, valid, starts, reset_h, *, save):
