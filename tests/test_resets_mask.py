@@ -17,7 +17,13 @@ from hypothesis import strategies as st
 
 import lstm_jax as lj
 from lstm_jax.cells import gru_kind, lstm_kind
-from lstm_jax.kernels.native import native_auto_unavailable, native_lstm_layer, native_unavailable
+from lstm_jax.kernels.fused import fused_lstm_layer
+from lstm_jax.kernels.native import (
+    native_auto_unavailable,
+    native_has_bf16,
+    native_lstm_layer,
+    native_unavailable,
+)
 from lstm_jax.kernels.native_gru import native_gru_layer
 from lstm_jax.scan import scan_layer
 
@@ -319,6 +325,27 @@ def test_native_resets_grad_of_grad_equals_scan(kind):
         return jax.jit(lambda c: jax.jvp(jax.grad(loss), (c,), (tangent,))[1])(carry)
 
     _assert_close(hvp(native), hvp(scan_layer), atol=1e-4)
+
+
+def test_native_bf16_resets_equal_fused():
+    """``compute_dtype=bfloat16``: the bfloat16 kernels (whose weight-gradient GEMM reads
+    ``h * mask`` as the loop rounded it, the reset carry at a start) against ``fused``'s,
+    both directions: outputs, final carry and gradients."""
+    if native_unavailable() is not None or not native_has_bf16():
+        pytest.skip("no native bfloat16 kernels here")
+    weights, xs, carry, _, _ = _layer_setup("lstm")
+
+    def loss(layer, reverse):
+        def f(weights, xs, carry):
+            out = layer(lstm_kind(), weights, xs, carry, resets=RESETS, reverse=reverse,
+                        compute_dtype=jnp.bfloat16)  # fmt: skip
+            return _loss(out), out
+
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))
+
+    for reverse in (False, True):
+        args = (weights, xs, carry)
+        _assert_close(loss(native_lstm_layer, reverse)(*args), loss(fused_lstm_layer, reverse)(*args))
 
 
 def test_unbatched_and_time_major_layouts():
