@@ -219,12 +219,13 @@ def test_resets_on_the_kernels_equal_each_segment_alone(kind, backend, remat, ma
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-@pytest.mark.parametrize("name, flags", [("mask", MASK), ("resets", RESETS)])
-def test_auto_keeps_masked_and_reset_calls_on_the_native_kernel(kind, name, flags):
+@pytest.mark.parametrize("name", ["mask", "resets"])
+def test_auto_keeps_masked_and_reset_calls_on_the_native_kernel(kind, name):
     if native_auto_unavailable() is not None:
         pytest.skip(native_auto_unavailable())
     fn, params, xs, state = _setup(kind, 3, 7)
-    run = jax.jit(jax.grad(lambda p: _loss(fn(p, xs, initial_state=state, **{name: flags}))))
+    kw = {name: MASK if name == "mask" else RESETS}
+    run = jax.jit(jax.grad(lambda p: _loss(fn(p, xs, initial_state=state, **kw))))
     assert "lstm_jax_native" in run.lower(params).as_text()
 
 
@@ -293,21 +294,24 @@ def test_native_resets_with_every_option_equal_scan(kind, reverse, time_major):
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_native_resets_under_vmap_equal_each_call(kind):
-    """Outputs and gradients of ``vmap`` over two calls (reverse, so the final carry is the
-    first processed segment's) equal the calls one by one."""
+    """Outputs and gradients of ``vmap`` over two native calls (reverse, so the final carry
+    is the first processed segment's) equal ``scan``'s calls one by one."""
     cell, _, native = NATIVE_LAYERS[kind]
     weights, xs, carry, _, _ = _layer_setup(kind)
 
-    def value_and_grad(xs, carry, resets):
-        def loss(xs, carry):
-            return _loss(native(cell, weights, xs, carry, resets=resets, reverse=True))
+    def value_and_grad(layer):
+        def run(xs, carry, resets):
+            def loss(xs, carry):
+                return _loss(layer(cell, weights, xs, carry, resets=resets, reverse=True))
 
-        return jax.value_and_grad(loss, argnums=(0, 1))(xs, carry)
+            return jax.value_and_grad(loss, argnums=(0, 1))(xs, carry)
+
+        return run
 
     inputs = [(xs, carry, RESETS), (xs[::-1], jax.tree.map(lambda a: a[::-1], carry), RESETS[::-1])]
-    mapped = jax.vmap(value_and_grad)(*jax.tree.map(lambda *a: jnp.stack(a), *inputs))
+    mapped = jax.vmap(value_and_grad(native))(*jax.tree.map(lambda *a: jnp.stack(a), *inputs))
     for n, one in enumerate(inputs):
-        _assert_close(jax.tree.map(lambda a, n=n: a[n], mapped), value_and_grad(*one))
+        _assert_close(jax.tree.map(lambda a, n=n: a[n], mapped), value_and_grad(scan_layer)(*one))
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
