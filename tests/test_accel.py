@@ -187,12 +187,13 @@ def test_vmap_of_jitted_auto_with_cuda_plugin(stub_cuda_rnn):
 
 
 def test_auto_routes_unknown_per_step_options_to_scan(monkeypatch):
-    """A keyword a cell's kernels lack (``resets`` for the GRU) goes to scan when set, is
-    dropped when None."""
+    """A keyword a cell's kernels lack (here ``resets``, taken away from the GRU's) goes to
+    scan when set, is dropped when None."""
     from lstm_jax import kernels
     from lstm_jax.cells import gru_kind
 
     seen = []
+    monkeypatch.setitem(kernels._AUTO_PER_STEP, "gru", ("mask",))
     monkeypatch.setattr(kernels, "scan_layer", lambda *a, **kw: seen.append(kw) or "scan")
     w, (xs, _) = lj.init_gru(jax.random.key(0), I, H).layers[0][0], _args()
     layer = kernels.select_layer("auto", "gru")

@@ -19,11 +19,10 @@ backend    cells                  what it is
 "Plain" means no peepholes, layer norm or projection. Rules for a variant a
 backend does not implement:
 
-* ``"auto"`` routes it to ``"scan"`` silently (always correct), as it does
-  GRU calls with per-step ``resets``. Calls with a per-step ``mask`` stay on
-  the kernels that take one (``"native"`` for the LSTM and GRU, ``"fused"``):
-  on CPU the native kernel, elsewhere ``"fused"`` for the LSTM; LSTM calls
-  with ``resets`` run ``"fused"`` (the native kernels have no resets yet).
+* ``"auto"`` routes it to ``"scan"`` silently (always correct). Calls with
+  per-step ``mask`` or ``resets`` stay on the kernels that take them
+  (``"native"`` for the LSTM and GRU, ``"fused"`` for the LSTM): on CPU the
+  native kernel, elsewhere ``"fused"`` for the LSTM and ``"scan"`` for the GRU.
 * ``"fused"``, ``"pallas"`` and ``"native"`` raise ``ValueError`` at trace
   time (``"native"`` also off CPU, for non-float32 parameters, for a compute
   dtype other than float32 or bfloat16, for bfloat16 on a CPU without
@@ -31,16 +30,17 @@ backend does not implement:
 * ``"cudnn"`` warns (``RuntimeWarning``) and runs ``"scan"``: also for
   non-float32 compute, recurrent dropout, ``vmap``, a jaxlib without its CUDA
   plugin, and on platforms other than ``cuda``.
-* ``resets`` with ``"pallas"``, ``"native"`` or ``"cudnn"``, and ``mask`` with
-  ``"pallas"`` or ``"cudnn"``, raise ``ValueError`` at trace time.
+* ``resets`` or ``mask`` with ``"pallas"`` or ``"cudnn"`` raise ``ValueError``
+  at trace time.
 * A cell kind outside a backend's list (e.g. ``gru`` with ``"fused"``) raises
   ``ValueError`` in :func:`select_layer`.
 * The GRU has one kernel, ``"native"``: explicitly it raises ``ValueError``
-  like the LSTM's (non-float32, off CPU, unbuilt extension, ``resets``); ``"auto"`` runs it on CPU (``dispatch.AUTO_GRU``; faster than
-  ``"scan"`` from H = 64 to 512, ``docs/TIMINGS.md``) where the CPU has AVX2 or
-  AVX-512, and ``"scan"`` on other platforms, on CPUs with only the portable
-  C++ kernels, and for every call it declines. Its exports need ``disabled_checks``
-  for the ``lstm_jax_native_gru_*`` custom calls as the LSTM's do.
+  like the LSTM's (non-float32, off CPU, unbuilt extension); ``"auto"`` runs it
+  on CPU (``dispatch.AUTO_GRU``; faster than ``"scan"`` from H = 64 to 512,
+  ``docs/TIMINGS.md``) where the CPU has AVX2 or AVX-512, and ``"scan"`` on
+  other platforms, on CPUs with only the portable C++ kernels, and for every
+  call it declines. Its exports need ``disabled_checks`` for the
+  ``lstm_jax_native_gru_*`` custom calls as the LSTM's do.
 
 Kernels are chosen per platform when the call is lowered, not from
 ``jax.default_backend()`` (``lstm_jax.kernels.dispatch``). For the plain LSTM
@@ -101,21 +101,21 @@ _KERNELS = {
 _KERNEL_KEYWORDS = ("seq_lengths", "reverse", "recurrent_mask", "unroll", "time_major")
 
 # cell kind -> the per-step options "auto" keeps on a kernel (dispatch: each platform's
-# kernel where it takes them, else the fused LSTM); any other that is not None sends
-# the call to "scan", the one implementation that has them all
-_AUTO_PER_STEP = {"lstm": ("mask", "resets", "reset_to"), "gru": ("mask",)}
+# kernel where it takes them, else the fused LSTM or the GRU's "scan"); any other that
+# is not None sends the call to "scan", the one implementation that has them all
+_AUTO_PER_STEP = {kind: ("mask", "resets", "reset_to") for kind in ("lstm", "gru")}
 
 # (cell kind, backend) -> the per-step options its layer takes
 _PER_STEP = {
     ("lstm", "fused"): ("mask", "resets"),
-    ("lstm", "native"): ("mask",),
-    ("gru", "native"): ("mask",),
+    ("lstm", "native"): ("mask", "resets"),
+    ("gru", "native"): ("mask", "resets"),
 }
 
 
 def _auto_layer(kind: str, cell, weights: Any, xs, *args, compute_dtype=None, **kwargs):
-    """``scan`` for peephole / layer-norm / projection LSTMs and GRU calls with ``resets``,
-    else the platform's kernel for ``kind``."""
+    """``scan`` for peephole / layer-norm / projection LSTMs, else the platform's kernel
+    for ``kind``."""
     keep = _KERNEL_KEYWORDS + _AUTO_PER_STEP[kind]
     extra = {k for k, v in kwargs.items() if k not in keep and v is not None}
     if extra or (kind == "lstm" and unsupported_variant(weights) is not None):

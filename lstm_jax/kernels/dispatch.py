@@ -60,7 +60,7 @@ KERNELS: dict[str, Kernel] = {
     "fused": Kernel(forward=fused_forward),
     "cudnn": Kernel(layer=cudnn_kernel_layer, unsupported=cudnn_unsupported),
     "native": Kernel(layer=native_kernel_layer, unsupported=native_auto_unsupported,
-                     per_step=("mask",)),
+                     per_step=("mask", "resets")),
     "pallas_tpu": Kernel(forward=TPU_FORWARD, unsupported=tpu_unsupported),
 }
 
@@ -98,10 +98,8 @@ def auto_lstm_layer(cell, weights: Any, xs, initial_carry, *, seq_lengths=None,
         if unsupported is not None and unsupported(weights, xs, initial_carry, **check) is not None:
             name = FALLBACK
         chosen[platform] = name
-    per_step = {k: v for k, v in (("mask", mask), ("resets", resets)) if v is not None}
+    per_step = _per_step(mask, resets, reset_to)
     if per_step:
-        if resets is not None and reset_to is not None:
-            per_step["reset_to"] = reset_to
         return _per_step_lstm_layer(cell, weights, xs, initial_carry, chosen, per_step,
                                     seq_lengths=seq_lengths, reverse=reverse,
                                     recurrent_mask=recurrent_mask, unroll=unroll,
@@ -123,6 +121,14 @@ def auto_lstm_layer(cell, weights: Any, xs, initial_carry, *, seq_lengths=None,
 
     others = {p: own_vjp(n) for p, n in chosen.items() if KERNELS[n].forward is None}
     return per_platform((weights, xs, initial_carry, seq_lengths, recurrent_mask), others, shared)
+
+
+def _per_step(mask, resets, reset_to) -> dict[str, Any]:
+    """The per-step options given (``reset_to`` only with ``resets``), by name."""
+    per_step = {k: v for k, v in (("mask", mask), ("resets", resets)) if v is not None}
+    if resets is not None and reset_to is not None:
+        per_step["reset_to"] = reset_to
+    return per_step
 
 
 def _per_step_lstm_layer(cell, weights, xs, initial_carry, chosen, per_step, *, seq_lengths,
@@ -148,7 +154,7 @@ def _per_step_lstm_layer(cell, weights, xs, initial_carry, chosen, per_step, *, 
 
 GRU_KERNELS: dict[str, Kernel] = {
     "native": Kernel(layer=native_gru_kernel_layer, unsupported=native_gru_auto_unsupported,
-                     per_step=("mask",)),
+                     per_step=("mask", "resets")),
 }
 
 # platform -> the GRU kernel "auto" runs there (where it supports the call);
@@ -162,26 +168,30 @@ AUTO_GRU: dict[str, str] = {"cpu": "native"}
 
 def auto_gru_layer(cell, weights: Any, xs, initial_carry, *, seq_lengths=None,
                    reverse: bool = False, recurrent_mask=None, unroll: int = 1,
-                   time_major: bool = False, mask=None, compute_dtype=None):  # fmt: skip
+                   time_major: bool = False, mask=None, resets=None, reset_to=None,
+                   compute_dtype=None):  # fmt: skip
     """The plain GRU layer of ``backend="auto"``: :data:`AUTO_GRU`'s kernel per platform,
-    ``scan`` elsewhere. Arguments as :func:`lstm_jax.scan.scan_layer` (``mask`` included,
-    not ``resets``)."""
+    ``scan`` elsewhere. Arguments as :func:`lstm_jax.scan.scan_layer` (``mask``, ``resets``
+    and ``reset_to`` included)."""
     check = dict(recurrent_mask=recurrent_mask, compute_dtype=compute_dtype, time_major=time_major)
     kwargs = dict(reverse=reverse, unroll=unroll, time_major=time_major)
+    per_step = _per_step(mask, resets, reset_to)
+    names = tuple(per_step)
 
     def branch(layer):
-        def run(weights, xs, initial_carry, seq_lengths, recurrent_mask, mask):
+        def run(weights, xs, initial_carry, seq_lengths, recurrent_mask, *values):
             return layer(cell, weights, xs, initial_carry, seq_lengths=seq_lengths,
-                         recurrent_mask=recurrent_mask, mask=mask, **kwargs)  # fmt: skip
+                         recurrent_mask=recurrent_mask, **dict(zip(names, values)),
+                         **kwargs)  # fmt: skip
 
         return run
 
     kernels = {}
     for platform, name in AUTO_GRU.items():
         kernel = GRU_KERNELS[name]
-        if mask is not None and "mask" not in kernel.per_step:
+        if not set(names) - {"reset_to"} <= set(kernel.per_step):
             continue
         if kernel.unsupported(weights, xs, initial_carry, **check) is None:
             kernels[platform] = branch(kernel.layer)
-    args = (weights, xs, initial_carry, seq_lengths, recurrent_mask, mask)
+    args = (weights, xs, initial_carry, seq_lengths, recurrent_mask, *per_step.values())
     return per_platform(args, kernels, branch(scan_layer))

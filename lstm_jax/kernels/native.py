@@ -19,6 +19,12 @@ forward and one for its backward:
   the gate gradients ``dz`` over the saved activations (aliased again) and
   computes ``dz @ w_hh^T`` per step; XLA then computes ``dx = dz @ w_ih^T``,
   ``dw_ih = x^T dz``, ``dw_hh = h_prev^T dz`` and ``db`` as single GEMMs.
+* ``resets``: both loops take the ``(T, B)`` flags of :func:`start_flags` and
+  the reset carry. The forward resets the carry before a flagged step (at the
+  end of the step before it, so the next step's GEMM reads the reset carry)
+  and, in reverse, keeps the carry before the first reset as the final one;
+  the backward adds the carry gradient at a flagged step to the reset carry's
+  gradient and carries zero (or the final carry's cotangent) on from there.
 
 Both loops split the hidden units of every step across the threads of XLA's
 intra-op pool (one synchronisation per step); steps too small to split run on
@@ -69,8 +75,8 @@ import jax.numpy as jnp
 from jax import Array
 
 from lstm_jax.cells import Cell, lstm_activations, lstm_pointwise, matmul
+from lstm_jax.kernels.fused import Segments, unsupported_variant
 from lstm_jax.kernels.fused import recurrence as fused_recurrence
-from lstm_jax.kernels.fused import unsupported_variant
 from lstm_jax.kernels.platform import platform_only
 from lstm_jax.params import LSTMWeights
 from lstm_jax.sequence import carried_outputs, over_time
@@ -93,6 +99,8 @@ __all__ = [
     "native_unsupported",
     "optional_operand",
     "register_ffi_targets",
+    "segments_of",
+    "start_flags",
     "unknown_settings",
     "unsupported_here",
 ]
@@ -410,23 +418,56 @@ def optional_operand(mask: Optional[Array], dtype) -> Array:
     return jnp.zeros((0,), dtype) if mask is None else mask
 
 
-def _forward(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, *, save):
+def start_flags(starts: Array, reverse: bool) -> Array:
+    """:func:`lstm_jax.sequence.segment_starts`'s ``(T, B)`` bools as the custom calls' uint8
+    flags: 1 resets the carry before the step; 2 (``reverse``'s first reset of a sequence)
+    also makes the carry before it the final one (the first processed segment's)."""
+    flags = starts.astype(jnp.uint8)
+    if reverse:
+        flags = flags + (starts & (jnp.cumsum(starts, axis=0) == 1)).astype(jnp.uint8)
+    return flags
+
+
+def segments_of(starts: Optional[Array], reset_h: Array, reset_c: Array) -> Optional[Segments]:
+    """The uint8 ``starts`` of :func:`start_flags` (or None) as ``fused``'s :class:`Segments`
+    (the JAX reference paths)."""
+    if starts is None:
+        return None
+    last = jnp.cumsum(starts == 2, axis=0) == 0  # [T, B]: before reverse's first reset
+    return Segments(starts != 0, reset_h, reset_c, last)
+
+
+def _operands(xs, w_ih, b, w_hh, h0, c0, mask, valid, starts, reset_h, reset_c):
+    """The forward custom calls' operands; an absent option is an empty array."""
+    f32, u8 = jnp.float32, jnp.uint8
+    return (xs, w_ih, b, w_hh, h0, c0, optional_operand(mask, f32), optional_operand(valid, u8),
+            optional_operand(starts, u8), optional_operand(reset_h, f32),
+            optional_operand(reset_c, f32))  # fmt: skip
+
+
+def _forward(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, starts, reset_h, reset_c,
+             *, save):  # fmt: skip
     """``xs (T, B, I)`` (``(B, T, I)`` when ``batch_major``) -> ``ys`` in that layout, ``h, c``
-    (+ :func:`_forward_train`'s residuals when ``save``). ``valid`` is ``(T, B)`` either way."""
+    (+ :func:`_forward_train`'s residuals when ``save``). ``valid`` is ``(T, B)`` either way;
+    ``starts`` (:func:`start_flags`, time-major) and the reset carry ``reset_h, reset_c
+    (B, H)`` are None without resets."""
+    segments = (starts, reset_h, reset_c)
     if save:
-        ys, h, c, *saved = _forward_train(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid)
+        ys, h, c, *saved = _forward_train(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid,
+                                          *segments)  # fmt: skip
         return ys, h, c, tuple(saved)
     steps, batch = _steps_batch(xs, batch_major)
     state = jax.ShapeDtypeStruct((batch, w_hh.shape[0]), jnp.float32)
     seq = _sequence(batch_major, steps, batch, w_hh.shape[0])
-    args = (xs, w_ih, b, w_hh, h0, c0, optional_operand(mask, jnp.float32), optional_operand(valid, jnp.uint8))
+    args = _operands(xs, w_ih, b, w_hh, h0, c0, mask, valid, *segments)
     ys, h, c = ffi_call("lstm_jax_native_forward_infer", (seq, state, state), *args,
                     batch_major=batch_major, bf16=bf16)  # fmt: skip
     return ys, h, c, None
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
-def _forward_train(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
+def _forward_train(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, starts, reset_h,
+                   reset_c):  # fmt: skip
     """``ys, h, c`` and the residuals ``act (T, B, 4H)`` (gate activations), ``cs (T, B, H)``;
     ``ys`` in the layout of ``xs``, the residuals time-major (one step's rows contiguous).
     With ``bf16`` also the bfloat16 GEMM operands of the gradients, row-major as XLA's fast
@@ -439,7 +480,7 @@ def _forward_train(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
     seq = _sequence(batch_major, steps, batch, hidden)
     gates = _sequence(False, steps, batch, 4 * hidden)
     cell_states = _sequence(False, steps, batch, hidden)
-    args = (xs, w_ih, b, w_hh, h0, c0, optional_operand(mask, jnp.float32), optional_operand(valid, jnp.uint8))
+    args = _operands(xs, w_ih, b, w_hh, h0, c0, mask, valid, starts, reset_h, reset_c)
     xh_t = jax.ShapeDtypeStruct((inputs + hidden, steps * batch) if bf16 else (0,), jnp.bfloat16)
     w_t = jax.ShapeDtypeStruct((4 * hidden, inputs) if bf16 else (0,), jnp.bfloat16)
     results = (seq, state, state, gates, cell_states, xh_t, w_t)
@@ -447,20 +488,27 @@ def _forward_train(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
                 bf16=bf16)  # fmt: skip
 
 
-def _forward_reference(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
+def _forward_reference(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, starts,
+                       reset_h, reset_c):  # fmt: skip
     """:func:`_forward_train` in JAX, for derivatives of the gradients (e.g. ``jax.hessian``)."""
-    ys, h, c, act, cs = _forward_reference_time_major(
-        bf16, w_ih, b, w_hh, _time_major(xs, batch_major), h0, c0, mask, valid
+    segments = segments_of(starts, reset_h, reset_c)
+    ys, (h, c), act, cs = _forward_reference_time_major(
+        bf16, w_ih, b, w_hh, _time_major(xs, batch_major), h0, c0, mask, valid, segments
     )
     return _time_major(ys, batch_major), h, c, act, cs
 
 
-def _forward_reference_time_major(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
+def _forward_reference_time_major(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, segments):
+    """``ys, (h, c), act, cs``; with ``segments`` (:class:`Segments`) the carry is reset at
+    its starts, and the final carry is the last one of its ``last`` steps."""
     plain = LSTMWeights(w_ih=None, w_hh=None, b=None)
 
-    def body(carry, inputs):
-        h, c = carry
-        x, keep = inputs
+    def body(carries, inputs):
+        (h, c), final = carries
+        x, keep, start, last = inputs
+        if start is not None:
+            h = jnp.where(start[:, None], segments.h, h)
+            c = jnp.where(start[:, None], segments.c, c)
         cd = jnp.bfloat16 if bf16 else None  # the cells' matmul: bf16 inputs, float32 sums
         gates = matmul(x, w_ih, cd) + b[None] + matmul(h if mask is None else h * mask, w_hh, cd)
         h_new, c_new = jax.vmap(lstm_pointwise, in_axes=(None, 0, 0))(plain, gates, c)
@@ -470,50 +518,62 @@ def _forward_reference_time_major(bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid):
             keep = keep[:, None] != 0
             h_new, c_new = jnp.where(keep, h_new, h), jnp.where(keep, c_new, c)
             y = jnp.where(keep, y, jnp.zeros_like(y))
-        return (h_new, c_new), (y, act, c_new)
+        if last is not None:
+            final = tuple(jnp.where(last[:, None], a, b) for a, b in zip((h_new, c_new), final))
+        return ((h_new, c_new), final), (y, act, c_new)
 
-    (h, c), (ys, act, cs) = jax.lax.scan(body, (h0, c0), (xs, valid))
-    return ys, h, c, act, cs
+    starts, last = (None, None) if segments is None else (segments.starts, segments.last)
+    carries = ((h0, c0), (h0, c0))
+    (carry, final), (ys, act, cs) = jax.lax.scan(body, carries, (xs, valid, starts, last))
+    return ys, (carry if segments is None else final), act, cs
 
 
 @_forward_train.defjvp
 def _forward_train_jvp(batch_major, bf16, primals, tangents):
-    *diff, valid = primals
+    valid, starts = primals[7:9]
+    diff, diff_tangents = primals[:7] + primals[9:], tangents[:7] + tangents[9:]
+
+    def reference(*args):
+        return _forward_reference(batch_major, bf16, *args[:7], valid, starts, *args[7:])
+
     outputs = _forward_train(batch_major, bf16, *primals)
-    _, out_tangents = jax.jvp(
-        lambda *args: _forward_reference(batch_major, bf16, *args, valid), tuple(diff),
-        tuple(tangents[:-1]),
-    )  # fmt: skip
+    _, out_tangents = jax.jvp(reference, diff, diff_tangents)
     # the rounded GEMM operands are read by _gradients only, whose JVP does not use them
     return outputs, (*out_tangents, *(jnp.zeros_like(a) for a in outputs[5:]))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _recurrence(batch_major, bf16, masked_steps, w_ih, b, w_hh, xs, h0, c0, mask, valid):
+def _recurrence(batch_major, bf16, masked_steps, w_ih, b, w_hh, xs, h0, c0, mask, valid, starts,
+                reset_h, reset_c):  # fmt: skip
     """``ys, h, c``; ``masked_steps``: ``valid`` may have holes (a per-step ``mask``), not
-    only a ragged end, so the backward needs the carry behind each masked step."""
-    ys, h, c, _ = _forward(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, save=False)
+    only a ragged end, so the backward needs the carry behind each masked step.
+    ``starts, reset_h, reset_c``: the resets (:func:`_forward`), or None."""
+    ys, h, c, _ = _forward(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, starts,
+                           reset_h, reset_c, save=False)  # fmt: skip
     return ys, h, c
 
 
-def _recurrence_fwd(batch_major, bf16, masked_steps, w_ih, b, w_hh, xs, h0, c0, mask, valid):
-    ys, h, c, saved = _forward(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, save=True)
-    return (ys, h, c), (w_ih, b, w_hh, xs, h0, c0, mask, valid, ys, *saved)
+def _recurrence_fwd(batch_major, bf16, masked_steps, *inputs):
+    ys, h, c, saved = _forward(batch_major, bf16, *inputs, save=True)
+    return (ys, h, c), (*inputs, ys, *saved)
 
 
 def _recurrence_bwd(batch_major, bf16, masked_steps, residuals, cotangents):
-    inputs, (ys, *saved) = residuals[:8], residuals[8:]
+    inputs, (ys, *saved) = residuals[:11], residuals[11:]
     if masked_steps:
-        h0, valid = inputs[4], inputs[7]
-        ys = _time_major(carried_outputs(_time_major(ys, batch_major), h0, valid), batch_major)
-    grads = _gradients(batch_major, bf16, *inputs, *cotangents, ys, *saved)
-    return (*grads, None)  # no gradient for the validity mask
+        h0, valid, starts, reset_h = inputs[4], inputs[7], inputs[8], inputs[9]
+        resets = () if starts is None else (starts != 0, reset_h)
+        ys = _time_major(carried_outputs(_time_major(ys, batch_major), h0, valid, *resets),
+                         batch_major)  # fmt: skip
+    *grads, d_reset_h, d_reset_c = _gradients(batch_major, bf16, *inputs, *cotangents, ys, *saved)
+    return (*grads, None, None, d_reset_h, d_reset_c)  # none for the validity and the starts
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
-def _gradients(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, dh, dc, ys, act,
-               cs, xh_t, w_t):  # fmt: skip
-    """Gradients w.r.t. ``(w_ih, b, w_hh, xs, h0, c0, mask)``: the native loop, then XLA GEMMs.
+def _gradients(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, starts, reset_h, reset_c,
+               dys, dh, dc, ys, act, cs, xh_t, w_t):  # fmt: skip
+    """Gradients w.r.t. ``(w_ih, b, w_hh, xs, h0, c0, mask, reset_h, reset_c)``: the native
+    loop, then XLA GEMMs.
 
     ``ys, act, cs, xh_t, w_t`` are :func:`_forward_train`'s outputs for the same inputs,
     except that ``ys`` is the hidden carry after each step where steps are masked
@@ -527,13 +587,19 @@ def _gradients(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, d
     hidden = w_hh.shape[0]
     state = jax.ShapeDtypeStruct(h0.shape, jnp.float32)
     dz_bf16 = jax.ShapeDtypeStruct(act.shape if bf16 else (0,), jnp.bfloat16)
-    results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state, state, dz_bf16)
-    dz, dh0, dc0, dmask, dz_bf16 = ffi_call(
+    reset_state = state if starts is not None else jax.ShapeDtypeStruct((0,), jnp.float32)
+    results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state, state, dz_bf16,
+               reset_state, reset_state)  # fmt: skip
+    f32, u8 = jnp.float32, jnp.uint8
+    dz, dh0, dc0, dmask, dz_bf16, d_reset_h, d_reset_c = ffi_call(
         "lstm_jax_native_backward", results,
-        w_hh, act, cs, c0, dys, dh, dc, optional_operand(mask, jnp.float32),
-        optional_operand(valid, jnp.uint8), ys, h0,
+        w_hh, act, cs, c0, dys, dh, dc, optional_operand(mask, f32), optional_operand(valid, u8),
+        ys, h0, optional_operand(starts, u8), optional_operand(reset_h, f32),
+        optional_operand(reset_c, f32),
         batch_major=batch_major, bf16=bf16, aliases={1: 0},
     )  # fmt: skip
+    dmask = None if mask is None else dmask
+    d_resets = (None, None) if starts is None else (d_reset_h, d_reset_c)
     steps, batch = _steps_batch(xs, batch_major)
     rows = dz.reshape(steps * batch, 4 * hidden)  # time-major rows
     if bf16:
@@ -543,9 +609,12 @@ def _gradients(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, d
         dxs = jnp.matmul(rows_bf16, w_t, preferred_element_type=jnp.float32)
         dxs = _time_major(dxs.reshape(steps, batch, inputs), batch_major)
         db = jnp.sum(rows, axis=0)
-        return dw[:inputs], db, dw[inputs:], dxs, dh0, dc0, (None if mask is None else dmask)
-    # h_{t-1} for every step: h0, then ys (dz is zero past a sequence's end, where ys is)
+        return dw[:inputs], db, dw[inputs:], dxs, dh0, dc0, dmask, *d_resets
+    # h_{t-1} for every step: h0, then ys (dz is zero past a sequence's end, where ys is),
+    # the reset carry where a segment starts
     h_prev = jnp.concatenate([h0[None], _time_major(ys, batch_major)[:-1]])  # [T, B, H]
+    if starts is not None:
+        h_prev = jnp.where(starts[:, :, None] != 0, reset_h, h_prev)
     if mask is not None:
         h_prev = h_prev * mask[None]
     dw_hh = h_prev.reshape(steps * batch, hidden).T @ rows
@@ -555,7 +624,7 @@ def _gradients(batch_major, bf16, w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, d
     dw_ih = _time_major(xs, batch_major).reshape(steps * batch, inputs).T @ rows
     dxs = _time_major((rows @ w_ih.T).reshape(steps, batch, inputs), batch_major)
     db = jnp.sum(rows, axis=0)
-    return dw_ih, db, dw_hh, dxs, dh0, dc0, (None if mask is None else dmask)
+    return dw_ih, db, dw_hh, dxs, dh0, dc0, dmask, *d_resets
 
 
 @_gradients.defjvp
@@ -565,20 +634,22 @@ def _gradients_jvp(batch_major, bf16, primals, tangents):
     dtype). ``ys, act, cs`` (and the bf16 operands) are functions of the other
     inputs, recomputed inside it, so their tangents are not used (they would
     count twice)."""
-    w_ih, b, w_hh, xs, h0, c0, mask, valid, dys, dh, dc = primals[:11]
+    valid, starts = primals[7:9]
     keep = None if valid is None else valid != 0
 
-    def reference(w_ih, b, w_hh, xs, h0, c0, mask, dys, dh, dc):
-        def forward(w_ih, b, w_hh, xs, h0, c0, mask):
+    def reference(w_ih, b, w_hh, xs, h0, c0, mask, reset_h, reset_c, dys, dh, dc):
+        def forward(w_ih, b, w_hh, xs, h0, c0, mask, reset_h, reset_c):
             xs = _time_major(xs, batch_major)
             compute = jnp.bfloat16 if bf16 else None
-            ys, h, c = fused_recurrence(compute, 1, w_ih, b, w_hh, xs, h0, c0, mask, keep)
+            segments = segments_of(starts, reset_h, reset_c)
+            ys, h, c = fused_recurrence(compute, 1, w_ih, b, w_hh, xs, h0, c0, mask, keep, segments)
             return _time_major(ys, batch_major), h, c
 
-        return jax.vjp(forward, w_ih, b, w_hh, xs, h0, c0, mask)[1]((dys, dh, dc))
+        args = (w_ih, b, w_hh, xs, h0, c0, mask, reset_h, reset_c)
+        return jax.vjp(forward, *args)[1]((dys, dh, dc))
 
-    diff = (w_ih, b, w_hh, xs, h0, c0, mask, dys, dh, dc)
-    diff_tangents = tangents[:7] + tangents[8:11]
+    diff = primals[:7] + primals[9:14]
+    diff_tangents = tangents[:7] + tangents[9:14]
     _, out_tangents = jax.jvp(reference, diff, diff_tangents)
     return _gradients(batch_major, bf16, *primals), out_tangents
 
@@ -598,10 +669,12 @@ def native_lstm_layer(
     unroll: int = 1,
     time_major: bool = False,
     mask: Optional[Array] = None,
+    resets: Optional[Array] = None,
+    reset_to: Optional[tuple[Array, Array]] = None,
     compute_dtype=None,
 ) -> tuple[Array, tuple[Array, Array]]:
     """One LSTM layer with a native time loop; arguments as :func:`lstm_jax.scan.scan_layer`
-    (``mask`` included; not ``resets``).
+    (``mask``, ``resets`` and ``reset_to`` included).
 
     ``cell`` and ``unroll`` are accepted for signature compatibility; the gate
     math is that of :func:`lstm_jax.cells.lstm_pointwise`, in C++.
@@ -626,26 +699,31 @@ def native_lstm_layer(
     return native_kernel_layer(
         cell, weights, xs, initial_carry, seq_lengths=seq_lengths, reverse=reverse,
         recurrent_mask=recurrent_mask, unroll=unroll, time_major=time_major, mask=mask,
-        compute_dtype=compute_dtype,
+        resets=resets, reset_to=reset_to, compute_dtype=compute_dtype,
     )  # fmt: skip
 
 
 def native_kernel_layer(cell, weights, xs, initial_carry, *, seq_lengths=None, reverse=False,
-                        recurrent_mask=None, unroll=1, time_major=False, mask=None,
-                        compute_dtype=None):  # fmt: skip
+                        recurrent_mask=None, unroll=1, time_major=False, mask=None, resets=None,
+                        reset_to=None, compute_dtype=None):  # fmt: skip
     """:func:`native_lstm_layer` without its checks (the dispatcher made them)."""
     del cell, unroll
     bf16 = _bf16(compute_dtype)
     h0, c0 = (jnp.asarray(a, jnp.float32) for a in initial_carry)
+    reset_h, reset_c = (h0, c0) if reset_to is None else (jnp.asarray(a, jnp.float32)
+                                                          for a in reset_to)  # fmt: skip
     dropout = None if recurrent_mask is None else jnp.asarray(recurrent_mask, jnp.float32)
 
-    def run(xs, valid, batch_major=False):
+    def run(xs, valid, starts=None, batch_major=False):
         xs = xs.astype(jnp.float32)
         if valid is not None:
             valid = valid.astype(jnp.uint8)
+        segments = (None,) * 3
+        if starts is not None:
+            segments = (start_flags(starts, reverse), reset_h, reset_c)
         ys, h, c = _recurrence(batch_major, bf16, mask is not None, weights.w_ih, weights.b,
-                               weights.w_hh, xs, h0, c0, dropout, valid)  # fmt: skip
+                               weights.w_hh, xs, h0, c0, dropout, valid, *segments)  # fmt: skip
         return ys, (h, c)
 
     return over_time(run, xs, seq_lengths=seq_lengths, reverse=reverse, time_major=time_major,
-                     mask=mask, run_batch_major=True)  # fmt: skip
+                     mask=mask, resets=resets, run_batch_major=True)  # fmt: skip
