@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lstm_jax as lj
-from lstm_jax.kernels.native import native_auto_unavailable, native_unavailable
+from lstm_jax.kernels.native_ops import native_auto_unavailable, native_unavailable
 
 INPUT, HIDDEN = 3, 4
 KINDS = {
