@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Optional
 
+import jax
 from jax import Array
 
 from lstm_jax.cells import Cell
-from lstm_jax.kernels.platform import per_platform
 from lstm_jax.scan import scan_layer
 
 __all__ = ["Kernel", "KernelSpec", "LayerCall", "LayerOptions", "PER_STEP", "as_layer", "layer_call",
@@ -134,7 +134,7 @@ _ARRAY_OPTIONS = ("seq_lengths", "recurrent_mask", "mask", "resets", "reset_to")
 
 def per_platform_call(call: LayerCall, kernels: dict[str, Kernel], default: Kernel):
     """``kernels[platform](call)`` for the platform the call is lowered for, else ``default``
-    (:func:`lstm_jax.kernels.platform.per_platform`); each distinct kernel is one branch."""
+    (as :func:`lstm_jax.kernels.platform.per_platform`); each distinct kernel is one branch."""
     branches = {}
 
     def branch(kernel):
@@ -147,7 +147,8 @@ def per_platform_call(call: LayerCall, kernels: dict[str, Kernel], default: Kern
         return branches[kernel]
 
     special = {p: branch(k) for p, k in kernels.items() if k is not default}
-    if not special:
+    if not special:  # no conditional at all
         return default(call)
     arrays = tuple(getattr(call.options, name) for name in _ARRAY_OPTIONS)
-    return per_platform((call.weights, call.xs, call.initial_carry, *arrays), special, branch(default))
+    args = (call.weights, call.xs, call.initial_carry, *arrays)
+    return jax.lax.platform_dependent(*args, default=branch(default), **special)

@@ -26,6 +26,7 @@ reads ``h_{t-1}`` and ``h_t`` from the outputs), which is all this layer is give
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
@@ -56,8 +57,7 @@ def _forward(target, static, inputs, valid):
                     optional_operand(valid, jnp.uint8), relu=relu)  # fmt: skip
 
 
-def _infer(static, inputs, valid):
-    return _forward("lstm_jax_native_rnn_forward_infer", static, inputs, valid)
+_infer = functools.partial(_forward, "lstm_jax_native_rnn_forward_infer")
 
 
 def _train(static, inputs, valid):
