@@ -8,6 +8,7 @@ steps across threads. Every test runs both nonlinearities where they differ.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -336,3 +337,13 @@ def test_long_sequence():
     options = dict(seq_lengths=lengths, reverse=True, masked=True)
     got, want = _both(args, "tanh", **options)
     assert_trees_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
+def test_auto_runs_native_on_cpu_with_the_cells_nonlinearity(nonlinearity):
+    params = lj.init_rnn(jax.random.key(3), I, H)
+    xs = jax.random.normal(jax.random.key(4), (B, T, I))
+    run = functools.partial(lj.rnn, nonlinearity=nonlinearity)
+    assert "lstm_jax_native_rnn_forward_infer" in str(jax.make_jaxpr(run)(params, xs))
+    assert_trees_close(run(params, xs), run(params, xs, backend="scan"))
+

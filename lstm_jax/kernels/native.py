@@ -216,11 +216,11 @@ def native_lstm_layer(cell: Cell, weights: LSTMWeights, xs: Array, initial_carry
         when the C++ extension was not built.
 
     >>> import lstm_jax as lj
-    >>> from lstm_jax.cells import lstm_kind
     >>> w = lj.init_lstm(jax.random.key(0), 3, 4).layers[0][0]
-    >>> carry = (jnp.zeros((2, 4)), jnp.zeros((2, 4)))
-    >>> ys, (h, c) = native_lstm_layer(lstm_kind(), w, jnp.ones((2, 5, 3)), carry)
-    >>> ys.shape
-    (2, 5, 4)
+    >>> zeros = jnp.zeros((2, 4))
+    >>> ys, (h, c) = native_lstm_layer(lstm_kind(), w, jnp.ones((5, 2, 3)), (zeros, zeros),
+    ...                                time_major=True)
+    >>> ys.shape, c.shape
+    ((5, 2, 4), (2, 4))
     """
     return NATIVE_LSTM.run(layer_call(cell, weights, xs, initial_carry, **options))
