@@ -23,22 +23,21 @@ def default_out_dir(grid: str) -> str:
     return base if grid == "quick" else os.path.join(base, grid)
 
 
-# A peer whose interquartile range exceeds this share of its median is reported as noisy.
-NOISY_SPREAD = 0.15
 _SHOWN_WARNINGS = 6
 
 
 def spread_warnings(rows: list) -> list:
-    """One line per timed row whose IQR / median exceeds :data:`NOISY_SPREAD`."""
+    """One line per timed row whose IQR / median exceeds ``report.NOISY_SPREAD``."""
+    from benchmarks.report import NOISY_SPREAD, iqr_share
+
     lines = []
     for row in rows:
-        if row.get("median_s") and row.get("q3_s") is not None:
-            spread = (row["q3_s"] - row["q1_s"]) / row["median_s"]
-            if spread > NOISY_SPREAD:
-                lines.append(
-                    f"{row['label']} {row['workload']} {row['peer']}: IQR is {spread:.0%} of the "
-                    "median; ratios involving it are uncertain by about as much"
-                )
+        spread = iqr_share(row)
+        if spread is not None and spread > NOISY_SPREAD:
+            lines.append(
+                f"{row['label']} {row['workload']} {row['peer']}: IQR is {spread:.0%} of the "
+                "median; ratios involving it are uncertain by about as much"
+            )
     return lines
 
 
@@ -54,7 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--full", dest="grid", action="store_const", const="full",
                       help="adds layers, bidirectional, bf16, every peer, and T up to 4096")
     mode.add_argument("--targets", dest="grid", action="store_const", const="targets",
-                      help="the four training targets only (lstm_jax[auto], Flax, PyTorch), more rounds")
+                      help="the four targets (LSTM: train, infer, bf16 train; GRU: train, infer) "
+                      "against Flax and PyTorch, and the RL case; more rounds (28 min on 2 cores under load 10)")
+    mode.add_argument("--rl", dest="grid", action="store_const", const="rl",
+                      help="the RL case only: B256 T128 I32 H128 with 2%% resets, and without, "
+                      "against Flax's ScannedRNN pattern")
     mode.add_argument("--device", dest="grid", action="store_const", const="device",
                       help="the GPU/TPU grid (FlashRNN's B=16 T=1024 H=768, the Pallas shapes, the "
                       "CPU targets) against cuDNN via PyTorch and jax.experimental.rnn; needs a GPU or TPU")

@@ -1,7 +1,7 @@
 """Benchmark cases as constants: configurations, workloads and the grids that group them.
 
 Notation: B = batch, T = time steps, I = input features, H = hidden units,
-L = layers, D = directions.
+L = layers, D = directions, G = gates per cell (LSTM 4, GRU 3).
 """
 
 from __future__ import annotations
@@ -14,10 +14,14 @@ __all__ = [
     "Case",
     "Grid",
     "TARGETS",
+    "RL_CONFIG",
+    "gru_target_cases",
+    "rl_cases",
     "GRIDS",
     "quick_grid",
     "full_grid",
     "targets_grid",
+    "rl_grid",
     "tiny_grid",
     "device_grid",
     "DEVICE_SHAPES",
@@ -25,11 +29,17 @@ __all__ = [
 
 WORKLOADS = ("train", "infer")
 DTYPES = ("float32", "bfloat16")
+CELLS = {"lstm": 4, "gru": 3}  # cell -> gates
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """One problem size. ``dtype`` is the compute dtype; parameters are always float32."""
+    """One problem size. ``dtype`` is the compute dtype; parameters are always float32.
+
+    ``cell`` is ``"lstm"`` or ``"gru"``. ``reset_rate`` > 0 makes the case an
+    RL-style one: each ``(b, t)`` resets the carry before step ``t`` with this
+    probability (``resets=`` of ``lj.lstm``; seeded, the same for every peer).
+    """
 
     batch: int
     time: int
@@ -38,18 +48,32 @@ class Config:
     layers: int = 1
     bidirectional: bool = False
     dtype: str = "float32"
+    cell: str = "lstm"
+    reset_rate: float = 0.0
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}.")
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {tuple(CELLS)}, got {self.cell!r}.")
+        if not 0.0 <= self.reset_rate < 1.0:
+            raise ValueError(f"reset_rate must be in [0, 1), got {self.reset_rate!r}.")
 
     @property
     def directions(self) -> int:
         return 2 if self.bidirectional else 1
 
     @property
+    def gates(self) -> int:
+        return CELLS[self.cell]
+
+    @property
     def label(self) -> str:
         text = f"B{self.batch} T{self.time} I{self.input} H{self.hidden}"
+        if self.cell != "lstm":
+            text = f"{self.cell.upper()} {text}"
+        if self.reset_rate:
+            text += f" resets {self.reset_rate:.0%}"
         if self.layers != 1:
             text += f" L{self.layers}"
         if self.bidirectional:
@@ -64,14 +88,14 @@ class Config:
     def matmul_flops(self, workload: str) -> int:
         """The matmul FLOPs of one step (what a FLOP peak bounds; gate math not counted).
 
-        Forward: ``2 B T (I_l + H) 4H`` per layer and direction (``I_l`` is the
-        layer's input width). A training step adds two matmuls of the same size
+        Forward: ``2 B T (I_l + H) G H`` per layer and direction (``I_l`` is the
+        layer's input width, ``G`` the gates). A training step adds two matmuls of the same size
         per forward one (input gradients and weight gradients): 3x.
         """
         forward = 0
         for layer in range(self.layers):
             width = self.input if layer == 0 else self.directions * self.hidden
-            forward += 2 * self.batch * self.time * (width + self.hidden) * 4 * self.hidden
+            forward += 2 * self.batch * self.time * (width + self.hidden) * self.gates * self.hidden
         forward *= self.directions
         return forward * (3 if workload == "train" else 1)
 
@@ -155,16 +179,43 @@ def full_grid() -> Grid:
     return Grid("full", tuple(cases), repeats=15, min_repeats=3, budget_s=30.0)
 
 
+# issue 21's RL case: many environments, T = H = 128, ~2% episode resets.
+RL_CONFIG = Config(256, 128, 32, 128, reset_rate=0.02)
+GRU_TARGET_PEERS = ("lstm_jax[auto]", "flax_linen_gru", "torch")
+
+
+def gru_target_cases() -> list[Case]:
+    """The four target shapes as GRUs (float32 training and inference): lstm_jax's
+    default backend against Flax ``nn.GRUCell`` and PyTorch ``nn.GRU``."""
+    return [Case(dataclasses.replace(c, cell="gru"), w, ("targets",), GRU_TARGET_PEERS)
+            for c in TARGETS for w in WORKLOADS]  # fmt: skip
+
+
+def rl_cases() -> list[Case]:
+    """:data:`RL_CONFIG` with and without its resets, both workloads: lstm_jax's
+    default against Flax (``nn.RNN`` without resets, the PureJaxRL ``ScannedRNN``
+    pattern with them)."""
+    peers = ("lstm_jax[auto]", "flax_linen_optimized")
+    plain = dataclasses.replace(RL_CONFIG, reset_rate=0.0)
+    return [Case(c, w, ("rl",), peers) for c in (plain, RL_CONFIG) for w in WORKLOADS]
+
+
 def targets_grid() -> Grid:
-    """The four targets only (float32 training and inference, bfloat16 training), for
-    lstm_jax[auto], [native] and [fused], Flax and PyTorch, with more rounds than
-    --quick (its few rounds per case leave ~10% noise here)."""
+    """The four targets (float32 training and inference, bfloat16 training) for
+    lstm_jax[auto], [native] and [fused], Flax and PyTorch; the same shapes as GRUs;
+    the RL case. More rounds than --quick (its few rounds per case leave ~10% noise here)."""
     peers = ("lstm_jax[auto]", "lstm_jax[native]", "lstm_jax[fused]", "flax_linen_optimized",
              "torch")  # fmt: skip
-    cases = [Case(c, w, ("targets",), peers) for c in TARGETS for w in ("train", "infer")]
+    cases = [Case(c, w, ("targets",), peers) for c in TARGETS for w in WORKLOADS]
     cases += [Case(dataclasses.replace(c, dtype="bfloat16"), "train", ("targets",), peers)
               for c in TARGETS]  # fmt: skip
+    cases += gru_target_cases() + rl_cases()
     return Grid("targets", tuple(cases), repeats=25, min_repeats=7, budget_s=25.0)
+
+
+def rl_grid() -> Grid:
+    """Only the RL case (``--rl``): :func:`rl_cases`, with the rounds of --targets."""
+    return Grid("rl", tuple(rl_cases()), repeats=25, min_repeats=7, budget_s=25.0)
 
 
 def tiny_grid() -> Grid:
@@ -206,6 +257,7 @@ GRIDS = {
     "quick": quick_grid,
     "full": full_grid,
     "targets": targets_grid,
+    "rl": rl_grid,
     "tiny": tiny_grid,
     "device": device_grid,
 }

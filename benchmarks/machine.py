@@ -15,7 +15,7 @@ import jax
 
 __all__ = [
     "cpu_model", "num_cores", "machine_info", "versions", "machine_slug", "run_info",
-    "load_info", "busy_warning",
+    "load_info", "busy", "busy_warning", "flop_per_cycle", "clock", "nominal_peak",
 ]
 
 
@@ -129,6 +129,80 @@ def measure_flop_peak(size: int = 2048, repeats: int = 7) -> float:
     return 2.0 * size**3 / best
 
 
+# Nominal float32 FLOP per cycle and core by ISA: FMA pipes x float32 lanes x 2 (an FMA is
+# a multiply and an add). Nominal: e.g. AMD Zen 4 runs a 512-bit FMA as two 256-bit halves.
+_FLOP_PER_CYCLE = (
+    (("avx512f",), 64, "AVX-512: 2 FMA pipes x 16 float32 lanes x 2"),
+    (("avx2", "fma"), 32, "AVX2 + FMA: 2 FMA pipes x 8 float32 lanes x 2"),
+    (("avx",), 16, "AVX: 1 add + 1 multiply pipe x 8 float32 lanes"),
+    (("sse2",), 8, "SSE2: 1 add + 1 multiply pipe x 4 float32 lanes"),
+)
+
+
+def flop_per_cycle(flags) -> tuple[Optional[int], str]:
+    """Nominal float32 FLOP per cycle and core from the CPU's ISA ``flags`` (as in
+    /proc/cpuinfo), and how: ``(64, "AVX-512: ...")``; ``(None, why)`` when unknown."""
+    for needed, flop, how in _FLOP_PER_CYCLE:
+        if set(needed) <= set(flags):
+            return flop, how
+    return None, "no x86 SIMD flags found (unknown ISA)"
+
+
+def _read_file(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _command_output(argv: list) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _cpuinfo_field(cpuinfo: str, field: str) -> Optional[str]:
+    """The first CPU's ``field`` in /proc/cpuinfo text."""
+    for line in cpuinfo.splitlines():
+        if line.split(":", 1)[0].strip() == field:
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def clock(lscpu: str, cpuinfo: str) -> tuple[Optional[float], str]:
+    """Clock in Hz and where it came from: lscpu's ``CPU max MHz`` (the highest
+    rated clock), else the first CPU's ``cpu MHz`` in /proc/cpuinfo (the clock
+    the kernel reports now; in a VM, usually the host's base clock)."""
+    for line in lscpu.splitlines():
+        if line.startswith("CPU max MHz:"):
+            return float(line.split(":", 1)[1]) * 1e6, "lscpu 'CPU max MHz'"
+    mhz = _cpuinfo_field(cpuinfo, "cpu MHz")
+    if mhz:
+        return float(mhz) * 1e6, "/proc/cpuinfo 'cpu MHz' of the first CPU"
+    return None, "no clock in lscpu or /proc/cpuinfo"
+
+
+def nominal_peak() -> dict:
+    """This machine's nominal float32 peak: FLOP/cycle (from the ISA) x clock x cores
+    (the CPUs this process may run on, which XLA's CPU client uses), with the source
+    of each number. ``flops`` is None when one of them is unknown."""
+    cpuinfo = _read_file("/proc/cpuinfo")
+    flop, isa = flop_per_cycle((_cpuinfo_field(cpuinfo, "flags") or "").split())
+    hz, clock_source = clock(_command_output(["lscpu"]), cpuinfo)
+    cores = num_cores()
+    return {
+        "flops": flop * hz * cores if flop and hz else None,
+        "flop_per_cycle": flop,
+        "isa": isa,
+        "clock_hz": hz,
+        "clock_source": clock_source,
+        "cores": cores,
+        "cores_source": "os.sched_getaffinity: the CPUs this process and XLA's CPU client use",
+    }
+
+
 def load_average() -> Optional[list]:
     """The 1, 5 and 15 minute load averages (None where the OS has none)."""
     try:
@@ -166,10 +240,15 @@ def load_info() -> dict:
     return {"loadavg_1_5_15": load, "affinity": affinity, "threads": threads}
 
 
+def busy(load: Optional[list], cores: int) -> bool:
+    """The load rule: the 1-minute load average exceeds the cores this process may use."""
+    return bool(load) and load[0] > cores
+
+
 def busy_warning(info: dict, cores: int) -> Optional[str]:
-    """A warning when the 1-minute load average exceeds the cores this process may use."""
+    """A warning when :func:`busy` says so."""
     load = info.get("loadavg_1_5_15")
-    if load and load[0] > cores:
+    if busy(load, cores):
         return (
             f"the machine is busy: 1-minute load average {load[0]:.2f} > {cores} cores; "
             "timings and speed-ups from this run are unreliable"

@@ -7,9 +7,13 @@ import math
 import os
 from typing import Optional
 
-from benchmarks.peers import BASELINE
+from benchmarks.machine import busy
+from benchmarks.peers import BASELINE, BASELINES
 
-__all__ = ["SCHEMA_VERSION", "PLOTS", "speedups", "geomeans", "markdown", "plot", "write"]
+__all__ = [
+    "NOISY_SPREAD", "PLOTS", "SCHEMA_VERSION", "geomeans", "iqr_share", "markdown",
+    "not_judged_reasons", "plot", "speedups", "verdict", "write",
+]
 
 SCHEMA_VERSION = 1
 PLOTS = ("speedup.png", "scaling.png", "memory.png")
@@ -23,10 +27,25 @@ def _ok(row: dict) -> bool:
     return row.get("status") == "ok" and row.get("median_s")
 
 
+def _is_gru(label: str) -> bool:
+    return label.startswith("GRU ")  # Config.label
+
+
+def _has_resets(label: str) -> bool:
+    return " resets " in f"{label} "  # Config.label
+
+
+def _baseline(label: str) -> str:
+    """The Flax peer a case (its ``Config.label``) is compared with: ``BASELINES`` by cell."""
+    return BASELINES["gru" if _is_gru(label) else "lstm"]
+
+
 def speedups(rows: list) -> list:
     """``[{label, workload, peer, speedup}]``: the baseline's median step time
-    divided by the peer's, from the same interleaved rounds (> 1: faster)."""
-    base = {_case_key(r): r["median_s"] for r in rows if r["peer"] == BASELINE and _ok(r)}
+    divided by the peer's, from the same interleaved rounds (> 1: faster). The
+    baseline is Flax's cell of the case's kind (:data:`BASELINES`)."""
+    base = {_case_key(r): r["median_s"] for r in rows
+            if r["peer"] == _baseline(r["label"]) and _ok(r)}  # fmt: skip
     out = []
     for row in rows:
         key = _case_key(row)
@@ -40,19 +59,30 @@ def _geomean(values: list) -> Optional[float]:
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
 
 
-GEOMEAN_GROUPS = ("train", "infer", "train bf16", "infer bf16", "all")
-
-
 def _group(row: dict) -> str:
-    """``train``/``infer`` for float32 cases, ``train bf16``/``infer bf16`` for bfloat16 ones."""
-    return row["workload"] + (" bf16" if row["label"].endswith(" bf16") else "")
+    """The workload, ``" bf16"`` after it for bfloat16 cases, ``"GRU "`` before it for
+    GRU cases and ``"resets "`` for cases with resets: ``train``, ``GRU infer bf16``..."""
+    label = row["label"]
+    prefix = ("GRU " if _is_gru(label) else "") + ("resets " if _has_resets(label) else "")
+    return prefix + row["workload"] + (" bf16" if row["label"].endswith(" bf16") else "")
+
+
+def _group_order(group: str) -> tuple:
+    """LSTM before GRU, plain before resets, float32 before bf16, train before infer."""
+    return (group.startswith("GRU "), "resets " in group, group.endswith(" bf16"), "infer" in group)
+
+
+def _groups(rows: list) -> list:
+    """The groups of ``rows`` (:func:`_group`) in :func:`_group_order`, then ``"all"``."""
+    return sorted({_group(r) for r in rows}, key=_group_order) + ["all"]
 
 
 def geomeans(speedup_rows: list) -> list:
-    """Geometric mean speed-up per peer: per workload (float32 and bfloat16 apart) and over all cases."""
+    """Geometric mean speed-up per peer: per :func:`_group` (float32 and bfloat16,
+    LSTM and GRU, with and without resets apart) and over all cases."""
     out = []
     peers = list(dict.fromkeys(s["peer"] for s in speedup_rows))
-    for workload in GEOMEAN_GROUPS:
+    for workload in _groups(speedup_rows):
         for peer in peers:
             values = [s["speedup"] for s in speedup_rows
                       if s["peer"] == peer and workload in ("all", _group(s))]  # fmt: skip
@@ -87,29 +117,179 @@ def _share(row: dict, peak: Optional[float]) -> str:
 
 
 # issue 11's targets: lstm_jax's default against Flax (geomean of float32
-# training) and against PyTorch (every case, float32 and bfloat16)
+# LSTM training) and against PyTorch (every case, float32 and bfloat16, LSTM and GRU)
 TARGET_PEER, TARGET_RIVAL, TARGET_TRAIN_GEOMEAN = "lstm_jax[auto]", "torch", 2.0
+
+# A row whose interquartile range exceeds this share of its median is noisy: no
+# verdict rests on it.
+NOISY_SPREAD = 0.15
+_SHOWN_REASONS = 2
+
+
+def iqr_share(row: dict) -> Optional[float]:
+    """``(q3 - q1) / median`` of a timed row; None when it was not timed."""
+    if not row.get("median_s") or row.get("q3_s") is None:
+        return None
+    return (row["q3_s"] - row["q1_s"]) / row["median_s"]
+
+
+def _load_reasons(results: dict) -> list:
+    """``["load 3.10 on 2 cores"]`` when the load rule (:func:`benchmarks.machine.busy`)
+    fired at the start or the end of the run (the 1-minute average), else ``[]``."""
+    cores = results.get("machine", {}).get("cores")
+    loads = [v for v in (results.get("load_average") or {}).values() if v]
+    if not cores or not any(busy(load, cores) for load in loads):
+        return []
+    return [f"load {max(load[0] for load in loads):.2f} on {cores} cores"]
+
+
+def _spread_reasons(rows: list) -> list:
+    """``"IQR 23% of row <label> <workload> <peer>"`` for each noisy row among ``rows``."""
+    out = []
+    for row in rows:
+        share = iqr_share(row)
+        if share is not None and share > NOISY_SPREAD:
+            out.append(f"IQR {share:.0%} of row {row['label']} {row['workload']} {row['peer']}")
+    return out
+
+
+def not_judged_reasons(results: dict, compared: list) -> list:
+    """Why no verdict may be drawn from the ``compared`` rows of this run: a busy
+    machine, or a compared row whose IQR exceeds :data:`NOISY_SPREAD` of its median."""
+    return _load_reasons(results) + _spread_reasons(compared)
+
+
+def _not_judged(reasons: list) -> str:
+    shown = reasons[:_SHOWN_REASONS]
+    more = len(reasons) - len(shown)
+    return "not judged (" + "; ".join(shown) + (f"; {more} more" if more else "") + ")"
+
+
+def verdict(met: bool, reasons: list) -> str:
+    """``met`` / ``not met``, or ``not judged (reasons)`` when there are any."""
+    if reasons:
+        return _not_judged(reasons)
+    return "met" if met else "not met"
+
+
+def _peak_lines(results: dict) -> list:
+    """The two peaks the shares are relative to, with where each number came from."""
+    nominal, measured = results.get("nominal_peak") or {}, results.get("flop_peak")
+    lines = []
+    if nominal.get("flops"):
+        lines.append(
+            f"- Physical peak, float32, nominal: **{nominal['flops'] / 1e9:.0f} GFLOP/s** = "
+            f"{nominal['flop_per_cycle']} FLOP/cycle ({nominal['isa']}; from the ISA flags in "
+            f"/proc/cpuinfo) × {nominal['clock_hz'] / 1e9:.2f} GHz ({nominal['clock_source']}) "
+            f"× {nominal['cores']} cores ({nominal['cores_source']})."
+        )
+    if measured:
+        lines.append(
+            f"- Measured GEMM peak: **{measured / 1e9:.0f} GFLOP/s** (a jitted 2048³ float32 "
+            "GEMM, best of 7, at the start of the run)."
+        )
+    return lines
+
+
+def _judging_rule() -> str:
+    return (
+        f"- A verdict needs a quiet machine: **not judged** instead of met / not met when the "
+        f"1-minute load average exceeded the cores at the start or the end of the run, or a "
+        f"compared row's IQR exceeds {NOISY_SPREAD:.0%} of its median."
+    )
+
+
+def _geomean_lines(results: dict, geo: dict) -> list:
+    """The geomean speed-ups over Flax in float32 training: LSTM against the target, GRU
+    reported."""
+    lines = []
+    for group, what, target in (("train", "LSTM", TARGET_TRAIN_GEOMEAN), ("GRU train", "GRU", None)):
+        value = geo.get((TARGET_PEER, group))
+        if value is None:
+            continue
+        goal = "no target set"
+        if target is not None:
+            compared = [r for r in results["rows"] if _group(r) == group and _ok(r)
+                        and r["peer"] in (TARGET_PEER, _baseline(r["label"]))]  # fmt: skip
+            judged = verdict(value >= target, not_judged_reasons(results, compared))
+            goal = f"target >= {target:.1f}×: {judged}"
+        lines.append(f"- float32 {what} training, geomean speed-up over Flax: "
+                     f"**{value:.2f}×** ({goal})")  # fmt: skip
+    return lines
+
+
+def _target_pairs(results: dict, by_key: dict) -> list:
+    """``(key, ours, rival)`` for each case where both ran (none with resets)."""
+    rows = [r for r in results["rows"] if not _has_resets(r["label"])]
+    cases = list(dict.fromkeys(_case_key(r) for r in rows))
+    pairs = [(key, by_key.get((key, TARGET_PEER)), by_key.get((key, TARGET_RIVAL))) for key in cases]
+    return [(key, ours, rival) for key, ours, rival in pairs
+            if ours and rival and _ok(ours) and _ok(rival)]  # fmt: skip
+
+
+def _ratio(by_key: dict, key: tuple, peer: str, ours: dict) -> str:
+    """``"2.50×"``: ``peer``'s median in case ``key`` over ``ours``; ``"—"`` if it did not run."""
+    other = by_key.get((key, peer))
+    return f"{other['median_s'] / ours['median_s']:.2f}×" if other and _ok(other) else "—"
 
 
 def _target_lines(results: dict, by_key: dict, geo: dict) -> list:
-    """The targets, each marked met or not, from this run's medians (empty without PyTorch)."""
-    cases = list(dict.fromkeys(_case_key(r) for r in results["rows"]))
-    pairs = [(key, by_key.get((key, TARGET_PEER)), by_key.get((key, TARGET_RIVAL))) for key in cases]
-    pairs = [(key, ours, rival) for key, ours, rival in pairs if ours and rival and _ok(ours) and _ok(rival)]
+    """The targets, each met, not met or not judged, from this run's medians, with the
+    share of the nominal and the measured peak (empty without PyTorch)."""
+    pairs = _target_pairs(results, by_key)
     if not pairs:
         return []
+    nominal = (results.get("nominal_peak") or {}).get("flops")
     lines = ["", f"## Targets: `{TARGET_PEER}` against Flax and PyTorch", ""]
-    train = geo.get((TARGET_PEER, "train"))
-    if train is not None:
-        verdict = "met" if train >= TARGET_TRAIN_GEOMEAN else "not met"
-        lines.append(f"- float32 training, geomean speed-up over Flax: **{train:.2f}×** "
-                     f"(target >= {TARGET_TRAIN_GEOMEAN:.1f}×: {verdict})")  # fmt: skip
+    lines += _peak_lines(results) + [_judging_rule()] + _geomean_lines(results, geo)
+    header = (f"| Config | Workload | `{TARGET_PEER}` ms | vs Flax | vs `{TARGET_RIVAL}` | "
+              f"% nominal peak | % GEMM peak | no slower than `{TARGET_RIVAL}` |")  # fmt: skip
+    lines += ["", header, "|---|---|---:|---:|---:|---:|---:|---|"]
     for key, ours, rival in pairs:
+        baseline = by_key.get((key, _baseline(key[0])))
+        compared = [r for r in (ours, rival, baseline) if r and _ok(r)]
         ratio = rival["median_s"] / ours["median_s"]
-        verdict = "met" if ratio >= 1.0 else "not met"
-        lines.append(f"- {key[0]} {key[1]}: {ours['median_s'] * 1e3:.3g} ms vs `{TARGET_RIVAL}` "
-                     f"{rival['median_s'] * 1e3:.3g} ms, **{ratio:.2f}×** "
-                     f"(target: no slower: {verdict})")  # fmt: skip
+        lines.append(f"| {key[0]} | {key[1]} | {ours['median_s'] * 1e3:.3g} | "
+                     f"{_ratio(by_key, key, _baseline(key[0]), ours)} | {ratio:.2f}× | "
+                     f"{_share(ours, nominal)} | {_share(ours, results.get('flop_peak'))} | "
+                     f"{verdict(ratio >= 1.0, not_judged_reasons(results, compared))} |")  # fmt: skip
+    return lines
+
+
+def _without_resets(rows: list, row: dict) -> Optional[tuple]:
+    """The case key of ``row``'s configuration and workload without resets, if it ran."""
+    plain = {**row["config"], "reset_rate": 0.0}
+    return next((_case_key(r) for r in rows
+                 if r.get("config") == plain and r["workload"] == row["workload"]), None)  # fmt: skip
+
+
+def _rl_lines(results: dict, by_key: dict) -> list:
+    """Cases with resets: ``lstm_jax[auto]`` against Flax's ScannedRNN, beside the ratio
+    of the same shape without resets (empty without such cases)."""
+    keys = list(dict.fromkeys(_case_key(r) for r in results["rows"] if _has_resets(r["label"])))
+    rows = [(key, by_key.get((key, TARGET_PEER))) for key in keys]
+    rows = [(key, ours) for key, ours in rows if ours and _ok(ours)]
+    if not rows:
+        return []
+    intro = (f"`{TARGET_PEER}` with `resets=` against Flax in PureJaxRL's `ScannedRNN` pattern "
+             "(`nn.scan` over the cell, carry reset with `jnp.where(reset[:, None], zeros, carry)` "
+             "before each step), beside the same shape without resets (Flax `nn.RNN`). "
+             "The loss is the suite's (MSE of the outputs, Adam update).")  # fmt: skip
+    header = (f"| Config | Workload | `{TARGET_PEER}` ms | Flax ms | vs Flax | "
+              "without resets: vs Flax | judged |")  # fmt: skip
+    lines = ["", "## RL case: resets (issue 21)", "", intro, "", header,
+             "|---|---|---:|---:|---:|---:|---|"]  # fmt: skip
+    for key, ours in rows:
+        flax = _baseline(key[0])
+        plain_key = _without_resets(results["rows"], ours)
+        plain, baseline = by_key.get((plain_key, TARGET_PEER)), by_key.get((key, flax))
+        compared = [r for r in (ours, baseline, plain, by_key.get((plain_key, flax))) if r and _ok(r)]
+        reasons = not_judged_reasons(results, compared)
+        flax_ms = f"{baseline['median_s'] * 1e3:.3g}" if baseline and _ok(baseline) else "—"
+        without = _ratio(by_key, plain_key, flax, plain) if plain and _ok(plain) else "—"
+        lines.append(f"| {key[0]} | {key[1]} | {ours['median_s'] * 1e3:.3g} | {flax_ms} | "
+                     f"{_ratio(by_key, key, flax, ours)} | {without} | "
+                     f"{_not_judged(reasons) if reasons else 'yes'} |")  # fmt: skip
     return lines
 
 
@@ -140,8 +320,11 @@ def markdown(results: dict) -> str:
                      f"thread settings {load['start'].get('threads') or 'defaults'}")  # fmt: skip
     for warning in results.get("warnings", []):
         lines.append(f"- **Warning:** {warning}")
-    lines += ["", f"## Speed-up relative to Flax `nn.RNN(nn.OptimizedLSTMCell)` ({BASELINE})", ""]
+    lines += ["", "## Speed-up relative to Flax", ""]
     lines.append(
+        f"Baseline: Flax `nn.RNN(nn.OptimizedLSTMCell)` ({BASELINE}) for LSTM cases, "
+        f"`nn.RNN(nn.GRUCell)` ({BASELINES['gru']}) for GRU cases; in cases with resets, the "
+        "same cell in PureJaxRL's `ScannedRNN` pattern. "
         "Median step time of the baseline divided by the peer's, measured in the same "
         "interleaved rounds (> 1: faster than Flax). `train` = forward, backward and Adam "
         "update; `infer` = forward. Every timed peer first matched lstm_jax[scan] "
@@ -153,17 +336,17 @@ def markdown(results: dict) -> str:
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|")
     for key in cases:
-        base = by_key.get((key, BASELINE))
+        base = by_key.get((key, _baseline(key[0])))
         base_text = f"{base['median_s'] * 1e3:.3g} ms" if base and _ok(base) else "—"
         cells = [_cell(by_key.get((key, p)), speed.get((*key, p))) for p in peers]
         lines.append("| " + " | ".join([key[0], key[1], base_text] + cells) + " |")
     geo = {(g["peer"], g["workload"]): g["geomean"] for g in results["geomeans"]}
-    for workload in GEOMEAN_GROUPS:
+    for workload in _groups(rows):
         if any((p, workload) in geo for p in peers):
             cells = [f"**{geo[(p, workload)]:.2f}×**" if (p, workload) in geo else "—" for p in peers]
             lines.append("| " + " | ".join(["**geomean**", workload, ""] + cells) + " |")
 
-    lines += _target_lines(results, by_key, geo)
+    lines += _target_lines(results, by_key, geo) + _rl_lines(results, by_key)
     lines += ["", "## Step time, throughput, compile time, memory", ""]
     lines.append(
         "Step time after warm-up: median, interquartile range and min–max over the rounds. "

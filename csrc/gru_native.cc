@@ -10,6 +10,8 @@
 //             activations, aliased again) and dh = z * dh + ([dr, dz, dhn] @
 //             w_hh^T) * mask. XLA computes the weight and input gradients
 //             after the loop.
+// With resets (optional operands: the (T, B) starts and the reset carry) as
+// the LSTM's (lstm_native.cc).
 #include "handler.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -23,17 +25,21 @@ namespace {
   ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,                  \
       ffi::Buffer<ffi::F32> b_ih, ffi::Buffer<ffi::F32> w_hh, ffi::Buffer<ffi::F32> b_hh,      \
       ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::U8> valid,        \
+      ffi::Buffer<ffi::U8> starts, ffi::Buffer<ffi::F32> reset_h,                              \
       ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_out
 
-FwdCellBuffers Biases(ffi::Buffer<ffi::F32> b_ih, ffi::Buffer<ffi::F32> b_hh) {
+FwdCellBuffers Common(ffi::Buffer<ffi::F32> b_ih, ffi::Buffer<ffi::F32> b_hh, ffi::Buffer<ffi::U8> starts,
+                      ffi::Buffer<ffi::F32> reset_h) {
   FwdCellBuffers cell;
   cell.bias = b_ih.typed_data();
   cell.bias_hh = b_hh.typed_data();
+  cell.starts = Data(starts);
+  cell.reset_h = Data(reset_h);
   return cell;
 }
 
 ffi::Error ForwardTrain(LSTM_JAX_GRU_FORWARD_ARGS, ffi::ResultBuffer<ffi::F32> act) {
-  FwdCellBuffers cell = Biases(b_ih, b_hh);
+  FwdCellBuffers cell = Common(b_ih, b_hh, starts, reset_h);
   cell.training = true;
   cell.act = act->typed_data();
   return Forward(pool, CellKernels(Cell::kGru), false, xs, w_ih, w_hh, h0, mask, valid, ys, h_out, cell);
@@ -41,16 +47,20 @@ ffi::Error ForwardTrain(LSTM_JAX_GRU_FORWARD_ARGS, ffi::ResultBuffer<ffi::F32> a
 
 ffi::Error ForwardInfer(LSTM_JAX_GRU_FORWARD_ARGS) {
   return Forward(pool, CellKernels(Cell::kGru), false, xs, w_ih, w_hh, h0, mask, valid, ys, h_out,
-                 Biases(b_ih, b_hh));
+                 Common(b_ih, b_hh, starts, reset_h));
 }
 
 ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffer<ffi::F32> act,
                     ffi::Buffer<ffi::F32> dys, ffi::Buffer<ffi::F32> dh_in, ffi::Buffer<ffi::F32> mask,
                     ffi::Buffer<ffi::U8> valid, ffi::Buffer<ffi::F32> ys, ffi::Buffer<ffi::F32> h0,
+                    ffi::Buffer<ffi::U8> starts, ffi::Buffer<ffi::F32> reset_h,
                     ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh_out,
-                    ffi::ResultBuffer<ffi::F32> dm_out) {
+                    ffi::ResultBuffer<ffi::F32> dm_out, ffi::ResultBuffer<ffi::F32> d_reset_h) {
   BwdCellBuffers cell;
   cell.act = act.typed_data();
+  cell.starts = Data(starts);
+  cell.reset_h = Data(reset_h);
+  cell.d_reset_h = Data(*d_reset_h);
   return lstm_jax::Backward(pool, CellKernels(Cell::kGru), false, w_hh, dys, dh_in, mask, valid, ys, h0, dz,
                             dh_out, dm_out, cell);
 }
@@ -76,6 +86,8 @@ static auto ForwardBinding() {
       .Arg<ffi::Buffer<ffi::F32>>()  // h0
       .Arg<ffi::Buffer<ffi::F32>>()  // mask
       .Arg<ffi::Buffer<ffi::U8>>()   // valid
+      .Arg<ffi::Buffer<ffi::U8>>()   // starts (resets), or empty
+      .Arg<ffi::Buffer<ffi::F32>>()  // reset h, or empty
       .Ret<ffi::Buffer<ffi::F32>>()  // ys
       .Ret<ffi::Buffer<ffi::F32>>();  // h
 }
@@ -95,7 +107,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxGruBackward, lstm_jax::gru::Backward,
                                   .Arg<ffi::Buffer<ffi::U8>>()   // valid
                                   .Arg<ffi::Buffer<ffi::F32>>()  // ys
                                   .Arg<ffi::Buffer<ffi::F32>>()  // h0
+                                  .Arg<ffi::Buffer<ffi::U8>>()   // starts (resets), or empty
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // reset h, or empty
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dz
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dh0
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dmask
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // reset h's gradient, or empty
 );

@@ -1,6 +1,7 @@
 // The handler skeleton (handler.h).
 #include "handler.h"
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -19,6 +20,64 @@ void Run(ffi::ThreadPool& pool, std::shared_ptr<Problem> P, std::shared_ptr<std:
          ItemFn fn, int64_t items, Split split, int panels) {
   std::shared_ptr<void> keep = std::make_shared<std::pair<decltype(P), decltype(buffers)>>(P, buffers);
   RunItems(pool, std::move(keep), fn, P.get(), items, split, panels, P->batch);
+}
+
+// Resets before step 0, as fwd_reset (recurrent_kernel.inc) does before later steps.
+void ResetBeforeFirstStep(const FwdProblem& P) {
+  const size_t bytes = P.hidden * sizeof(float);
+  for (int b = 0; b < P.batch; ++b) {
+    const uint8_t flag = start_flag(P.starts, P.steps, P.batch, 0, b);
+    if (flag == 0) continue;
+    const size_t at = size_t(b) * P.hidden;
+    if (flag == 2) std::memcpy(P.h_final + at, P.h[0] + at, bytes);
+    std::memcpy(P.h[0] + at, P.reset_h + at, bytes);
+    if (P.c == nullptr) continue;
+    if (flag == 2) std::memcpy(P.c_final + at, P.c + at, bytes);
+    std::memcpy(P.c + at, P.reset_c + at, bytes);
+  }
+}
+
+// Whether row b has a start marked 2: its final carry is the one before it.
+template <class Problem>
+bool FinalBeforeStart(const Problem& P, int b) {
+  for (int64_t t = 0; t < P.steps; ++t) {
+    if (start_flag(P.starts, P.steps, P.batch, t, b) == 2) return true;
+  }
+  return false;
+}
+
+// The final carry into h_out (and the LSTM's P.c, which is c_out): the carry
+// after the last step, or where a row has a start marked 2 the one saved before it.
+void StoreFinal(const FwdProblem& P, float* h_out) {
+  const size_t bh = size_t(P.batch) * P.hidden, bytes = P.hidden * sizeof(float);
+  std::memcpy(h_out, P.h[P.steps & 1], bh * sizeof(float));
+  if (P.starts == nullptr) return;
+  for (int b = 0; b < P.batch; ++b) {
+    if (!FinalBeforeStart(P, b)) continue;
+    const size_t at = size_t(b) * P.hidden;
+    std::memcpy(h_out + at, P.h_final + at, bytes);
+    if (P.c != nullptr) std::memcpy(P.c + at, P.c_final + at, bytes);
+  }
+}
+
+// The backward's resets; the carry gradients of rows whose final carry comes
+// before a start marked 2 enter there (BwdProblem), so they start at zero.
+void SetResets(BwdProblem& P, const BwdCellBuffers& cell, const float* dh_in, const float* dc_in, int64_t n) {
+  const int64_t bh = int64_t(P.batch) * P.hidden;
+  P.starts = cell.starts + n * P.steps * P.batch;
+  P.reset_h = cell.reset_h + n * bh;
+  P.dh_final = dh_in + n * bh;
+  P.d_reset_h = cell.d_reset_h + n * bh;
+  if (P.dc != nullptr) {
+    P.reset_c = cell.reset_c + n * bh;
+    P.dc_final = dc_in + n * bh;
+    P.d_reset_c = cell.d_reset_c + n * bh;
+  }
+  for (int b = 0; b < P.batch; ++b) {
+    if (!FinalBeforeStart(P, b)) continue;
+    std::fill_n(P.dh + size_t(b) * P.hidden, P.hidden, 0.f);
+    if (P.dc != nullptr) std::fill_n(P.dc + size_t(b) * P.hidden, P.hidden, 0.f);
+  }
 }
 
 }  // namespace
@@ -64,7 +123,8 @@ ffi::Error Forward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major,
                                      /*inference=*/!cell.training);
   const size_t pack = kern.fwd_pack_size(input, hidden);
   for (int64_t n = 0; n < count; ++n) {
-    auto buffers = std::make_shared<std::vector<float>>(pack + 4 * bh);
+    const bool resets = cell.starts != nullptr;
+    auto buffers = std::make_shared<std::vector<float>>(pack + (resets ? 6 : 4) * bh);
     float* wpack = buffers->data();
     float* hbuf = wpack + pack;
     kern.pack_fwd(w_ih.typed_data() + n * input * gates, w_hh.typed_data() + n * hidden * gates,
@@ -90,6 +150,14 @@ ffi::Error Forward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major,
     P->h[0] = hbuf;
     P->h[1] = hbuf + bh;
     std::memcpy(P->h[0], h0.typed_data() + n * bh, bh * sizeof(float));
+    if (resets) {
+      P->starts = cell.starts + n * steps * batch;
+      P->reset_h = cell.reset_h + n * bh;
+      P->reset_c = cell.reset_c != nullptr ? cell.reset_c + n * bh : nullptr;
+      P->h_final = hbuf + 4 * bh;
+      P->c_final = hbuf + 5 * bh;
+      ResetBeforeFirstStep(*P);
+    }
     if (has_mask) {
       P->hm[0] = hbuf + 2 * bh;
       P->hm[1] = hbuf + 3 * bh;
@@ -101,7 +169,7 @@ ffi::Error Forward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major,
     P->wpack = wpack;
     P->xhT = cell.xhT != nullptr ? cell.xhT + n * (input + hidden) * steps * batch : nullptr;
     Run(pool, P, buffers, kern.fwd_item, steps, split, panels);
-    std::memcpy(hT + n * bh, P->h[steps & 1], bh * sizeof(float));
+    StoreFinal(*P, hT + n * bh);
   }
   return ffi::Error::Success();
 }
@@ -125,6 +193,9 @@ ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major
   const bool has_mask = mask.element_count() != 0, has_valid = valid.element_count() != 0;
   float* dm = Data(*dm_out);
   if (dm != nullptr) std::memset(dm, 0, dm_out->element_count() * sizeof(float));
+  for (float* d : {cell.d_reset_h, cell.d_reset_c}) {
+    if (d != nullptr) std::memset(d, 0, dh_in.element_count() * sizeof(float));
+  }
   if (per == 0) {
     if (bh > 0) {
       std::memcpy(dh_out->typed_data(), dh_in.typed_data(), dh_in.element_count() * sizeof(float));
@@ -161,6 +232,7 @@ ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major
       P->dc = cell.dc_out + n * bh;
       std::memcpy(P->dc, cell.dc_in + n * bh, bh * sizeof(float));
     }
+    if (cell.starts != nullptr) SetResets(*P, cell, dh_in.typed_data(), cell.dc_in, n);
     P->dm = has_mask ? dm + n * bh : nullptr;
     P->dzb = cell.dzb != nullptr ? cell.dzb + n * per : nullptr;
     P->wpack = buffers->data();

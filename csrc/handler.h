@@ -8,7 +8,7 @@
 // * H and A = acts * H from the cell's Kernels): xs (N.., T, B, I), or with
 // batch_major (N.., B, T, I); w_ih (N.., I, G), w_hh (N.., H, G), biases
 // (N.., G), h0 and the state (N.., B, H), mask (N.., B, H) or empty, valid
-// (N.., T, B) or empty; ys and dys in the layout of xs; act and dz
+// and the resets' starts (N.., T, B) or empty, the reset carry (N.., B, H); ys and dys in the layout of xs; act and dz
 // (N.., T, B, A) and cs (N.., T, B, H) time-major.
 #ifndef LSTM_JAX_HANDLER_H_
 #define LSTM_JAX_HANDLER_H_
@@ -30,6 +30,9 @@ struct FwdCellBuffers {
   float* act = nullptr;            // saved activations (training; not the RNN)
   float* cs = nullptr;             // LSTM training
   uint16_t* xhT = nullptr;         // LSTM bfloat16 training: (N.., I + H, T * B)
+  const uint8_t* starts = nullptr;  // resets (FwdProblem): (N.., T, B), or null
+  const float* reset_h = nullptr;   // resets: (N.., B, H)
+  const float* reset_c = nullptr;   // LSTM resets
 };
 
 xla::ffi::Error Forward(xla::ffi::ThreadPool& pool, const Kernels& kern, bool batch_major,
@@ -47,6 +50,11 @@ struct BwdCellBuffers {
   const float* dc_in = nullptr;  // LSTM
   float* dc_out = nullptr;       // LSTM
   uint16_t* dzb = nullptr;       // LSTM bfloat16: dz rounded, (N.., T, B, 4H)
+  const uint8_t* starts = nullptr;  // resets (BwdProblem): (N.., T, B), or null
+  const float* reset_h = nullptr;   // resets: (N.., B, H)
+  const float* reset_c = nullptr;   // LSTM resets
+  float* d_reset_h = nullptr;       // resets: (N.., B, H)
+  float* d_reset_c = nullptr;       // LSTM resets
 };
 
 xla::ffi::Error Backward(xla::ffi::ThreadPool& pool, const Kernels& kern, bool batch_major,

@@ -12,6 +12,10 @@
 //   backward  per step the gate gradients dz (written over the saved
 //             activations, aliased again) and dh = (dz @ w_hh^T) * mask.
 //
+// With resets (optional operands: the (T, B) starts and the reset carry) the
+// carry is reset before the flagged steps, and the backward returns the
+// reset carry's gradients (recurrent.h, FwdProblem and BwdProblem).
+//
 // With the `bf16` attribute (compute_dtype=bfloat16) the per-step GEMMs take
 // bfloat16 inputs and sum in float32 (lstm_kernel_amx.inc on AMX tiles, or
 // lstm_kernel_bf16.inc with vdpbf16ps), and the handlers also return the
@@ -38,6 +42,7 @@ ffi::Error NoBf16() { return ffi::Error::InvalidArgument("no bfloat16 kernels on
   ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,     \
       ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> w_hh, ffi::Buffer<ffi::F32> h0,            \
       ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::U8> valid,            \
+      ffi::Buffer<ffi::U8> starts, ffi::Buffer<ffi::F32> reset_h, ffi::Buffer<ffi::F32> reset_c,   \
       ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_out,                           \
       ffi::ResultBuffer<ffi::F32> c_out
 
@@ -54,11 +59,16 @@ void TransposeBf16(ffi::Buffer<ffi::F32> w_ih, uint16_t* out) {
   }
 }
 
-FwdCellBuffers Common(ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> c0, ffi::ResultBuffer<ffi::F32> c_out) {
+FwdCellBuffers Common(ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::U8> starts,
+                      ffi::Buffer<ffi::F32> reset_h, ffi::Buffer<ffi::F32> reset_c,
+                      ffi::ResultBuffer<ffi::F32> c_out) {
   FwdCellBuffers cell;
   cell.bias = bias.typed_data();
   cell.c0 = c0.typed_data();
   cell.c_out = c_out->typed_data();
+  cell.starts = Data(starts);
+  cell.reset_h = Data(reset_h);
+  cell.reset_c = Data(reset_c);
   return cell;
 }
 
@@ -67,7 +77,7 @@ ffi::Error ForwardTrain(LSTM_JAX_FORWARD_ARGS, ffi::ResultBuffer<ffi::F32> act,
                         ffi::ResultBuffer<ffi::BF16> w_ihT, bool bf16) {
   const Kernels* kern = Chosen(bf16);
   if (kern == nullptr) return NoBf16();
-  FwdCellBuffers cell = Common(bias, c0, c_out);
+  FwdCellBuffers cell = Common(bias, c0, starts, reset_h, reset_c, c_out);
   cell.training = true;
   cell.act = act->typed_data();
   cell.cs = cs->typed_data();
@@ -81,16 +91,19 @@ ffi::Error ForwardTrain(LSTM_JAX_FORWARD_ARGS, ffi::ResultBuffer<ffi::F32> act,
 ffi::Error ForwardInfer(LSTM_JAX_FORWARD_ARGS, bool bf16) {
   const Kernels* kern = Chosen(bf16);
   if (kern == nullptr) return NoBf16();
-  return Forward(pool, *kern, batch_major, xs, w_ih, w_hh, h0, mask, valid, ys, h_out, Common(bias, c0, c_out));
+  return Forward(pool, *kern, batch_major, xs, w_ih, w_hh, h0, mask, valid, ys, h_out,
+                 Common(bias, c0, starts, reset_h, reset_c, c_out));
 }
 
 ffi::Error Backward(ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32> w_hh, ffi::Buffer<ffi::F32> act,
                     ffi::Buffer<ffi::F32> cs, ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> dys,
                     ffi::Buffer<ffi::F32> dh_in, ffi::Buffer<ffi::F32> dc_in, ffi::Buffer<ffi::F32> mask,
                     ffi::Buffer<ffi::U8> valid, ffi::Buffer<ffi::F32> ys, ffi::Buffer<ffi::F32> h0,
+                    ffi::Buffer<ffi::U8> starts, ffi::Buffer<ffi::F32> reset_h, ffi::Buffer<ffi::F32> reset_c,
                     ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh_out,
                     ffi::ResultBuffer<ffi::F32> dc_out, ffi::ResultBuffer<ffi::F32> dm_out,
-                    ffi::ResultBuffer<ffi::BF16> dzb, bool bf16) {
+                    ffi::ResultBuffer<ffi::BF16> dzb, ffi::ResultBuffer<ffi::F32> d_reset_h,
+                    ffi::ResultBuffer<ffi::F32> d_reset_c, bool bf16) {
   const Kernels* kern = Chosen(bf16);
   if (kern == nullptr) return NoBf16();
   BwdCellBuffers cell;
@@ -100,6 +113,11 @@ ffi::Error Backward(ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32
   cell.dc_in = dc_in.typed_data();
   cell.dc_out = dc_out->typed_data();
   cell.dzb = bf16 ? dzb->typed_data() : nullptr;
+  cell.starts = Data(starts);
+  cell.reset_h = Data(reset_h);
+  cell.reset_c = Data(reset_c);
+  cell.d_reset_h = Data(*d_reset_h);
+  cell.d_reset_c = Data(*d_reset_c);
   return lstm_jax::Backward(pool, *kern, batch_major, w_hh, dys, dh_in, mask, valid, ys, h0, dz, dh_out, dm_out, cell);
 }
 
@@ -126,6 +144,9 @@ static auto ForwardBinding() {
       .Arg<ffi::Buffer<ffi::F32>>()  // c0
       .Arg<ffi::Buffer<ffi::F32>>()  // mask
       .Arg<ffi::Buffer<ffi::U8>>()   // valid
+      .Arg<ffi::Buffer<ffi::U8>>()   // starts (resets), or empty
+      .Arg<ffi::Buffer<ffi::F32>>()  // reset h, or empty
+      .Arg<ffi::Buffer<ffi::F32>>()  // reset c, or empty
       .Ret<ffi::Buffer<ffi::F32>>()  // ys
       .Ret<ffi::Buffer<ffi::F32>>()  // h
       .Ret<ffi::Buffer<ffi::F32>>();  // c
@@ -158,11 +179,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxBackward, lstm_jax::lstm::Backward,
                                   .Arg<ffi::Buffer<ffi::U8>>()   // valid
                                   .Arg<ffi::Buffer<ffi::F32>>()  // ys
                                   .Arg<ffi::Buffer<ffi::F32>>()  // h0
+                                  .Arg<ffi::Buffer<ffi::U8>>()   // starts (resets), or empty
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // reset h, or empty
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // reset c, or empty
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dz
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dh0
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dc0
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dmask
                                   .Ret<ffi::Buffer<ffi::BF16>>() // dz in bf16, or empty
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // reset h's gradient, or empty
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // reset c's gradient, or empty
                                   .Attr<bool>("bf16")
 );
 

@@ -46,6 +46,15 @@ struct FwdProblem {
   float* hm[2];           // h * mask (the GEMM's input), or == h
   uint16_t* xhT;          // (I + H, T * B) bf16 [x_t; h * mask] per step, transposed, or null
   const float* wpack;
+  // resets (null without): starts (T, B) is 1 where the carry is reset before
+  // step t, 2 where in addition the carry before it is the final one (the
+  // reverse direction's first reset; h_final, c_final); reset_h, reset_c (B, H)
+  // the carry a reset restores
+  const uint8_t* starts;
+  const float* reset_h;
+  const float* reset_c;   // LSTM
+  float* h_final;
+  float* c_final;         // LSTM
 };
 
 struct BwdProblem {
@@ -65,7 +74,22 @@ struct BwdProblem {
   float* dm;              // (B, H) mask gradient, accumulated, or null
   uint16_t* dzb;          // (T, B, 4H) LSTM: dz rounded to bfloat16 (bf16 kernels only)
   const float* wpack;
+  // resets (null without), as FwdProblem's: at a start the carry gradient
+  // flowing into step t - 1 is added to d_reset_h (d_reset_c) and replaced by
+  // zero, or at a start marked 2 by the final carry's cotangent dh_final (dc_final)
+  const uint8_t* starts;
+  const float* reset_h;
+  const float* reset_c;   // LSTM
+  const float* dh_final;
+  const float* dc_final;  // LSTM
+  float* d_reset_h;
+  float* d_reset_c;       // LSTM
 };
+
+// The resets flag of step t, row b (starts (T, B)): 0 without resets and past the last step.
+inline uint8_t start_flag(const uint8_t* starts, int64_t steps, int batch, int64_t t, int b) {
+  return starts != nullptr && t < steps ? starts[size_t(t) * batch + b] : 0;
+}
 
 // One instruction set's kernels for one cell: its shape (weight columns and
 // saved activations per hidden unit), the hidden units per panel of each

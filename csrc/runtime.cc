@@ -175,33 +175,55 @@ struct Loop {
 };
 
 // Batch rows are independent sequences: partition r runs every step for its
-// rows, with no synchronisation at all. A thread claims whole partitions (its
-// own first); the caller claims whatever no helper has started.
+// rows, with no synchronisation between partitions. A partition's steps are
+// claimed in order, kRowChunk at a time, by whichever thread is free: each
+// thread runs its own partition's chunks, and the caller also takes the next
+// chunk of any partition that nobody holds. So a helper thread that starts
+// late or is descheduled (the other core busy) delays its partition by at
+// most the chunk it holds: the caller runs the rest.
 struct RowLoop {
+  static constexpr int64_t kRowChunk = 4;  // steps per claim
+
   ItemFn fn;
   const void* problem;
-  int64_t steps;
+  int64_t steps, chunks;
   int parts, panels, batch;
-  std::unique_ptr<Counter[]> claimed, done;  // 0/1 per partition
+  std::unique_ptr<Counter[]> claimed, done;  // chunks claimed / finished, per partition
 
   RowLoop(ItemFn f, const void* pr, int64_t s, int np, int npanels, int nbatch)
-      : fn(f), problem(pr), steps(s), parts(np), panels(npanels), batch(nbatch),
-        claimed(new Counter[np]), done(new Counter[np]) {}
+      : fn(f), problem(pr), steps(s), chunks((s + kRowChunk - 1) / kRowChunk), parts(np),
+        panels(npanels), batch(nbatch), claimed(new Counter[np]), done(new Counter[np]) {}
 
+  bool Finished(int r) const { return done[r].value.load(std::memory_order_acquire) >= chunks; }
+
+  // Runs the next chunk of partition r if it is free (its previous chunk
+  // finished and nobody claimed it); whether it did.
+  bool RunChunk(int r) {
+    int64_t c = done[r].value.load(std::memory_order_acquire);
+    if (c >= chunks || !claimed[r].value.compare_exchange_strong(c, c + 1, std::memory_order_acq_rel)) {
+      return false;
+    }
+    const int b0 = int(int64_t(r) * batch / parts), b1 = int(int64_t(r + 1) * batch / parts);
+    const int64_t end = std::min(steps, (c + 1) * kRowChunk);
+    for (int64_t step = c * kRowChunk; step < end; ++step) fn(problem, step, 0, panels, b0, b1);
+    done[r].value.store(c + 1, std::memory_order_release);
+    return true;
+  }
+
+  // A helper (q > 0) runs its own partition to the end, then whatever chunk is
+  // free; the caller (q == 0) does the same and then waits for every partition,
+  // taking each chunk that comes free.
   void Work(int q) {
-    for (int j = 0; j < parts; ++j) {
-      const int r = (q + j) % parts;
-      int64_t expected = 0;
-      if (!claimed[r].value.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) continue;
-      const int b0 = int(int64_t(r) * batch / parts), b1 = int(int64_t(r + 1) * batch / parts);
-      for (int64_t step = 0; step < steps; ++step) fn(problem, step, 0, panels, b0, b1);
-      done[r].value.store(1, std::memory_order_release);
+    while (!Finished(q)) WaitUntil([&] { return RunChunk(q) || Finished(q); });
+    for (bool ran = true; ran;) {
+      ran = false;
+      for (int j = 1; j < parts; ++j) ran = RunChunk((q + j) % parts) || ran;
     }
   }
 
-  void WaitAllDone() const {
+  void WaitAllDone() {
     for (int r = 0; r < parts; ++r) {
-      WaitUntil([&] { return done[r].value.load(std::memory_order_acquire) != 0; });
+      WaitUntil([&] { return Finished(r) || (RunChunk(r), Finished(r)); });
     }
   }
 };

@@ -36,6 +36,7 @@ struct ScalarVec {
   using T = float;
   static constexpr int W = 1;
   static constexpr int MR = 4;   // rows per forward register block
+  static constexpr int NVF = 4;  // weight vectors per forward register block (per pass over k)
   static constexpr int MRB = 4;  // rows per backward register block
   static constexpr int NVB = 1;  // panels per backward register block
   static inline T zero() { return 0.f; }
@@ -70,9 +71,13 @@ struct ScalarVec {
 struct Avx2Vec {
   using T = __m256;
   static constexpr int W = 8;
-  static constexpr int MR = 2;
+  // 16 registers: 6 x 2 accumulators, 2 weight vectors and a broadcast (as a
+  // GEMM micro-kernel); a cell's 4 weight vectors take two passes over k.
+  static constexpr int MR = 6;
+  static constexpr int NVF = 2;
+  // backward 4 x 3 accumulators (+ 3 weights, a broadcast): measured ahead of 6 x 2 and 4 x 2
   static constexpr int MRB = 4;
-  static constexpr int NVB = 2;
+  static constexpr int NVB = 3;
   static inline __m256i lanes(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
@@ -117,6 +122,7 @@ struct Avx512Vec {
   using T = __m512;
   static constexpr int W = 16;
   static constexpr int MR = 6;
+  static constexpr int NVF = 4;
   static constexpr int MRB = 6;
   static constexpr int NVB = 4;
   static inline __mmask16 lanes(int n) { return static_cast<__mmask16>((1u << n) - 1u); }

@@ -190,13 +190,15 @@ def test_vmap_of_jitted_auto_with_cuda_plugin(stub_cuda_rnn):
 
 
 def test_auto_routes_unknown_per_step_options_to_scan(monkeypatch):
-    """A keyword a cell's kernels lack (``resets`` for the GRU) goes to scan when set, is
-    dropped when None."""
+    """A keyword a cell's kernels lack (here ``resets``, taken away from the GRU's) goes to
+    scan when set, is dropped when None."""
     from lstm_jax import kernels
     from lstm_jax.cells import gru_kind
-    from lstm_jax.kernels import call
+    from lstm_jax.kernels import call, dispatch
 
     seen = []
+    native_gru = dispatch.KERNELS["gru", "native"]
+    monkeypatch.setitem(dispatch.KERNELS, ("gru", "native"), native_gru._replace(per_step=("mask",)))
     monkeypatch.setattr(call, "scan_layer", lambda *a, **kw: seen.append(kw) or "scan")
     w, (xs, _) = lj.init_gru(jax.random.key(0), I, H).layers[0][0], _args()
     layer = kernels.select_layer("auto", "gru")

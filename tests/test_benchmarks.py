@@ -1,5 +1,6 @@
 """The benchmark suite on a tiny grid: files, schema, fairness check."""
 
+import dataclasses
 import json
 import os
 
@@ -9,8 +10,7 @@ import numpy as np
 import pytest
 
 import lstm_jax as lj
-from benchmarks import Case, Config, Grid, run, write
-from benchmarks import cli, peers, report
+from benchmarks import Case, Config, Grid, cli, peers, report, run, runner, write
 
 SCAN = "lstm_jax[scan]"
 FLAX = "flax_linen_optimized"
@@ -215,8 +215,138 @@ def test_geomeans_keep_bfloat16_apart_and_targets_are_judged():
     by_key = {((r["label"], r["workload"]), r["peer"]): r for r in rows}
     text = "\n".join(report._target_lines({"rows": rows}, by_key, geo))
     assert "geomean speed-up over Flax: **2.50×** (target >= 2.0×: met)" in text
-    assert "- B8 train: 8 ms vs `torch` 10 ms, **1.25×** (target: no slower: met)" in text
-    assert "- B8 bf16 train: 15 ms vs `torch` 12 ms, **0.80×** (target: no slower: not met)" in text
+    assert "| B8 | train | 8 | 2.50× | 1.25× |  |  | met |" in text
+    assert "| B8 bf16 | train | 15 | 2.00× | 0.80× |  |  | not met |" in text
+
+
+def _timed(label, workload, peer, ms, iqr=0.0):
+    """A fabricated timed row: median ``ms``, IQR ``iqr`` (a share of the median)."""
+    median = ms / 1e3
+    return {"label": label, "workload": workload, "peer": peer, "status": "ok", "median_s": median,
+            "q1_s": median * (1 - iqr / 2), "q3_s": median * (1 + iqr / 2)}  # fmt: skip
+
+
+def _targets_text(rows, load):
+    results = {"rows": rows, "machine": {"cores": 2}, "load_average": {"start": load, "end": load}}
+    geo = {(g["peer"], g["workload"]): g["geomean"] for g in report.geomeans(report.speedups(rows))}
+    by_key = {((r["label"], r["workload"]), r["peer"]): r for r in rows}
+    return "\n".join(report._target_lines(results, by_key, geo))
+
+
+def test_targets_are_not_judged_on_a_busy_machine_or_from_noisy_rows():
+    rows = [_timed("B8", "train", FLAX, 20), _timed("B8", "train", "lstm_jax[auto]", 8),
+            _timed("B8", "train", "torch", 10), _timed("B64", "train", FLAX, 40),
+            _timed("B64", "train", "lstm_jax[auto]", 20), _timed("B64", "train", "torch", 30)]  # fmt: skip
+    quiet = _targets_text(rows, [1.0, 1.0, 1.0])
+    assert "| B8 | train | 8 | 2.50× | 1.25× |  |  | met |" in quiet
+    assert "(target >= 2.0×: met)" in quiet and "not judged" not in quiet.split("|---|")[-1]
+
+    busy = _targets_text(rows, [3.5, 2.0, 1.0])
+    assert "met |" not in busy and "target >= 2.0×: met" not in busy
+    assert "| B8 | train | 8 | 2.50× | 1.25× |  |  | not judged (load 3.50 on 2 cores) |" in busy
+    assert "(target >= 2.0×: not judged (load 3.50 on 2 cores))" in busy
+
+    rows[2] = _timed("B8", "train", "torch", 10, iqr=0.3)  # PyTorch noisy in one case
+    noisy = _targets_text(rows, [1.0, 1.0, 1.0])
+    assert "| 1.25× |  |  | not judged (IQR 30% of row B8 train torch) |" in noisy
+    assert "| B64 | train | 20 | 2.00× | 1.50× |  |  | met |" in noisy  # its own rows are quiet
+    assert "(target >= 2.0×: met)" in noisy  # the geomean compares lstm_jax and Flax only
+    rows[0] = _timed("B8", "train", FLAX, 20, iqr=0.16)
+    assert "(target >= 2.0×: not judged (IQR 16% of row B8 train flax_linen_optimized))" in (
+        _targets_text(rows, [1.0, 1.0, 1.0])
+    )
+
+
+def test_nominal_peak_arithmetic_and_sources():
+    from benchmarks import machine
+
+    assert machine.flop_per_cycle(["sse2", "avx", "avx2", "fma", "avx512f"])[0] == 64
+    assert machine.flop_per_cycle(["sse2", "avx", "avx2", "fma"])[0] == 32
+    assert machine.flop_per_cycle(["sse2", "avx", "avx2"])[0] == 16  # no FMA
+    assert machine.flop_per_cycle(["neon"]) == (None, "no x86 SIMD flags found (unknown ISA)")
+    cpuinfo = "processor\t: 0\ncpu MHz\t\t: 2596.124\nflags\t\t: fpu avx512f\n"
+    assert machine.clock("", cpuinfo) == (2596.124e6, "/proc/cpuinfo 'cpu MHz' of the first CPU")
+    assert machine.clock("CPU max MHz:  3700.0000\n", cpuinfo) == (3700e6, "lscpu 'CPU max MHz'")
+    peak = machine.nominal_peak()
+    if peak["flops"] is not None:
+        assert peak["flops"] == peak["flop_per_cycle"] * peak["clock_hz"] * peak["cores"]
+    assert peak["cores"] == machine.num_cores()
+    nominal = {"flops": 64 * 2.5e9 * 2, "flop_per_cycle": 64, "isa": "AVX-512: x",
+               "clock_hz": 2.5e9, "clock_source": "lscpu", "cores": 2, "cores_source": "affinity"}  # fmt: skip
+    rows = [_timed("B8", "train", "lstm_jax[auto]", 10), _timed("B8", "train", "torch", 10)]
+    rows[0]["matmul_flops"] = 0.64e9  # 64 GFLOP/s: 20% of the nominal 320, 50% of 128 measured
+    results = {"rows": rows, "nominal_peak": nominal, "flop_peak": 128e9}
+    text = "\n".join(report._target_lines(results, {(("B8", "train"), r["peer"]): r for r in rows}, {}))
+    assert "nominal: **320 GFLOP/s** = 64 FLOP/cycle (AVX-512: x; " in text
+    assert "× 2.50 GHz (lscpu) × 2 cores (affinity)" in text
+    assert "Measured GEMM peak: **128 GFLOP/s**" in text
+    assert "| B8 | train | 10 | — | 1.00× | 20.0 | 50.0 | met |" in text
+
+
+def test_gru_peers_compute_lstm_jax_gru():
+    """Flax GRUCell (biases folded) and PyTorch nn.GRU against lstm_jax[scan]'s GRU."""
+    names = [SCAN, "lstm_jax[auto]", "flax_linen_gru", "torch"]
+    chosen = [p for p in peers.all_peers() if p.name in names and p.unavailable() is None]
+    config = Config(3, 7, 5, 6, cell="gru")
+    grid = Grid("gru", (Case(config, "train"), Case(config, "infer")), repeats=2, min_repeats=2,
+                budget_s=1.0)  # fmt: skip
+    results = run(grid, chosen, progress=False)
+    for row in results["rows"]:
+        assert row["status"] == "ok" and row["same_function"] is True, row
+        assert row["outputs_max_abs_diff"] <= 1e-5 and row["grads_max_rel_diff"] <= 1e-5, row
+    # the baseline of GRU cases is Flax's GRUCell
+    assert {s["speedup"] for s in report.speedups(results["rows"])
+            if s["peer"] == "flax_linen_gru"} == {1.0}  # fmt: skip
+    assert peers.FlaxLinenPeer("optimized").unsupported(config) == "no GRU in this peer"
+
+
+class _IgnoresResets(peers.FlaxLinenPeer):
+    """Flax's nn.RNN that drops the resets: what a benchmark must not time as equal."""
+
+    def __init__(self):
+        super().__init__("optimized")
+        self.name = "flax_without_resets"
+
+    def apply(self, peer_params, x, config):
+        plain = dataclasses.replace(config, reset_rate=0.0)
+        return super().apply(peer_params, x.xs, plain)
+
+
+def test_rl_case_peers_equal_with_resets_and_a_peer_ignoring_them_is_invalid():
+    config = Config(3, 9, 5, 6, layers=2, reset_rate=0.3)
+    _, x, _ = runner.make_inputs(config)
+    assert isinstance(x, peers.WithResets) and x.resets.shape == (3, 9) and bool(x.resets.any())
+    grid = Grid("rl", (Case(config, "train"), Case(config, "infer")), repeats=2, min_repeats=2,
+                budget_s=1.0)  # fmt: skip
+    chosen = [peers.LstmJaxPeer("scan"), peers.LstmJaxPeer("auto"), peers.FlaxLinenPeer("optimized"),
+              _IgnoresResets(), peers.TorchPeer()]  # fmt: skip
+    results = run(grid, chosen, progress=False)
+    for row in results["rows"]:
+        if row["peer"] in (SCAN, "lstm_jax[auto]", FLAX):
+            assert row["status"] == "ok" and row["same_function"] is True, row
+            assert row["outputs_max_abs_diff"] <= 1e-5 and row["grads_max_rel_diff"] <= 1e-5, row
+        elif row["peer"] == "torch":
+            assert row["status"] == "unsupported" and row["note"] == "no per-step resets in this peer"
+        else:
+            assert row["status"] == "invalid" and row["outputs_max_abs_diff"] > 1e-3, row
+
+
+def test_rl_report_puts_the_ratio_beside_the_plain_case():
+    from benchmarks import grid
+
+    plain, with_resets = (dataclasses.replace(grid.RL_CONFIG, reset_rate=r) for r in (0.0, 0.02))
+    assert with_resets.label == "B256 T128 I32 H128 resets 2%"
+    rows = [_timed(plain.label, "train", FLAX, 30), _timed(plain.label, "train", "lstm_jax[auto]", 10),
+            _timed(with_resets.label, "train", FLAX, 40),
+            _timed(with_resets.label, "train", "lstm_jax[auto]", 16)]  # fmt: skip
+    for row, config in zip(rows, (plain, plain, with_resets, with_resets)):
+        row["config"] = config.as_dict()
+    results = {"rows": rows, "machine": {"cores": 2}, "load_average": {"start": [0.5], "end": [3.0]}}
+    by_key = {((r["label"], r["workload"]), r["peer"]): r for r in rows}
+    (line,) = [x for x in report._rl_lines(results, by_key) if x.startswith("| B256")]
+    assert line == ("| B256 T128 I32 H128 resets 2% | train | 16 | 40 | 2.50× | 3.00× | "
+                    "not judged (load 3.00 on 2 cores) |")  # fmt: skip
+    assert {c.config for c in grid.GRIDS["rl"]().cases} == {plain, with_resets}
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

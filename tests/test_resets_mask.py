@@ -16,7 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lstm_jax as lj
-from lstm_jax.kernels.native_ops import native_auto_unavailable, native_unavailable
+from lstm_jax.cells import gru_kind, lstm_kind
+from lstm_jax.kernels.fused import fused_lstm_layer
+from lstm_jax.kernels.native import native_lstm_layer
+from lstm_jax.kernels.native_gru import native_gru_layer
+from lstm_jax.kernels.native_ops import native_auto_unavailable, native_has_bf16, native_unavailable
+from lstm_jax.scan import scan_layer
 
 INPUT, HIDDEN = 3, 4
 KINDS = {
@@ -174,19 +179,18 @@ def test_remat_with_resets_and_mask_equals_without():
     _assert_close(g, g_ref)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_auto_runs_resets_off_the_native_kernel(kind):
-    """Resets: the fused LSTM (a ``while`` loop, no native call), ``scan`` for the GRU."""
-    fn, params, xs, state = _setup(kind, 3, 7)
-    kw = {"initial_state": state, "resets": RESETS, "mask": MASK}
-    run = jax.jit(lambda p, x: fn(p, x, **kw))
-    assert "lstm_jax_native" not in run.lower(params, xs).as_text()
-    _assert_close(run(params, xs), fn(params, xs, backend="scan", **kw))
-
-
 # (cell, backend) pairs whose kernels take a per-step mask, and resets
 MASK_KERNELS = [("lstm", "fused"), ("lstm", "native"), ("gru", "native")]
-RESET_KERNELS = [("lstm", "fused")]
+RESET_KERNELS = MASK_KERNELS
+# (cell, backend, remat, masked) for resets: the native kernels' remat with the mask only,
+# to keep the default suite cheap
+RESET_CASES = [
+    (kind, backend, remat, masked)
+    for kind, backend in RESET_KERNELS
+    for remat in (False, 3)
+    for masked in (False, True)
+    if backend == "fused" or masked or not remat
+]
 
 
 @pytest.mark.parametrize("kind, backend", MASK_KERNELS)
@@ -200,23 +204,148 @@ def test_mask_on_the_kernels_equals_skipping_the_masked_steps(kind, backend, rem
     _check(kind, mask=MASK, lengths=np.array([7, 3, 5]), backend=backend, remat=remat)
 
 
-@pytest.mark.parametrize("kind, backend", RESET_KERNELS)
-@pytest.mark.parametrize("remat", [False, 3])
-@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("kind, backend, remat, masked", RESET_CASES)
 def test_resets_on_the_kernels_equal_each_segment_alone(kind, backend, remat, masked):
     """Both directions (the reverse one's final state is its first processed segment's),
     2 layers, ragged; with a mask a reset can fall on a masked step."""
+    if backend == "native" and native_unavailable() is not None:
+        pytest.skip(native_unavailable())
     _check(kind, resets=RESETS, mask=MASK if masked else None, lengths=np.array([5, 7, 2]),
            backend=backend, remat=remat)  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_auto_keeps_masked_calls_on_the_native_kernel(kind):
+@pytest.mark.parametrize("name", ["mask", "resets"])
+def test_auto_keeps_masked_and_reset_calls_on_the_native_kernel(kind, name):
     if native_auto_unavailable() is not None:
         pytest.skip(native_auto_unavailable())
     fn, params, xs, state = _setup(kind, 3, 7)
-    run = jax.jit(jax.grad(lambda p: _loss(fn(p, xs, initial_state=state, mask=MASK))))
+    kw = {name: MASK if name == "mask" else RESETS}
+    run = jax.jit(jax.grad(lambda p: _loss(fn(p, xs, initial_state=state, **kw))))
     assert "lstm_jax_native" in run.lower(params).as_text()
+
+
+# cell kind -> (cell, initialiser, native layer)
+NATIVE_LAYERS = {
+    "lstm": (lstm_kind(), lj.init_lstm, native_lstm_layer),
+    "gru": (gru_kind(), lj.init_gru, native_gru_layer),
+}
+
+
+def _layer_setup(kind):
+    """One layer's weights, ``xs (3, 7, I)``, initial carry, another carry for ``reset_to``
+    and a recurrent dropout mask ``(3, H)``."""
+    if native_unavailable() is not None:
+        pytest.skip(native_unavailable())
+    _, init, _ = NATIVE_LAYERS[kind]
+    keys = jax.random.split(jax.random.key(1), 5)
+    weights = init(keys[0], INPUT, HIDDEN).layers[0][0]
+    xs = jax.random.normal(keys[1], (3, 7, INPUT))
+
+    def carry(key):
+        h, c = jax.random.normal(key, (2, 3, HIDDEN))
+        return (h, c) if kind == "lstm" else h
+
+    dropout = (jax.random.uniform(keys[4], (3, HIDDEN)) < 0.7) / 0.7
+    return weights, xs, carry(keys[2]), carry(keys[3]), dropout
+
+
+@pytest.mark.parametrize(
+    "kind, reverse, time_major",
+    [("lstm", False, False), ("lstm", True, True), ("gru", False, True), ("gru", True, False)],
+)
+def test_native_resets_with_every_option_equal_scan(kind, reverse, time_major):
+    """One native layer against ``scan``: outputs, final carry and the gradients of the
+    weights, inputs, initial carry and ``reset_to`` (remat's), with a mask, recurrent
+    dropout and ragged lengths; NaN where no sequence reads its input changes nothing."""
+    cell, _, native = NATIVE_LAYERS[kind]
+    weights, xs, carry, reset_to, dropout = _layer_setup(kind)
+    lengths = np.array([7, 4, 6])
+    unused = ~MASK | (np.arange(7)[None, :] >= lengths[:, None])  # (B, T)
+
+    def layout(a):
+        return jnp.swapaxes(a, 0, 1) if time_major else a
+
+    kw = {"seq_lengths": jnp.asarray(lengths), "reverse": reverse, "recurrent_mask": dropout,
+          "time_major": time_major, "mask": layout(MASK), "resets": layout(RESETS)}  # fmt: skip
+
+    def run(layer, poison):
+        def f(weights, xs, carry, reset_to):
+            if poison:
+                xs = jnp.where(unused[:, :, None], jnp.nan, xs)
+            ys, final = layer(cell, weights, layout(xs), carry, reset_to=reset_to, **kw)
+            return layout(ys), final
+
+        return f
+
+    args = (weights, xs, carry, reset_to)
+    ours, ref = run(native, True), run(scan_layer, False)
+    _assert_close(ours(*args), ref(*args))
+
+    def grads(f):
+        return jax.jit(jax.grad(lambda *a: _loss(f(*a)), argnums=(0, 1, 2, 3)))(*args)
+
+    _assert_close(grads(ours), grads(ref))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_native_resets_under_vmap_equal_each_call(kind):
+    """Outputs and gradients of ``vmap`` over two native calls (reverse, so the final carry
+    is the first processed segment's) equal ``scan``'s calls one by one."""
+    cell, _, native = NATIVE_LAYERS[kind]
+    weights, xs, carry, _, _ = _layer_setup(kind)
+
+    def value_and_grad(layer):
+        def run(xs, carry, resets):
+            def loss(xs, carry):
+                return _loss(layer(cell, weights, xs, carry, resets=resets, reverse=True))
+
+            return jax.value_and_grad(loss, argnums=(0, 1))(xs, carry)
+
+        return run
+
+    inputs = [(xs, carry, RESETS), (xs[::-1], jax.tree.map(lambda a: a[::-1], carry), RESETS[::-1])]
+    mapped = jax.vmap(value_and_grad(native))(*jax.tree.map(lambda *a: jnp.stack(a), *inputs))
+    for n, one in enumerate(inputs):
+        _assert_close(jax.tree.map(lambda a, n=n: a[n], mapped), value_and_grad(scan_layer)(*one))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_native_resets_grad_of_grad_equals_scan(kind):
+    """A Hessian-vector product w.r.t. the initial carry (forward- over reverse-mode through
+    the native kernels' JAX references), reverse, masked."""
+    cell, _, native = NATIVE_LAYERS[kind]
+    weights, xs, carry, _, _ = _layer_setup(kind)
+    tangent = jax.tree.map(jnp.ones_like, carry)
+
+    def hvp(layer):
+        def loss(carry):
+            return _loss(layer(cell, weights, xs, carry, resets=RESETS, mask=MASK, reverse=True))
+
+        return jax.jit(lambda c: jax.jvp(jax.grad(loss), (c,), (tangent,))[1])(carry)
+
+    _assert_close(hvp(native), hvp(scan_layer), atol=1e-4)
+
+
+def test_native_bf16_resets_equal_fused():
+    """``compute_dtype=bfloat16``: the bfloat16 kernels (whose weight-gradient GEMM reads
+    ``h * mask`` as the loop rounded it, the reset carry at a start) against ``fused``'s,
+    both directions: outputs, final carry and gradients."""
+    if native_unavailable() is not None or not native_has_bf16():
+        pytest.skip("no native bfloat16 kernels here")
+    weights, xs, carry, _, _ = _layer_setup("lstm")
+
+    def loss(layer, reverse):
+        def f(weights, xs, carry):
+            out = layer(lstm_kind(), weights, xs, carry, resets=RESETS, reverse=reverse,
+                        compute_dtype=jnp.bfloat16)  # fmt: skip
+            return _loss(out), out
+
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))
+
+    for reverse in (False, True):
+        args = (weights, xs, carry)
+        _assert_close(loss(native_lstm_layer, reverse)(*args), loss(fused_lstm_layer, reverse)(*args))
 
 
 def test_unbatched_and_time_major_layouts():
@@ -230,8 +359,7 @@ def test_unbatched_and_time_major_layouts():
 
 @pytest.mark.parametrize(
     "backend, name",
-    [(b, "resets") for b in ("pallas", "native", "cudnn")]
-    + [("pallas", "mask"), ("cudnn", "mask")],
+    [(b, name) for b in ("pallas", "cudnn") for name in ("resets", "mask")],
 )
 def test_explicit_kernels_reject_what_they_do_not_implement(backend, name):
     fn, params, xs, _ = _setup("lstm", 3, 7)

@@ -1,13 +1,16 @@
 """What per-step ``mask`` and ``resets`` cost next to the plain call (issue 21's 1.2x target).
 
 Run from the repo root: ``PYTHONPATH=. python benchmarks/kernel_timings/per_step.py``
-(``REPS=9``, ``CONFIGS="256,128,32,128;64,64,64,256"``, ``CELLS=lstm,gru``). Per cell and
+(``REPS=9``, ``CONFIGS="256,128,32,128;64,64,64,256"``, ``CELLS=lstm,gru``); on a shared
+machine pinned to one core, where the CPU time is the figure to judge:
+``taskset -c 0 env LSTM_JAX_NATIVE_THREADS=1 PYTHONPATH=. python ...`` (and
+``LSTM_JAX_NATIVE_ISA=avx2`` for the AVX2 kernels). Per cell and
 ``(B, T, I, H)``: a jitted training step (``grad`` of a loss over ``ys`` w.r.t. params and
 xs) with the default backend, plain, with a mask dropping 5% of the steps, and with resets at
 2% of them; the same weights and inputs; rounds interleaved in a shuffled order after a
 warm-up. Prints medians of wall time and of process CPU time, each as a ratio to the plain
-step, the backend's custom calls in the HLO (so a fall-back to ``scan`` shows), and the load
-average before and after.
+step, the backend's custom calls in the HLO (so a fall-back to ``scan`` shows), the native
+kernels' instruction set and the load average before and after.
 """
 
 import os
@@ -19,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 import lstm_jax as lj
+from lstm_jax.kernels.native_ops import native_isa
 
 CONFIGS = [(256, 128, 32, 128), (64, 64, 64, 256)]
 if os.environ.get("CONFIGS"):
@@ -49,7 +53,9 @@ def steps(cell, B, T, I, H):
 
 
 def main():
-    print(f"load average at start {os.getloadavg()}", flush=True)
+    threads = os.environ.get("LSTM_JAX_NATIVE_THREADS", "default")
+    print(f"isa {native_isa()}, native threads {threads}, load average at start "
+          f"{os.getloadavg()}", flush=True)  # fmt: skip
     for cell in CELLS:
         for config in CONFIGS:
             fns = steps(cell, *config)

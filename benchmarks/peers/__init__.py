@@ -1,10 +1,11 @@
 """The implementations under test ("peers"), each behind one small interface.
 
-Every peer is built from the same :class:`lstm_jax.LSTMParams` (through
-``lstm_jax.to_flax``/``to_torch`` where a converter exists, else a mapping
-here), runs the same function (a stacked, optionally bidirectional LSTM with
-zero initial state, outputs ``(B, T, D*H)``), the same loss (mean squared error
-of the outputs against a fixed target, in float32) and the same optimizer
+Every peer is built from the same :class:`lstm_jax.LSTMParams` (or
+``GRUParams``; through ``lstm_jax.to_flax``/``to_torch`` where a converter
+exists, else a mapping here), runs the same function (a stacked, optionally
+bidirectional LSTM or GRU with zero initial state, and ``resets`` in the RL
+case; outputs ``(B, T, D*H)``), the same loss (mean squared error of the
+outputs against a fixed target, in float32) and the same optimizer
 (Adam, ``LEARNING_RATE``, default betas and eps: ``optax.adam`` for the JAX
 peers, ``torch.optim.Adam`` for PyTorch). ``to_reference`` maps a peer's
 parameters (or gradients) back to our layout so the runner can check them.
@@ -28,19 +29,22 @@ from typing import Optional
 
 from benchmarks.peers.base import (
     BASELINE,
+    BASELINES,
     LEARNING_RATE,
     REFERENCE,
     JaxPeer,
     Peer,
     Prepared,
     Unsupported,
+    WithResets,
     compute_dtype,
     mse,
     platform,
     precision_scope,
+    split_inputs,
 )
 from benchmarks.peers.equinox_peer import EquinoxPeer
-from benchmarks.peers.flax_linen import FlaxLinenPeer
+from benchmarks.peers.flax_linen import FlaxLinenPeer, gru_grads_from_flax, gru_to_flax
 from benchmarks.peers.flax_nnx import FlaxNnxPeer
 from benchmarks.peers.jax_cudnn import JaxCudnnPeer, pack_cudnn_weights, unpack_cudnn_weights
 from benchmarks.peers.lstm_jax_peer import LstmJaxPeer
@@ -48,6 +52,7 @@ from benchmarks.peers.torch_peer import TorchPeer
 
 __all__ = [
     "BASELINE",
+    "BASELINES",
     "LEARNING_RATE",
     "REFERENCE",
     "EquinoxPeer",
@@ -60,14 +65,18 @@ __all__ = [
     "Prepared",
     "TorchPeer",
     "Unsupported",
+    "WithResets",
     "all_peers",
     "compute_dtype",
+    "gru_grads_from_flax",
+    "gru_to_flax",
     "matches",
     "mse",
     "pack_cudnn_weights",
     "platform",
     "precision_scope",
     "select_peers",
+    "split_inputs",
     "unpack_cudnn_weights",
 ]
 
@@ -84,6 +93,7 @@ def all_peers(*, torch_threads: Optional[int] = None) -> list[Peer]:
     peers += [
         FlaxLinenPeer("optimized"),
         FlaxLinenPeer("lstm"),
+        FlaxLinenPeer("gru"),
         FlaxNnxPeer("optimized"),
         FlaxNnxPeer("lstm"),
         EquinoxPeer(),

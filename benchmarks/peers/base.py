@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import importlib.util
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +25,21 @@ import lstm_jax as lj
 from benchmarks.grid import Config
 
 LEARNING_RATE = 1e-3
-BASELINE = "flax_linen_optimized"  # speed-ups are relative to this peer
+BASELINE = "flax_linen_optimized"  # speed-ups are relative to this peer (LSTM cases)
+BASELINES = {"lstm": BASELINE, "gru": "flax_linen_gru"}  # cell -> the baseline peer
 REFERENCE = "lstm_jax[scan]"  # every peer is checked against this function
+
+
+class WithResets(NamedTuple):
+    """A case's input when it has resets (``Config.reset_rate`` > 0); a plain array otherwise."""
+
+    xs: Any  # (B, T, I) float32
+    resets: Any  # (B, T) bool: reset the carry to zeros before step t
+
+
+def split_inputs(x) -> tuple[Any, Any]:
+    """``(xs, resets)`` of a case's input; ``resets`` is None without resets."""
+    return (x.xs, x.resets) if isinstance(x, WithResets) else (x, None)
 
 
 def platform() -> str:
@@ -74,10 +87,13 @@ class Prepared:
 
 
 class Peer:
-    """Interface. Subclasses set ``name`` and ``description``."""
+    """Interface. Subclasses set ``name`` and ``description``, and ``cells`` and
+    ``handles_resets`` when they run more than plain LSTM cases."""
 
     name: str = ""
     description: str = ""
+    cells: tuple[str, ...] = ("lstm",)
+    handles_resets: bool = False
 
     def unavailable(self) -> Optional[str]:
         """Why this peer cannot run here (missing package, wrong platform), or None."""
@@ -85,11 +101,15 @@ class Peer:
 
     def unsupported(self, config: Config) -> Optional[str]:
         """Why this peer cannot run ``config`` (e.g. bf16 on cuDNN-JAX), or None."""
-        del config
+        if config.cell not in self.cells:
+            return f"no {config.cell.upper()} in this peer"
+        if config.reset_rate and not self.handles_resets:
+            return "no per-step resets in this peer"
         return None
 
     def reference_outputs_and_grads(self, params, x, target, config: Config):
-        """``(ys, loss, grads)`` as numpy; ``grads`` is an :class:`lstm_jax.LSTMParams`."""
+        """``(ys, loss, grads)`` as numpy; ``grads`` is an :class:`lstm_jax.LSTMParams`
+        (:class:`lstm_jax.GRUParams` for GRU cases)."""
         raise NotImplementedError
 
     def prepare(self, params, x, target, config: Config, workload: str) -> Prepared:
@@ -126,7 +146,7 @@ class JaxPeer(Peer):
         raise NotImplementedError
 
     def apply(self, peer_params: Any, x, config: Config):
-        """``(B, T, I) -> (B, T, D*H)`` outputs."""
+        """``(B, T, I) -> (B, T, D*H)`` outputs; ``x`` is :class:`WithResets` in reset cases."""
         raise NotImplementedError
 
     def to_reference(self, peer_tree: Any, config: Config) -> lj.LSTMParams:

@@ -58,7 +58,7 @@ class JaxCudnnPeer(JaxPeer):
     def unsupported(self, config):
         if config.dtype != "float32":
             return "jax.experimental.rnn supports float32 only"
-        return None
+        return super().unsupported(config)
 
     def convert(self, params, config):
         return pack_cudnn_weights(params)

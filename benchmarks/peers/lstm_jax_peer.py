@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 import lstm_jax as lj
-from benchmarks.peers.base import JaxPeer, Unsupported, compute_dtype, platform
+from benchmarks.peers.base import JaxPeer, Unsupported, compute_dtype, platform, split_inputs
 
 # Backends that only make sense on an accelerator when the registry says nothing
 # about platforms (Pallas would run in the slow interpret mode on CPU).
@@ -18,7 +18,11 @@ _GPU_ONLY_BACKENDS = ("cudnn", "pallas", "triton", "mosaic", "mosaic_gpu")
 
 
 class LstmJaxPeer(JaxPeer):
-    """``lstm_jax.lstm`` with one registered backend (``lstm_jax.kernels.BACKENDS``)."""
+    """``lstm_jax.lstm`` (``lstm_jax.gru`` in GRU cases) with one registered backend
+    (``lstm_jax.kernels.BACKENDS``), with ``resets=`` in reset cases."""
+
+    cells = ("lstm", "gru")
+    handles_resets = True
 
     def __init__(self, backend: str):
         self.backend = backend
@@ -59,11 +63,22 @@ class LstmJaxPeer(JaxPeer):
         for w in caught:  # pass the other warnings on
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
+    def unsupported(self, config):
+        from lstm_jax import kernels
+
+        kinds = kernels.BACKENDS.get(self.backend, ("lstm", "gru"))  # "auto" runs every cell
+        if config.cell not in kinds:
+            return f"backend {self.backend!r} has no {config.cell.upper()}"
+        return super().unsupported(config)
+
     def convert(self, params, config):
         return params
 
     def apply(self, peer_params, x, config):
-        return lj.lstm(peer_params, x, compute_dtype=compute_dtype(config), backend=self.backend)[0]
+        xs, resets = split_inputs(x)
+        network = lj.gru if config.cell == "gru" else lj.lstm
+        return network(peer_params, xs, resets=resets, compute_dtype=compute_dtype(config),
+                       backend=self.backend)[0]  # fmt: skip
 
     def to_reference(self, peer_tree, config):
         return peer_tree

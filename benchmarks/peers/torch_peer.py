@@ -1,4 +1,4 @@
-"""PyTorch's ``torch.nn.LSTM`` and how its CPU memory peak is measured.
+"""PyTorch's ``torch.nn.LSTM`` and ``nn.GRU``, and how their CPU memory peak is measured.
 
 PyTorch runs with TF32 off for float32 cases, so on GPU it computes true
 float32 matmuls like the JAX peers.
@@ -26,7 +26,8 @@ from benchmarks.peers.base import (
 
 
 class TorchPeer(Peer):
-    """``torch.nn.LSTM(batch_first=True)``: cuDNN on GPU, the native kernels on CPU.
+    """``torch.nn.LSTM(batch_first=True)`` (``nn.GRU`` in GRU cases): cuDNN on GPU, the
+    native kernels on CPU.
 
     Weights from ``lstm_jax.to_torch``. Threads: ``torch.set_num_threads`` to
     the cores of this process, which is what XLA's CPU client uses. bf16 is
@@ -39,7 +40,8 @@ class TorchPeer(Peer):
     """
 
     name = "torch"
-    description = "torch.nn.LSTM"
+    description = "torch.nn.LSTM / nn.GRU"
+    cells = ("lstm", "gru")
 
     def __init__(self, threads: Optional[int] = None):
         self.threads = threads  # None: the cores of this process, as XLA uses
@@ -66,7 +68,8 @@ class TorchPeer(Peer):
         if config.dtype == "float32":
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
-        module = torch.nn.LSTM(
+        module_type = torch.nn.GRU if config.cell == "gru" else torch.nn.LSTM
+        module = module_type(
             config.input, config.hidden, config.layers,
             batch_first=True, bidirectional=config.bidirectional,
         )  # fmt: skip
@@ -98,8 +101,9 @@ class TorchPeer(Peer):
         grads = {}
         for name, p in module.named_parameters():
             g = p.grad.detach().float().cpu().numpy()
-            # our bias is b_ih + b_hh, and its gradient that of either one
-            grads[name] = np.zeros_like(g) if name.startswith("bias_hh") else g
+            # an LSTM's bias is b_ih + b_hh, and its gradient that of either one
+            lstm_bias_hh = config.cell == "lstm" and name.startswith("bias_hh")
+            grads[name] = np.zeros_like(g) if lstm_bias_hh else g
         return (
             ys.detach().float().cpu().numpy(),
             float(loss.item()),

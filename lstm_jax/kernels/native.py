@@ -18,6 +18,12 @@ forward and one for its backward:
   the gate gradients ``dz`` over the saved activations (aliased again) and
   computes ``dz @ w_hh^T`` per step; XLA then computes ``dx = dz @ w_ih^T``,
   ``dw_ih = x^T dz``, ``dw_hh = h_prev^T dz`` and ``db`` as single GEMMs.
+* ``resets``: both loops take the ``(T, B)`` flags of :func:`native_ops.start_flags`
+  and the reset carry. The forward resets the carry before a flagged step (at the
+  end of the step before it, so the next step's GEMM reads the reset carry)
+  and, in reverse, keeps the carry before the first reset as the final one;
+  the backward adds the carry gradient at a flagged step to the reset carry's
+  gradient and carries zero (or the final carry's cotangent) on from there.
 
 Both loops split the hidden units of every step across the threads of XLA's
 intra-op pool (one synchronisation per step); steps too small to split run on
@@ -53,9 +59,17 @@ from jax import Array
 from lstm_jax.cells import Cell, lstm_kind
 from lstm_jax.kernels.call import KernelSpec, LayerCall, layer_call
 from lstm_jax.kernels.fused import unsupported_variant
-from lstm_jax.kernels.native_ops import NativeOp, ffi_call, is_bf16, native_op, optional_operand, why_not
+from lstm_jax.kernels.native_ops import (
+    NativeOp,
+    ffi_call,
+    is_bf16,
+    native_op,
+    optional_operand,
+    reference_recurrence,
+    start_flags,
+    why_not,
+)
 from lstm_jax.params import LSTMWeights
-from lstm_jax.scan import scan_layer
 from lstm_jax.sequence import carried_outputs, over_time
 
 __all__ = ["NATIVE_LSTM", "native_lstm_kernel", "native_lstm_layer", "native_lstm_why_not"]
@@ -76,25 +90,29 @@ def _time_major(a: Array, batch_major: bool) -> Array:
     return jnp.swapaxes(a, 0, 1) if batch_major else a
 
 
-def _operands(inputs, valid):
-    """The forward custom calls' operands; an absent mask or validity is an empty array."""
-    w_ih, b, w_hh, xs, h0, c0, mask = inputs
-    return (xs, w_ih, b, w_hh, h0, c0, optional_operand(mask, jnp.float32),
-            optional_operand(valid, jnp.uint8))  # fmt: skip
+def _operands(inputs, per_step):
+    """The forward custom calls' operands; an absent option is an empty array."""
+    w_ih, b, w_hh, xs, h0, c0, mask, reset_h, reset_c = inputs
+    valid, starts = per_step
+    f32, u8 = jnp.float32, jnp.uint8
+    return (xs, w_ih, b, w_hh, h0, c0, optional_operand(mask, f32), optional_operand(valid, u8),
+            optional_operand(starts, u8), optional_operand(reset_h, f32),
+            optional_operand(reset_c, f32))  # fmt: skip
 
 
-def _infer(static, inputs, valid):
+def _infer(static, inputs, per_step):
     """``xs (T, B, I)`` (``(B, T, I)`` when ``batch_major``) -> ``ys`` in that layout, ``h, c``."""
     batch_major, bf16, _ = static
     xs, w_hh = inputs[3], inputs[2]
     steps, batch = _steps_batch(xs, batch_major)
     state = jax.ShapeDtypeStruct((batch, w_hh.shape[0]), jnp.float32)
     seq = _sequence(batch_major, steps, batch, w_hh.shape[0])
-    return ffi_call("lstm_jax_native_forward_infer", (seq, state, state), *_operands(inputs, valid),
+    operands = _operands(inputs, per_step)
+    return ffi_call("lstm_jax_native_forward_infer", (seq, state, state), *operands,
                     batch_major=batch_major, bf16=bf16)  # fmt: skip
 
 
-def _train(static, inputs, valid):
+def _train(static, inputs, per_step):
     """``(ys, h, c)`` and the residuals ``act (T, B, 4H)`` (gate activations), ``cs (T, B, H)``,
     time-major. With ``bf16`` also the bfloat16 GEMM operands of the gradients, row-major as
     XLA's fast bf16 dot needs them: ``xhT (I + H, T * B)`` (``x_t`` and ``h_{t-1} * mask`` per
@@ -109,36 +127,46 @@ def _train(static, inputs, valid):
     results = (_sequence(batch_major, steps, batch, hidden), state, state,
                _sequence(False, steps, batch, 4 * hidden), _sequence(False, steps, batch, hidden),
                xh_t, w_t)  # fmt: skip
-    ys, h, c, *saved = ffi_call("lstm_jax_native_forward_train", results, *_operands(inputs, valid),
+    operands = _operands(inputs, per_step)
+    ys, h, c, *saved = ffi_call("lstm_jax_native_forward_train", results, *operands,
                                 batch_major=batch_major, bf16=bf16)  # fmt: skip
     return (ys, h, c), tuple(saved)
 
 
-def _gradients(static, inputs, valid, cotangents, outputs, saved):
-    """Gradients w.r.t. ``(w_ih, b, w_hh, xs, h0, c0, mask)``: the native loop, then XLA GEMMs.
+def _gradients(static, inputs, per_step, cotangents, outputs, saved):
+    """Gradients w.r.t. ``(w_ih, b, w_hh, xs, h0, c0, mask, reset_h, reset_c)``: the native
+    loop, then XLA GEMMs.
 
     With ``bf16`` every GEMM takes bfloat16 inputs and sums in float32, all operands
     row-major with the contracted axis of the left one last: XLA:CPU's bf16 dot
     measured 3-6x slower for a transposed operand (``docs/TIMINGS.md``).
     """
     batch_major, bf16, masked_steps = static
-    w_ih, _, w_hh, xs, h0, c0, mask = inputs  # the bias is read through act
+    w_ih, _, w_hh, xs, h0, c0, mask, reset_h, reset_c = inputs  # the bias is read through act
+    valid, starts = per_step
     dys, dh, dc = cotangents
     ys = outputs[0]
     act, cs, xh_t, w_t = saved
     if masked_steps:  # the hidden carry after each step, not the zeroed outputs
-        ys = _time_major(carried_outputs(_time_major(ys, batch_major), h0, valid), batch_major)
+        resets = () if starts is None else (starts != 0, reset_h)
+        ys = _time_major(carried_outputs(_time_major(ys, batch_major), h0, valid, *resets),
+                         batch_major)  # fmt: skip
     hidden = w_hh.shape[0]
     state = jax.ShapeDtypeStruct(h0.shape, jnp.float32)
     dz_bf16 = jax.ShapeDtypeStruct(act.shape if bf16 else (0,), jnp.bfloat16)
-    results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state, state, dz_bf16)
-    dz, dh0, dc0, dmask, dz_bf16 = ffi_call(
+    reset_state = state if starts is not None else jax.ShapeDtypeStruct((0,), jnp.float32)
+    results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state, state, dz_bf16,
+               reset_state, reset_state)  # fmt: skip
+    f32, u8 = jnp.float32, jnp.uint8
+    dz, dh0, dc0, dmask, dz_bf16, d_reset_h, d_reset_c = ffi_call(
         "lstm_jax_native_backward", results,
-        w_hh, act, cs, c0, dys, dh, dc, optional_operand(mask, jnp.float32),
-        optional_operand(valid, jnp.uint8), ys, h0,
+        w_hh, act, cs, c0, dys, dh, dc, optional_operand(mask, f32), optional_operand(valid, u8),
+        ys, h0, optional_operand(starts, u8), optional_operand(reset_h, f32),
+        optional_operand(reset_c, f32),
         batch_major=batch_major, bf16=bf16, aliases={1: 0},
     )  # fmt: skip
     dmask = None if mask is None else dmask
+    d_resets = (None, None) if starts is None else (d_reset_h, d_reset_c)
     steps, batch = _steps_batch(xs, batch_major)
     rows = dz.reshape(steps * batch, 4 * hidden)  # time-major rows
     db = jnp.sum(rows, axis=0)
@@ -148,9 +176,12 @@ def _gradients(static, inputs, valid, cotangents, outputs, saved):
         dw = jnp.matmul(xh_t, rows_bf16, preferred_element_type=jnp.float32)  # [dw_ih; dw_hh]
         dxs = jnp.matmul(rows_bf16, w_t, preferred_element_type=jnp.float32)
         dxs = _time_major(dxs.reshape(steps, batch, inputs_size), batch_major)
-        return dw[:inputs_size], db, dw[inputs_size:], dxs, dh0, dc0, dmask
-    # h_{t-1} for every step: h0, then ys (dz is zero past a sequence's end, where ys is)
+        return dw[:inputs_size], db, dw[inputs_size:], dxs, dh0, dc0, dmask, *d_resets
+    # h_{t-1} for every step: h0, then ys (dz is zero past a sequence's end, where ys is),
+    # the reset carry where a segment starts
     h_prev = jnp.concatenate([h0[None], _time_major(ys, batch_major)[:-1]])  # [T, B, H]
+    if starts is not None:
+        h_prev = jnp.where(starts[:, :, None] != 0, reset_h, h_prev)
     if mask is not None:
         h_prev = h_prev * mask[None]
     dw_hh = h_prev.reshape(steps * batch, hidden).T @ rows
@@ -158,38 +189,47 @@ def _gradients(static, inputs, valid, cotangents, outputs, saved):
     # (T, B) in both orders, XLA copied dz (4H wide, e.g. 64 MiB) as well
     dw_ih = _time_major(xs, batch_major).reshape(steps * batch, inputs_size).T @ rows
     dxs = _time_major((rows @ w_ih.T).reshape(steps, batch, inputs_size), batch_major)
-    return dw_ih, db, dw_hh, dxs, dh0, dc0, dmask
+    return dw_ih, db, dw_hh, dxs, dh0, dc0, dmask, *d_resets
 
 
-def _reference(static, inputs, valid):
-    """:func:`_infer` through ``scan`` (the same bfloat16 rounding of the GEMM inputs)."""
+def _reference(static, inputs, per_step):
+    """:func:`_infer` in JAX (the same bfloat16 rounding of the GEMM inputs)."""
     batch_major, bf16, _ = static
-    w_ih, b, w_hh, xs, h0, c0, mask = inputs
-    keep = None if valid is None else _time_major(valid != 0, batch_major)
+    w_ih, b, w_hh, xs, h0, c0, mask, reset_h, reset_c = inputs
     cell = lstm_kind(compute_dtype=jnp.bfloat16 if bf16 else None)
-    ys, (h, c) = scan_layer(cell, LSTMWeights(w_ih, w_hh, b), xs, (h0, c0), recurrent_mask=mask,
-                            time_major=not batch_major, mask=keep)  # fmt: skip
-    return ys, h, c
+    weights = LSTMWeights(w_ih, w_hh, b)
+    ys, (h, c) = reference_recurrence(cell, weights, _time_major(xs, batch_major), (h0, c0), mask,
+                                      *per_step, (reset_h, reset_c))  # fmt: skip
+    return _time_major(ys, batch_major), h, c
 
 
 _recurrence = native_op(NativeOp(_infer, _train, _gradients, _reference))
 
 
 def native_lstm_kernel(call: LayerCall):
-    """The native LSTM layer for a call :func:`native_lstm_why_not` accepts (``mask`` included)."""
+    """The native LSTM layer for a call :func:`native_lstm_why_not` accepts (``mask``,
+    ``resets`` and ``reset_to`` included)."""
     weights, options = call.weights, call.options
     static_bf16 = is_bf16(options.compute_dtype)
     h0, c0 = (jnp.asarray(a, jnp.float32) for a in call.initial_carry)
+    reset_to = call.initial_carry if options.reset_to is None else options.reset_to
     dropout = None if options.recurrent_mask is None else jnp.asarray(options.recurrent_mask, jnp.float32)
 
-    def run(xs, valid, batch_major=False):
+    def run(xs, valid, starts=None, batch_major=False):
         valid = None if valid is None else valid.astype(jnp.uint8)
-        inputs = (weights.w_ih, weights.b, weights.w_hh, xs.astype(jnp.float32), h0, c0, dropout)
-        ys, h, c = _recurrence((batch_major, static_bf16, options.mask is not None), inputs, valid)
+        resets = (None, None)
+        if starts is not None:
+            resets = tuple(jnp.asarray(a, jnp.float32) for a in reset_to)
+            starts = start_flags(starts, options.reverse)
+        inputs = (weights.w_ih, weights.b, weights.w_hh, xs.astype(jnp.float32), h0, c0, dropout,
+                  *resets)  # fmt: skip
+        static = (batch_major, static_bf16, options.mask is not None)
+        ys, h, c = _recurrence(static, inputs, (valid, starts))
         return ys, (h, c)
 
     return over_time(run, call.xs, seq_lengths=options.seq_lengths, reverse=options.reverse,
-                     time_major=options.time_major, mask=options.mask, run_batch_major=True)  # fmt: skip
+                     time_major=options.time_major, mask=options.mask, resets=options.resets,
+                     run_batch_major=True)  # fmt: skip
 
 
 def native_lstm_why_not(call: LayerCall, *, auto: bool = False) -> Optional[str]:
@@ -199,12 +239,13 @@ def native_lstm_why_not(call: LayerCall, *, auto: bool = False) -> Optional[str]
 
 
 NATIVE_LSTM = KernelSpec("lstm", "native", native_lstm_kernel, native_lstm_why_not,
-                         per_step=("mask",), auto_why_not=lambda call: native_lstm_why_not(call, auto=True))  # fmt: skip
+                         per_step=("mask", "resets"),
+                         auto_why_not=lambda call: native_lstm_why_not(call, auto=True))  # fmt: skip
 
 
 def native_lstm_layer(cell: Cell, weights: LSTMWeights, xs: Array, initial_carry, **options):
     """One LSTM layer with a native time loop; arguments as :func:`lstm_jax.scan.scan_layer`
-    (``mask`` included; not ``resets``) plus ``compute_dtype``.
+    (``mask``, ``resets`` and ``reset_to`` included) plus ``compute_dtype``.
 
     ``cell`` and ``unroll`` are not read; the gate math is that of
     :func:`lstm_jax.cells.lstm_pointwise`, in C++.

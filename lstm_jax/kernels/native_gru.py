@@ -20,10 +20,13 @@ cells share, ``csrc/recurrent_kernel.inc`` with ``csrc/cells.inc``'s ``GruCell``
   step; XLA then computes ``dx``, ``dw_ih``, ``db_ih`` from ``[dr, dz, dn]``
   and ``dw_hh``, ``db_hh`` from ``[dr, dz, dhn]`` as single GEMMs / sums.
 
-Derivatives of these (``jax.hessian``, grad of grad) go through ``scan``
-(:func:`lstm_jax.kernels.native_ops.native_op`). Steps a sequence does not reach (``seq_lengths``) keep the carry and
-output zeros; the valid steps of a sequence must be a prefix (the backward
-reads ``h_{t-1}`` from the outputs), which is all this layer is given.
+``resets`` run inside both loops as the LSTM's (:mod:`lstm_jax.kernels.native`).
+Derivatives of these (``jax.hessian``, grad of grad) go through a JAX reference
+(:func:`lstm_jax.kernels.native_ops.native_op`). Steps a sequence does not reach
+(``seq_lengths``, ``mask``) keep the carry and output zeros; the backward reads
+``h_{t-1}`` from the carry after each step
+(:func:`lstm_jax.sequence.carried_outputs`), or the reset carry where a segment
+starts.
 """
 
 
@@ -37,19 +40,29 @@ from jax import Array
 
 from lstm_jax.cells import Cell, gru_kind
 from lstm_jax.kernels.call import KernelSpec, LayerCall, layer_call
-from lstm_jax.kernels.native_ops import NativeOp, ffi_call, native_op, optional_operand, why_not
+from lstm_jax.kernels.native_ops import (
+    NativeOp,
+    ffi_call,
+    native_op,
+    optional_operand,
+    reference_recurrence,
+    start_flags,
+    why_not,
+)
 from lstm_jax.params import GRUWeights
-from lstm_jax.scan import scan_layer
 from lstm_jax.sequence import carried_outputs, over_time
 
 __all__ = ["NATIVE_GRU", "native_gru_kernel", "native_gru_layer", "native_gru_why_not"]
 
 
-def _operands(inputs, valid):
-    """The forward custom calls' operands; an absent mask or validity is an empty array."""
-    w_ih, b_ih, w_hh, b_hh, xs, h0, mask = inputs
-    return (xs, w_ih, b_ih, w_hh, b_hh, h0, optional_operand(mask, jnp.float32),
-            optional_operand(valid, jnp.uint8))  # fmt: skip
+def _operands(inputs, per_step):
+    """The forward custom calls' operands; an absent option is an empty array."""
+    w_ih, b_ih, w_hh, b_hh, xs, h0, mask, reset_h = inputs
+    valid, starts = per_step
+    f32, u8 = jnp.float32, jnp.uint8
+    return (xs, w_ih, b_ih, w_hh, b_hh, h0, optional_operand(mask, f32),
+            optional_operand(valid, u8), optional_operand(starts, u8),
+            optional_operand(reset_h, f32))  # fmt: skip
 
 
 def _shapes(inputs, *features):
@@ -60,73 +73,89 @@ def _shapes(inputs, *features):
     return (seq[0], jax.ShapeDtypeStruct((batch, hidden), jnp.float32), *seq[1:])
 
 
-def _infer(static, inputs, valid):
+def _infer(static, inputs, per_step):
     """Time-major ``xs (T, B, I)`` -> ``ys (T, B, H), h``."""
     del static
-    return ffi_call("lstm_jax_native_gru_forward_infer", _shapes(inputs), *_operands(inputs, valid))
+    operands = _operands(inputs, per_step)
+    return ffi_call("lstm_jax_native_gru_forward_infer", _shapes(inputs), *operands)
 
 
-def _train(static, inputs, valid):
+def _train(static, inputs, per_step):
     """``(ys, h)`` and the residual ``act (T, B, 4H)``: ``r, z, n, h W_hn + b_hn``."""
     del static
     hidden = inputs[2].shape[0]
     ys, h, act = ffi_call("lstm_jax_native_gru_forward_train", _shapes(inputs, 4 * hidden),
-                          *_operands(inputs, valid))  # fmt: skip
+                          *_operands(inputs, per_step))  # fmt: skip
     return (ys, h), (act,)
 
 
-def _gradients(static, inputs, valid, cotangents, outputs, saved):
-    """Gradients w.r.t. ``(w_ih, b_ih, w_hh, b_hh, xs, h0, mask)``: the native loop, then XLA."""
+def _gradients(static, inputs, per_step, cotangents, outputs, saved):
+    """Gradients w.r.t. ``(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, reset_h)``: the native loop,
+    then XLA."""
     (masked_steps,) = static
-    w_ih, _, w_hh, _, xs, h0, mask = inputs  # the biases are read through act
+    w_ih, _, w_hh, _, xs, h0, mask, reset_h = inputs  # the biases are read through act
+    valid, starts = per_step
     (act,) = saved
-    hs = carried_outputs(outputs[0], h0, valid) if masked_steps else outputs[0]  # carry per step
+    resets = () if starts is None else (starts != 0, reset_h)
+    hs = carried_outputs(outputs[0], h0, valid, *resets) if masked_steps else outputs[0]
     steps, batch, inputs_size = xs.shape
     hidden = w_hh.shape[0]
     state = jax.ShapeDtypeStruct(h0.shape, jnp.float32)
-    dz, dh0, dmask = ffi_call(
-        "lstm_jax_native_gru_backward", (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state),
-        w_hh, act, *cotangents, optional_operand(mask, jnp.float32),
-        optional_operand(valid, jnp.uint8), hs, h0, aliases={1: 0},
+    reset_state = state if starts is not None else jax.ShapeDtypeStruct((0,), jnp.float32)
+    results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state, reset_state)
+    f32, u8 = jnp.float32, jnp.uint8
+    dz, dh0, dmask, d_reset_h = ffi_call(
+        "lstm_jax_native_gru_backward", results,
+        w_hh, act, *cotangents, optional_operand(mask, f32), optional_operand(valid, u8), hs, h0,
+        optional_operand(starts, u8), optional_operand(reset_h, f32), aliases={1: 0},
     )  # fmt: skip
     rows = dz.reshape(steps * batch, 4 * hidden)  # [dr, dz, dn, dhn]
     d_input = rows[:, : 3 * hidden]
     d_recurrent = jnp.concatenate([rows[:, : 2 * hidden], rows[:, 3 * hidden :]], axis=1)
     h_prev = jnp.concatenate([h0[None], hs[:-1]])  # [T, B, H]: h_{t-1} for every step
+    if starts is not None:  # the reset carry where a segment starts
+        h_prev = jnp.where(starts[:, :, None] != 0, reset_h, h_prev)
     if mask is not None:
         h_prev = h_prev * mask[None]
     dw_hh = h_prev.reshape(steps * batch, hidden).T @ d_recurrent
     dw_ih = xs.reshape(steps * batch, inputs_size).T @ d_input
     dxs = (d_input @ w_ih.T).reshape(xs.shape)
     db_ih, db_hh = jnp.sum(d_input, axis=0), jnp.sum(d_recurrent, axis=0)
-    return dw_ih, db_ih, dw_hh, db_hh, dxs, dh0, (None if mask is None else dmask)
+    dmask = None if mask is None else dmask
+    return dw_ih, db_ih, dw_hh, db_hh, dxs, dh0, dmask, (None if starts is None else d_reset_h)
 
 
-def _reference(static, inputs, valid):
-    """:func:`_infer` through ``scan``."""
+def _reference(static, inputs, per_step):
+    """:func:`_infer` in JAX."""
     del static
-    w_ih, b_ih, w_hh, b_hh, xs, h0, mask = inputs
-    keep = None if valid is None else valid != 0
+    w_ih, b_ih, w_hh, b_hh, xs, h0, mask, reset_h = inputs
     weights = GRUWeights(w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
-    return scan_layer(gru_kind(), weights, xs, h0, recurrent_mask=mask, time_major=True, mask=keep)
+    return reference_recurrence(gru_kind(), weights, xs, h0, mask, *per_step, reset_h)
 
 
 _recurrence = native_op(NativeOp(_infer, _train, _gradients, _reference))
 
 
 def native_gru_kernel(call: LayerCall):
-    """The native GRU layer for a call :func:`native_gru_why_not` accepts (``mask`` included)."""
+    """The native GRU layer for a call :func:`native_gru_why_not` accepts (``mask``,
+    ``resets`` and ``reset_to`` included)."""
     w, options = call.weights, call.options
     h0 = jnp.asarray(call.initial_carry, jnp.float32)
+    reset_to = call.initial_carry if options.reset_to is None else options.reset_to
     dropout = None if options.recurrent_mask is None else jnp.asarray(options.recurrent_mask, jnp.float32)
 
-    def run(xs, valid):  # over_time has zeroed xs where valid is False
+    def run(xs, valid, starts=None):  # over_time has zeroed xs where valid is False
         valid = None if valid is None else valid.astype(jnp.uint8)
-        inputs = (w.w_ih, w.b_ih, w.w_hh, w.b_hh, xs.astype(jnp.float32), h0, dropout)
-        return _recurrence((options.mask is not None,), inputs, valid)
+        reset_h = None
+        if starts is not None:
+            reset_h = jnp.asarray(reset_to, jnp.float32)
+            starts = start_flags(starts, options.reverse)
+        inputs = (w.w_ih, w.b_ih, w.w_hh, w.b_hh, xs.astype(jnp.float32), h0, dropout, reset_h)
+        return _recurrence((options.mask is not None,), inputs, (valid, starts))
 
     return over_time(run, call.xs, seq_lengths=options.seq_lengths, reverse=options.reverse,
-                     time_major=options.time_major, mask=options.mask)  # fmt: skip
+                     time_major=options.time_major, mask=options.mask,
+                     resets=options.resets)  # fmt: skip
 
 
 def native_gru_why_not(call: LayerCall, *, auto: bool = False) -> Optional[str]:
@@ -134,13 +163,14 @@ def native_gru_why_not(call: LayerCall, *, auto: bool = False) -> Optional[str]:
     return why_not(call, bf16=False, auto=auto)
 
 
-NATIVE_GRU = KernelSpec("gru", "native", native_gru_kernel, native_gru_why_not, per_step=("mask",),
+NATIVE_GRU = KernelSpec("gru", "native", native_gru_kernel, native_gru_why_not,
+                        per_step=("mask", "resets"),
                         auto_why_not=lambda call: native_gru_why_not(call, auto=True))  # fmt: skip
 
 
 def native_gru_layer(cell: Cell, weights: GRUWeights, xs: Array, initial_carry: Array, **options):
     """One GRU layer with a native time loop; arguments as :func:`lstm_jax.scan.scan_layer`
-    (``mask`` included; not ``resets``) plus ``compute_dtype``.
+    (``mask``, ``resets`` and ``reset_to`` included) plus ``compute_dtype``.
 
     ``cell`` and ``unroll`` are not read; the gate math is that of
     :func:`lstm_jax.cells.gru_pointwise`, in C++.

@@ -56,7 +56,9 @@ __all__ = [
     "native_op",
     "native_unavailable",
     "optional_operand",
+    "reference_recurrence",
     "register_ffi_targets",
+    "start_flags",
     "unknown_settings",
     "why_not",
 ]
@@ -331,12 +333,59 @@ def optional_operand(mask: Optional[Array], dtype) -> Array:
     return jnp.zeros((0,), dtype) if mask is None else mask
 
 
+def start_flags(starts: Array, reverse: bool) -> Array:
+    """:func:`lstm_jax.sequence.segment_starts`'s ``(T, B)`` bools as the custom calls' uint8
+    flags: 1 resets the carry before the step; 2 (``reverse``'s first reset of a sequence)
+    also makes the carry before it the final one (the first processed segment's)."""
+    flags = starts.astype(jnp.uint8)
+    if reverse:
+        flags = flags + (starts & (jnp.cumsum(starts, axis=0) == 1)).astype(jnp.uint8)
+    return flags
+
+
+def reference_recurrence(cell, weights, xs: Array, carry, recurrent_mask: Optional[Array],
+                         valid: Optional[Array], starts: Optional[Array],
+                         reset_carry=None):  # fmt: skip
+    """The native loops in JAX (``lax.scan`` over ``cell``), time-major, in processing order:
+    ``(ys, final carry)``, for derivatives of the gradients.
+
+    ``valid``: ``(T, B)`` uint8 or None; ``starts``: :func:`start_flags` or None, resetting
+    the carry to ``reset_carry`` before a flagged step; the final carry is then the one
+    after the last step before the first flag 2 (reverse's first processed segment).
+    """
+    project = jax.vmap(lambda x: cell.project(weights, x))
+    step = jax.vmap(cell.step, in_axes=(None, 0, 0, None if recurrent_mask is None else 0))
+
+    def select(flag, new, old):  # flag [B]
+        return jax.tree.map(lambda a, b: jnp.where(flag[:, None], a, b), new, old)
+
+    def body(carries, inputs):
+        carry, final = carries
+        x, keep, start, last = inputs
+        if start is not None:
+            carry = select(start != 0, reset_carry, carry)
+        new = step(weights, carry, project(x), recurrent_mask)
+        y = cell.output(new)
+        if keep is not None:
+            new = select(keep != 0, new, carry)
+            y = jnp.where(keep[:, None] != 0, y, jnp.zeros_like(y))
+        if last is not None:
+            final = select(last, new, final)
+        return (new, final), y
+
+    last = None if starts is None else jnp.cumsum(starts == 2, axis=0) == 0
+    (carry, final), ys = jax.lax.scan(body, (carry, carry), (xs, valid, starts, last))
+    return ys, (carry if starts is None else final)
+
+
 class NativeOp(NamedTuple):
     """What one cell's native recurrence is made of; :func:`native_op` wires it.
 
     ``static`` is a hashable tuple of the cell's static options, ``inputs`` a
     tuple of the differentiable arrays (``None`` for an absent optional one),
-    ``valid`` the ``(T, B)`` uint8 step validity or None.
+    ``valid`` the non-differentiable per-step operands: the ``(T, B)`` uint8
+    step validity or None (the LSTM and GRU: a pair of it and the
+    :func:`start_flags` of ``resets``, or None).
 
     infer:     ``(static, inputs, valid) -> outputs``, ``(ys, *final carry)``.
     train:     ``(static, inputs, valid) -> (outputs, saved)``, the residuals.
