@@ -374,11 +374,13 @@ class Cell(NamedTuple):
     project: ``(weights, x (I,)) -> (G,)``, the state-independent part (vmapped).
     step:    ``(weights, carry, gx (G,), recurrent_mask) -> carry``, one example.
     output:  ``carry -> h``, the per-step output.
+    nonlinearity: the RNN's (``"tanh"``, ``"relu"``), for kernels that run it natively.
     """
 
     project: Callable
     step: Callable
     output: Callable
+    nonlinearity: Optional[str] = None
 
 
 def lstm_kind(*, compute_dtype=None) -> Cell:
@@ -405,4 +407,5 @@ def rnn_kind(*, nonlinearity: str = "tanh", compute_dtype=None) -> Cell:
             w, h, gx, recurrent_mask=m, compute_dtype=compute_dtype, nonlinearity=nonlinearity
         ),
         output=lambda h: h,
+        nonlinearity=nonlinearity,
     )

@@ -30,7 +30,7 @@ from __future__ import annotations
 from jax import export as jax_export
 
 from lstm_jax import params as _params
-from lstm_jax.kernels import native
+from lstm_jax.kernels import native_ops
 from lstm_jax.training.model import Dense
 
 __all__ = ["CUSTOM_CALL_TARGETS", "export_safety_checks"]
@@ -42,7 +42,7 @@ __all__ = ["CUSTOM_CALL_TARGETS", "export_safety_checks"]
 # Pallas Triton kernel lowers to "__gpu$xla.gpu.triton" in jaxlib 0.10.2,
 # "triton_kernel_call_ffi" after it and "triton_kernel_call" in older ones.
 CUSTOM_CALL_TARGETS: dict[str, tuple[str, ...]] = {
-    "native": native.FFI_TARGETS,
+    "native": native_ops.FFI_TARGETS,
     "cudnn": ("cudnn_rnn_ffi", "cudnn_rnn_bwd_ffi", "cudnn_rnn", "cudnn_rnn_bwd"),
     "pallas_gpu": ("__gpu$xla.gpu.triton", "triton_kernel_call_ffi", "triton_kernel_call"),
     "pallas_tpu": ("tpu_custom_call",),
@@ -104,4 +104,4 @@ def _register_serialization() -> None:
 
 
 _register_serialization()
-native.register_ffi_targets()
+native_ops.register_ffi_targets()

@@ -19,8 +19,10 @@ import pytest
 from jax import export
 
 import lstm_jax as lj
+from lstm_jax.cells import lstm_kind
 from lstm_jax.kernels import dispatch
-from lstm_jax.kernels.native import native_unavailable
+from lstm_jax.kernels.call import layer_call
+from lstm_jax.kernels.native_ops import native_unavailable
 
 # "auto" on CPU runs the native kernel where its extension is built (pip install builds it)
 CPU_KERNEL = "native" if native_unavailable() is None else "fused"
@@ -120,7 +122,8 @@ def test_auto_on_cpu_equals_the_cpu_kernel_exactly(stub_cuda_rnn):
 def test_auto_without_cuda_plugin_runs_fused_on_cuda():
     """This jaxlib has no CUDA plugin: jax.experimental.rnn cannot even be traced, so cuda gets fused."""
     args = (_network(), *_args())
-    assert dispatch.KERNELS["cudnn"].unsupported(args[0].layers[0][0], args[1]) is not None
+    call = layer_call(lstm_kind(), args[0].layers[0][0], args[1], None)
+    assert dispatch.KERNELS["lstm", "cudnn"].declines(call) is not None
     assert lowered_calls(_grad(), *args, platform="cuda") == set()
 
 
@@ -191,10 +194,12 @@ def test_auto_routes_unknown_per_step_options_to_scan(monkeypatch):
     scan when set, is dropped when None."""
     from lstm_jax import kernels
     from lstm_jax.cells import gru_kind
+    from lstm_jax.kernels import call, dispatch
 
     seen = []
-    monkeypatch.setitem(kernels._AUTO_PER_STEP, "gru", ("mask",))
-    monkeypatch.setattr(kernels, "scan_layer", lambda *a, **kw: seen.append(kw) or "scan")
+    native_gru = dispatch.KERNELS["gru", "native"]
+    monkeypatch.setitem(dispatch.KERNELS, ("gru", "native"), native_gru._replace(per_step=("mask",)))
+    monkeypatch.setattr(call, "scan_layer", lambda *a, **kw: seen.append(kw) or "scan")
     w, (xs, _) = lj.init_gru(jax.random.key(0), I, H).layers[0][0], _args()
     layer = kernels.select_layer("auto", "gru")
     assert layer(gru_kind(), w, xs, jnp.zeros((B, H)), resets=jnp.zeros((B, T), bool)) == "scan"
@@ -313,6 +318,7 @@ def test_tpu_kernel_lowers_at_8x2048x512x768(grad):
 def test_gpu_kernel_interpret_matches_scan():
     """18 sequences (2 programs of 16 after padding), H=70 (2 chunks of 64 after padding), ragged, reverse, mask."""
     from lstm_jax.kernels.pallas_gpu import gpu_forward
+    from lstm_jax.kernels.call import layer_call
     from lstm_jax.kernels.shared import projected, shared_vjp_layer
     from lstm_jax.scan import scan_layer
 
@@ -326,7 +332,7 @@ def test_gpu_kernel_interpret_matches_scan():
     forward = projected(functools.partial(gpu_forward, interpret=True))
 
     def layer(cell, w, xs, carry, **kwargs):
-        return shared_vjp_layer({None: forward}, w, xs, carry, **kwargs)
+        return shared_vjp_layer({None: forward}, layer_call(cell, w, xs, carry, **kwargs))
 
     args = (w, xs, h0, c0, mask, lengths, True)
     got, ref = _layer_grads(layer, *args), _layer_grads(scan_layer, *args)

@@ -19,7 +19,7 @@ import pytest
 from jax import export
 
 import lstm_jax as lj
-from lstm_jax.kernels.native import native_unavailable
+from lstm_jax.kernels.native_ops import native_unavailable
 from tests.test_accel import stub_cuda_rnn  # noqa: F401 (a fixture)
 
 pytest.importorskip(

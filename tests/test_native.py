@@ -23,8 +23,9 @@ import pytest
 
 import lstm_jax as lj
 from lstm_jax.cells import lstm_kind
-from lstm_jax.kernels import dispatch, native, select_layer
-from lstm_jax.kernels.native import native_lstm_layer, native_unavailable
+from lstm_jax.kernels import dispatch, native_ops, select_layer
+from lstm_jax.kernels.native_ops import native_unavailable
+from lstm_jax.kernels.native import native_lstm_layer
 from lstm_jax.scan import scan_layer
 
 pytestmark = pytest.mark.skipif(
@@ -120,7 +121,8 @@ def test_other_instruction_sets(isa):
         import os, sys
         sys.path.insert(0, sys.argv[1])
         import jax.numpy as jnp
-        from lstm_jax.kernels.native import native_isa, native_lstm_layer
+        from lstm_jax.kernels.native_ops import native_isa
+        from lstm_jax.kernels.native import native_lstm_layer
         from lstm_jax.scan import scan_layer
         from tests.test_native import _inputs, _value_and_grads, assert_trees_close, LENGTHS
         from tests.test_native import check_nan_propagates
@@ -240,8 +242,8 @@ def test_two_python_threads_at_once(monkeypatch):
 
 @pytest.fixture
 def auto_native(monkeypatch):
-    """``"auto"`` with "native" as the CPU kernel (not the default; see dispatch.AUTO_LSTM)."""
-    monkeypatch.setitem(dispatch.AUTO_LSTM, "cpu", "native")
+    """``"auto"`` with "native" as the CPU kernel (not the default; see dispatch.AUTO["lstm"])."""
+    monkeypatch.setitem(dispatch.AUTO["lstm"], "cpu", "native")
 
 
 def test_auto_can_pick_native_on_cpu_for_the_plain_lstm(auto_native):
@@ -275,24 +277,24 @@ def test_unsupported_variants_raise(kwargs, call, message):
 
 
 def test_unbuilt_extension_falls_back(monkeypatch, caplog, auto_native):
-    monkeypatch.setattr(native, "_library", lambda: (None, "the C++ extension is not built"))
-    native.log_unavailable_once.cache_clear()
+    monkeypatch.setattr(native_ops, "library", lambda: (None, "the C++ extension is not built"))
+    native_ops.log_unavailable_once.cache_clear()
     params = lj.init_lstm(jax.random.key(14), I, H)
     xs = jnp.ones((B, T, I))
     with pytest.raises(ValueError, match="backend='native': the C.. extension is not built"):
         lj.lstm(params, xs, backend="native")
-    with caplog.at_level(logging.INFO, logger="lstm_jax.kernels.native"):
+    with caplog.at_level(logging.INFO, logger="lstm_jax.kernels.native_ops"):
         auto = lj.lstm(params, xs)
         lj.lstm(params, xs)
     assert sum("uses 'fused' instead of 'native'" in r.message for r in caplog.records) == 1
     assert_trees_close(auto, lj.lstm(params, xs, backend="fused"))
-    native.log_unavailable_once.cache_clear()
+    native_ops.log_unavailable_once.cache_clear()
 
 
 def test_select_layer_native():
-    assert select_layer("native", "lstm").__wrapped__.func is native_lstm_layer
-    with pytest.raises(ValueError, match="does not implement rnn"):
-        select_layer("native", "rnn")
+    assert select_layer("native", "lstm").kernel == dispatch.KERNELS["lstm", "native"].run
+    with pytest.raises(ValueError, match="does not implement gru"):
+        select_layer("fused", "gru")
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ import sys
 
 import pytest
 
-from lstm_jax.kernels.native import native_isa, native_unavailable
+from lstm_jax.kernels.native_ops import native_isa, native_unavailable
 
 pytestmark = pytest.mark.skipif(
     native_unavailable() is not None, reason=f"native kernels unavailable: {native_unavailable()}"
@@ -85,7 +85,7 @@ def _isas() -> list[str]:
 def test_relative_error_at_small_input_scales(isa):
     script = (
         "import sys, jax; jax.config.update('jax_enable_x64', True); sys.path.insert(0, sys.argv[1]);"
-        "from lstm_jax.kernels.native import native_isa; assert native_isa() == sys.argv[2];"
+        "from lstm_jax.kernels.native_ops import native_isa; assert native_isa() == sys.argv[2];"
         "from tests.test_native_accuracy import worst_errors;"
         "print({cell: worst_errors(cell) for cell in ('lstm', 'gru')})"
     )

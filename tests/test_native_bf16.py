@@ -28,7 +28,8 @@ import lstm_jax as lj
 from lstm_jax.cells import lstm_kind
 from lstm_jax.kernels import dispatch
 from lstm_jax.kernels.fused import fused_lstm_layer
-from lstm_jax.kernels.native import native_has_bf16, native_lstm_layer, native_unavailable
+from lstm_jax.kernels.native_ops import native_has_bf16, native_unavailable
+from lstm_jax.kernels.native import native_lstm_layer
 from lstm_jax.scan import scan_layer
 from tests.test_native import CASES, LENGTHS, _inputs, assert_trees_close
 
@@ -216,7 +217,7 @@ def test_second_order_matches_fused_bf16():
 
 
 def test_auto_runs_native_bf16_where_it_is_chosen(monkeypatch):
-    monkeypatch.setitem(dispatch.AUTO_LSTM, "cpu", "native")
+    monkeypatch.setitem(dispatch.AUTO["lstm"], "cpu", "native")
     params = lj.init_lstm(jax.random.key(12), 5, 21)
     xs = jnp.ones((7, 9, 5))
     text = str(jax.make_jaxpr(lambda p: lj.lstm(p, xs, compute_dtype=BF16))(params))
@@ -238,12 +239,12 @@ def test_without_avx512_there_are_no_bf16_kernels():
         import jax, jax.numpy as jnp, pytest
         import lstm_jax as lj
         from lstm_jax.kernels import dispatch
-        from lstm_jax.kernels.native import native_has_bf16, native_isa
+        from lstm_jax.kernels.native_ops import native_has_bf16, native_isa
         assert native_isa() == "avx2" and not native_has_bf16()
         params, xs = lj.init_lstm(jax.random.key(0), 3, 4), jnp.ones((2, 5, 3))
         with pytest.raises(ValueError, match="no bfloat16 kernels"):
             lj.lstm(params, xs, backend="native", compute_dtype=jnp.bfloat16)
-        dispatch.AUTO_LSTM["cpu"] = "native"
+        dispatch.AUTO["lstm"]["cpu"] = "native"
         text = str(jax.make_jaxpr(lambda p: lj.lstm(p, xs, compute_dtype=jnp.bfloat16))(params))
         assert "lstm_jax_native" not in text
         assert "lstm_jax_native" in str(jax.make_jaxpr(lambda p: lj.lstm(p, xs))(params))
@@ -261,7 +262,8 @@ def test_vdpbf16ps_kernels_where_amx_is_not_used():
         import os, sys
         sys.path.insert(0, ".")
         from lstm_jax.kernels.fused import fused_lstm_layer
-        from lstm_jax.kernels.native import native_bf16_isa, native_lstm_layer
+        from lstm_jax.kernels.native_ops import native_bf16_isa
+        from lstm_jax.kernels.native import native_lstm_layer
         from tests.test_native import LENGTHS, _inputs
         from tests.test_native_bf16 import _value_and_grads, assert_close_to_fused
         assert native_bf16_isa() == "avx512bf16", native_bf16_isa()

@@ -23,8 +23,8 @@ from jax import export
 
 import lstm_jax as lj
 from lstm_jax.cells import gru_kind
-from lstm_jax.kernels import dispatch, native, select_layer
-from lstm_jax.kernels.native import native_unavailable
+from lstm_jax.kernels import dispatch, native_ops, select_layer
+from lstm_jax.kernels.native_ops import native_unavailable
 from lstm_jax.kernels.native_gru import native_gru_layer
 from lstm_jax.scan import scan_layer
 from tests.test_native import assert_trees_close
@@ -144,7 +144,7 @@ def test_other_instruction_sets(isa, tmp_path):
         sys.path.insert(0, sys.argv[1])
         import jax
         import numpy as np
-        from lstm_jax.kernels.native import native_isa
+        from lstm_jax.kernels.native_ops import native_isa
         from lstm_jax.kernels.native_gru import native_gru_layer
         from tests.test_native_gru import ISA_OPTIONS, LENGTHS, _inputs, _nan_inputs, _value_and_grads
         assert native_isa() == sys.argv[2], native_isa()
@@ -359,23 +359,23 @@ def test_non_float32_parameters_raise():
 
 
 def test_unbuilt_extension_falls_back_to_scan(monkeypatch, caplog):
-    monkeypatch.setattr(native, "_library", lambda: (None, "the C++ extension is not built"))
-    native.log_unavailable_once.cache_clear()
+    monkeypatch.setattr(native_ops, "library", lambda: (None, "the C++ extension is not built"))
+    native_ops.log_unavailable_once.cache_clear()
     params = lj.init_gru(jax.random.key(18), I, H)
     xs = jnp.ones((B, T, I))
     with pytest.raises(ValueError, match="backend='native': the C.. extension is not built"):
         lj.gru(params, xs, backend="native")
-    with caplog.at_level(logging.INFO, logger="lstm_jax.kernels.native"):
+    with caplog.at_level(logging.INFO, logger="lstm_jax.kernels.native_ops"):
         auto = lj.gru(params, xs)
         lj.gru(params, xs)
     assert sum("instead of 'native'" in r.message for r in caplog.records) == 1
     assert_trees_close(auto, lj.gru(params, xs, backend="scan"), atol=0, rtol=0)
-    native.log_unavailable_once.cache_clear()
+    native_ops.log_unavailable_once.cache_clear()
 
 
 def test_select_layer_native_gru():
-    assert select_layer("native", "gru").__wrapped__.func is native_gru_layer
-    assert dispatch.AUTO_GRU["cpu"] == "native"
+    assert select_layer("native", "gru").kernel == dispatch.KERNELS["gru", "native"].run
+    assert dispatch.AUTO["gru"]["cpu"] == "native"
 
 
 @pytest.mark.slow

@@ -22,8 +22,8 @@ import pytest
 
 import lstm_jax as lj
 from lstm_jax.cells import rnn_kind
-from lstm_jax.kernels import native
-from lstm_jax.kernels.native import native_unavailable
+from lstm_jax.kernels import native_ops
+from lstm_jax.kernels.native_ops import native_unavailable
 from lstm_jax.kernels.native_rnn import native_rnn_layer
 from lstm_jax.scan import scan_layer
 from tests.test_native import assert_trees_close
@@ -39,13 +39,8 @@ CALLS = ("lstm_jax_native_rnn_forward_infer", "lstm_jax_native_rnn_forward_train
 NONLINEARITIES = ("tanh", "relu")
 
 
-def _native(nonlinearity):
-    return functools.partial(native_rnn_layer, nonlinearity=nonlinearity)
-
-
-def _layers(nonlinearity):
-    """(native, scan) layer functions for ``nonlinearity``."""
-    return _native(nonlinearity), scan_layer
+# (native, scan); the cell, ``rnn_kind(nonlinearity=...)``, carries the nonlinearity
+LAYERS = (native_rnn_layer, scan_layer)
 
 
 def _inputs(seed=0, batch=B, steps=T, hidden=H):
@@ -79,7 +74,7 @@ def _both(args, nonlinearity, **options):
     """(native, scan) values and gradients."""
     return tuple(
         _value_and_grads(layer, args, nonlinearity=nonlinearity, **options)
-        for layer in _layers(nonlinearity)
+        for layer in LAYERS
     )
 
 
@@ -127,7 +122,7 @@ def _assert_nan_where_scan_has_nan(got, nonlinearity):
 
 @pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
 def test_nan_at_a_valid_step_propagates(nonlinearity):
-    got = native_rnn_layer(None, *_nan_inputs(), seq_lengths=LENGTHS, nonlinearity=nonlinearity)
+    got = native_rnn_layer(rnn_kind(nonlinearity=nonlinearity), *_nan_inputs(), seq_lengths=LENGTHS)
     _assert_nan_where_scan_has_nan(got, nonlinearity)
 
 
@@ -136,7 +131,7 @@ def test_nan_in_padding_changes_nothing(nonlinearity):
     w, xs, h0, mask = _inputs(8)
     padded = jnp.arange(T)[None, :, None] >= LENGTHS[:, None, None]
     options = dict(seq_lengths=LENGTHS, reverse=True, masked=True, nonlinearity=nonlinearity)
-    layer = _native(nonlinearity)
+    layer = native_rnn_layer
     clean = _value_and_grads(layer, (w, jnp.where(padded, 0.0, xs), h0, mask), **options)
     dirty = _value_and_grads(layer, (w, jnp.where(padded, jnp.nan, xs), h0, mask), **options)
     (_, aux_clean), (gw, gx, gh, gm) = clean
@@ -159,15 +154,16 @@ def test_other_instruction_sets(isa, tmp_path):
         sys.path.insert(0, sys.argv[1])
         import jax
         import numpy as np
-        from lstm_jax.kernels.native import native_isa
+        from lstm_jax.kernels.native_ops import native_isa
+        from lstm_jax.cells import rnn_kind
         from lstm_jax.kernels.native_rnn import native_rnn_layer
         from tests.test_native_rnn import (ISA_OPTIONS, LENGTHS, NONLINEARITIES, _inputs,
-                                           _nan_inputs, _native, _value_and_grads)
+                                           _nan_inputs, _value_and_grads)
         assert native_isa() == sys.argv[2], native_isa()
         leaves = []
         for nl in NONLINEARITIES:
-            nan = native_rnn_layer(None, *_nan_inputs(), seq_lengths=LENGTHS, nonlinearity=nl)
-            got = _value_and_grads(_native(nl), _inputs(2), nonlinearity=nl, **ISA_OPTIONS)
+            nan = native_rnn_layer(rnn_kind(nonlinearity=nl), *_nan_inputs(), seq_lengths=LENGTHS)
+            got = _value_and_grads(native_rnn_layer, _inputs(2), nonlinearity=nl, **ISA_OPTIONS)
             leaves += jax.tree_util.tree_leaves((nan, got))
         np.savez(sys.argv[3], *[np.asarray(a) for a in leaves])
         """
@@ -250,7 +246,7 @@ def test_grad_of_grad_matches_scan(nonlinearity):
         outer = lambda w: jnp.sum(inner(w, xs, h0, mask, layer, nonlinearity) ** 2)  # noqa: E731
         return jax.jit(jax.grad(outer))(w)
 
-    assert_trees_close(*(grad_of_grad(layer) for layer in _layers(nonlinearity)))
+    assert_trees_close(*(grad_of_grad(layer) for layer in LAYERS))
 
 
 @pytest.mark.slow  # grad of grad above runs by default
@@ -287,8 +283,7 @@ def test_matches_torch_rnn(nonlinearity):
     def loss(params, xs, h0):
         outputs = [
             native_rnn_layer(rnn_kind(nonlinearity=nonlinearity), w, xs, h0[d],
-                             seq_lengths=jnp.asarray(lengths), reverse=bool(d),
-                             nonlinearity=nonlinearity)  # fmt: skip
+                             seq_lengths=jnp.asarray(lengths), reverse=bool(d))  # fmt: skip
             for d, w in enumerate(params.layers[0])
         ]
         ys = jnp.concatenate([o[0] for o in outputs], axis=-1)
@@ -315,13 +310,14 @@ def test_matches_torch_rnn(nonlinearity):
 
 
 def test_targets_are_registered():
-    assert set(CALLS) <= set(native._TARGETS)
+    assert set(CALLS) <= set(native_ops.FFI_TARGETS)
 
 
 def test_unknown_nonlinearity_raises():
     w, xs, h0, _ = _inputs()
-    with pytest.raises(ValueError, match="nonlinearity must be one of"):
-        native_rnn_layer(rnn_kind(), w, xs, h0, nonlinearity="gelu")
+    cell = rnn_kind()._replace(nonlinearity="gelu")
+    with pytest.raises(ValueError, match="backend='native': it runs the nonlinearities"):
+        native_rnn_layer(cell, w, xs, h0)
 
 
 def test_non_float32_parameters_raise():
@@ -341,3 +337,13 @@ def test_long_sequence():
     options = dict(seq_lengths=lengths, reverse=True, masked=True)
     got, want = _both(args, "tanh", **options)
     assert_trees_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
+def test_auto_runs_native_on_cpu_with_the_cells_nonlinearity(nonlinearity):
+    params = lj.init_rnn(jax.random.key(3), I, H)
+    xs = jax.random.normal(jax.random.key(4), (B, T, I))
+    run = functools.partial(lj.rnn, nonlinearity=nonlinearity)
+    assert "lstm_jax_native_rnn_forward_infer" in str(jax.make_jaxpr(run)(params, xs))
+    assert_trees_close(run(params, xs), run(params, xs, backend="scan"))
+

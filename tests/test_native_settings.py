@@ -1,7 +1,7 @@
 """The native kernels' ``LSTM_JAX_NATIVE_*`` settings, and what ``"auto"`` runs per instruction set.
 
 The table of variables and accepted values is ``csrc/settings.cc``; Python
-checks it when it loads the extension (:func:`native.check_settings`) and every
+checks it when it loads the extension (:func:`native_ops.check_settings`) and every
 custom call checks it again. The instruction set is chosen once per process,
 so tests that force one run in a subprocess.
 """
@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import pytest
 
 import lstm_jax as lj
-from lstm_jax.kernels import native
-from lstm_jax.kernels.native import isa_fallbacks, native_unavailable, unknown_settings
+from lstm_jax.kernels import native, native_ops
+from lstm_jax.kernels.native_ops import isa_fallbacks, native_unavailable, unknown_settings
 from lstm_jax.kernels.native_gru import native_gru_layer
 
 needs_native = pytest.mark.skipif(
@@ -67,17 +67,17 @@ def test_invalid_value_raises_when_loaded(monkeypatch, name, value, message):
     _clear_settings(monkeypatch)
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=re.escape(f"{name}={message} (an lstm_jax native")):
-        native.check_settings(native._library()[0], os.environ)
+        native_ops.check_settings(native_ops.library()[0], os.environ)
 
 
 @needs_native
 def test_valid_values_pass(monkeypatch, recwarn):
     _clear_settings(monkeypatch)
-    valid = {"ISA": native.native_isa(), "HUGEPAGES": "1", "SPLIT_MACS": "0",
+    valid = {"ISA": native_ops.native_isa(), "HUGEPAGES": "1", "SPLIT_MACS": "0",
              "UNITS_MACS": "4096", "THREADS": "3", "MIN_ROWS": "2"}  # fmt: skip
     for name, value in valid.items():
         monkeypatch.setenv(f"LSTM_JAX_NATIVE_{name}", value)
-    native.check_settings(native._library()[0], os.environ)
+    native_ops.check_settings(native_ops.library()[0], os.environ)
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
@@ -161,7 +161,7 @@ def test_fresh_process_runs_valid_settings_then_fails_each_invalid_one():
             warnings.simplefilter("always")
             import jax, jax.numpy as jnp
             import lstm_jax as lj
-            from lstm_jax.kernels import native
+            from lstm_jax.kernels import native_ops
             params = lj.init_lstm(jax.random.key(0), 3, 5)
             xs = jax.random.normal(jax.random.key(1), (2, 4, 3))
             ys, _ = lj.lstm(params, xs)
@@ -177,7 +177,7 @@ def test_fresh_process_runs_valid_settings_then_fails_each_invalid_one():
                 raised.append(str(failure))
             os.environ.clear()
             os.environ.update(before)
-        print(json.dumps(dict(raised=raised, isa=native.native_isa(), error=error,
+        print(json.dumps(dict(raised=raised, isa=native_ops.native_isa(), error=error,
                               warned=[str(w.message) for w in caught
                                       if "LSTM_JAX_NATIVE" in str(w.message)])))
     """
@@ -204,10 +204,10 @@ def test_auto_never_runs_the_portable_kernels():
         import json, logging, sys
         sys.path.insert(0, sys.argv[1])
         logging.basicConfig(level=logging.WARNING)
-        logging.getLogger("lstm_jax.kernels.native").setLevel(logging.INFO)
+        logging.getLogger("lstm_jax.kernels.native_ops").setLevel(logging.INFO)
         import jax, jax.numpy as jnp
         import lstm_jax as lj
-        from lstm_jax.kernels.native import native_isa
+        from lstm_jax.kernels.native_ops import native_isa
         from tests.test_native import assert_trees_close
 
         def step(run, backend):

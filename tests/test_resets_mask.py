@@ -19,13 +19,9 @@ from hypothesis import strategies as st
 import lstm_jax as lj
 from lstm_jax.cells import gru_kind, lstm_kind
 from lstm_jax.kernels.fused import fused_lstm_layer
-from lstm_jax.kernels.native import (
-    native_auto_unavailable,
-    native_has_bf16,
-    native_lstm_layer,
-    native_unavailable,
-)
+from lstm_jax.kernels.native import native_lstm_layer
 from lstm_jax.kernels.native_gru import native_gru_layer
+from lstm_jax.kernels.native_ops import native_auto_unavailable, native_has_bf16, native_unavailable
 from lstm_jax.scan import scan_layer
 from tests.backends import NETWORKS as KINDS
 from tests.backends import all_pairs, matrix

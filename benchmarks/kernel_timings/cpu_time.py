@@ -10,7 +10,7 @@ Prints, per cell and ``(B, T, I, H)``, the median over ``REPS`` calls of the
 process CPU time (``time.process_time``) of a jitted training step
 (``grad`` of ``sum(ys)``) and of inference, after two warm-up calls, with the
 ISA and the load average. ``CELLS=lstm,gru``, ``CONFIGS="8,512,32,64;..."``,
-``REPS=15``, ``BACKEND=native``.
+``REPS=15``, ``BACKEND=native`` (``CELLS`` may include ``rnn``).
 """
 
 import os
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 import lstm_jax as lj
-from lstm_jax.kernels.native import native_isa
+from lstm_jax.kernels.native_ops import native_isa
 
 CONFIGS = [(8, 512, 32, 64), (64, 128, 128, 256), (32, 256, 64, 128), (128, 64, 256, 512)]
 if os.environ.get("CONFIGS"):
@@ -29,6 +29,7 @@ if os.environ.get("CONFIGS"):
 CELLS = os.environ.get("CELLS", "lstm,gru").split(",")
 REPS = int(os.environ.get("REPS", "15"))
 BACKEND = os.environ.get("BACKEND", "native")
+NETWORKS = {"lstm": (lj.init_lstm, lj.lstm), "gru": (lj.init_gru, lj.gru), "rnn": (lj.init_rnn, lj.rnn)}
 
 
 def cpu_ms(fn) -> float:
@@ -46,7 +47,7 @@ def cpu_ms(fn) -> float:
 def main():
     print(f"isa {native_isa()}, load average {os.getloadavg()}", flush=True)
     for cell in CELLS:
-        init, run = (lj.init_lstm, lj.lstm) if cell == "lstm" else (lj.init_gru, lj.gru)
+        init, run = NETWORKS[cell]
         for B, T, I, H in CONFIGS:
             params = init(jax.random.key(0), I, H)
             xs = jax.random.normal(jax.random.key(1), (B, T, I))

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 import lstm_jax as lj
-from lstm_jax.kernels.native import native_isa
+from lstm_jax.kernels.native_ops import native_isa
 
 CONFIGS = [(8, 512, 32, 64), (64, 128, 128, 256), (32, 256, 64, 128), (128, 64, 256, 512)]
 if os.environ.get("CONFIGS"):

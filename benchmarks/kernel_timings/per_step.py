@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 import lstm_jax as lj
-from lstm_jax.kernels.native import native_isa
+from lstm_jax.kernels.native_ops import native_isa
 
 CONFIGS = [(256, 128, 32, 128), (64, 64, 64, 256)]
 if os.environ.get("CONFIGS"):

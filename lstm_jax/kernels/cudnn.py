@@ -40,12 +40,13 @@ from jax import Array
 
 from lstm_jax.cells import Cell
 from lstm_jax.kernels.fused import unsupported_variant
-from lstm_jax.kernels.platform import per_platform, platform_only
+from lstm_jax.kernels.call import KernelSpec, LayerCall, layer_call, per_platform_call, scan_kernel
+from lstm_jax.kernels.platform import platform_only
 from lstm_jax.params import LSTMWeights
-from lstm_jax.scan import scan_layer
 from lstm_jax.sequence import reverse_sequences
 
-__all__ = ["cudnn_lstm_layer", "cudnn_kernel_layer", "to_cudnn_weights", "cudnn_unsupported"]
+__all__ = ["CUDNN", "cudnn_kernel", "cudnn_lstm_layer", "cudnn_or_scan", "cudnn_unsupported",
+           "to_cudnn_weights"]  # fmt: skip
 
 
 def to_cudnn_weights(weights: LSTMWeights) -> Array:
@@ -113,20 +114,19 @@ def _under_vmap(x) -> bool:
     return isinstance(x, batching.BatchTracer)
 
 
-def cudnn_unsupported(weights, xs, initial_carry=None, *, recurrent_mask=None,
-                      compute_dtype=None, time_major=False) -> Optional[str]:  # fmt: skip
-    """Why cuDNN cannot run this call, or None (decided at trace time, for any platform)."""
-    del initial_carry, time_major
+def cudnn_unsupported(call: LayerCall) -> Optional[str]:
+    """Why cuDNN cannot run ``call``, or None (decided at trace time, for any platform)."""
+    weights, options = call.weights, call.options
     reason = unsupported_variant(weights)
     if reason is not None:
         return reason
-    if recurrent_mask is not None:
+    if options.recurrent_mask is not None:
         return "recurrent dropout is not supported by cuDNN's LSTM here"
-    if compute_dtype is not None and jnp.dtype(compute_dtype) != jnp.float32:
-        return f"only float32 is supported, got compute_dtype={jnp.dtype(compute_dtype).name}"
-    if xs.dtype != jnp.float32 or weights.w_hh.dtype != jnp.float32:
+    if options.compute_dtype is not None and jnp.dtype(options.compute_dtype) != jnp.float32:
+        return f"only float32 is supported, got compute_dtype={jnp.dtype(options.compute_dtype).name}"
+    if call.xs.dtype != jnp.float32 or weights.w_hh.dtype != jnp.float32:
         return "only float32 inputs and parameters are supported"
-    if _under_vmap(xs):
+    if _under_vmap(call.xs):
         return "jax.experimental.rnn has no vmap rule (only a sequential one added here)"
     if not _cuda_rnn_available():
         return "this jaxlib has no cuDNN RNN support (its CUDA plugin is not installed)"
@@ -173,38 +173,24 @@ def _cudnn_lstm_bwd(input_size, hidden_size, residuals, cotangents):
 _cudnn_lstm.defvjp(_cudnn_lstm_fwd, _cudnn_lstm_bwd)
 
 
-def cudnn_kernel_layer(
-    cell: Cell,
-    weights: LSTMWeights,
-    xs: Array,
-    initial_carry: tuple[Array, Array],
-    *,
-    seq_lengths: Optional[Array] = None,
-    reverse: bool = False,
-    recurrent_mask: Optional[Array] = None,
-    unroll: int = 1,
-    time_major: bool = False,
-    compute_dtype=None,
-) -> tuple[Array, tuple[Array, Array]]:
-    """The cuDNN call itself, for a call :func:`cudnn_unsupported` accepts; lowers for ``cuda`` only.
-
-    Arguments as :func:`lstm_jax.scan.scan_layer`; ``unroll`` and
-    ``compute_dtype`` (float32 only) have no effect.
-    """
-    del cell, unroll, compute_dtype
-    if recurrent_mask is not None:
+def cudnn_kernel(call: LayerCall):
+    """The cuDNN call itself, for a call :func:`cudnn_unsupported` accepts; lowers for ``cuda``
+    only. ``unroll`` and ``compute_dtype`` (float32 only) have no effect."""
+    options = call.options
+    seq_lengths, time_major, reverse = options.seq_lengths, options.time_major, options.reverse
+    if options.recurrent_mask is not None:
         raise ValueError("cuDNN's LSTM has no recurrent mask; use backend='fused'.")
-    if time_major:
-        xs = jnp.swapaxes(xs, 0, 1)  # [B, T, I]: cuDNN's wrapper is batch-first
+    xs = jnp.swapaxes(call.xs, 0, 1) if time_major else call.xs  # [B, T, I]: cuDNN is batch-first
     batch, steps, inputs = xs.shape
-    hidden = weights.w_hh.shape[0]
+    hidden = call.weights.w_hh.shape[0]
     lengths = (
         jnp.full((batch,), steps, jnp.int32) if seq_lengths is None else seq_lengths.astype(jnp.int32)
     )
     if reverse:
         xs = jnp.swapaxes(reverse_sequences(jnp.swapaxes(xs, 0, 1), seq_lengths), 0, 1)
-    h0, c0 = initial_carry
-    ys, h, c = _cudnn_lstm(inputs, hidden, xs, h0[None], c0[None], to_cudnn_weights(weights), lengths)
+    h0, c0 = call.initial_carry
+    w = to_cudnn_weights(call.weights)
+    ys, h, c = _cudnn_lstm(inputs, hidden, xs, h0[None], c0[None], w, lengths)
     if seq_lengths is not None:  # cuDNN leaves padding unspecified; ours is exact zeros
         keep = jnp.arange(steps)[None, :] < lengths[:, None]  # [B, T]
         ys = jnp.where(keep[:, :, None], ys, jnp.zeros_like(ys))
@@ -215,40 +201,24 @@ def cudnn_kernel_layer(
     return ys, (h[0], c[0])
 
 
-def cudnn_lstm_layer(
-    cell: Cell,
-    weights: LSTMWeights,
-    xs: Array,
-    initial_carry: tuple[Array, Array],
-    *,
-    seq_lengths: Optional[Array] = None,
-    reverse: bool = False,
-    recurrent_mask: Optional[Array] = None,
-    unroll: int = 1,
-    time_major: bool = False,
-    compute_dtype=None,
-) -> tuple[Array, tuple[Array, Array]]:
-    """``backend="cudnn"``: cuDNN on ``cuda``, ``scan`` elsewhere; arguments as :func:`lstm_jax.scan.scan_layer`.
-
-    Warns (``RuntimeWarning``) where cuDNN cannot run the call (then ``scan``
-    runs on every platform) or where the default backend is not a GPU.
-    """
-    kwargs = dict(reverse=reverse, unroll=unroll, time_major=time_major)
-    reason = cudnn_unsupported(
-        weights, xs, recurrent_mask=recurrent_mask, compute_dtype=compute_dtype
-    )
-    if reason is None and jax.default_backend() != "gpu":
-        reason = f"cuDNN runs only where this is lowered for cuda; the default backend is {jax.default_backend()!r}"
+def cudnn_or_scan(call: LayerCall):
+    """``backend="cudnn"``: cuDNN on ``cuda``, ``scan`` elsewhere. Warns (``RuntimeWarning``)
+    where cuDNN cannot run the call (then ``scan`` runs on every platform) or where the
+    default backend is not a GPU."""
+    reason = cudnn_unsupported(call)
+    if reason is not None:
         _fallback(reason)
-    elif reason is not None:
-        _fallback(reason)
-        return scan_layer(cell, weights, xs, initial_carry, seq_lengths=seq_lengths,
-                          recurrent_mask=recurrent_mask, **kwargs)  # fmt: skip
+        return scan_kernel(call)
+    if jax.default_backend() != "gpu":
+        _fallback(f"cuDNN runs only where this is lowered for cuda; the default backend is "
+                  f"{jax.default_backend()!r}")  # fmt: skip
+    return per_platform_call(call, {"cuda": cudnn_kernel}, scan_kernel)
 
-    def scan_branch(weights, xs, initial_carry, seq_lengths):
-        return scan_layer(cell, weights, xs, initial_carry, seq_lengths=seq_lengths, **kwargs)
 
-    def cudnn_branch(weights, xs, initial_carry, seq_lengths):
-        return cudnn_kernel_layer(cell, weights, xs, initial_carry, seq_lengths=seq_lengths, **kwargs)
+CUDNN = KernelSpec("lstm", "cudnn", cudnn_kernel, auto_why_not=cudnn_unsupported,
+                   explicit=cudnn_or_scan)  # fmt: skip
 
-    return per_platform((weights, xs, initial_carry, seq_lengths), {"cuda": cudnn_branch}, scan_branch)
+
+def cudnn_lstm_layer(cell: Cell, weights: LSTMWeights, xs: Array, initial_carry, **options):
+    """``backend="cudnn"`` (:func:`cudnn_or_scan`); arguments as :func:`lstm_jax.scan.scan_layer`."""
+    return CUDNN.run(layer_call(cell, weights, xs, initial_carry, **options))

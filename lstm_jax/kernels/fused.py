@@ -51,6 +51,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from lstm_jax.cells import Cell, lstm_activations, lstm_pointwise
+from lstm_jax.kernels.call import KernelSpec, LayerCall, layer_call
 from lstm_jax.params import LSTMWeights
 from lstm_jax.sequence import carried_outputs, over_time
 
@@ -59,10 +60,14 @@ __all__ = [
     "Segments",
     "backward",
     "forward",
+    "FUSED",
+    "fused_forward",
+    "fused_kernel",
     "fused_lstm_layer",
     "recurrence",
     "recurrence_bwd",
     "unsupported_variant",
+    "variant_why_not",
 ]
 
 
@@ -392,28 +397,52 @@ def recurrence_bwd(compute_dtype, unroll, residuals, cotangents):
 recurrence.defvjp(recurrence_fwd, recurrence_bwd)
 
 
-def fused_lstm_layer(
-    cell: Cell,
-    weights: LSTMWeights,
-    xs: Array,
-    initial_carry: tuple[Array, Array],
-    *,
-    seq_lengths: Optional[Array] = None,
-    reverse: bool = False,
-    recurrent_mask: Optional[Array] = None,
-    unroll: int = 1,
-    time_major: bool = False,
-    mask: Optional[Array] = None,
-    resets: Optional[Array] = None,
-    reset_to: Optional[tuple[Array, Array]] = None,
-    compute_dtype=None,
-) -> tuple[Array, tuple[Array, Array]]:
-    """One LSTM layer with a hand-written VJP; arguments as :func:`lstm_jax.scan.scan_layer`
-    (``mask``, ``resets`` and ``reset_to`` included).
+def fused_kernel(call: LayerCall):
+    """The fused layer for a call :func:`variant_why_not` accepts (``mask``, ``resets`` and
+    ``reset_to`` included)."""
+    weights, options = call.weights, call.options
+    h0, c0 = call.initial_carry
+    reset_h, reset_c = call.initial_carry if options.reset_to is None else options.reset_to
 
-    ``cell`` is accepted for signature compatibility; the gate math is
-    :func:`lstm_jax.cells.lstm_pointwise`, and ``compute_dtype`` (the matmul input
-    dtype) is given here explicitly (``lstm_jax.kernels.select_layer`` binds it).
+    def run(xs, valid, starts=None):
+        segments = None
+        if starts is not None:  # reverse: the first processed segment's final carry
+            last = (jnp.cumsum(starts, axis=0) == 0) if options.reverse else None
+            segments = Segments(starts, reset_h, reset_c, last)
+        ys, h, c = recurrence(
+            options.compute_dtype, options.unroll, weights.w_ih, weights.b, weights.w_hh, xs,
+            h0, c0, options.recurrent_mask, valid, segments,
+        )  # fmt: skip
+        return ys, (h, c)
+
+    return over_time(run, call.xs, seq_lengths=options.seq_lengths, reverse=options.reverse,
+                     time_major=options.time_major, mask=options.mask, resets=options.resets)  # fmt: skip
+
+
+def fused_forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, lengths, *, compute_dtype, unroll, save):
+    """The fused forward as a forward of :mod:`lstm_jax.kernels.shared` (projection in its loop)."""
+    del lengths
+    ys, (h, c), saved = forward(
+        w_ih, b, w_hh, xs, h0, c0, mask, valid, compute_dtype=compute_dtype, unroll=unroll, save=save
+    )
+    return ys, saved, h, c
+
+
+def variant_why_not(call: LayerCall) -> Optional[str]:
+    """Why the fused kernels cannot run ``call``'s weights (:func:`unsupported_variant`)."""
+    return unsupported_variant(call.weights)
+
+
+FUSED = KernelSpec("lstm", "fused", fused_kernel, variant_why_not, per_step=("mask", "resets"),
+                   forward=fused_forward)  # fmt: skip
+
+
+def fused_lstm_layer(cell: Cell, weights: LSTMWeights, xs: Array, initial_carry, **options):
+    """One LSTM layer with a hand-written VJP; arguments as :func:`lstm_jax.scan.scan_layer`
+    (``mask``, ``resets`` and ``reset_to`` included) plus ``compute_dtype``.
+
+    ``cell`` is not read: the gate math is :func:`lstm_jax.cells.lstm_pointwise`, and
+    ``compute_dtype`` (the matmul input dtype) is given here explicitly.
 
     Raises:
       ValueError: for weights with peepholes, layer norm or a projection.
@@ -426,23 +455,4 @@ def fused_lstm_layer(
     >>> ys.shape
     (2, 5, 4)
     """
-    del cell
-    reason = unsupported_variant(weights)
-    if reason is not None:
-        raise ValueError(f"backend='fused': {reason}; use backend='scan' or 'auto'.")
-    h0, c0 = initial_carry
-    reset_h, reset_c = initial_carry if reset_to is None else reset_to
-
-    def run(xs, valid, starts=None):
-        segments = None
-        if starts is not None:  # reverse: the first processed segment's final carry
-            last = (jnp.cumsum(starts, axis=0) == 0) if reverse else None
-            segments = Segments(starts, reset_h, reset_c, last)
-        ys, h, c = recurrence(
-            compute_dtype, unroll, weights.w_ih, weights.b, weights.w_hh, xs, h0, c0,
-            recurrent_mask, valid, segments,
-        )  # fmt: skip
-        return ys, (h, c)
-
-    return over_time(run, xs, seq_lengths=seq_lengths, reverse=reverse, time_major=time_major,
-                     mask=mask, resets=resets)  # fmt: skip
+    return FUSED.run(layer_call(cell, weights, xs, initial_carry, **options))

@@ -23,38 +23,47 @@ from typing import Optional
 from jax import Array
 
 from lstm_jax.cells import Cell
-from lstm_jax.kernels.fused import unsupported_variant
+from lstm_jax.kernels.call import KernelSpec, LayerCall, layer_call
+from lstm_jax.kernels.fused import variant_why_not
 from lstm_jax.kernels.pallas_gpu import gpu_forward
-from lstm_jax.kernels.pallas_tpu import tpu_forward
+from lstm_jax.kernels.pallas_tpu import tpu_forward, tpu_unsupported
 from lstm_jax.kernels.shared import projected, shared_vjp_layer
 from lstm_jax.params import LSTMWeights
 
-__all__ = ["pallas_lstm_layer", "TPU_FORWARD", "GPU_FORWARD"]
+__all__ = ["GPU_FORWARD", "PALLAS", "TPU_FORWARD", "pallas_kernel", "pallas_lstm_layer", "tpu_why_not"]
 
 TPU_FORWARD = projected(tpu_forward)
 GPU_FORWARD = projected(gpu_forward)
 _TPU_INTERPRET = projected(functools.partial(tpu_forward, interpret=True))
 
 
-def pallas_lstm_layer(
-    cell: Cell,
-    weights: LSTMWeights,
-    xs: Array,
-    initial_carry: tuple[Array, Array],
-    *,
-    seq_lengths: Optional[Array] = None,
-    reverse: bool = False,
-    recurrent_mask: Optional[Array] = None,
-    unroll: int = 1,
-    time_major: bool = False,
-    compute_dtype=None,
-    interpret=None,
-) -> tuple[Array, tuple[Array, Array]]:
-    """``backend="pallas"``: the platform's Pallas kernel; arguments as :func:`lstm_jax.scan.scan_layer`.
+def pallas_kernel(call: LayerCall, interpret=None):
+    """The platform's Pallas forward and the fused backward, for a plain LSTM call.
+    ``interpret`` (True or ``pltpu.InterpretParams``) runs the TPU kernel in that interpret
+    mode on every platform; None picks per platform as the module docstring says."""
+    if interpret is not None:
+        forwards = {None: projected(functools.partial(tpu_forward, interpret=interpret))}
+    else:
+        forwards = {"tpu": TPU_FORWARD, "cuda": GPU_FORWARD, None: _TPU_INTERPRET}
+    return shared_vjp_layer(forwards, call)
 
-    ``unroll`` applies to the (fused) backward only. ``interpret`` (True or
-    ``pltpu.InterpretParams``) runs the TPU kernel in that interpret mode on
-    every platform; None picks per platform as the module docstring says.
+
+def tpu_why_not(call: LayerCall) -> Optional[str]:
+    """Why ``"auto"`` does not run the TPU kernel for ``call`` (:func:`pallas_tpu.tpu_unsupported`)."""
+    options = call.options
+    return tpu_unsupported(call.weights, call.xs, compute_dtype=options.compute_dtype,
+                           time_major=options.time_major)  # fmt: skip
+
+
+PALLAS = KernelSpec("lstm", "pallas", pallas_kernel, variant_why_not, auto_why_not=tpu_why_not,
+                    forward=TPU_FORWARD)  # fmt: skip
+
+
+def pallas_lstm_layer(cell: Cell, weights: LSTMWeights, xs: Array, initial_carry, *,
+                      interpret=None, **options):  # fmt: skip
+    """``backend="pallas"``: the platform's Pallas kernel; arguments as
+    :func:`lstm_jax.scan.scan_layer` plus ``compute_dtype`` and ``interpret``
+    (:func:`pallas_kernel`). ``unroll`` applies to the (fused) backward only.
 
     Raises:
       ValueError: for weights with peepholes, layer norm or a projection, and
@@ -68,16 +77,6 @@ def pallas_lstm_layer(
     >>> pallas_lstm_layer(lstm_kind(), w, jnp.ones((2, 5, 3)), carry)[0].shape
     (2, 5, 4)
     """
-    del cell
-    reason = unsupported_variant(weights)
-    if reason is not None:
-        raise ValueError(f"backend='pallas': {reason}; use backend='scan' or 'auto'.")
-    if interpret is not None:
-        forwards = {None: projected(functools.partial(tpu_forward, interpret=interpret))}
-    else:
-        forwards = {"tpu": TPU_FORWARD, "cuda": GPU_FORWARD, None: _TPU_INTERPRET}
-    return shared_vjp_layer(
-        forwards, weights, xs, initial_carry, seq_lengths=seq_lengths, reverse=reverse,
-        recurrent_mask=recurrent_mask, unroll=unroll, time_major=time_major,
-        compute_dtype=compute_dtype,
-    )  # fmt: skip
+    spec = PALLAS if interpret is None else PALLAS._replace(
+        layer=functools.partial(pallas_kernel, interpret=interpret))
+    return spec.run(layer_call(cell, weights, xs, initial_carry, **options))

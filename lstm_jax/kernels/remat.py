@@ -13,7 +13,7 @@ No ``(T, B, ...)`` copy of the inputs is made: each block reads its ``k``
 steps from ``xs`` in the caller's layout (a slice, or for the reverse
 direction a gather of each sequence's valid part, right to left) and
 transposes them itself. Works with any layer function of the
-:func:`lstm_jax.scan.scan_layer` signature; ragged batches pass each block its
+kernel (:mod:`lstm_jax.kernels.call`); ragged batches pass each block its
 own clipped lengths (a block past a sequence's end has length 0: its carry
 passes through unchanged and its outputs are zeros).
 
@@ -28,16 +28,15 @@ reverse with ``resets``).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Union
+from typing import Any, Union
 
 import jax
 import jax.numpy as jnp
-from jax import Array
 
-from lstm_jax.cells import Cell
+from lstm_jax.kernels.call import Kernel, LayerCall
 from lstm_jax.sequence import reverse_sequences, segment_starts
 
-__all__ = ["block_size", "remat_layer"]
+__all__ = ["block_size", "check_remat", "remat_kernel"]
 
 
 def block_size(remat: Union[bool, int], num_steps: int) -> int:
@@ -81,25 +80,14 @@ def _read_block(xs, start, size, *, time_major, reverse, seq_lengths):
     return block if time_major else jnp.swapaxes(block, 0, 1)  # [size, B, I]
 
 
-def remat_layer(layer_fn: Callable, remat: Union[bool, int]) -> Callable:
-    """Wrap ``layer_fn`` so that it checkpoints every ``block_size(remat, T)`` steps."""
+def remat_kernel(kernel: Kernel, remat: Union[bool, int]) -> Kernel:
+    """Wrap ``kernel`` so that it checkpoints every ``block_size(remat, T)`` steps."""
     check_remat(remat)
 
-    def layer(
-        cell: Cell,
-        weights: Any,
-        xs: Array,
-        initial_carry: Any,
-        *,
-        seq_lengths: Optional[Array] = None,
-        reverse: bool = False,
-        recurrent_mask: Optional[Array] = None,
-        unroll: int = 1,
-        time_major: bool = False,
-        resets: Optional[Array] = None,
-        mask: Optional[Array] = None,
-        **options,
-    ):
+    def run_remat(call: LayerCall):
+        options = call.options
+        xs, seq_lengths, reverse, time_major = call.xs, options.seq_lengths, options.reverse, options.time_major
+        mask, resets = options.mask, options.resets
         num_steps = xs.shape[0 if time_major else 1]
         k = min(block_size(remat, num_steps), num_steps)
         num_blocks, remainder = divmod(num_steps, k)
@@ -113,26 +101,29 @@ def remat_layer(layer_fn: Callable, remat: Union[bool, int]) -> Callable:
         def run(carries, start, size):
             """Steps ``start .. start + size`` (processing order) from ``carries``."""
             carry, final = carries
-            x_block = _read_block(xs, start, size, **read)
             lengths = None if seq_lengths is None else jnp.clip(seq_lengths - start, 0, size)
-            call = dict(seq_lengths=lengths, reverse=False, recurrent_mask=recurrent_mask,
-                        unroll=unroll, time_major=True, **options)  # fmt: skip
+            block = call._replace(xs=_read_block(xs, start, size, **read), initial_carry=carry,
+                                  options=options._replace(seq_lengths=lengths, reverse=False,
+                                                           time_major=True, mask=None, resets=None,
+                                                           reset_to=None))  # fmt: skip
             per_step = {}  # only what is given: plain kernels take neither
             if mask is not None:
                 per_step["mask"] = _read_block(mask[..., None], start, size, **read)[..., 0]
             if starts is not None:
                 per_step["resets"] = jax.lax.dynamic_slice_in_dim(starts, start, size)
-                per_step["reset_to"] = initial_carry
-            ys, carry = layer_fn(cell, weights, x_block, carry, **call, **per_step)
+                per_step["reset_to"] = call.initial_carry
+            ys, carry = kernel(block._replace(options=block.options._replace(**per_step)))
             if in_last is not None:
                 last = jax.lax.dynamic_slice_in_dim(in_last, start, size)
                 last = last if mask is None else last & per_step["mask"]
-                _, final = layer_fn(cell, weights, x_block, final, mask=last, **call)
+                _, final = kernel(block._replace(initial_carry=final,
+                                                 options=block.options._replace(mask=last)))  # fmt: skip
             return (carry, final), ys  # ys [size, B, O]
 
         run_block = jax.checkpoint(lambda carry, start: run(carry, start, k), prevent_cse=False)
         block_starts = jnp.arange(num_blocks, dtype=jnp.int32) * k  # [N]
         # (carry, final): final is the carry unless reverse with resets
+        initial_carry = call.initial_carry
         carries = (initial_carry, initial_carry if in_last is not None else None)
         carries, ys = jax.lax.scan(run_block, carries, block_starts)  # ys [N, k, B, O]
         ys = ys.reshape((num_blocks * k,) + ys.shape[2:])  # [N k, B, O]
@@ -147,4 +138,4 @@ def remat_layer(layer_fn: Callable, remat: Union[bool, int]) -> Callable:
             ys = jnp.swapaxes(ys, 0, 1)  # [B, T, O]
         return ys, final
 
-    return layer
+    return run_remat

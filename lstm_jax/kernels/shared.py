@@ -21,24 +21,14 @@ import functools
 from typing import Callable, Optional
 
 import jax
-from jax import Array
-
 from lstm_jax.cells import lstm_input_projection
 from lstm_jax.kernels import fused
+from lstm_jax.kernels.call import LayerCall
 from lstm_jax.kernels.platform import per_platform
 from lstm_jax.params import LSTMWeights
 from lstm_jax.sequence import over_time
 
-__all__ = ["fused_forward", "projected", "shared_vjp_layer"]
-
-
-def fused_forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, lengths, *, compute_dtype, unroll, save):
-    """The fused kernel's forward (input projection inside its loop)."""
-    del lengths
-    ys, (h, c), saved = fused.forward(
-        w_ih, b, w_hh, xs, h0, c0, mask, valid, compute_dtype=compute_dtype, unroll=unroll, save=save
-    )
-    return ys, saved, h, c
+__all__ = ["projected", "shared_vjp_layer"]
 
 
 def _project(w_ih, b, xs, compute_dtype):
@@ -55,7 +45,7 @@ def projected(recurrence: Callable) -> Callable:
 
     def forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, lengths, *, compute_dtype, unroll, save):
         if xs.shape[1] == 0:  # an empty batch has no tiles: the fused forward's empty results
-            return fused_forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, lengths,
+            return fused.fused_forward(w_ih, b, w_hh, xs, h0, c0, mask, valid, lengths,
                                  compute_dtype=compute_dtype, unroll=unroll, save=save)  # fmt: skip
         del valid, unroll
         gx = _project(w_ih, b, xs, compute_dtype)
@@ -97,7 +87,7 @@ def _differentiable_forward_jvp(forwards, compute_dtype, unroll, save, primals, 
     (tangents,) = tangents
 
     def reference(w_ih, b, w_hh, xs, h0, c0, mask):
-        return fused_forward(
+        return fused.fused_forward(
             w_ih, b, w_hh, xs, h0, c0, mask, valid, lengths,
             compute_dtype=compute_dtype, unroll=unroll, save=save,
         )  # fmt: skip
@@ -126,32 +116,20 @@ def _recurrence_bwd(forwards, compute_dtype, unroll, residuals, cotangents):
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 
-def shared_vjp_layer(
-    forwards: dict[Optional[str], Callable],
-    weights: LSTMWeights,
-    xs: Array,
-    initial_carry: tuple[Array, Array],
-    *,
-    seq_lengths: Optional[Array] = None,
-    reverse: bool = False,
-    recurrent_mask: Optional[Array] = None,
-    unroll: int = 1,
-    time_major: bool = False,
-    compute_dtype=None,
-) -> tuple[Array, tuple[Array, Array]]:
-    """One plain LSTM layer: ``forwards[platform]`` (``forwards[None]`` elsewhere) and the fused backward.
-
-    Arguments as :func:`lstm_jax.scan.scan_layer`; the caller has checked that
-    ``weights`` are a plain LSTM's.
-    """
+def shared_vjp_layer(forwards: dict[Optional[str], Callable], call: LayerCall):
+    """One plain LSTM layer: ``forwards[platform]`` (``forwards[None]`` elsewhere) and the fused
+    backward. The caller has checked that ``call.weights`` are a plain LSTM's and that the
+    call has no per-step options."""
     table = tuple(sorted(forwards.items(), key=lambda item: item[0] or ""))
-    h0, c0 = initial_carry
+    weights, options = call.weights, call.options
+    h0, c0 = call.initial_carry
 
     def run(xs, valid):
         ys, h, c = _recurrence(
-            table, compute_dtype, unroll, weights.w_ih, weights.b, weights.w_hh, xs, h0, c0,
-            recurrent_mask, valid, seq_lengths,
+            table, options.compute_dtype, options.unroll, weights.w_ih, weights.b, weights.w_hh,
+            xs, h0, c0, options.recurrent_mask, valid, options.seq_lengths,
         )  # fmt: skip
         return ys, (h, c)
 
-    return over_time(run, xs, seq_lengths=seq_lengths, reverse=reverse, time_major=time_major)
+    return over_time(run, call.xs, seq_lengths=options.seq_lengths, reverse=options.reverse,
+                     time_major=options.time_major)  # fmt: skip
