@@ -2,7 +2,7 @@
 
 import jax
 
-from lstm_jax.kernels.native import native_unavailable
+from lstm_jax.kernels.native_ops import native_unavailable
 from tests.backends import all_pairs, left_out, matrix
 
 
