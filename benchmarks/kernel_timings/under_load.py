@@ -9,8 +9,11 @@ Per ``(B, T, I, H)`` and mode (a training step: ``grad`` of ``sum(ys)``;
 inference), the median wall time over ``ROUNDS`` interleaved rounds of
 ``REPS`` calls, of ``lj.lstm`` (default backend) and Flax ``nn.RNN(
 OptimizedLSTMCell)`` with the same weights (checked equal first), each round
-once quiet and once beside a Python busy loop pinned to the last CPU
-(``BUSY_CPU``). Prints the ratio to Flax quiet and loaded and the load average.
+once quiet, once beside a Python busy loop pinned to the last CPU
+(``BUSY_CPU``) and once quiet with the native kernel on one thread
+(``LSTM_JAX_NATIVE_THREADS=1``). Prints lstm_jax's times, the ratio to Flax
+quiet and loaded, and the loaded time over the one-thread time: about 1 when a
+busy core costs the call no more than its second thread's share.
 """
 
 import os
@@ -69,30 +72,43 @@ def busy_loop() -> subprocess.Popen:
     return subprocess.Popen(["taskset", "-c", str(BUSY_CPU), sys.executable, "-c", "while True: pass"])
 
 
+def run_round(fns, condition, times):
+    """One round of every case under ``condition``: "quiet", "loaded" (a busy loop
+    on BUSY_CPU) or "one thread" (quiet, the native kernel on one thread)."""
+    busy = busy_loop() if condition == "loaded" else None
+    if condition == "one thread":
+        os.environ["LSTM_JAX_NATIVE_THREADS"] = "1"  # read by the native kernel per call
+    try:
+        time.sleep(0.05 if busy else 0.0)
+        for key, fn in fns.items():
+            times[key, condition].append(time_ms(fn))
+    finally:
+        os.environ.pop("LSTM_JAX_NATIVE_THREADS", None)
+        if busy is not None:
+            busy.kill()
+            busy.wait()
+
+
 def main():
     print(f"{os.cpu_count()} CPUs, busy loop on CPU {BUSY_CPU}, load average {os.getloadavg()}")
-    print("| (B,T,I,H) | mode | quiet vs Flax | loaded vs Flax | loaded / quiet ratio |")
-    print("|---|---|---:|---:|---:|")
+    print("| (B,T,I,H) | mode | lstm_jax ms: quiet / one thread / loaded | quiet vs Flax | "
+          "loaded vs Flax | loaded / quiet ratio | loaded / one-thread time |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    conditions = ("quiet", "loaded", "one thread")
     for config in CONFIGS:
         fns = cases(*config)
-        times = {(k, load): [] for k in fns for load in (False, True)}
+        times = {(k, c): [] for k in fns for c in conditions}
         for _ in range(ROUNDS):
-            for load in (False, True):
-                busy = busy_loop() if load else None
-                try:
-                    time.sleep(0.05 if load else 0.0)
-                    for key, fn in fns.items():
-                        times[key, load].append(time_ms(fn))
-                finally:
-                    if busy is not None:
-                        busy.kill()
-                        busy.wait()
+            for condition in conditions:
+                run_round(fns, condition, times)
         med = {k: statistics.median(v) for k, v in times.items()}
         for mode in ("train", "infer"):
-            quiet = med[("flax", mode), False] / med[("lstm_jax", mode), False]
-            loaded = med[("flax", mode), True] / med[("lstm_jax", mode), True]
-            print(f"| {','.join(map(str, config))} | {mode} | {quiet:.2f}x | {loaded:.2f}x | "
-                  f"{loaded / quiet:.2f} |", flush=True)
+            ours = {c: med[("lstm_jax", mode), c] for c in conditions}
+            quiet = med[("flax", mode), "quiet"] / ours["quiet"]
+            loaded = med[("flax", mode), "loaded"] / ours["loaded"]
+            print(f"| {','.join(map(str, config))} | {mode} | {ours['quiet']:.2f} / {ours['one thread']:.2f} / "
+                  f"{ours['loaded']:.2f} | {quiet:.2f}x | {loaded:.2f}x | {loaded / quiet:.2f} | "
+                  f"{ours['loaded'] / ours['one thread']:.2f} |", flush=True)
     print(f"load average {os.getloadavg()}")
 
 
