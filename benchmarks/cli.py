@@ -92,7 +92,7 @@ def main(argv: Optional[list] = None) -> int:
     from benchmarks import grid as grid_lib
     from benchmarks import peers as peers_lib
     from benchmarks import report, runner
-    from benchmarks.machine import busy_warning, load_info, machine_info, run_info, versions
+    from benchmarks.machine import busy_warning, load_info, machine_info, others_warning, run_info, versions
 
     try:
         peers = peers_lib.select_peers(args.peers, torch_threads=args.torch_threads)
@@ -116,8 +116,11 @@ def main(argv: Optional[list] = None) -> int:
     start = time.perf_counter()
     results = runner.run(grid, peers, seed=args.seed, progress=not args.no_progress)
     load_end = load_info()
-    warnings = [w for w in (busy_warning(load_start, machine["cores"]),
-                            busy_warning(load_end, machine["cores"])) if w]  # fmt: skip
+    if results.get("others_cpu") is not None:
+        warnings = [w for w in (others_warning(results["others_cpu"], machine["cores"]),) if w]
+    else:
+        warnings = [w for w in (busy_warning(load_start, machine["cores"]),
+                                busy_warning(load_end, machine["cores"])) if w]  # fmt: skip
     warnings = list(dict.fromkeys(warnings)) + spread_warnings(results["rows"])
     results = {
         "machine": machine,

@@ -7,6 +7,7 @@ import importlib.metadata
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 from typing import Optional
@@ -241,8 +242,70 @@ def load_info() -> dict:
 
 
 def busy(load: Optional[list], cores: int) -> bool:
-    """The load rule: the 1-minute load average exceeds the cores this process may use."""
+    """The load rule, for results without :func:`others_cpu` (another OS, older runs):
+    the 1-minute load average exceeds the cores this process may use. The load
+    counts the benchmark's own threads too, so on a quiet 2-core machine it ends
+    near 2."""
     return bool(load) and load[0] > cores
+
+
+# Other processes may keep at most this many cores busy on average during a judged run.
+OTHERS_LIMIT_CORES = 0.25
+
+# /proc/stat's per-CPU fields counted as busy: user nice system idle iowait irq softirq steal
+_BUSY_FIELDS = (0, 1, 2, 5, 6, 7)
+_STEAL_FIELD = 7
+
+
+def cpu_counters() -> Optional[dict]:
+    """CPU seconds so far: ``busy_s``, the busy time of the CPUs this process may
+    use (/proc/stat: user, nice, system, irq, softirq and steal, the time the
+    hypervisor gave to other machines), ``steal_s`` of it, and ``own_s``, this
+    process's user + system time (all its threads). None without /proc/stat."""
+    try:
+        cpus = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+        with open("/proc/stat") as f:
+            lines = [line.split() for line in f if line.startswith("cpu")]
+    except (OSError, AttributeError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    fields = [[int(v) for v in line[1:9]] for line in lines if line[0] in cpus]
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "busy_s": sum(f[i] for f in fields for i in _BUSY_FIELDS) / tick,
+        "steal_s": sum(f[_STEAL_FIELD] for f in fields) / tick,
+        "own_s": usage.ru_utime + usage.ru_stime,
+    }
+
+
+def others_cpu(start: Optional[dict], end: Optional[dict], wall_s: float) -> Optional[dict]:
+    """The cores other processes kept busy on average between two :func:`cpu_counters`
+    (``cores``: busy time not this process's, steal included, over the wall time), and
+    the hypervisor's steal alone (``steal_cores``). Unlike the load average it leaves
+    out the benchmark's own threads. None when either reading is missing."""
+    if not start or not end or wall_s <= 0:
+        return None
+    own = end["own_s"] - start["own_s"]
+    return {
+        "cores": max(0.0, end["busy_s"] - start["busy_s"] - own) / wall_s,
+        "steal_cores": (end["steal_s"] - start["steal_s"]) / wall_s,
+    }
+
+
+def others_busy(others: Optional[dict]) -> bool:
+    """The quiet rule: other processes kept more than :data:`OTHERS_LIMIT_CORES` busy."""
+    return bool(others) and others["cores"] > OTHERS_LIMIT_CORES
+
+
+def others_warning(others: Optional[dict], cores: int) -> Optional[str]:
+    """A warning when :func:`others_busy` says so."""
+    if others_busy(others):
+        return (
+            f"the machine was shared: other processes kept {others['cores']:.2f} of {cores} cores "
+            f"busy on average during the run (steal {others['steal_cores']:.2f}); timings and "
+            "speed-ups from this run are unreliable"
+        )
+    return None
 
 
 def busy_warning(info: dict, cores: int) -> Optional[str]:

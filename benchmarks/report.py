@@ -7,7 +7,7 @@ import math
 import os
 from typing import Optional
 
-from benchmarks.machine import busy
+from benchmarks.machine import OTHERS_LIMIT_CORES, busy, others_busy
 from benchmarks.peers import BASELINE, BASELINES
 
 __all__ = [
@@ -134,8 +134,13 @@ def iqr_share(row: dict) -> Optional[float]:
 
 
 def _load_reasons(results: dict) -> list:
-    """``["load 3.10 on 2 cores"]`` when the load rule (:func:`benchmarks.machine.busy`)
-    fired at the start or the end of the run (the 1-minute average), else ``[]``."""
+    """``["others used 0.60 cores"]`` when other processes kept the machine busy during
+    the run (:func:`benchmarks.machine.others_busy`); for results without that
+    reading, ``["load 3.10 on 2 cores"]`` when the 1-minute load average exceeded the
+    cores at the start or the end (:func:`benchmarks.machine.busy`); else ``[]``."""
+    others = results.get("others_cpu")
+    if others is not None:
+        return [f"others used {others['cores']:.2f} cores"] if others_busy(others) else []
     cores = results.get("machine", {}).get("cores")
     loads = [v for v in (results.get("load_average") or {}).values() if v]
     if not cores or not any(busy(load, cores) for load in loads):
@@ -193,9 +198,10 @@ def _peak_lines(results: dict) -> list:
 
 def _judging_rule() -> str:
     return (
-        f"- A verdict needs a quiet machine: **not judged** instead of met / not met when the "
-        f"1-minute load average exceeded the cores at the start or the end of the run, or a "
-        f"compared row's IQR exceeds {NOISY_SPREAD:.0%} of its median."
+        f"- A verdict needs a quiet machine: **not judged** instead of met / not met when other "
+        f"processes kept more than {OTHERS_LIMIT_CORES} cores busy on average during the run "
+        f"(/proc/stat's busy time less this process's CPU time, steal included), or a compared "
+        f"row's IQR exceeds {NOISY_SPREAD:.0%} of its median."
     )
 
 
@@ -318,6 +324,10 @@ def markdown(results: dict) -> str:
         lines.append(f"- Load average (1/5/15 min) at start {avg(load['start'])}, at end "
                      f"{avg(load['end'])}; CPU affinity {load['start'].get('affinity')}; "
                      f"thread settings {load['start'].get('threads') or 'defaults'}")  # fmt: skip
+    others = results.get("others_cpu")
+    if others:
+        lines.append(f"- Other processes during the run: {others['cores']:.2f} cores busy on average "
+                     f"(steal {others['steal_cores']:.2f}; /proc/stat less this process's CPU time)")
     for warning in results.get("warnings", []):
         lines.append(f"- **Warning:** {warning}")
     lines += ["", "## Speed-up relative to Flax", ""]
@@ -409,7 +419,9 @@ def markdown(results: dict) -> str:
         "warm-up, plus one more untimed step for PyTorch, which builds its Adam state and "
         f"oneDNN primitives lazily), each case runs {settings['min_repeats']} to {settings['repeats']} "
         f"rounds (as many as fit in about {settings['round_budget_s']} s), every peer once "
-        "per round, in an order rotated each round. "
+        "per round, in an order rotated each round; a peer's sample in a round is the mean of "
+        f"back-to-back steps lasting at least {settings.get('min_round_s', 0) * 1e3:.0f} ms "
+        "(`calls_per_round` in results.json). "
         f"Check tolerances: {json.dumps(settings['tolerances'])}."
     )
     plots = [p for p in PLOTS if p in results.get("plots", [])]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import math
 import random
 import resource
 import statistics
@@ -36,7 +37,7 @@ import numpy as np
 import lstm_jax as lj
 from benchmarks import peers as peers_lib
 from benchmarks.grid import Case, Config, Grid
-from benchmarks.machine import load_average, measure_flop_peak, nominal_peak
+from benchmarks.machine import cpu_counters, load_average, measure_flop_peak, nominal_peak, others_cpu
 
 __all__ = ["TOLERANCES", "CHECK_BATCH", "CHECK_TIME", "make_inputs", "run"]
 
@@ -167,6 +168,18 @@ def _stats(times: Sequence[float], tokens: int) -> dict:
     }
 
 
+# A round times back-to-back steps of one peer for at least this long (their mean is
+# the round's sample): one short step alone is at the mercy of a thread's wake-up.
+MIN_ROUND_S = 0.03
+MAX_CALLS_PER_ROUND = 32
+
+
+def calls_per_round(step_s: float) -> int:
+    """Steps per timed round for a step of ``step_s`` seconds: enough for
+    :data:`MIN_ROUND_S`, at most :data:`MAX_CALLS_PER_ROUND`."""
+    return int(min(MAX_CALLS_PER_ROUND, max(1, math.ceil(MIN_ROUND_S / max(step_s, 1e-9)))))
+
+
 def _run_case(case: Case, peers: list, grid: Grid, checker: _Checker, seed: int, note) -> list:
     config, workload = case.config, case.workload
     params, x, target = make_inputs(config, seed)
@@ -214,11 +227,12 @@ def _run_case(case: Case, peers: list, grid: Grid, checker: _Checker, seed: int,
             if not row["same_function"]:
                 row.update(status="invalid", note="differs from lstm_jax[scan]; not timed")
                 continue
-            row["warmup_s"] = row["first_step_s"]
             if prepared.extra_warmup:
-                start = time.perf_counter()
                 prepared.step()
-                row["warmup_s"] = time.perf_counter() - start
+            start = time.perf_counter()
+            prepared.step()
+            row["warmup_s"] = time.perf_counter() - start
+            row["calls_per_round"] = calls_per_round(row["warmup_s"])
             live.append((row, prepared))
         except peers_lib.Unsupported as reason:
             row.update(status="unsupported", note=str(reason))
@@ -226,7 +240,7 @@ def _run_case(case: Case, peers: list, grid: Grid, checker: _Checker, seed: int,
             row.update(status="error", note=f"{type(error).__name__}: {str(error)[:300]}")
 
     if live:
-        estimate = sum(row["warmup_s"] for row, _ in live)
+        estimate = sum(row["warmup_s"] * row["calls_per_round"] for row, _ in live)
         repeats = max(grid.min_repeats, min(grid.repeats, int(grid.budget_s / max(estimate, 1e-9))))
         times = {id(row): [] for row, _ in live}
         note(f"{config.label} {workload}: timing {len(live)} peers x {repeats} rounds")
@@ -234,8 +248,9 @@ def _run_case(case: Case, peers: list, grid: Grid, checker: _Checker, seed: int,
         for _ in range(repeats):
             for row, prepared in order.sample(live, len(live)):
                 start = time.perf_counter()
-                prepared.step()
-                times[id(row)].append(time.perf_counter() - start)
+                for _ in range(row["calls_per_round"]):
+                    prepared.step()
+                times[id(row)].append((time.perf_counter() - start) / row["calls_per_round"])
         for row, prepared in live:
             row.update(_stats(times[id(row)], config.batch * config.time))
             row.update(status="ok", repeats=repeats)
@@ -279,7 +294,7 @@ def run(
             log(f"peer {peer.name} unavailable: {reason}")
     checker = _Checker()
     rows = []
-    load_start = load_average()
+    load_start, counters_start, wall_start = load_average(), cpu_counters(), time.perf_counter()
     flop_peak = measure_flop_peak()
     log(f"float32 peak: {flop_peak / 1e9:.0f} GFLOP/s (jitted 2048^3 GEMM, best of 7); "
         f"load average {load_start}")  # fmt: skip
@@ -301,12 +316,14 @@ def run(
         "flop_peak": flop_peak,
         "nominal_peak": nominal_peak(),
         "load_average": {"start": load_start, "end": load_average()},
+        "others_cpu": others_cpu(counters_start, cpu_counters(), time.perf_counter() - wall_start),
         "cpu_s": _cpu_seconds() - cpu_start,
         "settings": {
             "seed": seed,
             "repeats": grid.repeats,
             "min_repeats": grid.min_repeats,
             "round_budget_s": grid.budget_s,
+            "min_round_s": MIN_ROUND_S,
             "learning_rate": peers_lib.LEARNING_RATE,
             "loss": "mean((ys - target)**2) in float32",
             "optimizer": "Adam (optax.adam / torch.optim.Adam), default betas and eps",

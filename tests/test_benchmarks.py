@@ -169,6 +169,30 @@ def test_noisy_rows_and_a_busy_machine_are_reported():
     assert "load average 3.50 > 2 cores" in machine.busy_warning({"loadavg_1_5_15": [3.5, 2, 1]}, 2)
 
 
+def test_other_processes_cpu_use_is_measured_without_the_benchmarks_own():
+    from benchmarks import machine
+
+    start = {"busy_s": 100.0, "steal_s": 1.0, "own_s": 5.0}
+    end = {"busy_s": 120.0, "steal_s": 2.0, "own_s": 22.0}  # 20 s busy, 17 s of them ours
+    others = machine.others_cpu(start, end, wall_s=10.0)
+    assert others == pytest.approx({"cores": 0.3, "steal_cores": 0.1})
+    assert machine.others_busy(others) and "kept 0.30 of 2 cores busy" in machine.others_warning(others, 2)
+    quiet = machine.others_cpu(start, {**end, "own_s": 24.0}, wall_s=10.0)
+    assert not machine.others_busy(quiet) and machine.others_warning(quiet, 2) is None
+    assert machine.others_cpu(None, end, 10.0) is None
+    reading = machine.cpu_counters()
+    if reading is not None:  # Linux
+        assert reading["busy_s"] >= reading["steal_s"] >= 0 and reading["own_s"] > 0
+
+
+def test_short_steps_are_timed_back_to_back():
+    from benchmarks import runner
+
+    assert runner.calls_per_round(1.0) == 1
+    assert runner.calls_per_round(runner.MIN_ROUND_S / 4) == 4
+    assert runner.calls_per_round(1e-7) == runner.MAX_CALLS_PER_ROUND
+
+
 def test_bound_tool_writes_results(tmp_path):
     from benchmarks import bound
 
@@ -245,6 +269,17 @@ def test_targets_are_not_judged_on_a_busy_machine_or_from_noisy_rows():
     assert "met |" not in busy and "target >= 2.0×: met" not in busy
     assert "| B8 | train | 8 | 2.50× | 1.25× |  |  | not judged (load 3.50 on 2 cores) |" in busy
     assert "(target >= 2.0×: not judged (load 3.50 on 2 cores))" in busy
+
+    # the load counts the benchmark's own threads: judged by what other processes used
+    shared = {"rows": rows, "machine": {"cores": 2}, "load_average": {"start": [2.3], "end": [2.3]}}
+    by_key = {((r["label"], r["workload"]), r["peer"]): r for r in rows}
+    geo = {(g["peer"], g["workload"]): g["geomean"] for g in report.geomeans(report.speedups(rows))}
+    own_load = "\n".join(report._target_lines({**shared, "others_cpu": {"cores": 0.1, "steal_cores": 0.0}},
+                                              by_key, geo))
+    assert "(target >= 2.0×: met)" in own_load
+    others = "\n".join(report._target_lines({**shared, "others_cpu": {"cores": 0.6, "steal_cores": 0.0}},
+                                            by_key, geo))
+    assert "(target >= 2.0×: not judged (others used 0.60 cores))" in others
 
     rows[2] = _timed("B8", "train", "torch", 10, iqr=0.3)  # PyTorch noisy in one case
     noisy = _targets_text(rows, [1.0, 1.0, 1.0])
