@@ -131,7 +131,7 @@ def measure_flop_peak(size: int = 2048, repeats: int = 7) -> float:
 
 
 # Nominal float32 FLOP per cycle and core by ISA: FMA pipes x float32 lanes x 2 (an FMA is
-# a multiply and an add). Nominal: e.g. AMD Zen 4 runs a 512-bit FMA as two 256-bit halves.
+# a multiply and an add); AMD Zen 4's AVX-512 is in flop_per_cycle.
 _FLOP_PER_CYCLE = (
     (("avx512f",), 64, "AVX-512: 2 FMA pipes x 16 float32 lanes x 2"),
     (("avx2", "fma"), 32, "AVX2 + FMA: 2 FMA pipes x 8 float32 lanes x 2"),
@@ -140,9 +140,13 @@ _FLOP_PER_CYCLE = (
 )
 
 
-def flop_per_cycle(flags) -> tuple[Optional[int], str]:
+def flop_per_cycle(flags, vendor: str = "", family: Optional[int] = None) -> tuple[Optional[int], str]:
     """Nominal float32 FLOP per cycle and core from the CPU's ISA ``flags`` (as in
-    /proc/cpuinfo), and how: ``(64, "AVX-512: ...")``; ``(None, why)`` when unknown."""
+    /proc/cpuinfo), and how: ``(64, "AVX-512: ...")``; ``(None, why)`` when unknown.
+    AMD Zen 4 (``vendor`` AuthenticAMD, CPU ``family`` 25 with AVX-512) runs a
+    512-bit FMA as two 256-bit halves: 32."""
+    if vendor == "AuthenticAMD" and family == 25 and "avx512f" in flags:
+        return 32, "AVX-512 on Zen 4 (CPU family 25): 2 FMA pipes x 8 float32 lanes x 2, 512-bit ops in two halves"
     for needed, flop, how in _FLOP_PER_CYCLE:
         if set(needed) <= set(flags):
             return flop, how
@@ -190,7 +194,10 @@ def nominal_peak() -> dict:
     (the CPUs this process may run on, which XLA's CPU client uses), with the source
     of each number. ``flops`` is None when one of them is unknown."""
     cpuinfo = _read_file("/proc/cpuinfo")
-    flop, isa = flop_per_cycle((_cpuinfo_field(cpuinfo, "flags") or "").split())
+    family = _cpuinfo_field(cpuinfo, "cpu family")
+    flop, isa = flop_per_cycle((_cpuinfo_field(cpuinfo, "flags") or "").split(),
+                               _cpuinfo_field(cpuinfo, "vendor_id") or "",
+                               int(family) if family and family.isdigit() else None)  # fmt: skip
     hz, clock_source = clock(_command_output(["lscpu"]), cpuinfo)
     cores = num_cores()
     return {

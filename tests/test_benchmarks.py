@@ -299,6 +299,8 @@ def test_nominal_peak_arithmetic_and_sources():
     assert machine.flop_per_cycle(["sse2", "avx", "avx2", "fma"])[0] == 32
     assert machine.flop_per_cycle(["sse2", "avx", "avx2"])[0] == 16  # no FMA
     assert machine.flop_per_cycle(["neon"]) == (None, "no x86 SIMD flags found (unknown ISA)")
+    zen4, zen5 = (["avx2", "fma", "avx512f"], "AuthenticAMD", 25), (["avx2", "fma", "avx512f"], "AuthenticAMD", 26)
+    assert machine.flop_per_cycle(*zen4)[0] == 32 and machine.flop_per_cycle(*zen5)[0] == 64
     cpuinfo = "processor\t: 0\ncpu MHz\t\t: 2596.124\nflags\t\t: fpu avx512f\n"
     assert machine.clock("", cpuinfo) == (2596.124e6, "/proc/cpuinfo 'cpu MHz' of the first CPU")
     assert machine.clock("CPU max MHz:  3700.0000\n", cpuinfo) == (3700e6, "lscpu 'CPU max MHz'")
