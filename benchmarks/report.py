@@ -51,7 +51,7 @@ def speedups(rows: list) -> list:
         key = _case_key(row)
         if _ok(row) and key in base:
             out.append({"label": row["label"], "workload": row["workload"], "peer": row["peer"],
-                        "speedup": base[key] / row["median_s"]})  # fmt: skip
+                        "tags": row.get("tags", []), "speedup": base[key] / row["median_s"]})  # fmt: skip
     return out
 
 
@@ -61,15 +61,20 @@ def _geomean(values: list) -> Optional[float]:
 
 def _group(row: dict) -> str:
     """The workload, ``" bf16"`` after it for bfloat16 cases, ``"GRU "`` before it for
-    GRU cases and ``"resets "`` for cases with resets: ``train``, ``GRU infer bf16``..."""
+    GRU cases, ``"resets "`` for cases with resets and ``"RL "`` for the RL case's shape
+    without them (tagged ``rl``; kept out of the targets' geomeans): ``train``, ``GRU
+    infer bf16``..."""
     label = row["label"]
-    prefix = ("GRU " if _is_gru(label) else "") + ("resets " if _has_resets(label) else "")
+    rl_plain = "rl" in row.get("tags", ()) and not _has_resets(label)
+    prefix = (("GRU " if _is_gru(label) else "") + ("resets " if _has_resets(label) else "")
+              + ("RL " if rl_plain else ""))  # fmt: skip
     return prefix + row["workload"] + (" bf16" if row["label"].endswith(" bf16") else "")
 
 
 def _group_order(group: str) -> tuple:
-    """LSTM before GRU, plain before resets, float32 before bf16, train before infer."""
-    return (group.startswith("GRU "), "resets " in group, group.endswith(" bf16"), "infer" in group)
+    """LSTM before GRU, plain before RL and resets, float32 before bf16, train before infer."""
+    return (group.startswith("GRU "), "RL " in group, "resets " in group, group.endswith(" bf16"),
+            "infer" in group)  # fmt: skip
 
 
 def _groups(rows: list) -> list:

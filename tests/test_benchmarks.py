@@ -185,6 +185,15 @@ def test_other_processes_cpu_use_is_measured_without_the_benchmarks_own():
         assert reading["busy_s"] >= reading["steal_s"] >= 0 and reading["own_s"] > 0
 
 
+def test_the_rl_shape_stays_out_of_the_targets_geomean():
+    rows = [_timed("B8", "train", FLAX, 20), _timed("B8", "train", "lstm_jax[auto]", 10),
+            {**_timed("B256", "train", FLAX, 30), "tags": ["rl"]},
+            {**_timed("B256", "train", "lstm_jax[auto]", 30), "tags": ["rl"]}]  # fmt: skip
+    geo = {(g["peer"], g["workload"]): g["geomean"] for g in report.geomeans(report.speedups(rows))}
+    assert geo["lstm_jax[auto]", "train"] == pytest.approx(2.0)
+    assert geo["lstm_jax[auto]", "RL train"] == pytest.approx(1.0)
+
+
 def test_short_steps_are_timed_back_to_back():
     from benchmarks import runner
 
