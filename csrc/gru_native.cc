@@ -21,6 +21,7 @@ namespace lstm_jax {
 namespace gru {
 namespace {
 
+// Both forward calls' operands; training also returns the saved activations.
 #define LSTM_JAX_GRU_FORWARD_ARGS                                                              \
   ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,                  \
       ffi::Buffer<ffi::F32> b_ih, ffi::Buffer<ffi::F32> w_hh, ffi::Buffer<ffi::F32> b_hh,      \
@@ -69,48 +70,6 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffe
 }  // namespace gru
 }  // namespace lstm_jax
 
-#define LSTM_JAX_EXPORT extern "C" __attribute__((visibility("default")))
-LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxGruForwardTrain(XLA_FFI_CallFrame*);
-LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxGruForwardInfer(XLA_FFI_CallFrame*);
-LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxGruBackward(XLA_FFI_CallFrame*);
-
-// Both forward calls' arguments and first results; training also returns act.
-static auto ForwardBinding() {
-  return ffi::Ffi::Bind()
-      .Ctx<ffi::ThreadPool>()
-      .Arg<ffi::Buffer<ffi::F32>>()  // xs
-      .Arg<ffi::Buffer<ffi::F32>>()  // w_ih
-      .Arg<ffi::Buffer<ffi::F32>>()  // b_ih
-      .Arg<ffi::Buffer<ffi::F32>>()  // w_hh
-      .Arg<ffi::Buffer<ffi::F32>>()  // b_hh
-      .Arg<ffi::Buffer<ffi::F32>>()  // h0
-      .Arg<ffi::Buffer<ffi::F32>>()  // mask
-      .Arg<ffi::Buffer<ffi::U8>>()   // valid
-      .Arg<ffi::Buffer<ffi::U8>>()   // starts (resets), or empty
-      .Arg<ffi::Buffer<ffi::F32>>()  // reset h, or empty
-      .Ret<ffi::Buffer<ffi::F32>>()  // ys
-      .Ret<ffi::Buffer<ffi::F32>>();  // h
-}
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxGruForwardTrain, lstm_jax::gru::ForwardTrain,
-                              ForwardBinding().Ret<ffi::Buffer<ffi::F32>>());  // act
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxGruForwardInfer, lstm_jax::gru::ForwardInfer, ForwardBinding());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxGruBackward, lstm_jax::gru::Backward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_hh
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // act
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // dys
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // dh
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // mask
-                                  .Arg<ffi::Buffer<ffi::U8>>()   // valid
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // ys
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
-                                  .Arg<ffi::Buffer<ffi::U8>>()   // starts (resets), or empty
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // reset h, or empty
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dz
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dh0
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dmask
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // reset h's gradient, or empty
-);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxGruForwardTrain, lstm_jax::gru::ForwardTrain);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxGruForwardInfer, lstm_jax::gru::ForwardInfer);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxGruBackward, lstm_jax::gru::Backward);

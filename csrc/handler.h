@@ -1,8 +1,14 @@
 // The handler skeleton, written once for every cell (handler.cc): shape
 // parsing, the loop over vmap axes, the empty cases (T = 0, B = 0), the
 // per-call problem and packed weights, and the call into the runtime. A
-// cell's handlers (lstm_native.cc, gru_native.cc, rnn_native.cc) bind its FFI
-// arguments and pass what only it has.
+// cell's handlers (lstm_native.cc, gru_native.cc, rnn_native.cc) take its FFI
+// operands and pass what only it has.
+//
+// A handler's signature is its binding (XLA_FFI_DEFINE_HANDLER_SYMBOL without
+// an explicit one): Buffer parameters are the arguments and ResultBuffer ones
+// the results, each in order; Attr<T, name> parameters are attributes, found
+// by name; the ThreadPool is the context. Adding an operand to a cell is
+// adding a parameter to its handlers.
 //
 // Shapes (N.. are vmap axes, ffi_call's broadcast_all, looped over; G = gates
 // * H and A = acts * H from the cell's Kernels): xs (N.., T, B, I), or with
@@ -17,6 +23,27 @@
 
 #include "recurrent.h"
 #include "xla/ffi/api/ffi.h"
+
+// The handlers the Python side loads by name (lstm_jax/kernels/native_ops.py, _TARGETS), each
+// defined in its cell's file; the build hides every other symbol.
+#define LSTM_JAX_EXPORT extern "C" __attribute__((visibility("default")))
+LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxForwardTrain(XLA_FFI_CallFrame*);  // lstm_native.cc
+LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxForwardInfer(XLA_FFI_CallFrame*);
+LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxBackward(XLA_FFI_CallFrame*);
+LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxGruForwardTrain(XLA_FFI_CallFrame*);  // gru_native.cc
+LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxGruForwardInfer(XLA_FFI_CallFrame*);
+LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxGruBackward(XLA_FFI_CallFrame*);
+LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxRnnForwardTrain(XLA_FFI_CallFrame*);  // rnn_native.cc
+LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxRnnForwardInfer(XLA_FFI_CallFrame*);
+LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxRnnBackward(XLA_FFI_CallFrame*);
+
+namespace xla::ffi {
+// The intra-op thread pool as a handler parameter, for bindings inferred from a signature.
+template <>
+struct CtxBinding<ThreadPool> {
+  using Ctx = ThreadPool;
+};
+}  // namespace xla::ffi
 
 namespace lstm_jax {
 

@@ -38,10 +38,16 @@ const Kernels* Chosen(bool bf16) { return bf16 ? LstmBf16Kernels() : &CellKernel
 
 ffi::Error NoBf16() { return ffi::Error::InvalidArgument("no bfloat16 kernels on this CPU"); }
 
+constexpr char kBatchMajor[] = "batch_major";
+constexpr char kBf16[] = "bf16";  // bfloat16 GEMM inputs
+
+// Both forward calls' operands; training also returns the saved activations and cell states
+// and, with bf16, the gradient GEMMs' bfloat16 operands.
 #define LSTM_JAX_FORWARD_ARGS                                                                       \
-  ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,     \
-      ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> w_hh, ffi::Buffer<ffi::F32> h0,            \
-      ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::U8> valid,            \
+  ffi::ThreadPool pool, ffi::Attr<bool, kBatchMajor> batch_major, ffi::Buffer<ffi::F32> xs,          \
+      ffi::Buffer<ffi::F32> w_ih, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> w_hh,          \
+      ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> mask,              \
+      ffi::Buffer<ffi::U8> valid,                                                                   \
       ffi::Buffer<ffi::U8> starts, ffi::Buffer<ffi::F32> reset_h, ffi::Buffer<ffi::F32> reset_c,   \
       ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_out,                           \
       ffi::ResultBuffer<ffi::F32> c_out
@@ -74,37 +80,38 @@ FwdCellBuffers Common(ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> c0, ffi:
 
 ffi::Error ForwardTrain(LSTM_JAX_FORWARD_ARGS, ffi::ResultBuffer<ffi::F32> act,
                         ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::BF16> xhT,
-                        ffi::ResultBuffer<ffi::BF16> w_ihT, bool bf16) {
-  const Kernels* kern = Chosen(bf16);
+                        ffi::ResultBuffer<ffi::BF16> w_ihT, ffi::Attr<bool, kBf16> bf16) {
+  const Kernels* kern = Chosen(*bf16);
   if (kern == nullptr) return NoBf16();
   FwdCellBuffers cell = Common(bias, c0, starts, reset_h, reset_c, c_out);
   cell.training = true;
   cell.act = act->typed_data();
   cell.cs = cs->typed_data();
-  if (bf16) {
+  if (*bf16) {
     cell.xhT = xhT->typed_data();
     TransposeBf16(w_ih, w_ihT->typed_data());
   }
-  return Forward(pool, *kern, batch_major, xs, w_ih, w_hh, h0, mask, valid, ys, h_out, cell);
+  return Forward(pool, *kern, *batch_major, xs, w_ih, w_hh, h0, mask, valid, ys, h_out, cell);
 }
 
-ffi::Error ForwardInfer(LSTM_JAX_FORWARD_ARGS, bool bf16) {
-  const Kernels* kern = Chosen(bf16);
+ffi::Error ForwardInfer(LSTM_JAX_FORWARD_ARGS, ffi::Attr<bool, kBf16> bf16) {
+  const Kernels* kern = Chosen(*bf16);
   if (kern == nullptr) return NoBf16();
-  return Forward(pool, *kern, batch_major, xs, w_ih, w_hh, h0, mask, valid, ys, h_out,
+  return Forward(pool, *kern, *batch_major, xs, w_ih, w_hh, h0, mask, valid, ys, h_out,
                  Common(bias, c0, starts, reset_h, reset_c, c_out));
 }
 
-ffi::Error Backward(ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32> w_hh, ffi::Buffer<ffi::F32> act,
-                    ffi::Buffer<ffi::F32> cs, ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> dys,
-                    ffi::Buffer<ffi::F32> dh_in, ffi::Buffer<ffi::F32> dc_in, ffi::Buffer<ffi::F32> mask,
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Attr<bool, kBatchMajor> batch_major,
+                    ffi::Buffer<ffi::F32> w_hh, ffi::Buffer<ffi::F32> act, ffi::Buffer<ffi::F32> cs,
+                    ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> dys, ffi::Buffer<ffi::F32> dh_in,
+                    ffi::Buffer<ffi::F32> dc_in, ffi::Buffer<ffi::F32> mask,
                     ffi::Buffer<ffi::U8> valid, ffi::Buffer<ffi::F32> ys, ffi::Buffer<ffi::F32> h0,
                     ffi::Buffer<ffi::U8> starts, ffi::Buffer<ffi::F32> reset_h, ffi::Buffer<ffi::F32> reset_c,
                     ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh_out,
                     ffi::ResultBuffer<ffi::F32> dc_out, ffi::ResultBuffer<ffi::F32> dm_out,
                     ffi::ResultBuffer<ffi::BF16> dzb, ffi::ResultBuffer<ffi::F32> d_reset_h,
-                    ffi::ResultBuffer<ffi::F32> d_reset_c, bool bf16) {
-  const Kernels* kern = Chosen(bf16);
+                    ffi::ResultBuffer<ffi::F32> d_reset_c, ffi::Attr<bool, kBf16> bf16) {
+  const Kernels* kern = Chosen(*bf16);
   if (kern == nullptr) return NoBf16();
   BwdCellBuffers cell;
   cell.act = act.typed_data();
@@ -112,83 +119,20 @@ ffi::Error Backward(ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32
   cell.c0 = c0.typed_data();
   cell.dc_in = dc_in.typed_data();
   cell.dc_out = dc_out->typed_data();
-  cell.dzb = bf16 ? dzb->typed_data() : nullptr;
+  cell.dzb = *bf16 ? dzb->typed_data() : nullptr;
   cell.starts = Data(starts);
   cell.reset_h = Data(reset_h);
   cell.reset_c = Data(reset_c);
   cell.d_reset_h = Data(*d_reset_h);
   cell.d_reset_c = Data(*d_reset_c);
-  return lstm_jax::Backward(pool, *kern, batch_major, w_hh, dys, dh_in, mask, valid, ys, h0, dz, dh_out, dm_out, cell);
+  return lstm_jax::Backward(pool, *kern, *batch_major, w_hh, dys, dh_in, mask, valid, ys, h0, dz, dh_out,
+                            dm_out, cell);
 }
 
 }  // namespace
 }  // namespace lstm
 }  // namespace lstm_jax
 
-#define LSTM_JAX_EXPORT extern "C" __attribute__((visibility("default")))
-LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxForwardTrain(XLA_FFI_CallFrame*);
-LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxForwardInfer(XLA_FFI_CallFrame*);
-LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxBackward(XLA_FFI_CallFrame*);
-
-
-// Both forward calls' first attribute, arguments and first results.
-static auto ForwardBinding() {
-  return ffi::Ffi::Bind()
-      .Ctx<ffi::ThreadPool>()
-      .Attr<bool>("batch_major")
-      .Arg<ffi::Buffer<ffi::F32>>()  // xs
-      .Arg<ffi::Buffer<ffi::F32>>()  // w_ih
-      .Arg<ffi::Buffer<ffi::F32>>()  // b
-      .Arg<ffi::Buffer<ffi::F32>>()  // w_hh
-      .Arg<ffi::Buffer<ffi::F32>>()  // h0
-      .Arg<ffi::Buffer<ffi::F32>>()  // c0
-      .Arg<ffi::Buffer<ffi::F32>>()  // mask
-      .Arg<ffi::Buffer<ffi::U8>>()   // valid
-      .Arg<ffi::Buffer<ffi::U8>>()   // starts (resets), or empty
-      .Arg<ffi::Buffer<ffi::F32>>()  // reset h, or empty
-      .Arg<ffi::Buffer<ffi::F32>>()  // reset c, or empty
-      .Ret<ffi::Buffer<ffi::F32>>()  // ys
-      .Ret<ffi::Buffer<ffi::F32>>()  // h
-      .Ret<ffi::Buffer<ffi::F32>>();  // c
-}
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxForwardTrain, lstm_jax::lstm::ForwardTrain,
-                              ForwardBinding()
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // act
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // cs
-                                  .Ret<ffi::Buffer<ffi::BF16>>() // xhT, or empty (float32)
-                                  .Ret<ffi::Buffer<ffi::BF16>>() // w_ih^T, or empty (float32)
-                                  .Attr<bool>("bf16")            // bfloat16 GEMM inputs
-);
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxForwardInfer, lstm_jax::lstm::ForwardInfer,
-                              ForwardBinding().Attr<bool>("bf16"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxBackward, lstm_jax::lstm::Backward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Attr<bool>("batch_major")
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_hh
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // act
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // cs
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // dys
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // dh
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // dc
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // mask
-                                  .Arg<ffi::Buffer<ffi::U8>>()   // valid
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // ys
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
-                                  .Arg<ffi::Buffer<ffi::U8>>()   // starts (resets), or empty
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // reset h, or empty
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // reset c, or empty
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dz
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dh0
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dc0
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dmask
-                                  .Ret<ffi::Buffer<ffi::BF16>>() // dz in bf16, or empty
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // reset h's gradient, or empty
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // reset c's gradient, or empty
-                                  .Attr<bool>("bf16")
-);
-
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxForwardTrain, lstm_jax::lstm::ForwardTrain);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxForwardInfer, lstm_jax::lstm::ForwardInfer);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxBackward, lstm_jax::lstm::Backward);

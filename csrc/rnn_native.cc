@@ -22,32 +22,26 @@ namespace {
 
 const Kernels& Chosen(bool relu) { return CellKernels(relu ? Cell::kRnnRelu : Cell::kRnnTanh); }
 
-#define LSTM_JAX_RNN_FORWARD_ARGS                                                                      \
-  ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih, ffi::Buffer<ffi::F32> b, \
-      ffi::Buffer<ffi::F32> w_hh, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> mask,                \
-      ffi::Buffer<ffi::U8> valid, ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_out,   \
-      bool relu
+constexpr char kRelu[] = "relu";
 
-ffi::Error Forward(LSTM_JAX_RNN_FORWARD_ARGS, bool training) {
+// Both forward calls; training differs from inference only in its thread split.
+template <bool kTraining>
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,
+                   ffi::Buffer<ffi::F32> b, ffi::Buffer<ffi::F32> w_hh, ffi::Buffer<ffi::F32> h0,
+                   ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::U8> valid, ffi::ResultBuffer<ffi::F32> ys,
+                   ffi::ResultBuffer<ffi::F32> h_out, ffi::Attr<bool, kRelu> relu) {
   FwdCellBuffers cell;
-  cell.training = training;
+  cell.training = kTraining;
   cell.bias = b.typed_data();
-  return lstm_jax::Forward(pool, Chosen(relu), false, xs, w_ih, w_hh, h0, mask, valid, ys, h_out, cell);
-}
-
-ffi::Error ForwardTrain(LSTM_JAX_RNN_FORWARD_ARGS) {
-  return Forward(pool, xs, w_ih, b, w_hh, h0, mask, valid, ys, h_out, relu, true);
-}
-
-ffi::Error ForwardInfer(LSTM_JAX_RNN_FORWARD_ARGS) {
-  return Forward(pool, xs, w_ih, b, w_hh, h0, mask, valid, ys, h_out, relu, false);
+  return lstm_jax::Forward(pool, Chosen(*relu), false, xs, w_ih, w_hh, h0, mask, valid, ys, h_out, cell);
 }
 
 ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffer<ffi::F32> dys,
                     ffi::Buffer<ffi::F32> dh_in, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::U8> valid,
                     ffi::Buffer<ffi::F32> ys, ffi::Buffer<ffi::F32> h0, ffi::ResultBuffer<ffi::F32> dz,
-                    ffi::ResultBuffer<ffi::F32> dh_out, ffi::ResultBuffer<ffi::F32> dm_out, bool relu) {
-  return lstm_jax::Backward(pool, Chosen(relu), false, w_hh, dys, dh_in, mask, valid, ys, h0, dz, dh_out,
+                    ffi::ResultBuffer<ffi::F32> dh_out, ffi::ResultBuffer<ffi::F32> dm_out,
+                    ffi::Attr<bool, kRelu> relu) {
+  return lstm_jax::Backward(pool, Chosen(*relu), false, w_hh, dys, dh_in, mask, valid, ys, h0, dz, dh_out,
                             dm_out, BwdCellBuffers());
 }
 
@@ -55,42 +49,6 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffe
 }  // namespace rnn
 }  // namespace lstm_jax
 
-#define LSTM_JAX_EXPORT extern "C" __attribute__((visibility("default")))
-LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxRnnForwardTrain(XLA_FFI_CallFrame*);
-LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxRnnForwardInfer(XLA_FFI_CallFrame*);
-LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxRnnBackward(XLA_FFI_CallFrame*);
-
-// Both forward calls bind the same arguments and results.
-static auto ForwardBinding() {
-  return ffi::Ffi::Bind()
-      .Ctx<ffi::ThreadPool>()
-      .Arg<ffi::Buffer<ffi::F32>>()  // xs
-      .Arg<ffi::Buffer<ffi::F32>>()  // w_ih
-      .Arg<ffi::Buffer<ffi::F32>>()  // b
-      .Arg<ffi::Buffer<ffi::F32>>()  // w_hh
-      .Arg<ffi::Buffer<ffi::F32>>()  // h0
-      .Arg<ffi::Buffer<ffi::F32>>()  // mask
-      .Arg<ffi::Buffer<ffi::U8>>()   // valid
-      .Ret<ffi::Buffer<ffi::F32>>()  // ys
-      .Ret<ffi::Buffer<ffi::F32>>()  // h
-      .Attr<bool>("relu");
-}
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxRnnForwardTrain, lstm_jax::rnn::ForwardTrain, ForwardBinding());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxRnnForwardInfer, lstm_jax::rnn::ForwardInfer, ForwardBinding());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxRnnBackward, lstm_jax::rnn::Backward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_hh
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // dys
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // dh
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // mask
-                                  .Arg<ffi::Buffer<ffi::U8>>()   // valid
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // ys
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dz
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dh0
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dmask
-                                  .Attr<bool>("relu")
-);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxRnnForwardTrain, lstm_jax::rnn::Forward<true>);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxRnnForwardInfer, lstm_jax::rnn::Forward<false>);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxRnnBackward, lstm_jax::rnn::Backward);

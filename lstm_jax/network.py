@@ -1,14 +1,16 @@
 """Stacked, bidirectional recurrent networks: ``lstm``, ``gru`` and ``rnn``.
 
-The data path: validate the arguments, move to a batched layout, then for each
-layer and direction call one layer function (``scan.scan_layer`` or a kernel
-chosen by ``backend``), apply dropout between layers, and gather the final
-states in PyTorch's ``(num_layers * num_directions, batch, features)`` layout.
+The data path (:func:`_network`, for all three): validate the arguments, move to
+a batched layout, then for each layer and direction call the kernel chosen by
+``backend`` (:func:`lstm_jax.kernels.dispatch.select_kernel`) with a
+:class:`~lstm_jax.kernels.call.LayerCall`, apply dropout between layers, and
+gather the final states in PyTorch's ``(num_layers * num_directions, batch,
+features)`` layout.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +18,8 @@ from jax import Array
 
 from lstm_jax import validation
 from lstm_jax.cells import Cell, gru_kind, lstm_kind, rnn_kind
-from lstm_jax.kernels import select_layer
+from lstm_jax.kernels.call import LayerCall, LayerOptions
+from lstm_jax.kernels.dispatch import select_kernel
 from lstm_jax.params import GRUParams, LSTMParams, LSTMState, RNNParams
 
 __all__ = ["lstm", "gru", "rnn"]
@@ -30,62 +33,6 @@ def _dropout(key: Array, x: Array, rate: float) -> Array:
 def _recurrent_mask(key: Array, shape: tuple, rate: float, dtype) -> Array:
     keep = jax.random.bernoulli(key, 1.0 - rate, shape)
     return keep.astype(dtype) / (1.0 - rate)
-
-
-def _run_stack(
-    cell: Cell,
-    params: Any,
-    xs: Array,
-    initial_carries: list,
-    *,
-    layer_fn: Callable,
-    seq_lengths: Optional[Array],
-    dropout: float,
-    recurrent_dropout: float,
-    key: Optional[Array],
-    unroll: int,
-    time_major: bool,
-    resets: Optional[Array] = None,
-    mask: Optional[Array] = None,
-) -> tuple[Array, list]:
-    """Run every layer and direction; returns the top layer's ys and the final carries.
-
-    ``initial_carries[layer * D + direction]`` is that layer-direction's carry
-    with a leading batch axis; the final carries come back in the same order.
-    ``resets`` and ``mask`` go to every layer function when given.
-    """
-    per_step = {k: v for k, v in (("resets", resets), ("mask", mask)) if v is not None}
-    num_directions = len(params.layers[0])
-    finals = []
-    layer_input = xs
-    for layer, layer_weights in enumerate(params.layers):
-        layer_key = None if key is None else jax.random.fold_in(key, layer)
-        if layer > 0 and dropout > 0.0:
-            layer_input = _dropout(jax.random.fold_in(layer_key, 0), layer_input, dropout)
-        outputs = []
-        for direction, weights in enumerate(layer_weights):
-            carry = initial_carries[layer * num_directions + direction]
-            dropout_mask = None
-            if recurrent_dropout > 0.0:
-                h = cell.output(carry)
-                mask_key = jax.random.fold_in(layer_key, 1 + direction)
-                dropout_mask = _recurrent_mask(mask_key, h.shape, recurrent_dropout, h.dtype)
-            ys, carry = layer_fn(
-                cell,
-                weights,
-                layer_input,
-                carry,
-                seq_lengths=seq_lengths,
-                reverse=direction == 1,
-                recurrent_mask=dropout_mask,
-                unroll=unroll,
-                time_major=time_major,
-                **per_step,
-            )
-            outputs.append(ys)
-            finals.append(carry)
-        layer_input = outputs[0] if num_directions == 1 else jnp.concatenate(outputs, axis=-1)
-    return layer_input, finals
 
 
 def _prepare(
@@ -141,12 +88,19 @@ def _prepare(
     return xs, seq_lengths, per_step[0], per_step[1], batched
 
 
-def _batch_size(xs: Array, time_major: bool) -> int:
-    return xs.shape[1] if time_major else xs.shape[0]
-
-
-def _param_dtype(params: Any):
-    return params.layers[0][0].w_hh.dtype
+def _initial_states(
+    params: Any, initial_state: Optional[tuple], names: tuple[str, ...], batch: int, batched: bool
+) -> tuple[Array, ...]:
+    """The initial state arrays named ``names``, each ``(L*D, B, F)``: ``initial_state``'s,
+    checked, or zeros."""
+    num_states = len(params.layers) * len(params.layers[0])
+    w_hh = params.layers[0][0].w_hh
+    features = (w_hh.shape[0], w_hh.shape[1] // 4)  # h: R (H without a projection); LSTM's c: H
+    shapes = [(num_states, batch, f) for f in features[: len(names)]]
+    if initial_state is None:
+        return tuple(jnp.zeros(shape, w_hh.dtype) for shape in shapes)
+    return tuple(_state_arrays(name, state, shape, batched, w_hh.dtype)
+                 for name, shape, state in zip(names, shapes, initial_state))  # fmt: skip
 
 
 def _state_arrays(
@@ -163,6 +117,77 @@ def _unbatch_outputs(ys: Array, batched: bool, time_major: bool) -> Array:
     if batched:
         return ys
     return ys[:, 0] if time_major else ys[0]
+
+
+def _network(
+    cell: Cell,
+    kind: str,
+    params: Any,
+    params_type: type,
+    init_name: str,
+    xs: Any,
+    *,
+    initial_state: Optional[tuple],
+    state_names: tuple[str, ...],
+    seq_lengths: Optional[Array],
+    resets: Optional[Array],
+    mask: Optional[Array],
+    dropout: float,
+    recurrent_dropout: float,
+    key: Optional[Array],
+    compute_dtype: Any,
+    unroll: int,
+    time_major: bool,
+    backend: str,
+    check_lengths: bool,
+    remat: bool | int,
+) -> tuple[Array, tuple[Array, ...]]:
+    """Check the arguments, run every layer and direction, gather the final states.
+
+    ``state_names`` names the state arrays (``"initial_state.h"``, ...);
+    ``initial_state`` is a tuple of them, ``(L*D, B, F)`` each (``(L*D, F)``
+    unbatched), or None for zeros. A cell's carry is the
+    tuple of its arrays' rows, or the one row for a single array. Returns
+    ``ys`` and the final state arrays in the caller's layout.
+    """
+    xs, seq_lengths, resets, mask, batched = _prepare(
+        params, params_type, init_name, xs, seq_lengths,
+        dropout=dropout, recurrent_dropout=recurrent_dropout, key=key,
+        unroll=unroll, time_major=time_major, check_lengths=check_lengths,
+        resets=resets, mask=mask,
+    )  # fmt: skip
+    kernel = select_kernel(backend, kind, remat=remat)
+    batch = xs.shape[1] if time_major else xs.shape[0]
+    states = _initial_states(params, initial_state, state_names, batch, batched)
+    num_directions = len(params.layers[0])
+    finals = []  # [L*D] lists of the final state arrays' rows
+    layer_input = xs
+    for layer, layer_weights in enumerate(params.layers):
+        layer_key = None if key is None else jax.random.fold_in(key, layer)
+        if layer > 0 and dropout > 0.0:
+            layer_input = _dropout(jax.random.fold_in(layer_key, 0), layer_input, dropout)
+        outputs = []
+        for direction, weights in enumerate(layer_weights):
+            rows = tuple(state[layer * num_directions + direction] for state in states)
+            carry = rows if len(rows) > 1 else rows[0]
+            dropout_mask = None
+            if recurrent_dropout > 0.0:
+                h = cell.output(carry)
+                mask_key = jax.random.fold_in(layer_key, 1 + direction)
+                dropout_mask = _recurrent_mask(mask_key, h.shape, recurrent_dropout, h.dtype)
+            options = LayerOptions(
+                seq_lengths=seq_lengths, reverse=direction == 1, recurrent_mask=dropout_mask,
+                unroll=unroll, time_major=time_major, mask=mask, resets=resets,
+                compute_dtype=compute_dtype,
+            )  # fmt: skip
+            ys, carry = kernel(LayerCall(cell, weights, layer_input, carry, options))
+            outputs.append(ys)
+            finals.append(jax.tree.leaves(carry))
+        layer_input = outputs[0] if num_directions == 1 else jnp.concatenate(outputs, axis=-1)
+    final_states = tuple(jnp.stack(rows) for rows in zip(*finals))  # each [L*D, B, F]
+    if not batched:
+        final_states = tuple(state[:, 0] for state in final_states)
+    return _unbatch_outputs(layer_input, batched, time_major), final_states
 
 
 def lstm(
@@ -234,91 +259,20 @@ def lstm(
     >>> ys.shape, state.h.shape
     ((4, 5, 16), (4, 4, 8))
     """
-    xs, seq_lengths, resets, mask, batched = _prepare(
-        params, LSTMParams, "init_lstm", xs, seq_lengths,
-        dropout=dropout, recurrent_dropout=recurrent_dropout, key=key,
-        unroll=unroll, time_major=time_major, check_lengths=check_lengths,
-        resets=resets, mask=mask,
+    is_pair = isinstance(initial_state, tuple) and len(initial_state) == 2
+    if initial_state is not None and not is_pair:
+        raise TypeError(
+            f"initial_state must be an LSTMState(h, c), got {type(initial_state).__name__}."
+        )
+    ys, (h, c) = _network(
+        lstm_kind(compute_dtype=compute_dtype), "lstm", params, LSTMParams, "init_lstm", xs,
+        initial_state=initial_state,
+        state_names=("initial_state.h", "initial_state.c"),
+        seq_lengths=seq_lengths, resets=resets, mask=mask, dropout=dropout,
+        recurrent_dropout=recurrent_dropout, key=key, compute_dtype=compute_dtype, unroll=unroll,
+        time_major=time_major, backend=backend, check_lengths=check_lengths, remat=remat,
     )  # fmt: skip
-    num_directions = len(params.layers[0])
-    num_states = len(params.layers) * num_directions
-    first = params.layers[0][0]
-    hidden = first.w_hh.shape[1] // 4
-    out_size = first.w_hh.shape[0]
-    batch = _batch_size(xs, time_major)
-    dtype = _param_dtype(params)
-    if initial_state is None:
-        h0 = jnp.zeros((num_states, batch, out_size), dtype)
-        c0 = jnp.zeros((num_states, batch, hidden), dtype)
-    else:
-        if not (isinstance(initial_state, tuple) and len(initial_state) == 2):
-            raise TypeError(
-                f"initial_state must be an LSTMState(h, c), got {type(initial_state).__name__}."
-            )
-        h0 = _state_arrays("initial_state.h", initial_state[0], (num_states, batch, out_size), batched, dtype)
-        c0 = _state_arrays("initial_state.c", initial_state[1], (num_states, batch, hidden), batched, dtype)
-    ys, finals = _run_stack(
-        lstm_kind(compute_dtype=compute_dtype), params, xs,
-        [(h0[k], c0[k]) for k in range(num_states)],
-        layer_fn=select_layer(backend, "lstm", compute_dtype=compute_dtype, remat=remat),
-        seq_lengths=seq_lengths, resets=resets, mask=mask,
-        dropout=dropout, recurrent_dropout=recurrent_dropout, key=key,
-        unroll=unroll, time_major=time_major,
-    )  # fmt: skip
-    h = jnp.stack([f[0] for f in finals])
-    c = jnp.stack([f[1] for f in finals])
-    if not batched:
-        h, c = h[:, 0], c[:, 0]
-    return _unbatch_outputs(ys, batched, time_major), LSTMState(h, c)
-
-
-def _single_state_network(
-    cell: Cell,
-    kind: str,
-    params: Any,
-    params_type: type,
-    init_name: str,
-    xs: Any,
-    *,
-    initial_state: Optional[Array],
-    seq_lengths: Optional[Array],
-    resets: Optional[Array],
-    mask: Optional[Array],
-    dropout: float,
-    recurrent_dropout: float,
-    key: Optional[Array],
-    unroll: int,
-    time_major: bool,
-    backend: str,
-    check_lengths: bool,
-    remat: bool | int = False,
-    compute_dtype=None,
-) -> tuple[Array, Array]:
-    """GRU and RNN: networks whose state is a single array ``h``."""
-    xs, seq_lengths, resets, mask, batched = _prepare(
-        params, params_type, init_name, xs, seq_lengths,
-        dropout=dropout, recurrent_dropout=recurrent_dropout, key=key,
-        unroll=unroll, time_major=time_major, check_lengths=check_lengths,
-        resets=resets, mask=mask,
-    )  # fmt: skip
-    num_states = len(params.layers) * len(params.layers[0])
-    hidden = params.layers[0][0].w_hh.shape[0]
-    batch = _batch_size(xs, time_major)
-    dtype = _param_dtype(params)
-    shape = (num_states, batch, hidden)
-    if initial_state is None:
-        h0 = jnp.zeros(shape, dtype)
-    else:
-        h0 = _state_arrays("initial_state", initial_state, shape, batched, dtype)
-    ys, finals = _run_stack(
-        cell, params, xs, [h0[k] for k in range(num_states)],
-        layer_fn=select_layer(backend, kind, compute_dtype=compute_dtype, remat=remat),
-        seq_lengths=seq_lengths,
-        resets=resets, mask=mask, dropout=dropout, recurrent_dropout=recurrent_dropout, key=key,
-        unroll=unroll, time_major=time_major,
-    )  # fmt: skip
-    h = jnp.stack(finals)
-    return _unbatch_outputs(ys, batched, time_major), h if batched else h[:, 0]
+    return ys, LSTMState(h, c)
 
 
 def gru(
@@ -352,14 +306,15 @@ def gru(
     >>> ys.shape, h.shape
     ((4, 5, 8), (1, 4, 8))
     """
-    return _single_state_network(
+    ys, (h,) = _network(
         gru_kind(compute_dtype=compute_dtype), "gru", params, GRUParams, "init_gru", xs,
-        initial_state=initial_state, seq_lengths=seq_lengths, resets=resets, mask=mask,
-        dropout=dropout,
-        recurrent_dropout=recurrent_dropout, key=key, unroll=unroll,
-        time_major=time_major, backend=backend, check_lengths=check_lengths,
-        remat=remat, compute_dtype=compute_dtype,
+        initial_state=None if initial_state is None else (initial_state,),
+        state_names=("initial_state",), seq_lengths=seq_lengths, resets=resets, mask=mask,
+        dropout=dropout, recurrent_dropout=recurrent_dropout, key=key,
+        compute_dtype=compute_dtype, unroll=unroll, time_major=time_major, backend=backend,
+        check_lengths=check_lengths, remat=remat,
     )  # fmt: skip
+    return ys, h
 
 
 def rnn(
@@ -390,12 +345,13 @@ def rnn(
     >>> ys.shape, h.shape
     ((5, 8), (1, 8))
     """
-    return _single_state_network(
+    ys, (h,) = _network(
         rnn_kind(nonlinearity=nonlinearity, compute_dtype=compute_dtype), "rnn",
         params, RNNParams, "init_rnn", xs,
-        initial_state=initial_state, seq_lengths=seq_lengths, resets=resets, mask=mask,
-        dropout=dropout,
-        recurrent_dropout=recurrent_dropout, key=key, unroll=unroll,
-        time_major=time_major, backend=backend, check_lengths=check_lengths,
-        remat=remat, compute_dtype=compute_dtype,
+        initial_state=None if initial_state is None else (initial_state,),
+        state_names=("initial_state",), seq_lengths=seq_lengths, resets=resets, mask=mask,
+        dropout=dropout, recurrent_dropout=recurrent_dropout, key=key,
+        compute_dtype=compute_dtype, unroll=unroll, time_major=time_major, backend=backend,
+        check_lengths=check_lengths, remat=remat,
     )  # fmt: skip
+    return ys, h

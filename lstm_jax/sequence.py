@@ -1,23 +1,28 @@
 """Sequence plumbing every layer implementation shares: time-major views, reversal of each
 sequence's valid part, validity masks, reset flags and the carry behind masked steps.
 
-:func:`over_time` is the one place a layer's batch-major or time-major, ragged,
-reversed, masked or reset call is turned into a time-major run over
-``(T, B, ...)`` and back; ``scan.scan_layer`` (the reference) and every kernel
-call it. Nothing here knows about cells, layers or PyTorch.
+:func:`prepare_steps` is the one place a layer's batch-major or time-major,
+ragged, reversed, masked or reset call is turned into a time-major run over
+``(T, B, ...)``, and :func:`restore_outputs` the one place its outputs are
+turned back; every kernel calls the two around its recurrence, or
+:func:`over_time`, which calls them around a function (``scan.scan_layer``,
+the reference). Nothing here knows about cells, layers or PyTorch.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 from jax import Array
 
 __all__ = [
+    "Steps",
     "carried_outputs",
     "over_time",
+    "prepare_steps",
+    "restore_outputs",
     "reverse_sequences",
     "segment_starts",
     "valid_mask",
@@ -105,8 +110,19 @@ def segment_starts(resets: Array, seq_lengths: Optional[Array], reverse: bool) -
     return reverse_sequences(ends, seq_lengths)
 
 
-def over_time(
-    run: Callable[..., tuple[Array, Any]],
+class Steps(NamedTuple):
+    """A layer's inputs in processing order (:func:`prepare_steps`), and how its outputs go back."""
+
+    xs: Array  # (T, B, I), valid parts reversed for reverse; (B, T, I) if batch_major
+    valid: Optional[Array]  # (T, B) bool, None where every step is valid
+    starts: Optional[Array]  # (T, B) bool, segment_starts of resets; None without resets
+    batch_major: bool  # xs, and the outputs the run returns, are (B, T, ...)
+    time_major: bool  # the caller's layout
+    reverse: bool
+    seq_lengths: Optional[Array]  # (B,) int
+
+
+def prepare_steps(
     xs: Array,
     *,
     seq_lengths: Optional[Array],
@@ -114,38 +130,38 @@ def over_time(
     time_major: bool,
     mask: Optional[Array] = None,
     resets: Optional[Array] = None,
-    run_batch_major: bool = False,
-) -> tuple[Array, Any]:
-    """The sequence plumbing every layer implementation shares.
+    batch_major_ok: bool = False,
+) -> Steps:
+    """The sequence plumbing before a layer's recurrence.
 
-    Calls ``run(xs, valid)`` with ``xs`` time-major ``(T, B, I)`` and, for
-    ``reverse``, each sequence's valid part reversed; ``valid`` is the
-    ``(T, B)`` mask of :func:`valid_mask` and-ed with ``mask`` (None without
-    either). With ``resets``, calls ``run(xs, valid, starts)`` instead, with
-    ``starts`` from :func:`segment_starts`. ``mask`` and ``resets`` are
-    ``(B, T)`` bool (``(T, B)`` with ``time_major``). ``run`` returns
-    time-major ``ys (T, B, O)`` and its final carry; ``ys`` is reversed back
-    and returned in the caller's layout.
+    ``xs`` becomes time-major ``(T, B, I)`` with, for ``reverse``, each
+    sequence's valid part reversed; ``valid`` is the ``(T, B)`` mask of
+    :func:`valid_mask` and-ed with ``mask`` (None without either); ``starts``
+    the :func:`segment_starts` of ``resets`` (None without). ``mask`` and
+    ``resets`` are ``(B, T)`` bool (``(T, B)`` with ``time_major``). The
+    recurrence returns time-major ``ys (T, B, O)`` in that processing order,
+    which :func:`restore_outputs` turns back into the caller's layout.
 
     Reversing a sequence's whole valid part is right for any ``mask``: a
     masked step leaves the carry unchanged wherever it sits.
 
-    Inputs at invalid steps are replaced by zeros before ``run`` sees them, so
-    that whatever they hold (NaN, inf) every layer computes finite values
-    there: the mask after the cell selects the old carry, but its backward
-    multiplies the discarded branch's derivatives by zero, and ``0 * NaN`` is
-    NaN. The gradient w.r.t. those inputs is then exactly zero.
+    Inputs at invalid steps are replaced by zeros, so that whatever they hold
+    (NaN, inf) every layer computes finite values there: the mask after the
+    cell selects the old carry, but its backward multiplies the discarded
+    branch's derivatives by zero, and ``0 * NaN`` is NaN. The gradient w.r.t.
+    those inputs is then exactly zero.
 
-    With ``run_batch_major`` (a kernel that reads either layout), batch-major
+    With ``batch_major_ok`` (a recurrence that reads either layout), batch-major
     calls without ``reverse``, ``mask`` or ``resets`` skip the two transposed
-    copies: ``run(xs, valid, batch_major=True)`` gets ``xs (B, T, I)`` (``valid``
-    still ``(T, B)``) and returns ``ys (B, T, O)``.
+    copies: ``xs`` stays ``(B, T, I)`` (``valid`` is still ``(T, B)``), the
+    recurrence returns ``ys (B, T, O)``, and ``batch_major`` is True.
     """
-    if run_batch_major and not time_major and not reverse and mask is None and resets is None:
+    layout = dict(time_major=time_major, reverse=reverse, seq_lengths=seq_lengths)
+    if batch_major_ok and not time_major and not reverse and mask is None and resets is None:
         valid = valid_mask(xs.shape[1], seq_lengths)
         if valid is not None:
             xs = jnp.where(valid.T[:, :, None], xs, jnp.zeros_like(xs))
-        return run(xs, valid, batch_major=True)
+        return Steps(xs, valid, None, batch_major=True, **layout)
     if not time_major:
         xs = jnp.swapaxes(xs, 0, 1)  # [T, B, I]
         mask = None if mask is None else mask.T  # [T, B]
@@ -158,12 +174,40 @@ def over_time(
         valid = mask if valid is None else valid & mask
     if valid is not None:
         xs = jnp.where(valid[:, :, None], xs, jnp.zeros_like(xs))
-    if resets is None:
-        ys, final = run(xs, valid)
-    else:
-        ys, final = run(xs, valid, segment_starts(resets, seq_lengths, reverse))
-    if reverse:
-        ys = reverse_sequences(ys, seq_lengths)
-    if not time_major:
+    starts = None if resets is None else segment_starts(resets, seq_lengths, reverse)
+    return Steps(xs, valid, starts, batch_major=False, **layout)
+
+
+def restore_outputs(steps: Steps, ys: Array) -> Array:
+    """The recurrence's outputs ``ys`` (in ``steps``' processing order and layout) in the
+    caller's layout, each sequence's valid part reversed back for ``reverse``."""
+    if steps.batch_major:
+        return ys
+    if steps.reverse:
+        ys = reverse_sequences(ys, steps.seq_lengths)
+    if not steps.time_major:
         ys = jnp.swapaxes(ys, 0, 1)  # [B, T, O]
-    return ys, final
+    return ys
+
+
+def over_time(
+    run: Callable[..., tuple[Array, Any]],
+    xs: Array,
+    *,
+    seq_lengths: Optional[Array],
+    reverse: bool,
+    time_major: bool,
+    mask: Optional[Array] = None,
+    resets: Optional[Array] = None,
+) -> tuple[Array, Any]:
+    """``run`` between :func:`prepare_steps` and :func:`restore_outputs`.
+
+    Calls ``run(xs, valid)`` (``run(xs, valid, starts)`` with ``resets``) on the
+    prepared :class:`Steps`; ``run`` returns time-major ``ys (T, B, O)`` and its
+    final carry.
+    """
+    steps = prepare_steps(xs, seq_lengths=seq_lengths, reverse=reverse, time_major=time_major,
+                          mask=mask, resets=resets)  # fmt: skip
+    per_step = (steps.valid,) if steps.starts is None else (steps.valid, steps.starts)
+    ys, final = run(steps.xs, *per_step)
+    return restore_outputs(steps, ys), final

@@ -5,6 +5,11 @@ the arguments of :func:`lstm_jax.scan.scan_layer` are gathered once, at the
 boundary (:func:`as_layer`, :func:`layer_call`), instead of being restated by
 each kernel. :class:`KernelSpec` is one row of the kernel table
 (:data:`lstm_jax.kernels.dispatch.KERNELS`).
+
+A :class:`LayerCall` is a pytree whose leaves are its arrays (the cell and
+the static options are its structure), so it is itself the operand of a
+per-platform conditional (:func:`lstm_jax.kernels.platform.per_platform`):
+the kernels are the branches, with no adapter between.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from lstm_jax.cells import Cell
 from lstm_jax.scan import scan_layer
 
 __all__ = ["Kernel", "KernelSpec", "LayerCall", "LayerOptions", "PER_STEP", "as_layer", "layer_call",
-           "per_platform_call", "scan_kernel"]  # fmt: skip
+           "scan_kernel"]  # fmt: skip
 
 # the per-step options, which a kernel takes or not (KernelSpec.per_step)
 PER_STEP = ("mask", "resets")
@@ -50,6 +55,28 @@ class LayerCall(NamedTuple):
     def per_step(self) -> tuple[str, ...]:
         """The per-step options (:data:`PER_STEP`) this call gives."""
         return tuple(name for name in PER_STEP if getattr(self.options, name) is not None)
+
+
+# the array fields of the options: pytree children; the others are static structure
+_ARRAY_OPTIONS = ("seq_lengths", "recurrent_mask", "mask", "resets", "reset_to")
+_STATIC_OPTIONS = tuple(name for name in LayerOptions._fields if name not in _ARRAY_OPTIONS)
+
+
+def _flatten_options(options: LayerOptions) -> tuple[tuple, tuple]:
+    arrays = tuple(getattr(options, name) for name in _ARRAY_OPTIONS)
+    return arrays, tuple(getattr(options, name) for name in _STATIC_OPTIONS)
+
+
+def _unflatten_options(static: tuple, arrays) -> LayerOptions:
+    return LayerOptions(**dict(zip(_ARRAY_OPTIONS, arrays)), **dict(zip(_STATIC_OPTIONS, static)))
+
+
+jax.tree_util.register_pytree_node(LayerOptions, _flatten_options, _unflatten_options)
+jax.tree_util.register_pytree_node(
+    LayerCall,
+    lambda call: ((call.weights, call.xs, call.initial_carry, call.options), call.cell),
+    lambda cell, children: LayerCall(cell, *children),
+)
 
 
 Kernel = Callable[[LayerCall], tuple[Array, Any]]
@@ -126,29 +153,3 @@ def scan_kernel(call: LayerCall):
     options = call.options._asdict()
     del options["compute_dtype"]
     return scan_layer(call.cell, call.weights, call.xs, call.initial_carry, **options)
-
-
-# the array fields of a call: the operands of a per-platform conditional
-_ARRAY_OPTIONS = ("seq_lengths", "recurrent_mask", "mask", "resets", "reset_to")
-
-
-def per_platform_call(call: LayerCall, kernels: dict[str, Kernel], default: Kernel):
-    """``kernels[platform](call)`` for the platform the call is lowered for, else ``default``
-    (as :func:`lstm_jax.kernels.platform.per_platform`); each distinct kernel is one branch."""
-    branches = {}
-
-    def branch(kernel):
-        if kernel not in branches:
-            def run(weights, xs, initial_carry, *arrays):
-                options = call.options._replace(**dict(zip(_ARRAY_OPTIONS, arrays)))
-                return kernel(LayerCall(call.cell, weights, xs, initial_carry, options))
-
-            branches[kernel] = run
-        return branches[kernel]
-
-    special = {p: branch(k) for p, k in kernels.items() if k is not default}
-    if not special:  # no conditional at all
-        return default(call)
-    arrays = tuple(getattr(call.options, name) for name in _ARRAY_OPTIONS)
-    args = (call.weights, call.xs, call.initial_carry, *arrays)
-    return jax.lax.platform_dependent(*args, default=branch(default), **special)

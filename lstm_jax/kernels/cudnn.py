@@ -40,8 +40,8 @@ from jax import Array
 
 from lstm_jax.cells import Cell
 from lstm_jax.kernels.fused import unsupported_variant
-from lstm_jax.kernels.call import KernelSpec, LayerCall, layer_call, per_platform_call, scan_kernel
-from lstm_jax.kernels.platform import platform_only
+from lstm_jax.kernels.call import KernelSpec, LayerCall, layer_call, scan_kernel
+from lstm_jax.kernels.platform import per_platform, platform_only
 from lstm_jax.params import LSTMWeights
 from lstm_jax.sequence import reverse_sequences
 
@@ -212,7 +212,7 @@ def cudnn_or_scan(call: LayerCall):
     if jax.default_backend() != "gpu":
         _fallback(f"cuDNN runs only where this is lowered for cuda; the default backend is "
                   f"{jax.default_backend()!r}")  # fmt: skip
-    return per_platform_call(call, {"cuda": cudnn_kernel}, scan_kernel)
+    return per_platform({"cuda": cudnn_kernel}, scan_kernel)(call)
 
 
 CUDNN = KernelSpec("lstm", "cudnn", cudnn_kernel, auto_why_not=cudnn_unsupported,

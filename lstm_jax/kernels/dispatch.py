@@ -22,17 +22,18 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
-from lstm_jax.kernels.call import Kernel, KernelSpec, LayerCall, as_layer, per_platform_call, scan_kernel
+from lstm_jax.kernels.call import Kernel, KernelSpec, LayerCall, as_layer, scan_kernel
 from lstm_jax.kernels.cudnn import CUDNN
 from lstm_jax.kernels.fused import FUSED
 from lstm_jax.kernels.native import NATIVE_LSTM
 from lstm_jax.kernels.native_gru import NATIVE_GRU
 from lstm_jax.kernels.native_rnn import NATIVE_RNN
 from lstm_jax.kernels.pallas import PALLAS
+from lstm_jax.kernels.platform import per_platform
 from lstm_jax.kernels.remat import check_remat, remat_kernel
 from lstm_jax.kernels.shared import shared_vjp_layer
 
-__all__ = ["AUTO", "BACKENDS", "KERNELS", "auto_kernel", "select_layer"]
+__all__ = ["AUTO", "BACKENDS", "KERNELS", "auto_kernel", "select_kernel", "select_layer"]
 
 # (cell kind, backend) -> its kernel; a kernel's options are in its own module
 KERNELS: dict[tuple[str, str], KernelSpec] = {
@@ -91,7 +92,7 @@ def auto_kernel(kind: str) -> Kernel:
         default = _choose(kind, None, call)
         chosen = {p: _choose(kind, p, call) for p in AUTO[kind] if p is not None}
         if default.forward is None or call.per_step():  # the shared forwards take no per-step option
-            return per_platform_call(call, {p: s.layer for p, s in chosen.items()}, default.layer)
+            return per_platform({p: s.layer for p, s in chosen.items()}, default.layer)(call)
         forwards = {p: s.forward for p, s in chosen.items() if s.forward is not None}
         forwards[None] = default.forward
 
@@ -99,31 +100,22 @@ def auto_kernel(kind: str) -> Kernel:
             return shared_vjp_layer(forwards, call)
 
         own_vjp = {p: s.layer for p, s in chosen.items() if s.forward is None}
-        return per_platform_call(call, own_vjp, shared)
+        return per_platform(own_vjp, shared)(call)
 
     return run_auto
 
 
-def select_layer(
-    backend: str,
-    kind: str,
-    *,
-    compute_dtype: Optional[Any] = None,
-    remat: Union[bool, int] = False,
-):
-    """The layer function for ``backend`` and cell ``kind`` (``"lstm"``, ``"gru"``, ``"rnn"``).
+def select_kernel(backend: str, kind: str, *, remat: Union[bool, int] = False) -> Kernel:
+    """The kernel for ``backend`` and cell ``kind`` (``"lstm"``, ``"gru"``, ``"rnn"``).
 
     Args:
       backend: ``"auto"`` or a key of :data:`BACKENDS`.
       kind: the cell kind.
-      compute_dtype: matmul input dtype, given to the kernels (the ``scan``
-        backend reads it from the cell instead).
       remat: False, True (checkpoint blocks of ``ceil(sqrt(T))`` steps) or a
         positive integer block size.
 
     Returns:
-      A function with the signature of :func:`lstm_jax.scan.scan_layer`; its
-      ``kernel`` attribute is the kernel it runs.
+      ``kernel(call: LayerCall) -> (ys, final_carry)``.
     """
     check_remat(remat)
     if backend not in ("auto", *BACKENDS):
@@ -134,6 +126,18 @@ def select_layer(
         kernel = KERNELS[kind, backend].run
     else:
         raise ValueError(f"backend={backend!r} does not implement {kind}; use backend='scan'.")
-    if remat:
-        kernel = remat_kernel(kernel, remat)
-    return as_layer(kernel, compute_dtype)
+    return remat_kernel(kernel, remat) if remat else kernel
+
+
+def select_layer(
+    backend: str,
+    kind: str,
+    *,
+    compute_dtype: Optional[Any] = None,
+    remat: Union[bool, int] = False,
+):
+    """:func:`select_kernel` as a function with the signature of :func:`lstm_jax.scan.scan_layer`
+    (``compute_dtype``: the matmul input dtype given to the kernels; the ``scan`` backend
+    reads it from the cell instead). Its ``kernel`` attribute is the kernel it runs.
+    """
+    return as_layer(select_kernel(backend, kind, remat=remat), compute_dtype)

@@ -64,13 +64,14 @@ from lstm_jax.kernels.native_ops import (
     ffi_call,
     is_bf16,
     native_op,
+    native_steps,
     optional_operand,
     reference_recurrence,
-    start_flags,
+    reset_carry,
     why_not,
 )
 from lstm_jax.params import LSTMWeights
-from lstm_jax.sequence import carried_outputs, over_time
+from lstm_jax.sequence import carried_outputs, restore_outputs
 
 __all__ = ["NATIVE_LSTM", "native_lstm_kernel", "native_lstm_layer", "native_lstm_why_not"]
 
@@ -210,26 +211,15 @@ def native_lstm_kernel(call: LayerCall):
     """The native LSTM layer for a call :func:`native_lstm_why_not` accepts (``mask``,
     ``resets`` and ``reset_to`` included)."""
     weights, options = call.weights, call.options
-    static_bf16 = is_bf16(options.compute_dtype)
+    steps, per_step = native_steps(call, batch_major_ok=True)
     h0, c0 = (jnp.asarray(a, jnp.float32) for a in call.initial_carry)
-    reset_to = call.initial_carry if options.reset_to is None else options.reset_to
+    resets = reset_carry(call) or (None, None)
     dropout = None if options.recurrent_mask is None else jnp.asarray(options.recurrent_mask, jnp.float32)
-
-    def run(xs, valid, starts=None, batch_major=False):
-        valid = None if valid is None else valid.astype(jnp.uint8)
-        resets = (None, None)
-        if starts is not None:
-            resets = tuple(jnp.asarray(a, jnp.float32) for a in reset_to)
-            starts = start_flags(starts, options.reverse)
-        inputs = (weights.w_ih, weights.b, weights.w_hh, xs.astype(jnp.float32), h0, c0, dropout,
-                  *resets)  # fmt: skip
-        static = (batch_major, static_bf16, options.mask is not None)
-        ys, h, c = _recurrence(static, inputs, (valid, starts))
-        return ys, (h, c)
-
-    return over_time(run, call.xs, seq_lengths=options.seq_lengths, reverse=options.reverse,
-                     time_major=options.time_major, mask=options.mask, resets=options.resets,
-                     run_batch_major=True)  # fmt: skip
+    inputs = (weights.w_ih, weights.b, weights.w_hh, steps.xs.astype(jnp.float32), h0, c0, dropout,
+              *resets)  # fmt: skip
+    static = (steps.batch_major, is_bf16(options.compute_dtype), options.mask is not None)
+    ys, h, c = _recurrence(static, inputs, per_step)
+    return restore_outputs(steps, ys), (h, c)
 
 
 def native_lstm_why_not(call: LayerCall, *, auto: bool = False) -> Optional[str]:

@@ -44,13 +44,14 @@ from lstm_jax.kernels.native_ops import (
     NativeOp,
     ffi_call,
     native_op,
+    native_steps,
     optional_operand,
     reference_recurrence,
-    start_flags,
+    reset_carry,
     why_not,
 )
 from lstm_jax.params import GRUWeights
-from lstm_jax.sequence import carried_outputs, over_time
+from lstm_jax.sequence import carried_outputs, restore_outputs
 
 __all__ = ["NATIVE_GRU", "native_gru_kernel", "native_gru_layer", "native_gru_why_not"]
 
@@ -140,22 +141,13 @@ def native_gru_kernel(call: LayerCall):
     """The native GRU layer for a call :func:`native_gru_why_not` accepts (``mask``,
     ``resets`` and ``reset_to`` included)."""
     w, options = call.weights, call.options
+    steps, per_step = native_steps(call)
     h0 = jnp.asarray(call.initial_carry, jnp.float32)
-    reset_to = call.initial_carry if options.reset_to is None else options.reset_to
     dropout = None if options.recurrent_mask is None else jnp.asarray(options.recurrent_mask, jnp.float32)
-
-    def run(xs, valid, starts=None):  # over_time has zeroed xs where valid is False
-        valid = None if valid is None else valid.astype(jnp.uint8)
-        reset_h = None
-        if starts is not None:
-            reset_h = jnp.asarray(reset_to, jnp.float32)
-            starts = start_flags(starts, options.reverse)
-        inputs = (w.w_ih, w.b_ih, w.w_hh, w.b_hh, xs.astype(jnp.float32), h0, dropout, reset_h)
-        return _recurrence((options.mask is not None,), inputs, (valid, starts))
-
-    return over_time(run, call.xs, seq_lengths=options.seq_lengths, reverse=options.reverse,
-                     time_major=options.time_major, mask=options.mask,
-                     resets=options.resets)  # fmt: skip
+    inputs = (w.w_ih, w.b_ih, w.w_hh, w.b_hh, steps.xs.astype(jnp.float32), h0, dropout,
+              reset_carry(call))  # fmt: skip
+    ys, h = _recurrence((options.mask is not None,), inputs, per_step)
+    return restore_outputs(steps, ys), h
 
 
 def native_gru_why_not(call: LayerCall, *, auto: bool = False) -> Optional[str]:

@@ -38,6 +38,7 @@ from jax import Array
 
 from lstm_jax.kernels.call import LayerCall
 from lstm_jax.kernels.platform import platform_only
+from lstm_jax.sequence import Steps, prepare_steps
 
 __all__ = [
     "FFI_TARGETS",
@@ -54,10 +55,12 @@ __all__ = [
     "native_has_bf16",
     "native_isa",
     "native_op",
+    "native_steps",
     "native_unavailable",
     "optional_operand",
     "reference_recurrence",
     "register_ffi_targets",
+    "reset_carry",
     "start_flags",
     "unknown_settings",
     "why_not",
@@ -319,18 +322,41 @@ def is_bf16(compute_dtype) -> bool:
     return compute_dtype is not None and jnp.dtype(compute_dtype) == jnp.bfloat16
 
 
-def ffi_call(target: str, results, *args, aliases=None, **attributes):
-    """The custom call, lowered for CPU only (inside "auto"'s CPU branch of a multi-platform export)."""
+def ffi_call(target: str, results, *args, aliases=None, **attributes) -> tuple:
+    """The custom call, lowered for CPU only (inside "auto"'s CPU branch of a multi-platform
+    export); its results as a tuple."""
     library()  # registers the targets
     call = jax.ffi.ffi_call(
         target, results, vmap_method="broadcast_all", input_output_aliases=aliases or {}
     )
-    return platform_only("cpu", functools.partial(call, **attributes), *args)
+    return tuple(platform_only("cpu", functools.partial(call, **attributes), *args))
 
 
 def optional_operand(mask: Optional[Array], dtype) -> Array:
     """The array the custom calls read for an absent mask: empty."""
     return jnp.zeros((0,), dtype) if mask is None else mask
+
+
+def native_steps(call: LayerCall, *, batch_major_ok: bool = False) -> tuple[Steps, tuple]:
+    """``call``'s inputs in processing order (:func:`lstm_jax.sequence.prepare_steps`) and the
+    custom calls' per-step operands: ``(valid, flags)``, the ``(T, B)`` uint8 step validity
+    and the :func:`start_flags` of its resets, each None where the call has none."""
+    options = call.options
+    steps = prepare_steps(call.xs, seq_lengths=options.seq_lengths, reverse=options.reverse,
+                          time_major=options.time_major, mask=options.mask,
+                          resets=options.resets, batch_major_ok=batch_major_ok)  # fmt: skip
+    valid = None if steps.valid is None else steps.valid.astype(jnp.uint8)
+    flags = None if steps.starts is None else start_flags(steps.starts, options.reverse)
+    return steps, (valid, flags)
+
+
+def reset_carry(call: LayerCall) -> Any:
+    """The carry ``call``'s resets restore (``reset_to``, else the initial carry) as float32,
+    or None without resets."""
+    if call.options.resets is None:
+        return None
+    carry = call.initial_carry if call.options.reset_to is None else call.options.reset_to
+    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), carry)
 
 
 def start_flags(starts: Array, reverse: bool) -> Array:
@@ -387,7 +413,7 @@ class NativeOp(NamedTuple):
     step validity or None (the LSTM and GRU: a pair of it and the
     :func:`start_flags` of ``resets``, or None).
 
-    infer:     ``(static, inputs, valid) -> outputs``, ``(ys, *final carry)``.
+    infer:     ``(static, inputs, valid) -> outputs``, the tuple ``(ys, *final carry)``.
     train:     ``(static, inputs, valid) -> (outputs, saved)``, the residuals.
     gradients: ``(static, inputs, valid, cotangents, outputs, saved) -> grads``,
                one per input (None for an absent one).
@@ -436,9 +462,7 @@ def native_op(op: NativeOp) -> Callable:
         _, d_grads = jax.jvp(reference_gradients, (inputs, cotangents), (tangents[0], tangents[2]))
         return gradients(static, *primals), d_grads
 
-    @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-    def recurrence(static, inputs, valid):
-        return tuple(op.infer(static, inputs, valid))
+    recurrence = jax.custom_vjp(op.infer, nondiff_argnums=(0,))  # op.infer itself: no adapter
 
     def recurrence_fwd(static, inputs, valid):
         outputs, saved = train(static, inputs, valid)

@@ -35,10 +35,17 @@ from jax import Array
 
 from lstm_jax.cells import Cell, rnn_kind
 from lstm_jax.kernels.call import KernelSpec, LayerCall, layer_call
-from lstm_jax.kernels.native_ops import NativeOp, ffi_call, native_op, optional_operand, why_not
+from lstm_jax.kernels.native_ops import (
+    NativeOp,
+    ffi_call,
+    native_op,
+    native_steps,
+    optional_operand,
+    why_not,
+)
 from lstm_jax.params import RNNWeights
 from lstm_jax.scan import scan_layer
-from lstm_jax.sequence import over_time
+from lstm_jax.sequence import restore_outputs
 
 __all__ = ["NATIVE_RNN", "native_rnn_kernel", "native_rnn_layer", "native_rnn_why_not"]
 
@@ -106,16 +113,13 @@ _recurrence = native_op(NativeOp(_infer, _train, _gradients, _reference))
 def native_rnn_kernel(call: LayerCall):
     """The native RNN layer for a call :func:`native_rnn_why_not` accepts."""
     w, options = call.weights, call.options
+    steps, (valid, _) = native_steps(call)
     relu = call.cell.nonlinearity == "relu"
     h0 = jnp.asarray(call.initial_carry, jnp.float32)
     mask = None if options.recurrent_mask is None else jnp.asarray(options.recurrent_mask, jnp.float32)
-
-    def run(xs, valid):  # over_time has zeroed xs where valid is False
-        valid = None if valid is None else valid.astype(jnp.uint8)
-        return _recurrence((relu,), (w.w_ih, w.b, w.w_hh, xs.astype(jnp.float32), h0, mask), valid)
-
-    return over_time(run, call.xs, seq_lengths=options.seq_lengths, reverse=options.reverse,
-                     time_major=options.time_major)  # fmt: skip
+    inputs = (w.w_ih, w.b, w.w_hh, steps.xs.astype(jnp.float32), h0, mask)
+    ys, h = _recurrence((relu,), inputs, valid)
+    return restore_outputs(steps, ys), h
 
 
 def native_rnn_why_not(call: LayerCall, *, auto: bool = False) -> Optional[str]:

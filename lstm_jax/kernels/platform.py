@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -11,18 +12,20 @@ from jax._src.interpreters import batching, mlir
 __all__ = ["per_platform", "platform_only", "lowering_error"]
 
 
-def per_platform(args: tuple, branches: dict[str, Callable], default: Callable):
-    """``branches[platform](*args)`` for the platform the call is lowered for, else ``default``.
+def per_platform(branches: dict[str, Callable], default: Callable) -> Callable:
+    """A function that calls ``branches[platform]`` for the platform the call is lowered for,
+    else ``default``, with its arguments.
 
     Platforms are :func:`jax.lax.platform_dependent`'s names (``"cpu"``,
     ``"cuda"``, ``"rocm"``, ``"tpu"``). Every branch is traced; XLA compiles
     only the lowered platform's. Branches that are ``default`` share it, and
-    with a single distinct function no conditional is staged at all.
+    with a single distinct function that function is returned: no conditional
+    is staged, and no frame is added between the caller and the branch.
     """
     special = {p: f for p, f in branches.items() if f is not default}
     if not special:
-        return default(*args)
-    return jax.lax.platform_dependent(*args, default=default, **special)
+        return default
+    return functools.partial(jax.lax.platform_dependent, default=default, **special)
 
 
 # ``lax.platform_dependent`` keeps only the branches a module needs, but lowers each

@@ -66,7 +66,7 @@ def _forward(forwards, compute_dtype, unroll, save, args):
 
     table = dict(forwards)
     default = branch(table.pop(None))
-    return per_platform(args, {p: branch(fn) for p, fn in table.items()}, default)
+    return per_platform({p: branch(fn) for p, fn in table.items()}, default)(*args)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2, 3))
