@@ -41,7 +41,7 @@ def test_marked_tests_pass_under(isa):
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
                "-m", "isa and not slow", *ISA_FILES]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=600, check=False)  # fmt: skip
+                            timeout=1800, check=False)  # fmt: skip
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
     assert "passed" in summary and "skipped" not in summary, summary
