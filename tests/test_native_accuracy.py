@@ -1,10 +1,10 @@
 """The native kernels keep float32's relative accuracy at every input scale.
 
-Each instruction set (in a subprocess: it is chosen once per process) runs the
-LSTM and the GRU, outputs, final state and every gradient, at input scales
-1e-2, 1e-4 and 1e-6 with zero biases (as Flax and Keras initialise them, so
-small inputs give small gates and outputs), against the same network in
-float64. The error is normwise per leaf, ``max|got - ref| / max|ref|``: a
+Each instruction set (this process's here, the others through
+``tests/test_native_isas.py``) runs the LSTM and the GRU, outputs, final state
+and every gradient, at input scales 1e-2, 1e-4 and 1e-6 with zero biases (as
+Flax and Keras initialise them, so small inputs give small gates and outputs),
+against the same network in float64. The error is normwise per leaf, ``max|got - ref| / max|ref|``: a
 formula that subtracts nearly equal numbers (``tanh(x) = 2 sigmoid(2x) - 1``
 did) has an absolute error floor, which this measure catches as the scale
 shrinks (it gave 2e-3 at 1e-4 and 0.2 at 1e-6). Each leaf must be within
@@ -15,13 +15,13 @@ cannot do better (a gradient summed over terms that cancel: ``scan`` measured
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from lstm_jax.kernels.native_ops import native_isa, native_unavailable
+import lstm_jax as lj
+from lstm_jax.kernels.native_ops import native_unavailable
 
 pytestmark = pytest.mark.skipif(
     native_unavailable() is not None, reason=f"native kernels unavailable: {native_unavailable()}"
@@ -37,12 +37,6 @@ def worst_errors(cell: str) -> dict[str, float]:
     gradients of ``backend="native"`` in float32 against ``"scan"`` in float64 (x64
     enabled), each divided by the larger of 1e-6 and twice ``"scan"``'s float32 error:
     below 1 means accurate."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    import lstm_jax as lj
-
     init, run = (lj.init_lstm, lj.lstm) if cell == "lstm" else (lj.init_gru, lj.gru)
     params = init(jax.random.key(0), I, H, bidirectional=True, dtype=jnp.float32)
     params = jax.tree.map(lambda a: a * 0 if a.ndim == 1 else a, params)  # zero biases
@@ -75,25 +69,9 @@ def worst_errors(cell: str) -> dict[str, float]:
     return errors
 
 
-def _isas() -> list[str]:
-    order = ["avx512", "avx2", "portable"]
-    here = native_isa()
-    return order[order.index(here):] if here in order else ["portable"]
-
-
-@pytest.mark.parametrize("isa", _isas())
-def test_relative_error_at_small_input_scales(isa):
-    script = (
-        "import sys, jax; jax.config.update('jax_enable_x64', True); sys.path.insert(0, sys.argv[1]);"
-        "from lstm_jax.kernels.native_ops import native_isa; assert native_isa() == sys.argv[2];"
-        "from tests.test_native_accuracy import worst_errors;"
-        "print({cell: worst_errors(cell) for cell in ('lstm', 'gru')})"
-    )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, LSTM_JAX_NATIVE_ISA=isa)
-    result = subprocess.run([sys.executable, "-c", script, root, isa], env=env,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    errors = eval(result.stdout.strip().splitlines()[-1])  # the dicts of floats we printed
-    for cell, by_scale in errors.items():
-        assert max(by_scale.values()) < 1, (cell, by_scale)
+@pytest.mark.isa
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_relative_error_at_small_input_scales(cell):
+    with jax.enable_x64(True):
+        by_scale = worst_errors(cell)
+    assert max(by_scale.values()) < 1, by_scale

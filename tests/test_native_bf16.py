@@ -31,7 +31,7 @@ from lstm_jax.kernels.fused import fused_lstm_layer
 from lstm_jax.kernels.native_ops import native_has_bf16, native_unavailable
 from lstm_jax.kernels.native import native_lstm_layer
 from lstm_jax.scan import scan_layer
-from tests.test_native import CASES, LENGTHS, _inputs, assert_trees_close
+from tests.native_cases import CELLS, LENGTHS, assert_trees_close, inputs
 
 pytestmark = pytest.mark.skipif(
     native_unavailable() is not None or not native_has_bf16(),
@@ -39,6 +39,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 BF16 = jnp.bfloat16
+# (reverse, ragged, masked)
+CASES = [(False, False, False), (True, True, True), (False, True, True), (True, False, False)]
 TIGHT = 1e-3  # native bf16 vs fused bf16, relative to each leaf's largest value
 LOOSE = dict(atol=5e-2, rtol=5e-2)  # bf16 vs float32
 
@@ -53,6 +55,12 @@ def assert_close_to_fused(got, want, tol=TIGHT):
         scale = float(np.max(np.abs(y), initial=0.0))
         err = float(np.max(np.abs(x - y), initial=0.0))
         assert err <= tol * scale, f"leaf {k}: max error {err:.3g} > {tol} * {scale:.3g}"
+
+
+def _inputs(seed=0, **kwargs):
+    """The LSTM's (weights, xs, h0, c0, recurrent mask)."""
+    w, xs, (h0, c0), mask = inputs(CELLS["lstm"], seed, **kwargs)
+    return w, xs, h0, c0, mask
 
 
 def _value_and_grads(layer, args, *, compute_dtype=BF16, seq_lengths=None, reverse=False,
@@ -174,14 +182,14 @@ def test_edge_shapes(batch, steps):
 
 
 def test_vmap_matches_a_loop():
-    inputs = [_inputs(seed) for seed in range(3)]
-    stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *inputs)
+    examples = [_inputs(seed) for seed in range(3)]
+    stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *examples)
 
     def run(w, xs, h0, c0):
         return native_lstm_layer(lstm_kind(), w, xs, (h0, c0), compute_dtype=BF16)
 
     got = jax.jit(jax.vmap(run))(*stacked[:4])
-    for k, args in enumerate(inputs):
+    for k, args in enumerate(examples):
         assert_close_to_fused(jax.tree_util.tree_map(lambda a: a[k], got), run(*args[:4]), 1e-5)
 
 
@@ -264,8 +272,8 @@ def test_vdpbf16ps_kernels_where_amx_is_not_used():
         from lstm_jax.kernels.fused import fused_lstm_layer
         from lstm_jax.kernels.native_ops import native_bf16_isa
         from lstm_jax.kernels.native import native_lstm_layer
-        from tests.test_native import LENGTHS, _inputs
-        from tests.test_native_bf16 import _value_and_grads, assert_close_to_fused
+        from tests.native_cases import LENGTHS
+        from tests.test_native_bf16 import _inputs, _value_and_grads, assert_close_to_fused
         assert native_bf16_isa() == "avx512bf16", native_bf16_isa()
         for min_rows, options in (("100", {}), ("100", dict(seq_lengths=LENGTHS, reverse=True, masked=True)),
                                   ("1", dict(seq_lengths=LENGTHS, reverse=True, masked=True))):

@@ -208,7 +208,7 @@ def test_auto_never_runs_the_portable_kernels():
         import jax, jax.numpy as jnp
         import lstm_jax as lj
         from lstm_jax.kernels.native_ops import native_isa
-        from tests.test_native import assert_trees_close
+        from tests.native_cases import assert_trees_close
 
         def step(run, backend):
             def loss(params, xs):

@@ -1,0 +1,47 @@
+"""The tests marked ``isa`` rerun under each other instruction set of the native kernels.
+
+The instruction set is chosen once per process (``LSTM_JAX_NATIVE_ISA``), so
+each one below this CPU's runs in one pytest subprocess over the marked tests
+of ``ISA_FILES``; this process runs them under its own.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lstm_jax.kernels.native_ops import native_isa, native_unavailable
+
+pytestmark = pytest.mark.skipif(
+    native_unavailable() is not None, reason=f"native kernels unavailable: {native_unavailable()}"
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ISA_FILES = ("tests/test_native_isas.py", "tests/test_native.py", "tests/test_native_accuracy.py")
+ORDER = ("avx512", "avx2", "portable")
+
+
+def _below_this_cpu() -> list[str]:
+    here = native_isa()
+    return list(ORDER[ORDER.index(here) + 1 :]) if here in ORDER else []
+
+
+@pytest.mark.isa
+def test_the_instruction_set_asked_for_runs():
+    asked = os.environ.get("LSTM_JAX_NATIVE_ISA")
+    assert native_isa() == (asked or native_isa())
+
+
+@pytest.mark.parametrize("isa", _below_this_cpu())
+def test_marked_tests_pass_under(isa):
+    env = dict(os.environ, LSTM_JAX_NATIVE_ISA=isa)
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+               "-m", "isa and not slow", *ISA_FILES]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=1800, check=False)  # fmt: skip
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
+    assert "passed" in summary and "skipped" not in summary, summary
