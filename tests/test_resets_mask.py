@@ -8,6 +8,10 @@ in between. The final state is the last segment's. Every pair of the backend mat
 """
 
 import itertools
+import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -17,11 +21,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lstm_jax as lj
-from lstm_jax.cells import gru_kind, lstm_kind
+from lstm_jax.cells import gru_kind, lstm_kind, rnn_kind
 from lstm_jax.kernels.fused import fused_lstm_layer
 from lstm_jax.kernels.native import native_lstm_layer
 from lstm_jax.kernels.native_gru import native_gru_layer
-from lstm_jax.kernels.native_ops import native_auto_unavailable, native_has_bf16, native_unavailable
+from lstm_jax.kernels.native_ops import (
+    native_auto_unavailable,
+    native_has_bf16,
+    native_isa,
+    native_unavailable,
+)
+from lstm_jax.kernels.native_rnn import native_rnn_layer
 from lstm_jax.scan import scan_layer
 from tests.backends import NETWORKS as KINDS
 from tests.backends import all_pairs, matrix
@@ -196,7 +206,7 @@ def test_remat_with_resets_and_mask_equals_without():
 
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("name", ["mask", "resets"])
 def test_auto_keeps_masked_and_reset_calls_on_the_native_kernel(kind, name):
     if native_auto_unavailable() is not None:
@@ -207,10 +217,12 @@ def test_auto_keeps_masked_and_reset_calls_on_the_native_kernel(kind, name):
     assert "lstm_jax_native" in run.lower(params).as_text()
 
 
-# cell kind -> (cell, initialiser, native layer)
+# native layer name -> (cell, initialiser, native layer)
 NATIVE_LAYERS = {
     "lstm": (lstm_kind(), lj.init_lstm, native_lstm_layer),
     "gru": (gru_kind(), lj.init_gru, native_gru_layer),
+    "rnn": (rnn_kind(), lj.init_rnn, native_rnn_layer),
+    "rnn-relu": (rnn_kind(nonlinearity="relu"), lj.init_rnn, native_rnn_layer),
 }
 
 
@@ -232,10 +244,14 @@ def _layer_setup(kind):
     return weights, xs, carry(keys[2]), carry(keys[3]), dropout
 
 
-@pytest.mark.parametrize(
-    "kind, reverse, time_major",
-    [("lstm", False, False), ("lstm", True, True), ("gru", False, True), ("gru", True, False)],
-)
+# (native layer, reverse, time_major)
+EVERY_OPTION_CASES = [
+    ("lstm", False, False), ("lstm", True, True), ("gru", False, True), ("gru", True, False),
+    ("rnn", False, True), ("rnn", True, False), ("rnn-relu", False, False), ("rnn-relu", True, True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind, reverse, time_major", EVERY_OPTION_CASES)
 def test_native_resets_with_every_option_equal_scan(kind, reverse, time_major):
     """One native layer against ``scan``: outputs, final carry and the gradients of the
     weights, inputs, initial carry and ``reset_to`` (remat's), with a mask, recurrent
@@ -270,7 +286,7 @@ def test_native_resets_with_every_option_equal_scan(kind, reverse, time_major):
     _assert_close(grads(ours), grads(ref))
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 def test_native_resets_under_vmap_equal_each_call(kind):
     """Outputs and gradients of ``vmap`` over two native calls (reverse, so the final carry
     is the first processed segment's) equal ``scan``'s calls one by one."""
@@ -292,7 +308,7 @@ def test_native_resets_under_vmap_equal_each_call(kind):
         _assert_close(jax.tree.map(lambda a, n=n: a[n], mapped), value_and_grad(scan_layer)(*one))
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn-relu"])
 def test_native_resets_grad_of_grad_equals_scan(kind):
     """A Hessian-vector product w.r.t. the initial carry (forward- over reverse-mode through
     the native kernels' JAX references), reverse, masked."""
@@ -307,6 +323,31 @@ def test_native_resets_grad_of_grad_equals_scan(kind):
         return jax.jit(lambda c: jax.jvp(jax.grad(loss), (c,), (tangent,))[1])(carry)
 
     _assert_close(hvp(native), hvp(scan_layer), atol=1e-4)
+
+
+@pytest.mark.parametrize("isa", ["avx2", "portable"])
+def test_native_resets_with_every_option_on_other_instruction_sets(isa):
+    """:func:`test_native_resets_with_every_option_equal_scan` in a process whose kernels run
+    ``isa`` (chosen once per process); ``LSTM_JAX_NATIVE_SPLIT_MACS=0`` splits even these
+    tiny steps across threads."""
+    if native_unavailable() is not None or (isa == "avx2" and native_isa() == "portable"):
+        pytest.skip(f"the native kernels cannot run {isa} here")
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.path.insert(0, sys.argv[1])
+        from lstm_jax.kernels.native_ops import native_isa
+        from tests import test_resets_mask as t
+        assert native_isa() == sys.argv[2], native_isa()
+        for case in t.EVERY_OPTION_CASES:
+            t.test_native_resets_with_every_option_equal_scan(*case)
+        """
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, LSTM_JAX_NATIVE_ISA=isa, LSTM_JAX_NATIVE_SPLIT_MACS="0")
+    result = subprocess.run([sys.executable, "-c", script, root, isa], env=env,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_native_bf16_resets_equal_fused():

@@ -1,7 +1,7 @@
 """Per-operation time of one training step, from XLA:CPU's own trace events.
 
     XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true \
-        python benchmarks/kernel_timings/profile_step.py [B,T,I,H] [backend|flax]
+        python benchmarks/kernel_timings/profile_step.py [B,T,I,H] [backend|flax] [lstm|gru|rnn]
 
 Prints, for the jitted ``grad(sum(ys))``, each HLO operation's total time per
 step, its count per step and its mean (e.g. ``ynn_fusion 256x 45 us``: a dot
@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 
 import lstm_jax as lj
+
+NETWORKS = {"lstm": (lj.init_lstm, lj.lstm), "gru": (lj.init_gru, lj.gru), "rnn": (lj.init_rnn, lj.rnn)}
 
 
 def profile(fn, args, runs=3):
@@ -44,7 +46,8 @@ def profile(fn, args, runs=3):
 def main():
     batch, steps, inputs, hidden = (int(v) for v in (sys.argv[1] if len(sys.argv) > 1 else "32,256,64,128").split(","))
     backend = sys.argv[2] if len(sys.argv) > 2 else "auto"
-    params = lj.init_lstm(jax.random.key(0), inputs, hidden)
+    init, run = NETWORKS[sys.argv[3] if len(sys.argv) > 3 else "lstm"]
+    params = init(jax.random.key(0), inputs, hidden)
     xs = jax.random.normal(jax.random.key(1), (batch, steps, inputs))
     if backend == "flax":
         import flax.linen as nn
@@ -53,7 +56,7 @@ def main():
         params = {"params": {"cell": lj.to_flax(params.layers[0][0])}}
         loss = lambda p, x: jnp.sum(model.apply(p, x))  # noqa: E731
     else:
-        loss = lambda p, x: jnp.sum(lj.lstm(p, x, backend=backend)[0])  # noqa: E731
+        loss = lambda p, x: jnp.sum(run(p, x, backend=backend)[0])  # noqa: E731
     step = jax.jit(jax.grad(loss, argnums=(0, 1)))
     temp = step.lower(params, xs).compile().memory_analysis().temp_size_in_bytes
     rows = sorted(profile(step, (params, xs)).items(), key=lambda item: -item[1][1])

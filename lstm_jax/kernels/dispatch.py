@@ -70,9 +70,14 @@ AUTO: dict[str, dict[Optional[str], str]] = {
     # native: faster than "scan" for training and inference from H = 64 to 512 (AVX2 /
     # AVX-512); declines what the LSTM's does, but has no bfloat16
     "gru": {"cpu": "native", None: "scan"},
-    # native: at (B, T, I, H) = (64, 128, 64, 256), one core of a loaded Zen 5 (AVX-512),
-    # faster than "scan" by only ~1.2x for a training step (28.2-28.4 vs 33.3-34.4 ms CPU time)
-    # and ~1.2x for inference (8.4 vs 10.2 ms) at load 8, 1.03-1.12x at load 11; tanh or relu
+    # native (tanh or relu; mask and resets in its loops): at (B, T, I, H) = (64, 128, 64, 256),
+    # one core of a 2-core AMD EPYC Zen 4 (AVX-512) at load 12, median CPU time of 3 interleaved
+    # rounds (benchmarks/kernel_timings/cpu_time.py, CELLS=rnn, taskset -c 0,
+    # LSTM_JAX_NATIVE_THREADS=1): training step 53.4 ms vs "scan" 63.1 (1.18x), inference
+    # 17.0 vs 20.8 ms (1.22x). Both are near this core's float32 GEMM peak (83.6 GFLOP/s, a
+    # 2048^3 matmul): a step's 4.03 GFLOP take >= 48.2 ms, native runs at 90% of peak and scan
+    # at 76%, so no kernel can be 1.5x faster than scan here (at most 1.31x).
+    # benchmarks/results/cpu-amd-epyc-zen4-2c/rnn_native.md
     "rnn": {"cpu": "native", None: "scan"},
 }
 
