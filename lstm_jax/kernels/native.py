@@ -16,8 +16,10 @@ forward and one for its backward:
   not stay in cache.)
 * backward (``jax.custom_vjp``): the custom call carries ``(dh, dc)``, writes
   the gate gradients ``dz`` over the saved activations (aliased again) and
-  computes ``dz @ w_hh^T`` per step; XLA then computes ``dx = dz @ w_ih^T``,
-  ``dw_ih = x^T dz``, ``dw_hh = h_prev^T dz`` and ``db`` as single GEMMs.
+  computes ``dz @ w_hh^T`` per step; XLA then computes ``dx = dz @ w_ih^T`` and
+  ``dw_ih = x^T dz`` as single GEMMs, and ``dw_hh = h_prev^T dz`` and ``db`` too
+  above :data:`~lstm_jax.kernels.native_ops.IN_LOOP_MAX_HIDDEN` (up to it the
+  loop accumulates them while each step's ``dz`` is in cache).
 * ``resets``: both loops take the ``(T, B)`` flags of :func:`native_ops.start_flags`
   and the reset carry. The forward resets the carry before a flagged step (at the
   end of the step before it, so the next step's GEMM reads the reset carry)

@@ -17,8 +17,10 @@ cells share, ``csrc/recurrent_kernel.inc`` with ``csrc/cells.inc``'s ``GruCell``
   pre-activation gradients over the saved activations (aliased again):
   ``dr, dz, dn`` of the input side and ``dhn = dn * r`` of the recurrent one,
   and computes ``dh_{t-1} = z * dh + ([dr, dz, dhn] @ w_hh^T) * mask`` per
-  step; XLA then computes ``dx``, ``dw_ih``, ``db_ih`` from ``[dr, dz, dn]``
-  and ``dw_hh``, ``db_hh`` from ``[dr, dz, dhn]`` as single GEMMs / sums.
+  step; XLA then computes ``dx``, ``dw_ih`` from ``[dr, dz, dn]`` as single
+  GEMMs; ``dw_hh`` from ``[dr, dz, dhn]`` and the biases' gradients are
+  accumulated by the loop up to
+  :data:`~lstm_jax.kernels.native_ops.IN_LOOP_MAX_HIDDEN`, by XLA above it.
 
 ``resets`` run inside both loops as the LSTM's (:mod:`lstm_jax.kernels.native`).
 Derivatives of these (``jax.hessian``, grad of grad) go through a JAX reference
