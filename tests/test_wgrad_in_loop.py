@@ -47,14 +47,21 @@ def _grads(cell, backend):
 def test_weight_gradients_equal_scan(cell, in_loop, threads, monkeypatch):
     monkeypatch.setenv("LSTM_JAX_NATIVE_THREADS", threads)
     monkeypatch.setenv("LSTM_JAX_NATIVE_SPLIT_MACS", "0")  # split even these tiny steps
-    monkeypatch.setitem(native_ops.IN_LOOP_MAX_HIDDEN, cell, H if in_loop else H - 1)
+    key = (native_ops.native_isa(), cell)
+    monkeypatch.setitem(native_ops.IN_LOOP_MAX_HIDDEN, key, H if in_loop else H - 1)
     assert native_ops.weight_gradients_in_loop(cell, T, B, H) == in_loop
     assert_trees_close(_grads(cell, "native"), _grads(cell, "scan"))
 
 
+@pytest.mark.skipif(native_ops.native_isa() != "avx512", reason="the measured rule is AVX-512's")
 def test_in_loop_only_up_to_the_size_rule():
     assert native_ops.weight_gradients_in_loop("lstm", 512, 8, 64)
     assert not native_ops.weight_gradients_in_loop("lstm", 128, 64, 256)
     assert native_ops.weight_gradients_in_loop("gru", 128, 64, 256)
     assert not native_ops.weight_gradients_in_loop("gru", 64, 128, 512)
     assert not native_ops.weight_gradients_in_loop("gru", 0, 8, 64)  # nothing to accumulate
+
+
+def test_no_in_loop_rule_for_other_instruction_sets(monkeypatch):
+    monkeypatch.setattr(native_ops, "native_isa", lambda: "avx2")
+    assert not native_ops.weight_gradients_in_loop("lstm", 512, 8, 64)
