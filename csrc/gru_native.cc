@@ -56,12 +56,15 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffe
                     ffi::Buffer<ffi::U8> valid, ffi::Buffer<ffi::F32> ys, ffi::Buffer<ffi::F32> h0,
                     ffi::Buffer<ffi::U8> starts, ffi::Buffer<ffi::F32> reset_h,
                     ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh_out,
-                    ffi::ResultBuffer<ffi::F32> dm_out, ffi::ResultBuffer<ffi::F32> d_reset_h) {
+                    ffi::ResultBuffer<ffi::F32> dm_out, ffi::ResultBuffer<ffi::F32> d_reset_h,
+                    ffi::ResultBuffer<ffi::F32> dw_hh, ffi::ResultBuffer<ffi::F32> db) {
   BwdCellBuffers cell;
   cell.act = act.typed_data();
   cell.starts = Data(starts);
   cell.reset_h = Data(reset_h);
   cell.d_reset_h = Data(*d_reset_h);
+  cell.dw_hh = Data(*dw_hh);
+  cell.db = Data(*db);
   return lstm_jax::Backward(pool, CellKernels(Cell::kGru), false, w_hh, dys, dh_in, mask, valid, ys, h0, dz,
                             dh_out, dm_out, cell);
 }

@@ -80,6 +80,16 @@ void SetResets(BwdProblem& P, const BwdCellBuffers& cell, const float* dh_in, co
   }
 }
 
+// The weight gradients the loop accumulated per row partition (P.dw:
+// dw_parts x [dw_hh (hg floats), db (acts)]), summed into dw_hh and db.
+void SumPartitions(const BwdProblem& P, size_t hg, size_t acts, float* dw_hh, float* db) {
+  for (size_t e = 0; e < hg + acts; ++e) {
+    float sum = 0.f;
+    for (int r = 0; r < P.dw_parts; ++r) sum += P.dw[r * (hg + acts) + e];
+    (e < hg ? dw_hh[e] : db[e - hg]) = sum;
+  }
+}
+
 }  // namespace
 
 ffi::Error Forward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major, ffi::Buffer<ffi::F32> xs,
@@ -197,6 +207,10 @@ ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major
     if (d != nullptr) std::memset(d, 0, dh_in.element_count() * sizeof(float));
   }
   if (per == 0) {
+    if (cell.dw_hh != nullptr) {  // nothing to accumulate
+      std::fill_n(cell.dw_hh, w_hh.element_count(), 0.f);
+      if (hidden > 0) std::fill_n(cell.db, w_hh.element_count() / kern.gates / hidden * kern.acts, 0.f);
+    }
     if (bh > 0) {
       std::memcpy(dh_out->typed_data(), dh_in.typed_data(), dh_in.element_count() * sizeof(float));
       if (cell.dc_out != nullptr) std::memcpy(cell.dc_out, cell.dc_in, dh_in.element_count() * sizeof(float));
@@ -236,7 +250,18 @@ ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major
     P->dm = has_mask ? dm + n * bh : nullptr;
     P->dzb = cell.dzb != nullptr ? cell.dzb + n * per : nullptr;
     P->wpack = buffers->data();
+    if (cell.dw_hh != nullptr) {
+      P->dw_parts = split.rows ? split.parts : 1;
+      const size_t dw_size = size_t(hidden) * kern.gates * hidden + kern.acts * hidden;  // dw_hh, db
+      buffers->resize(buffers->size() + P->dw_parts * dw_size);  // zeros
+      P->wpack = buffers->data();
+      P->dw = buffers->data() + kern.bwd_pack_size(hidden);
+    }
     Run(pool, P, buffers, kern.bwd_item, steps + 1, split, panels);
+    if (cell.dw_hh != nullptr) {
+      const size_t hg = size_t(hidden) * kern.gates * hidden, acts = size_t(kern.acts) * hidden;
+      SumPartitions(*P, hg, acts, cell.dw_hh + n * hg, cell.db + n * acts);
+    }
   }
   return ffi::Error::Success();
 }

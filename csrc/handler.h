@@ -82,6 +82,8 @@ struct BwdCellBuffers {
   const float* reset_c = nullptr;   // LSTM resets
   float* d_reset_h = nullptr;       // resets: (N.., B, H)
   float* d_reset_c = nullptr;       // LSTM resets
+  float* dw_hh = nullptr;  // weight gradients in the loop (BwdProblem::dw): (N.., H, G), or null
+  float* db = nullptr;     // with dw_hh: dz summed over rows, (N.., A)
 };
 
 xla::ffi::Error Backward(xla::ffi::ThreadPool& pool, const Kernels& kern, bool batch_major,

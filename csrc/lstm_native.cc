@@ -110,9 +110,13 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Attr<bool, kBatchMajor> batch_maj
                     ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh_out,
                     ffi::ResultBuffer<ffi::F32> dc_out, ffi::ResultBuffer<ffi::F32> dm_out,
                     ffi::ResultBuffer<ffi::BF16> dzb, ffi::ResultBuffer<ffi::F32> d_reset_h,
-                    ffi::ResultBuffer<ffi::F32> d_reset_c, ffi::Attr<bool, kBf16> bf16) {
+                    ffi::ResultBuffer<ffi::F32> d_reset_c, ffi::ResultBuffer<ffi::F32> dw_hh,
+                    ffi::ResultBuffer<ffi::F32> db, ffi::Attr<bool, kBf16> bf16) {
   const Kernels* kern = Chosen(*bf16);
   if (kern == nullptr) return NoBf16();
+  if (*bf16 && dw_hh->element_count() != 0) {
+    return ffi::Error::InvalidArgument("the bfloat16 backward has no in-loop weight gradients");
+  }
   BwdCellBuffers cell;
   cell.act = act.typed_data();
   cell.cs = cs.typed_data();
@@ -125,6 +129,8 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Attr<bool, kBatchMajor> batch_maj
   cell.reset_c = Data(reset_c);
   cell.d_reset_h = Data(*d_reset_h);
   cell.d_reset_c = Data(*d_reset_c);
+  cell.dw_hh = Data(*dw_hh);
+  cell.db = Data(*db);
   return lstm_jax::Backward(pool, *kern, *batch_major, w_hh, dys, dh_in, mask, valid, ys, h0, dz, dh_out,
                             dm_out, cell);
 }

@@ -73,6 +73,12 @@ struct BwdProblem {
   float* dc;              // (B, H) LSTM: carry in place
   float* dm;              // (B, H) mask gradient, accumulated, or null
   uint16_t* dzb;          // (T, B, 4H) LSTM: dz rounded to bfloat16 (bf16 kernels only)
+  // weight gradients in the loop (null: XLA computes them from dz): per row
+  // partition (dw_parts; 1 where the loop is split by panels), dw_hh (H, G)
+  // = sum h_{t-1}^T (* mask) @ dz's recurrent blocks (Cell::kDz), then db (A)
+  // = sum dz over rows; accumulated, and summed over partitions by the handler
+  float* dw;
+  int dw_parts;
   const float* wpack;
   // resets (null without), as FwdProblem's: at a start the carry gradient
   // flowing into step t - 1 is added to d_reset_h (d_reset_c) and replaced by

@@ -49,6 +49,13 @@ struct Split {
 // one partition per thread.
 Split StepPartitions(xla::ffi::ThreadPool& pool, int batch, int64_t macs, int panels, bool inference);
 
+// The row partition r of `parts` whose rows start at b0: a split by rows
+// gives partition r rows [r * batch / parts, (r + 1) * batch / parts), and
+// with batch >= parts each start is distinct.
+inline int RowPartition(int b0, int batch, int parts) {
+  return int((int64_t(b0) * parts + batch - 1) / batch);
+}
+
 // Runs `fn` over items (step, partition), steps [0, steps) in order, on up to
 // `split.parts` threads; returns when every item is done. `keep` owns what the
 // items read (late helper threads hold it until they exit).

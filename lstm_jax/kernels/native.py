@@ -16,8 +16,10 @@ forward and one for its backward:
   not stay in cache.)
 * backward (``jax.custom_vjp``): the custom call carries ``(dh, dc)``, writes
   the gate gradients ``dz`` over the saved activations (aliased again) and
-  computes ``dz @ w_hh^T`` per step; XLA then computes ``dx = dz @ w_ih^T``,
-  ``dw_ih = x^T dz``, ``dw_hh = h_prev^T dz`` and ``db`` as single GEMMs.
+  computes ``dz @ w_hh^T`` per step; XLA then computes ``dx = dz @ w_ih^T`` and
+  ``dw_ih = x^T dz`` as single GEMMs, and ``dw_hh = h_prev^T dz`` and ``db`` too
+  above :data:`~lstm_jax.kernels.native_ops.IN_LOOP_MAX_HIDDEN` (up to it the
+  loop accumulates them while each step's ``dz`` is in cache).
 * ``resets``: both loops take the ``(T, B)`` flags of :func:`native_ops.start_flags`
   and the reset carry. The forward resets the carry before a flagged step (at the
   end of the step before it, so the next step's GEMM reads the reset carry)
@@ -62,12 +64,14 @@ from lstm_jax.kernels.fused import unsupported_variant
 from lstm_jax.kernels.native_ops import (
     NativeOp,
     ffi_call,
+    in_loop_results,
     is_bf16,
     native_op,
     native_steps,
     optional_operand,
     reference_recurrence,
     reset_carry,
+    weight_gradients_in_loop,
     why_not,
 )
 from lstm_jax.params import LSTMWeights
@@ -156,10 +160,12 @@ def _gradients(static, inputs, per_step, cotangents, outputs, saved):
     state = jax.ShapeDtypeStruct(h0.shape, jnp.float32)
     dz_bf16 = jax.ShapeDtypeStruct(act.shape if bf16 else (0,), jnp.bfloat16)
     reset_state = state if starts is not None else jax.ShapeDtypeStruct((0,), jnp.float32)
+    steps, batch = _steps_batch(xs, batch_major)
+    in_loop = not bf16 and weight_gradients_in_loop("lstm", steps, batch, hidden)
     results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state, state, dz_bf16,
-               reset_state, reset_state)  # fmt: skip
+               reset_state, reset_state, *in_loop_results(in_loop, hidden, 4, 4))  # fmt: skip
     f32, u8 = jnp.float32, jnp.uint8
-    dz, dh0, dc0, dmask, dz_bf16, d_reset_h, d_reset_c = ffi_call(
+    dz, dh0, dc0, dmask, dz_bf16, d_reset_h, d_reset_c, dw_hh, db = ffi_call(
         "lstm_jax_native_backward", results,
         w_hh, act, cs, c0, dys, dh, dc, optional_operand(mask, f32), optional_operand(valid, u8),
         ys, h0, optional_operand(starts, u8), optional_operand(reset_h, f32),
@@ -168,9 +174,9 @@ def _gradients(static, inputs, per_step, cotangents, outputs, saved):
     )  # fmt: skip
     dmask = None if mask is None else dmask
     d_resets = (None, None) if starts is None else (d_reset_h, d_reset_c)
-    steps, batch = _steps_batch(xs, batch_major)
     rows = dz.reshape(steps * batch, 4 * hidden)  # time-major rows
-    db = jnp.sum(rows, axis=0)
+    if not in_loop:
+        db = jnp.sum(rows, axis=0)
     inputs_size = xs.shape[-1]
     if bf16:
         rows_bf16 = dz_bf16.reshape(steps * batch, 4 * hidden)
@@ -178,14 +184,15 @@ def _gradients(static, inputs, per_step, cotangents, outputs, saved):
         dxs = jnp.matmul(rows_bf16, w_t, preferred_element_type=jnp.float32)
         dxs = _time_major(dxs.reshape(steps, batch, inputs_size), batch_major)
         return dw[:inputs_size], db, dw[inputs_size:], dxs, dh0, dc0, dmask, *d_resets
-    # h_{t-1} for every step: h0, then ys (dz is zero past a sequence's end, where ys is),
-    # the reset carry where a segment starts
-    h_prev = jnp.concatenate([h0[None], _time_major(ys, batch_major)[:-1]])  # [T, B, H]
-    if starts is not None:
-        h_prev = jnp.where(starts[:, :, None] != 0, reset_h, h_prev)
-    if mask is not None:
-        h_prev = h_prev * mask[None]
-    dw_hh = h_prev.reshape(steps * batch, hidden).T @ rows
+    if not in_loop:
+        # h_{t-1} for every step: h0, then ys (dz is zero past a sequence's end, where ys is),
+        # the reset carry where a segment starts
+        h_prev = jnp.concatenate([h0[None], _time_major(ys, batch_major)[:-1]])  # [T, B, H]
+        if starts is not None:
+            h_prev = jnp.where(starts[:, :, None] != 0, reset_h, h_prev)
+        if mask is not None:
+            h_prev = h_prev * mask[None]
+        dw_hh = h_prev.reshape(steps * batch, hidden).T @ rows
     # the (T, B, I) operands are transposed, never dz: given an einsum over
     # (T, B) in both orders, XLA copied dz (4H wide, e.g. 64 MiB) as well
     dw_ih = _time_major(xs, batch_major).reshape(steps * batch, inputs_size).T @ rows

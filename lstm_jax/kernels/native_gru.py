@@ -17,8 +17,10 @@ cells share, ``csrc/recurrent_kernel.inc`` with ``csrc/cells.inc``'s ``GruCell``
   pre-activation gradients over the saved activations (aliased again):
   ``dr, dz, dn`` of the input side and ``dhn = dn * r`` of the recurrent one,
   and computes ``dh_{t-1} = z * dh + ([dr, dz, dhn] @ w_hh^T) * mask`` per
-  step; XLA then computes ``dx``, ``dw_ih``, ``db_ih`` from ``[dr, dz, dn]``
-  and ``dw_hh``, ``db_hh`` from ``[dr, dz, dhn]`` as single GEMMs / sums.
+  step; XLA then computes ``dx``, ``dw_ih`` from ``[dr, dz, dn]`` as single
+  GEMMs; ``dw_hh`` from ``[dr, dz, dhn]`` and the biases' gradients are
+  accumulated by the loop up to
+  :data:`~lstm_jax.kernels.native_ops.IN_LOOP_MAX_HIDDEN`, by XLA above it.
 
 ``resets`` run inside both loops as the LSTM's (:mod:`lstm_jax.kernels.native`).
 Derivatives of these (``jax.hessian``, grad of grad) go through a JAX reference
@@ -43,11 +45,13 @@ from lstm_jax.kernels.call import KernelSpec, LayerCall, layer_call
 from lstm_jax.kernels.native_ops import (
     NativeOp,
     ffi_call,
+    in_loop_results,
     native_op,
     native_steps,
     optional_operand,
     reference_recurrence,
     reset_carry,
+    weight_gradients_in_loop,
     why_not,
 )
 from lstm_jax.params import GRUWeights
@@ -103,25 +107,30 @@ def _gradients(static, inputs, per_step, cotangents, outputs, saved):
     hidden = w_hh.shape[0]
     state = jax.ShapeDtypeStruct(h0.shape, jnp.float32)
     reset_state = state if starts is not None else jax.ShapeDtypeStruct((0,), jnp.float32)
-    results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state, reset_state)
+    in_loop = weight_gradients_in_loop("gru", steps, batch, hidden)
+    results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state, reset_state,
+               *in_loop_results(in_loop, hidden, 3, 4))  # fmt: skip
     f32, u8 = jnp.float32, jnp.uint8
-    dz, dh0, dmask, d_reset_h = ffi_call(
+    dz, dh0, dmask, d_reset_h, dw_hh, db = ffi_call(
         "lstm_jax_native_gru_backward", results,
         w_hh, act, *cotangents, optional_operand(mask, f32), optional_operand(valid, u8), hs, h0,
         optional_operand(starts, u8), optional_operand(reset_h, f32), aliases={1: 0},
     )  # fmt: skip
     rows = dz.reshape(steps * batch, 4 * hidden)  # [dr, dz, dn, dhn]
     d_input = rows[:, : 3 * hidden]
-    d_recurrent = jnp.concatenate([rows[:, : 2 * hidden], rows[:, 3 * hidden :]], axis=1)
-    h_prev = jnp.concatenate([h0[None], hs[:-1]])  # [T, B, H]: h_{t-1} for every step
-    if starts is not None:  # the reset carry where a segment starts
-        h_prev = jnp.where(starts[:, :, None] != 0, reset_h, h_prev)
-    if mask is not None:
-        h_prev = h_prev * mask[None]
-    dw_hh = h_prev.reshape(steps * batch, hidden).T @ d_recurrent
+    if not in_loop:
+        d_recurrent = jnp.concatenate([rows[:, : 2 * hidden], rows[:, 3 * hidden :]], axis=1)
+        h_prev = jnp.concatenate([h0[None], hs[:-1]])  # [T, B, H]: h_{t-1} for every step
+        if starts is not None:  # the reset carry where a segment starts
+            h_prev = jnp.where(starts[:, :, None] != 0, reset_h, h_prev)
+        if mask is not None:
+            h_prev = h_prev * mask[None]
+        dw_hh = h_prev.reshape(steps * batch, hidden).T @ d_recurrent
+        db = jnp.sum(rows, axis=0)
     dw_ih = xs.reshape(steps * batch, inputs_size).T @ d_input
     dxs = (d_input @ w_ih.T).reshape(xs.shape)
-    db_ih, db_hh = jnp.sum(d_input, axis=0), jnp.sum(d_recurrent, axis=0)
+    db_ih = db[: 3 * hidden]  # db: [dr, dz, dn, dhn] summed over rows
+    db_hh = jnp.concatenate([db[: 2 * hidden], db[3 * hidden :]])
     dmask = None if mask is None else dmask
     return dw_ih, db_ih, dw_hh, db_hh, dxs, dh0, dmask, (None if starts is None else d_reset_h)
 

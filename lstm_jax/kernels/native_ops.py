@@ -46,6 +46,8 @@ __all__ = [
     "check_settings",
     "dtype_unsupported",
     "ffi_call",
+    "IN_LOOP_MAX_HIDDEN",
+    "in_loop_results",
     "isa_fallbacks",
     "is_bf16",
     "library",
@@ -63,6 +65,7 @@ __all__ = [
     "reset_carry",
     "start_flags",
     "unknown_settings",
+    "weight_gradients_in_loop",
     "why_not",
 ]
 
@@ -367,6 +370,32 @@ def start_flags(starts: Array, reverse: bool) -> Array:
     if reverse:
         flags = flags + (starts & (jnp.cumsum(starts, axis=0) == 1)).astype(jnp.uint8)
     return flags
+
+
+# The largest hidden size whose backward accumulates dw_hh and db inside the
+# native loop (the rank-B updates of each step's dz while it is in cache, a
+# pass per ~64 (step, row) pairs), per (instruction set, cell); above it, and
+# for instruction sets not listed, XLA computes them after the loop as one
+# GEMM over all T * B rows. Single-core CPU time of a training step on Zen 4
+# (benchmarks/results/cpu-amd-epyc-zen4-2c/wgrad_in_loop.md): with AVX-512
+# in-loop faster at H = 64 and 128 for both cells (0.66-0.88x) and at H = 256
+# for the GRU (0.68x; its XLA path copies dz's recurrent columns first),
+# slower for the LSTM at H = 256 and 512 and the GRU at 512 (loop cost over
+# XLA's GEMM); with AVX2 slower at H = 64 and (GRU) 256, so not used.
+IN_LOOP_MAX_HIDDEN = {("avx512", "lstm"): 128, ("avx512", "gru"): 256}
+
+
+def weight_gradients_in_loop(cell: str, steps: int, batch: int, hidden: int) -> bool:
+    """Whether the native backward of ``cell`` (``"lstm"``, ``"gru"``) accumulates ``dw_hh`` and
+    ``db`` in its loop for a ``(T, B, H)`` call (:data:`IN_LOOP_MAX_HIDDEN`)."""
+    return steps * batch > 0 and hidden <= IN_LOOP_MAX_HIDDEN.get((native_isa(), cell), -1)
+
+
+def in_loop_results(in_loop: bool, hidden: int, gates: int, acts: int):
+    """The backward call's ``dw_hh (H, gates * H)`` and ``db (acts * H)`` results, empty when
+    XLA computes them after the loop."""
+    shapes = ((hidden, gates * hidden), (acts * hidden,)) if in_loop else ((0,), (0,))
+    return tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes)
 
 
 def reference_recurrence(cell, weights, xs: Array, carry, recurrent_mask: Optional[Array],

@@ -1,0 +1,67 @@
+"""The native backward's weight gradients both ways: accumulated in the loop
+(``dw_hh``, ``db``; :data:`native_ops.IN_LOOP_MAX_HIDDEN`) and by XLA after it,
+each against ``scan``, bidirectional, with a ragged batch and resets, on one
+thread and with the rows split over threads (per-partition partial sums).
+
+H = 21 is a full AVX-512 panel and a partial one; B = 9 splits 4 + 5 rows
+over two threads, and 9 (step, row) pairs do not divide the in-loop passes.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import lstm_jax as lj
+from lstm_jax.kernels import native_ops
+from tests.test_native import assert_trees_close
+
+pytestmark = pytest.mark.skipif(
+    native_ops.native_unavailable() is not None,
+    reason=f"native kernels unavailable: {native_ops.native_unavailable()}",
+)
+
+B, T, I, H = 9, 11, 5, 21
+NETWORKS = {"lstm": (lj.init_lstm, lj.lstm), "gru": (lj.init_gru, lj.gru)}
+
+
+def _grads(cell, backend):
+    init, run = NETWORKS[cell]
+    keys = jax.random.split(jax.random.key(0), 4)
+    params = init(keys[0], I, H, bidirectional=True)
+    xs = jax.random.normal(keys[1], (B, T, I))
+    lengths = jnp.array([11, 3, 1, 11, 5, 2, 8, 11, 7], jnp.int32)
+    resets = jax.random.bernoulli(keys[2], 0.2, (B, T))
+
+    def loss(p, x):
+        ys = run(p, x, backend=backend, seq_lengths=lengths, resets=resets)[0]
+        return jnp.sum(ys * jnp.sin(ys))
+
+    return jax.grad(loss, (0, 1))(params, xs)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("in_loop", [True, False])
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_weight_gradients_equal_scan(cell, in_loop, threads, monkeypatch):
+    monkeypatch.setenv("LSTM_JAX_NATIVE_THREADS", threads)
+    monkeypatch.setenv("LSTM_JAX_NATIVE_SPLIT_MACS", "0")  # split even these tiny steps
+    key = (native_ops.native_isa(), cell)
+    monkeypatch.setitem(native_ops.IN_LOOP_MAX_HIDDEN, key, H if in_loop else H - 1)
+    assert native_ops.weight_gradients_in_loop(cell, T, B, H) == in_loop
+    assert_trees_close(_grads(cell, "native"), _grads(cell, "scan"))
+
+
+@pytest.mark.skipif(native_ops.native_isa() != "avx512", reason="the measured rule is AVX-512's")
+def test_in_loop_only_up_to_the_size_rule():
+    assert native_ops.weight_gradients_in_loop("lstm", 512, 8, 64)
+    assert not native_ops.weight_gradients_in_loop("lstm", 128, 64, 256)
+    assert native_ops.weight_gradients_in_loop("gru", 128, 64, 256)
+    assert not native_ops.weight_gradients_in_loop("gru", 64, 128, 512)
+    assert not native_ops.weight_gradients_in_loop("gru", 0, 8, 64)  # nothing to accumulate
+
+
+def test_no_in_loop_rule_for_other_instruction_sets(monkeypatch):
+    monkeypatch.setattr(native_ops, "native_isa", lambda: "avx2")
+    assert not native_ops.weight_gradients_in_loop("lstm", 512, 8, 64)
