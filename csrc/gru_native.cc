@@ -11,7 +11,10 @@
 //             w_hh^T) * mask. XLA computes the weight and input gradients
 //             after the loop.
 // With resets (optional operands: the (T, B) starts and the reset carry) as
-// the LSTM's (lstm_native.cc).
+// the LSTM's (lstm_native.cc). With the `bf16` attribute the per-step GEMMs
+// take bfloat16 inputs (bf16_kernel.inc), and the handlers also return the
+// weight gradients' bfloat16 operands as the LSTM's: [x_t; h * mask]
+// transposed and dz.
 #include "handler.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -38,15 +41,21 @@ FwdCellBuffers Common(ffi::Buffer<ffi::F32> b_ih, ffi::Buffer<ffi::F32> b_hh, ff
   return cell;
 }
 
-ffi::Error ForwardTrain(LSTM_JAX_GRU_FORWARD_ARGS, ffi::ResultBuffer<ffi::F32> act) {
+ffi::Error ForwardTrain(LSTM_JAX_GRU_FORWARD_ARGS, ffi::ResultBuffer<ffi::F32> act,
+                        ffi::ResultBuffer<ffi::BF16> xhT, bool bf16) {
+  const Kernels* kern = ChosenKernels(Cell::kGru, bf16);
+  if (kern == nullptr) return NoBf16Kernels();
   FwdCellBuffers cell = Common(b_ih, b_hh, starts, reset_h);
   cell.training = true;
   cell.act = act->typed_data();
-  return Forward(pool, CellKernels(Cell::kGru), false, xs, w_ih, w_hh, h0, mask, valid, ys, h_out, cell);
+  cell.xhT = bf16 ? xhT->typed_data() : nullptr;
+  return Forward(pool, *kern, false, xs, w_ih, w_hh, h0, mask, valid, ys, h_out, cell);
 }
 
-ffi::Error ForwardInfer(LSTM_JAX_GRU_FORWARD_ARGS) {
-  return Forward(pool, CellKernels(Cell::kGru), false, xs, w_ih, w_hh, h0, mask, valid, ys, h_out,
+ffi::Error ForwardInfer(LSTM_JAX_GRU_FORWARD_ARGS, bool bf16) {
+  const Kernels* kern = ChosenKernels(Cell::kGru, bf16);
+  if (kern == nullptr) return NoBf16Kernels();
+  return Forward(pool, *kern, false, xs, w_ih, w_hh, h0, mask, valid, ys, h_out,
                  Common(b_ih, b_hh, starts, reset_h));
 }
 
@@ -55,14 +64,18 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffe
                     ffi::Buffer<ffi::U8> valid, ffi::Buffer<ffi::F32> ys, ffi::Buffer<ffi::F32> h0,
                     ffi::Buffer<ffi::U8> starts, ffi::Buffer<ffi::F32> reset_h,
                     ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh_out,
-                    ffi::ResultBuffer<ffi::F32> dm_out, ffi::ResultBuffer<ffi::F32> d_reset_h) {
+                    ffi::ResultBuffer<ffi::F32> dm_out, ffi::ResultBuffer<ffi::F32> d_reset_h,
+                    ffi::ResultBuffer<ffi::BF16> dzb, bool bf16) {
+  const Kernels* kern = ChosenKernels(Cell::kGru, bf16);
+  if (kern == nullptr) return NoBf16Kernels();
   BwdCellBuffers cell;
   cell.act = act.typed_data();
   cell.starts = Data(starts);
   cell.reset_h = Data(reset_h);
   cell.d_reset_h = Data(*d_reset_h);
-  return lstm_jax::Backward(pool, CellKernels(Cell::kGru), false, w_hh, dys, dh_in, mask, valid, ys, h0, dz,
-                            dh_out, dm_out, cell);
+  cell.dzb = bf16 ? dzb->typed_data() : nullptr;
+  return lstm_jax::Backward(pool, *kern, false, w_hh, dys, dh_in, mask, valid, ys, h0, dz, dh_out, dm_out,
+                            cell);
 }
 
 }  // namespace
@@ -93,8 +106,12 @@ static auto ForwardBinding() {
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxGruForwardTrain, lstm_jax::gru::ForwardTrain,
-                              ForwardBinding().Ret<ffi::Buffer<ffi::F32>>());  // act
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxGruForwardInfer, lstm_jax::gru::ForwardInfer, ForwardBinding());
+                              ForwardBinding()
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // act
+                                  .Ret<ffi::Buffer<ffi::BF16>>()  // xhT, or empty (float32)
+                                  .Attr<bool>("bf16"));           // bfloat16 GEMM inputs
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxGruForwardInfer, lstm_jax::gru::ForwardInfer,
+                              ForwardBinding().Attr<bool>("bf16"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxGruBackward, lstm_jax::gru::Backward,
                               ffi::Ffi::Bind()
@@ -113,4 +130,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxGruBackward, lstm_jax::gru::Backward,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dh0
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dmask
                                   .Ret<ffi::Buffer<ffi::F32>>()  // reset h's gradient, or empty
-);
+                                  .Ret<ffi::Buffer<ffi::BF16>>() // dz in bf16, or empty
+                                  .Attr<bool>("bf16"));

@@ -18,7 +18,7 @@
 //
 // With the `bf16` attribute (compute_dtype=bfloat16) the per-step GEMMs take
 // bfloat16 inputs and sum in float32 (lstm_kernel_amx.inc on AMX tiles, or
-// lstm_kernel_bf16.inc with vdpbf16ps), and the handlers also return the
+// bf16_kernel.inc with vdpbf16ps), and the handlers also return the
 // gradient GEMMs' bfloat16 operands row-major for XLA: dz, [x_t; h * mask]
 // transposed, w_ih^T.
 #include <cstdint>
@@ -33,10 +33,7 @@ namespace lstm_jax {
 namespace lstm {
 namespace {
 
-// The float32 kernels, or the bfloat16 ones (null where the CPU has none).
-const Kernels* Chosen(bool bf16) { return bf16 ? LstmBf16Kernels() : &CellKernels(Cell::kLstm); }
-
-ffi::Error NoBf16() { return ffi::Error::InvalidArgument("no bfloat16 kernels on this CPU"); }
+const Kernels* Chosen(bool bf16) { return ChosenKernels(Cell::kLstm, bf16); }
 
 #define LSTM_JAX_FORWARD_ARGS                                                                       \
   ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih,     \
@@ -76,7 +73,7 @@ ffi::Error ForwardTrain(LSTM_JAX_FORWARD_ARGS, ffi::ResultBuffer<ffi::F32> act,
                         ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::BF16> xhT,
                         ffi::ResultBuffer<ffi::BF16> w_ihT, bool bf16) {
   const Kernels* kern = Chosen(bf16);
-  if (kern == nullptr) return NoBf16();
+  if (kern == nullptr) return NoBf16Kernels();
   FwdCellBuffers cell = Common(bias, c0, starts, reset_h, reset_c, c_out);
   cell.training = true;
   cell.act = act->typed_data();
@@ -90,7 +87,7 @@ ffi::Error ForwardTrain(LSTM_JAX_FORWARD_ARGS, ffi::ResultBuffer<ffi::F32> act,
 
 ffi::Error ForwardInfer(LSTM_JAX_FORWARD_ARGS, bool bf16) {
   const Kernels* kern = Chosen(bf16);
-  if (kern == nullptr) return NoBf16();
+  if (kern == nullptr) return NoBf16Kernels();
   return Forward(pool, *kern, batch_major, xs, w_ih, w_hh, h0, mask, valid, ys, h_out,
                  Common(bias, c0, starts, reset_h, reset_c, c_out));
 }
@@ -105,7 +102,7 @@ ffi::Error Backward(ffi::ThreadPool pool, bool batch_major, ffi::Buffer<ffi::F32
                     ffi::ResultBuffer<ffi::BF16> dzb, ffi::ResultBuffer<ffi::F32> d_reset_h,
                     ffi::ResultBuffer<ffi::F32> d_reset_c, bool bf16) {
   const Kernels* kern = Chosen(bf16);
-  if (kern == nullptr) return NoBf16();
+  if (kern == nullptr) return NoBf16Kernels();
   BwdCellBuffers cell;
   cell.act = act.typed_data();
   cell.cs = cs.typed_data();

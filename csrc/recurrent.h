@@ -72,7 +72,7 @@ struct BwdProblem {
   float* dh;              // (B, H) carry in place: dh_T in, dh_0 out
   float* dc;              // (B, H) LSTM: carry in place
   float* dm;              // (B, H) mask gradient, accumulated, or null
-  uint16_t* dzb;          // (T, B, 4H) LSTM: dz rounded to bfloat16 (bf16 kernels only)
+  uint16_t* dzb;          // (T, B, A) dz rounded to bfloat16 (bf16 kernels only)
   const float* wpack;
   // resets (null without), as FwdProblem's: at a start the carry gradient
   // flowing into step t - 1 is added to d_reset_h (d_reset_c) and replaced by
@@ -104,10 +104,13 @@ struct Kernels {
   ItemFn bwd_item;
 };
 
-// The cell's kernels for the chosen instruction set (kernels.cc); the LSTM's
-// bfloat16 kernels, or null where there are none.
+// The cell's kernels for the chosen instruction set (kernels.cc); its
+// bfloat16 kernels (the LSTM's and the GRU's), or null where there are none.
 const Kernels& CellKernels(Cell cell);
-const Kernels* LstmBf16Kernels();
+const Kernels* Bf16Kernels(Cell cell);
+
+// The float32 kernels, or with bf16 the bfloat16 ones (null where there are none).
+inline const Kernels* ChosenKernels(Cell cell, bool bf16) { return bf16 ? Bf16Kernels(cell) : &CellKernels(cell); }
 
 // Calls f(r0, rows) over [0, batch) in blocks of at most MAX rows, as even as
 // possible: 8 rows run as 4 + 4, not 6 + 2 (a thin block streams the weights

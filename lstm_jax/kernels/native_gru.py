@@ -1,7 +1,7 @@
 """A GRU layer whose time loop is native CPU code (``backend="native"``).
 
 Same signature and semantics as :func:`lstm_jax.scan.scan_layer`, for the
-plain float32 GRU on CPU; the same design as the LSTM's native kernel
+plain GRU with float32 parameters on CPU, computing in float32 or bfloat16; the same design as the LSTM's native kernel
 (:mod:`lstm_jax.kernels.native`, whose extension, loader and custom-call
 helpers this shares; the C++ is ``csrc/gru_native.cc`` over the kernels all
 cells share, ``csrc/recurrent_kernel.inc`` with ``csrc/cells.inc``'s ``GruCell``):
@@ -21,6 +21,17 @@ cells share, ``csrc/recurrent_kernel.inc`` with ``csrc/cells.inc``'s ``GruCell``
   and ``dw_hh``, ``db_hh`` from ``[dr, dz, dhn]`` as single GEMMs / sums.
 
 ``resets`` run inside both loops as the LSTM's (:mod:`lstm_jax.kernels.native`).
+
+With ``compute_dtype=jnp.bfloat16`` (as ``scan``'s: the GEMM inputs ``x_t``,
+``h * mask``, the weights and ``dz`` rounded to bfloat16, products summed in
+float32, gate math and parameters float32) both loops run the bfloat16 kernels
+the LSTM's vdpbf16ps ones are made from (``csrc/bf16_kernel.inc`` with
+``GruCell``; AVX512_BF16, :func:`native_ops.native_bf16_isa`; no AMX variant),
+which also emit the weight gradients' operands in bfloat16, row-major, as the
+LSTM's do: ``[x_t; h_{t-1} * mask]`` transposed and ``dz``. One GEMM of them
+gives ``[dw_ih; dw_hh]`` over all four blocks of ``dz``, each weight taking its
+three. Where the CPU has no AVX512_BF16 native declines bfloat16 and
+``"auto"`` runs ``"scan"``.
 Derivatives of these (``jax.hessian``, grad of grad) go through a JAX reference
 (:func:`lstm_jax.kernels.native_ops.native_op`). Steps a sequence does not reach
 (``seq_lengths``, ``mask``) keep the carry and output zeros; the backward reads
@@ -43,6 +54,7 @@ from lstm_jax.kernels.call import KernelSpec, LayerCall, layer_call
 from lstm_jax.kernels.native_ops import (
     NativeOp,
     ffi_call,
+    is_bf16,
     native_op,
     optional_operand,
     reference_recurrence,
@@ -75,43 +87,76 @@ def _shapes(inputs, *features):
 
 def _infer(static, inputs, per_step):
     """Time-major ``xs (T, B, I)`` -> ``ys (T, B, H), h``."""
-    del static
+    _, bf16 = static
     operands = _operands(inputs, per_step)
-    return ffi_call("lstm_jax_native_gru_forward_infer", _shapes(inputs), *operands)
+    return ffi_call("lstm_jax_native_gru_forward_infer", _shapes(inputs), *operands, bf16=bf16)
 
 
 def _train(static, inputs, per_step):
-    """``(ys, h)`` and the residual ``act (T, B, 4H)``: ``r, z, n, h W_hn + b_hn``."""
-    del static
+    """``(ys, h)`` and the residuals ``act (T, B, 4H)``: ``r, z, n, h W_hn + b_hn``, and with
+    ``bf16`` ``xhT (I + H, T * B)``, the bfloat16 ``x_t`` and ``h_{t-1} * mask`` of every step
+    (time-major columns; empty without ``bf16``)."""
+    _, bf16 = static
+    steps, batch, inputs_size = inputs[4].shape
     hidden = inputs[2].shape[0]
-    ys, h, act = ffi_call("lstm_jax_native_gru_forward_train", _shapes(inputs, 4 * hidden),
-                          *_operands(inputs, per_step))  # fmt: skip
-    return (ys, h), (act,)
+    xh_t = jax.ShapeDtypeStruct((inputs_size + hidden, steps * batch) if bf16 else (0,), jnp.bfloat16)
+    ys, h, act, xh_t = ffi_call("lstm_jax_native_gru_forward_train", (*_shapes(inputs, 4 * hidden), xh_t),
+                                *_operands(inputs, per_step), bf16=bf16)  # fmt: skip
+    return (ys, h), (act, xh_t)
+
+
+def _bf16_weight_gradients(xh_t: Array, dz_bf16: Array, w_ih: Array):
+    """``dw_ih, dw_hh, dxs`` (rows) from the kernels' bfloat16 operands, as the LSTM's: every
+    GEMM row-major with the contracted axis of the left operand last (``native.py``).
+
+    Args:
+      xh_t: ``(I + H, T * B)`` bf16 ``[x_t; h_{t-1} * mask]``.
+      dz_bf16: ``(T * B, 4H)`` bf16 ``[dr, dz, dn, dhn]``.
+      w_ih: ``(I, 3H)`` float32.
+
+    One GEMM over all four blocks (a quarter of its products unused) instead of
+    slicing the large ``dz`` into the input side ``[dr, dz, dn]`` and the
+    recurrent side ``[dr, dz, dhn]``; ``w_ih^T`` gets zero rows for ``dhn``.
+    """
+    inputs_size, hidden = w_ih.shape[0], w_ih.shape[1] // 3
+    dw = jnp.matmul(xh_t, dz_bf16, preferred_element_type=jnp.float32)  # (I + H, 4H)
+    dw_ih = dw[:inputs_size, : 3 * hidden]
+    dw_hh = jnp.concatenate([dw[inputs_size:, : 2 * hidden], dw[inputs_size:, 3 * hidden :]], axis=1)
+    w_t = jnp.concatenate([w_ih.T, jnp.zeros((hidden, inputs_size), w_ih.dtype)]).astype(jnp.bfloat16)
+    dxs = jnp.matmul(dz_bf16, w_t, preferred_element_type=jnp.float32)  # (T * B, I)
+    return dw_ih, dw_hh, dxs
 
 
 def _gradients(static, inputs, per_step, cotangents, outputs, saved):
     """Gradients w.r.t. ``(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, reset_h)``: the native loop,
     then XLA."""
-    (masked_steps,) = static
+    masked_steps, bf16 = static
     w_ih, _, w_hh, _, xs, h0, mask, reset_h = inputs  # the biases are read through act
     valid, starts = per_step
-    (act,) = saved
+    act, xh_t = saved
     resets = () if starts is None else (starts != 0, reset_h)
     hs = carried_outputs(outputs[0], h0, valid, *resets) if masked_steps else outputs[0]
     steps, batch, inputs_size = xs.shape
     hidden = w_hh.shape[0]
     state = jax.ShapeDtypeStruct(h0.shape, jnp.float32)
     reset_state = state if starts is not None else jax.ShapeDtypeStruct((0,), jnp.float32)
-    results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state, reset_state)
+    dz_bf16 = jax.ShapeDtypeStruct(act.shape if bf16 else (0,), jnp.bfloat16)
+    results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state, reset_state, dz_bf16)
     f32, u8 = jnp.float32, jnp.uint8
-    dz, dh0, dmask, d_reset_h = ffi_call(
+    dz, dh0, dmask, d_reset_h, dz_bf16 = ffi_call(
         "lstm_jax_native_gru_backward", results,
         w_hh, act, *cotangents, optional_operand(mask, f32), optional_operand(valid, u8), hs, h0,
-        optional_operand(starts, u8), optional_operand(reset_h, f32), aliases={1: 0},
+        optional_operand(starts, u8), optional_operand(reset_h, f32), bf16=bf16, aliases={1: 0},
     )  # fmt: skip
+    dmask = None if mask is None else dmask
+    d_reset_h = None if starts is None else d_reset_h
     rows = dz.reshape(steps * batch, 4 * hidden)  # [dr, dz, dn, dhn]
     d_input = rows[:, : 3 * hidden]
     d_recurrent = jnp.concatenate([rows[:, : 2 * hidden], rows[:, 3 * hidden :]], axis=1)
+    db_ih, db_hh = jnp.sum(d_input, axis=0), jnp.sum(d_recurrent, axis=0)
+    if bf16:
+        dw_ih, dw_hh, dxs = _bf16_weight_gradients(xh_t, dz_bf16.reshape(rows.shape), w_ih)
+        return dw_ih, db_ih, dw_hh, db_hh, dxs.reshape(xs.shape), dh0, dmask, d_reset_h
     h_prev = jnp.concatenate([h0[None], hs[:-1]])  # [T, B, H]: h_{t-1} for every step
     if starts is not None:  # the reset carry where a segment starts
         h_prev = jnp.where(starts[:, :, None] != 0, reset_h, h_prev)
@@ -120,17 +165,16 @@ def _gradients(static, inputs, per_step, cotangents, outputs, saved):
     dw_hh = h_prev.reshape(steps * batch, hidden).T @ d_recurrent
     dw_ih = xs.reshape(steps * batch, inputs_size).T @ d_input
     dxs = (d_input @ w_ih.T).reshape(xs.shape)
-    db_ih, db_hh = jnp.sum(d_input, axis=0), jnp.sum(d_recurrent, axis=0)
-    dmask = None if mask is None else dmask
-    return dw_ih, db_ih, dw_hh, db_hh, dxs, dh0, dmask, (None if starts is None else d_reset_h)
+    return dw_ih, db_ih, dw_hh, db_hh, dxs, dh0, dmask, d_reset_h
 
 
 def _reference(static, inputs, per_step):
-    """:func:`_infer` in JAX."""
-    del static
+    """:func:`_infer` in JAX (the same bfloat16 rounding of the GEMM inputs)."""
+    _, bf16 = static
     w_ih, b_ih, w_hh, b_hh, xs, h0, mask, reset_h = inputs
     weights = GRUWeights(w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
-    return reference_recurrence(gru_kind(), weights, xs, h0, mask, *per_step, reset_h)
+    cell = gru_kind(compute_dtype=jnp.bfloat16 if bf16 else None)
+    return reference_recurrence(cell, weights, xs, h0, mask, *per_step, reset_h)
 
 
 _recurrence = native_op(NativeOp(_infer, _train, _gradients, _reference))
@@ -140,6 +184,7 @@ def native_gru_kernel(call: LayerCall):
     """The native GRU layer for a call :func:`native_gru_why_not` accepts (``mask``,
     ``resets`` and ``reset_to`` included)."""
     w, options = call.weights, call.options
+    static = (options.mask is not None, is_bf16(options.compute_dtype))
     h0 = jnp.asarray(call.initial_carry, jnp.float32)
     reset_to = call.initial_carry if options.reset_to is None else options.reset_to
     dropout = None if options.recurrent_mask is None else jnp.asarray(options.recurrent_mask, jnp.float32)
@@ -151,7 +196,7 @@ def native_gru_kernel(call: LayerCall):
             reset_h = jnp.asarray(reset_to, jnp.float32)
             starts = start_flags(starts, options.reverse)
         inputs = (w.w_ih, w.b_ih, w.w_hh, w.b_hh, xs.astype(jnp.float32), h0, dropout, reset_h)
-        return _recurrence((options.mask is not None,), inputs, (valid, starts))
+        return _recurrence(static, inputs, (valid, starts))
 
     return over_time(run, call.xs, seq_lengths=options.seq_lengths, reverse=options.reverse,
                      time_major=options.time_major, mask=options.mask,
@@ -159,8 +204,9 @@ def native_gru_kernel(call: LayerCall):
 
 
 def native_gru_why_not(call: LayerCall, *, auto: bool = False) -> Optional[str]:
-    """Why the native GRU cannot run ``call`` (``auto``: why ``"auto"`` does not run it), or None."""
-    return why_not(call, bf16=False, auto=auto)
+    """Why the native GRU cannot run ``call`` (``auto``: why ``"auto"`` does not run it), or
+    None: :func:`native_ops.why_not`."""
+    return why_not(call, bf16=True, auto=auto)
 
 
 NATIVE_GRU = KernelSpec("gru", "native", native_gru_kernel, native_gru_why_not,
@@ -176,8 +222,9 @@ def native_gru_layer(cell: Cell, weights: GRUWeights, xs: Array, initial_carry: 
     :func:`lstm_jax.cells.gru_pointwise`, in C++.
 
     Raises:
-      ValueError: for non-float32 parameters or compute dtype, off CPU, or when
-        the C++ extension was not built.
+      ValueError: for non-float32 parameters, a compute dtype other than float32
+        or bfloat16 (bfloat16 only where :func:`native_ops.native_has_bf16`),
+        off CPU, or when the C++ extension was not built.
 
     >>> import lstm_jax as lj
     >>> from lstm_jax.cells import gru_kind

@@ -297,7 +297,8 @@ def log_unavailable_once() -> None:
 
 def dtype_unsupported(weights: Any, xs: Array, compute_dtype, *, bf16: bool) -> Optional[str]:
     """Why the native kernels cannot run these dtypes, or None: float32 parameters, and
-    float32 compute, or bfloat16 too where ``bf16`` (the LSTM's kernels) and the CPU has it."""
+    float32 compute, or bfloat16 too where ``bf16`` (the LSTM's and GRU's kernels) and the CPU
+    has it."""
     if weights.w_hh.dtype != jnp.float32 or weights.w_ih.dtype != jnp.float32:
         return f"it needs float32 parameters, got {weights.w_hh.dtype}"
     allowed = (jnp.float32, jnp.bfloat16) if bf16 else (jnp.float32,)
