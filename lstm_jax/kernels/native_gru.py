@@ -1,9 +1,9 @@
 """A GRU layer whose time loop is native CPU code (``backend="native"``).
 
 Same signature and semantics as :func:`lstm_jax.scan.scan_layer`, for the
-plain GRU with float32 parameters on CPU, computing in float32 or bfloat16; the same design as the LSTM's native kernel
-(:mod:`lstm_jax.kernels.native`, whose extension, loader and custom-call
-helpers this shares; the C++ is ``csrc/gru_native.cc`` over the kernels all
+plain GRU with float32 parameters on CPU, computing in float32 or bfloat16;
+the same design as the LSTM's native kernel (:mod:`lstm_jax.kernels.native`,
+whose extension, loader and custom-call helpers this shares; the C++ is ``csrc/gru_native.cc`` over the kernels all
 cells share, ``csrc/recurrent_kernel.inc`` with ``csrc/cells.inc``'s ``GruCell``):
 
 * forward: the custom call runs the loop. Per step and unit it accumulates

@@ -192,7 +192,7 @@ def isa_fallbacks(environ: Mapping[str, str], isa: str, bf16_isa: str | None) ->
         instead = (
             f"the bfloat16 kernels run {bf16_isa!r} instead" if bf16_isa is not None
             else f"there are no bfloat16 native kernels with the instruction set {isa!r} here, "
-            "so compute_dtype=bfloat16 runs 'fused' under backend='auto'"
+            "so compute_dtype=bfloat16 runs 'fused' (the GRU 'scan') under backend='auto'"
         )  # fmt: skip
         messages.append(f"{_BF16}={want!r}: this CPU (or OS, or build) does not have it; {instead}")
     return messages
