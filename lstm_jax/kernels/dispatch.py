@@ -69,8 +69,8 @@ AUTO: dict[str, dict[Optional[str], str]] = {
     # native: faster than "scan" for training and inference from H = 64 to 512 (AVX2 /
     # AVX-512); declines what the LSTM's does. bfloat16 (AVX512_BF16, no AMX variant): at the
     # four native_bf16 targets, one core of a loaded Zen 4, faster than "scan" bf16 by
-    # 1.6-6.4x for training and 1.1-2.2x for inference, and than its own float32 by 1.2-1.4x
-    # and 1.4-1.6x (benchmarks/results/cpu-amd-epyc-zen4-2c/gru_bf16.md)
+    # 1.2-6.4x for training and 1.1-2.2x for inference, and than its own float32 by
+    # 1.06-1.22x and 1.4-1.7x (benchmarks/results/cpu-amd-epyc-zen4-2c/gru_bf16.md)
     "gru": {"cpu": "native", None: "scan"},
     # native: at (B, T, I, H) = (64, 128, 64, 256), one core of a loaded Zen 5 (AVX-512),
     # faster than "scan" by only ~1.2x for a training step (28.2-28.4 vs 33.3-34.4 ms CPU time)
