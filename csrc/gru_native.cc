@@ -11,7 +11,10 @@
 //             w_hh^T) * mask. XLA computes the weight and input gradients
 //             after the loop.
 // With resets (optional operands: the (T, B) starts and the reset carry) as
-// the LSTM's (lstm_native.cc).
+// the LSTM's (lstm_native.cc). With the `bf16` attribute the per-step GEMMs
+// take bfloat16 inputs (bf16_kernel.inc), and the handlers also return the
+// weight gradients' bfloat16 operands as the LSTM's: [x_t; h * mask]
+// transposed and dz.
 #include "handler.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -39,15 +42,21 @@ FwdCellBuffers Common(ffi::Buffer<ffi::F32> b_ih, ffi::Buffer<ffi::F32> b_hh, ff
   return cell;
 }
 
-ffi::Error ForwardTrain(LSTM_JAX_GRU_FORWARD_ARGS, ffi::ResultBuffer<ffi::F32> act) {
+ffi::Error ForwardTrain(LSTM_JAX_GRU_FORWARD_ARGS, ffi::ResultBuffer<ffi::F32> act,
+                        ffi::ResultBuffer<ffi::BF16> xhT, ffi::Attr<bool, kBf16> bf16) {
+  const Kernels* kern = ChosenKernels(Cell::kGru, *bf16);
+  if (kern == nullptr) return NoBf16Kernels();
   FwdCellBuffers cell = Common(b_ih, b_hh, starts, reset_h);
   cell.training = true;
   cell.act = act->typed_data();
-  return Forward(pool, CellKernels(Cell::kGru), false, xs, w_ih, w_hh, h0, mask, valid, ys, h_out, cell);
+  cell.xhT = *bf16 ? xhT->typed_data() : nullptr;
+  return Forward(pool, *kern, false, xs, w_ih, w_hh, h0, mask, valid, ys, h_out, cell);
 }
 
-ffi::Error ForwardInfer(LSTM_JAX_GRU_FORWARD_ARGS) {
-  return Forward(pool, CellKernels(Cell::kGru), false, xs, w_ih, w_hh, h0, mask, valid, ys, h_out,
+ffi::Error ForwardInfer(LSTM_JAX_GRU_FORWARD_ARGS, ffi::Attr<bool, kBf16> bf16) {
+  const Kernels* kern = ChosenKernels(Cell::kGru, *bf16);
+  if (kern == nullptr) return NoBf16Kernels();
+  return Forward(pool, *kern, false, xs, w_ih, w_hh, h0, mask, valid, ys, h_out,
                  Common(b_ih, b_hh, starts, reset_h));
 }
 
@@ -57,16 +66,23 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffe
                     ffi::Buffer<ffi::U8> starts, ffi::Buffer<ffi::F32> reset_h,
                     ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh_out,
                     ffi::ResultBuffer<ffi::F32> dm_out, ffi::ResultBuffer<ffi::F32> d_reset_h,
-                    ffi::ResultBuffer<ffi::F32> dw_hh, ffi::ResultBuffer<ffi::F32> db) {
+                    ffi::ResultBuffer<ffi::BF16> dzb, ffi::ResultBuffer<ffi::F32> dw_hh,
+                    ffi::ResultBuffer<ffi::F32> db, ffi::Attr<bool, kBf16> bf16) {
+  const Kernels* kern = ChosenKernels(Cell::kGru, *bf16);
+  if (kern == nullptr) return NoBf16Kernels();
+  if (*bf16 && dw_hh->element_count() != 0) {
+    return ffi::Error::InvalidArgument("the bfloat16 backward has no in-loop weight gradients");
+  }
   BwdCellBuffers cell;
   cell.act = act.typed_data();
   cell.starts = Data(starts);
   cell.reset_h = Data(reset_h);
   cell.d_reset_h = Data(*d_reset_h);
+  cell.dzb = *bf16 ? dzb->typed_data() : nullptr;
   cell.dw_hh = Data(*dw_hh);
   cell.db = Data(*db);
-  return lstm_jax::Backward(pool, CellKernels(Cell::kGru), false, w_hh, dys, dh_in, mask, valid, ys, h0, dz,
-                            dh_out, dm_out, cell);
+  return lstm_jax::Backward(pool, *kern, false, w_hh, dys, dh_in, mask, valid, ys, h0, dz, dh_out, dm_out,
+                            cell);
 }
 
 }  // namespace

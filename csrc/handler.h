@@ -56,7 +56,7 @@ struct FwdCellBuffers {
   float* c_out = nullptr;          // LSTM
   float* act = nullptr;            // saved activations (training; not the RNN)
   float* cs = nullptr;             // LSTM training
-  uint16_t* xhT = nullptr;         // LSTM bfloat16 training: (N.., I + H, T * B)
+  uint16_t* xhT = nullptr;         // bfloat16 training: (N.., I + H, T * B)
   const uint8_t* starts = nullptr;  // resets (FwdProblem): (N.., T, B), or null
   const float* reset_h = nullptr;   // resets: (N.., B, H)
   const float* reset_c = nullptr;   // LSTM resets
@@ -76,7 +76,7 @@ struct BwdCellBuffers {
   const float* c0 = nullptr;     // LSTM
   const float* dc_in = nullptr;  // LSTM
   float* dc_out = nullptr;       // LSTM
-  uint16_t* dzb = nullptr;       // LSTM bfloat16: dz rounded, (N.., T, B, 4H)
+  uint16_t* dzb = nullptr;       // bfloat16: dz rounded, (N.., T, B, A)
   const uint8_t* starts = nullptr;  // resets (BwdProblem): (N.., T, B), or null
   const float* reset_h = nullptr;   // resets: (N.., B, H)
   const float* reset_c = nullptr;   // LSTM resets
@@ -93,6 +93,14 @@ xla::ffi::Error Backward(xla::ffi::ThreadPool& pool, const Kernels& kern, bool b
                          xla::ffi::Buffer<xla::ffi::F32> h0, xla::ffi::ResultBuffer<xla::ffi::F32> dz,
                          xla::ffi::ResultBuffer<xla::ffi::F32> dh_out,
                          xla::ffi::ResultBuffer<xla::ffi::F32> dm_out, const BwdCellBuffers& cell);
+
+// The LSTM's and GRU's attribute: the per-step GEMMs take bfloat16 inputs.
+constexpr char kBf16[] = "bf16";
+
+// A bfloat16 call where the CPU has no bfloat16 kernels (Bf16Kernels is null).
+inline xla::ffi::Error NoBf16Kernels() {
+  return xla::ffi::Error::InvalidArgument("no bfloat16 kernels on this CPU");
+}
 
 // The buffer's data, or null when it is empty (an absent optional operand).
 template <class Buffer>

@@ -1,6 +1,7 @@
 // Every cell's kernels (recurrent_kernel.inc with the policies of cells.inc),
-// compiled once per instruction set, and the LSTM's bfloat16 kernels; the
-// handlers find the chosen set's through CellKernels (recurrent.h).
+// compiled once per instruction set, and the LSTM's and GRU's bfloat16 kernels
+// (bf16_kernel.inc; the LSTM's also on AMX tiles, lstm_kernel_amx.inc); the
+// handlers find the chosen set's through CellKernels and Bf16Kernels (recurrent.h).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -43,7 +44,7 @@ namespace avx512bf16 {
 using V = Avx512Vec;
 #include "recurrent_kernel.inc"
 #include "cells.inc"
-#include "lstm_kernel_bf16.inc"
+#include "bf16_kernel.inc"
 #include "lstm_kernel_amx.inc"
 }  // namespace avx512bf16
 #pragma GCC pop_options
@@ -60,11 +61,14 @@ const Kernels& CellKernels(Cell cell) {
   }
 }
 
-const Kernels* LstmBf16Kernels() {
+const Kernels* Bf16Kernels(Cell cell) {
+  if (cell != Cell::kLstm && cell != Cell::kGru) return nullptr;
   switch (ChosenBf16Isa()) {
 #ifdef LSTM_JAX_BF16
-    case Bf16Isa::kAmx: return &avx512bf16::kLstmAmx;
-    case Bf16Isa::kAvx512Bf16: return &avx512bf16::kLstmBf16;
+    case Bf16Isa::kAmx:  // AMX tiles for the LSTM; a CPU with AMX also has vdpbf16ps
+      if (cell == Cell::kLstm) return &avx512bf16::kLstmAmx;
+      return &avx512bf16::kBf16Cells[int(cell)];
+    case Bf16Isa::kAvx512Bf16: return &avx512bf16::kBf16Cells[int(cell)];
 #endif
     default: return nullptr;
   }

@@ -18,7 +18,7 @@
 //
 // With the `bf16` attribute (compute_dtype=bfloat16) the per-step GEMMs take
 // bfloat16 inputs and sum in float32 (lstm_kernel_amx.inc on AMX tiles, or
-// lstm_kernel_bf16.inc with vdpbf16ps), and the handlers also return the
+// bf16_kernel.inc with vdpbf16ps), and the handlers also return the
 // gradient GEMMs' bfloat16 operands row-major for XLA: dz, [x_t; h * mask]
 // transposed, w_ih^T.
 #include <cstdint>
@@ -33,13 +33,9 @@ namespace lstm_jax {
 namespace lstm {
 namespace {
 
-// The float32 kernels, or the bfloat16 ones (null where the CPU has none).
-const Kernels* Chosen(bool bf16) { return bf16 ? LstmBf16Kernels() : &CellKernels(Cell::kLstm); }
-
-ffi::Error NoBf16() { return ffi::Error::InvalidArgument("no bfloat16 kernels on this CPU"); }
+const Kernels* Chosen(bool bf16) { return ChosenKernels(Cell::kLstm, bf16); }
 
 constexpr char kBatchMajor[] = "batch_major";
-constexpr char kBf16[] = "bf16";  // bfloat16 GEMM inputs
 
 // Both forward calls' operands; training also returns the saved activations and cell states
 // and, with bf16, the gradient GEMMs' bfloat16 operands.
@@ -82,7 +78,7 @@ ffi::Error ForwardTrain(LSTM_JAX_FORWARD_ARGS, ffi::ResultBuffer<ffi::F32> act,
                         ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::BF16> xhT,
                         ffi::ResultBuffer<ffi::BF16> w_ihT, ffi::Attr<bool, kBf16> bf16) {
   const Kernels* kern = Chosen(*bf16);
-  if (kern == nullptr) return NoBf16();
+  if (kern == nullptr) return NoBf16Kernels();
   FwdCellBuffers cell = Common(bias, c0, starts, reset_h, reset_c, c_out);
   cell.training = true;
   cell.act = act->typed_data();
@@ -96,7 +92,7 @@ ffi::Error ForwardTrain(LSTM_JAX_FORWARD_ARGS, ffi::ResultBuffer<ffi::F32> act,
 
 ffi::Error ForwardInfer(LSTM_JAX_FORWARD_ARGS, ffi::Attr<bool, kBf16> bf16) {
   const Kernels* kern = Chosen(*bf16);
-  if (kern == nullptr) return NoBf16();
+  if (kern == nullptr) return NoBf16Kernels();
   return Forward(pool, *kern, *batch_major, xs, w_ih, w_hh, h0, mask, valid, ys, h_out,
                  Common(bias, c0, starts, reset_h, reset_c, c_out));
 }
@@ -113,7 +109,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Attr<bool, kBatchMajor> batch_maj
                     ffi::ResultBuffer<ffi::F32> d_reset_c, ffi::ResultBuffer<ffi::F32> dw_hh,
                     ffi::ResultBuffer<ffi::F32> db, ffi::Attr<bool, kBf16> bf16) {
   const Kernels* kern = Chosen(*bf16);
-  if (kern == nullptr) return NoBf16();
+  if (kern == nullptr) return NoBf16Kernels();
   if (*bf16 && dw_hh->element_count() != 0) {
     return ffi::Error::InvalidArgument("the bfloat16 backward has no in-loop weight gradients");
   }

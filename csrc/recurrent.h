@@ -72,7 +72,7 @@ struct BwdProblem {
   float* dh;              // (B, H) carry in place: dh_T in, dh_0 out
   float* dc;              // (B, H) LSTM: carry in place
   float* dm;              // (B, H) mask gradient, accumulated, or null
-  uint16_t* dzb;          // (T, B, 4H) LSTM: dz rounded to bfloat16 (bf16 kernels only)
+  uint16_t* dzb;          // (T, B, A) dz rounded to bfloat16 (bf16 kernels only)
   // weight gradients in the loop (null: XLA computes them from dz): per row
   // partition (dw_parts; 1 where the loop is split by panels), dw_hh (H, G)
   // = sum h_{t-1}^T (* mask) @ dz's recurrent blocks (Cell::kDz), then db (A)
@@ -110,10 +110,13 @@ struct Kernels {
   ItemFn bwd_item;
 };
 
-// The cell's kernels for the chosen instruction set (kernels.cc); the LSTM's
-// bfloat16 kernels, or null where there are none.
+// The cell's kernels for the chosen instruction set (kernels.cc); its
+// bfloat16 kernels (the LSTM's and the GRU's), or null where there are none.
 const Kernels& CellKernels(Cell cell);
-const Kernels* LstmBf16Kernels();
+const Kernels* Bf16Kernels(Cell cell);
+
+// The float32 kernels, or with bf16 the bfloat16 ones (null where there are none).
+inline const Kernels* ChosenKernels(Cell cell, bool bf16) { return bf16 ? Bf16Kernels(cell) : &CellKernels(cell); }
 
 // Calls f(r0, rows) over [0, batch) in blocks of at most MAX rows, as even as
 // possible: 8 rows run as 4 + 4, not 6 + 2 (a thin block streams the weights

@@ -1,7 +1,11 @@
-"""The native kernels with ``compute_dtype=bfloat16`` against ``fused`` bf16 and float32 ``scan``.
+"""The native kernels with ``compute_dtype=bfloat16`` against a bf16 reference and float32 ``scan``.
 
-Both bf16 implementations round the same GEMM inputs (``x_t``, ``h * mask``,
-the weights, ``dz``) to bfloat16 and sum in float32, so they differ only by
+Each cell's native bf16 kernels are compared with a JAX layer that rounds the
+same GEMM inputs (``x_t``, ``h * mask``, the weights, ``dz``) to bfloat16 and
+sums in float32: ``fused`` for the LSTM, and for the GRU ``scan`` over a cell
+whose matmuls round their cotangent too (:func:`_rounded_matmul`; ``scan``'s
+own bf16 gradients do not round ``dz``, and differ from native by ~2e-3 of a
+leaf's largest value, as much as float32 does). They then differ only by
 float32 summation order, which now and then moves a value across a bf16
 rounding boundary (one bf16 step, 2^-8 relative, in one element of ``h`` or
 ``dz``). They are compared leaf by leaf at 1e-3 of the leaf's largest value
@@ -18,6 +22,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,13 +30,15 @@ import numpy as np
 import pytest
 
 import lstm_jax as lj
-from lstm_jax.cells import lstm_kind
+from lstm_jax.cells import Cell, gru_kind, gru_pointwise, lstm_kind, matmul
 from lstm_jax.kernels import dispatch
 from lstm_jax.kernels.fused import fused_lstm_layer
-from lstm_jax.kernels.native_ops import native_has_bf16, native_unavailable
 from lstm_jax.kernels.native import native_lstm_layer
+from lstm_jax.kernels.native_gru import native_gru_layer
+from lstm_jax.kernels.native_ops import native_has_bf16, native_unavailable
 from lstm_jax.scan import scan_layer
-from tests.native_cases import CELLS, LENGTHS, assert_trees_close, inputs
+from tests import native_cases
+from tests.native_cases import LENGTHS, assert_trees_close
 
 pytestmark = pytest.mark.skipif(
     native_unavailable() is not None or not native_has_bf16(),
@@ -41,8 +48,73 @@ pytestmark = pytest.mark.skipif(
 BF16 = jnp.bfloat16
 # (reverse, ragged, masked)
 CASES = [(False, False, False), (True, True, True), (False, True, True), (True, False, False)]
-TIGHT = 1e-3  # native bf16 vs fused bf16, relative to each leaf's largest value
+TIGHT = 1e-3  # native bf16 vs the bf16 reference, relative to each leaf's largest value
 LOOSE = dict(atol=5e-2, rtol=5e-2)  # bf16 vs float32
+
+
+@jax.custom_vjp
+def _rounded_matmul(x, w):
+    """``x @ w`` with bf16 inputs summed in float32, whose VJP rounds the cotangent to bf16 too
+    (as the native kernels round ``dz``). ``x: (K,)``, ``w: (K, N)``."""
+    return matmul(x, w, BF16)
+
+
+def _rounded_matmul_fwd(x, w):
+    return _rounded_matmul(x, w), (x, w)
+
+
+def _rounded_matmul_bwd(residuals, g):
+    x, w = residuals
+    g = g.astype(BF16)
+    dx = jnp.matmul(g, w.astype(BF16).T, preferred_element_type=jnp.float32).astype(x.dtype)
+    dw = jnp.outer(x.astype(BF16), g).astype(jnp.float32)  # bf16 * bf16 is exact in float32
+    return dx, dw
+
+
+_rounded_matmul.defvjp(_rounded_matmul_fwd, _rounded_matmul_bwd)
+
+
+def _rounded_gru_kind() -> Cell:
+    """The GRU (``cells.gru_pointwise``) over :func:`_rounded_matmul`."""
+
+    def step(w, h, gx, mask):
+        gh = _rounded_matmul(h if mask is None else h * mask, w.w_hh) + w.b_hh
+        return gru_pointwise(gx, gh, h)[1]
+
+    return Cell(project=lambda w, x: _rounded_matmul(x, w.w_ih) + w.b_ih, step=step,
+                output=lambda h: h)  # fmt: skip
+
+
+def _rounded_gru_layer(cell, w, xs, h0, compute_dtype=None, **options):
+    """``scan`` over :func:`_rounded_gru_kind` (``cell``, ``compute_dtype``: bf16 implied)."""
+    del cell, compute_dtype
+    return scan_layer(_rounded_gru_kind(), w, xs, h0, **options)
+
+
+class Bf16Cell(NamedTuple):
+    """A cell's native bf16 layer, its bf16 reference, and how to make its test inputs."""
+
+    native: Callable
+    reference: Callable  # same rounding as native
+    kind: Callable  # -> cells.Cell
+    init: Callable  # lj.init_lstm, lj.init_gru
+    inputs: Callable  # (seed, batch, steps, hidden) -> (w, xs, carry, mask), as native_cases.inputs
+    carries: int  # arrays in the carry
+
+
+def _lstm_inputs(seed=0, **sizes):
+    return native_cases.inputs(native_cases.CELLS["lstm"], seed, **sizes)
+
+
+def _gru_inputs(seed=0, **sizes):
+    return native_cases.inputs(native_cases.CELLS["gru"], seed, **sizes)
+
+
+CELLS = {
+    "lstm": Bf16Cell(native_lstm_layer, fused_lstm_layer, lstm_kind, lj.init_lstm, _lstm_inputs, 2),
+    "gru": Bf16Cell(native_gru_layer, _rounded_gru_layer, gru_kind, lj.init_gru, _gru_inputs, 1),
+}  # fmt: skip
+cells = pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS.keys())
 
 
 def assert_close_to_fused(got, want, tol=TIGHT):
@@ -57,24 +129,21 @@ def assert_close_to_fused(got, want, tol=TIGHT):
         assert err <= tol * scale, f"leaf {k}: max error {err:.3g} > {tol} * {scale:.3g}"
 
 
-def _inputs(seed=0, **kwargs):
-    """The LSTM's (weights, xs, h0, c0, recurrent mask)."""
-    w, xs, (h0, c0), mask = inputs(CELLS["lstm"], seed, **kwargs)
-    return w, xs, h0, c0, mask
+def _value_and_grads(layer, args, *, kind=lstm_kind, compute_dtype=BF16, seq_lengths=None,
+                     reverse=False, masked=False):  # fmt: skip
+    """Outputs, final state and the gradients of a loss weighing all of them differently;
+    ``args = (w, xs, carry, mask)``."""
 
-
-def _value_and_grads(layer, args, *, compute_dtype=BF16, seq_lengths=None, reverse=False,
-                     masked=False):  # fmt: skip
-    """Outputs, final state and the gradients of a loss weighing all of them differently."""
-
-    def loss(w, xs, h0, c0, mask):
-        ys, (h, c) = layer(
-            lstm_kind(), w, xs, (h0, c0), seq_lengths=seq_lengths, reverse=reverse,
+    def loss(w, xs, carry, mask):
+        ys, state = layer(
+            kind(), w, xs, carry, seq_lengths=seq_lengths, reverse=reverse,
             recurrent_mask=mask if masked else None, compute_dtype=compute_dtype,
         )  # fmt: skip
-        return jnp.sum(ys * jnp.sin(ys)) + jnp.sum(1.3 * h) + jnp.sum(c * c), (ys, h, c)
+        leaves = jax.tree_util.tree_leaves(state)  # (h, c), or h
+        first, last = leaves[0], leaves[-1]
+        return jnp.sum(ys * jnp.sin(ys)) + jnp.sum(1.3 * first) + jnp.sum(last * last), (ys, state)
 
-    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))(*args)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(*args)
 
 
 def _scan(cell, w, xs, carry, compute_dtype=None, **kwargs):
@@ -92,65 +161,74 @@ def _slow_unless(default: bool, *values):
     return pytest.param(*values, marks=() if default else pytest.mark.slow)
 
 
+@cells
 @pytest.mark.parametrize(
     "reverse, ragged, masked, split",
     [_slow_unless(k == 0, *case, None) for k, case in enumerate(CASES)]
     + [_slow_unless(True, True, True, True, "units"), _slow_unless(True, True, True, True, "rows")],
 )
-def test_matches_fused_bf16_and_scan(monkeypatch, reverse, ragged, masked, split):
+def test_matches_bf16_reference_and_scan(monkeypatch, cell, reverse, ragged, masked, split):
     if split is not None:  # threads split hidden units, or batch rows
         monkeypatch.setenv("LSTM_JAX_NATIVE_SPLIT_MACS", "0")
         monkeypatch.setenv("LSTM_JAX_NATIVE_MIN_ROWS", "1" if split == "rows" else "100")
-    args = _inputs()
-    options = dict(seq_lengths=LENGTHS if ragged else None, reverse=reverse, masked=masked)
-    got = _value_and_grads(native_lstm_layer, args, **options)
-    assert_close_to_fused(got, _value_and_grads(fused_lstm_layer, args, **options))
+    args = cell.inputs()
+    options = dict(kind=cell.kind, seq_lengths=LENGTHS if ragged else None, reverse=reverse,
+                   masked=masked)  # fmt: skip
+    got = _value_and_grads(cell.native, args, **options)
+    assert_close_to_fused(got, _value_and_grads(cell.reference, args, **options))
     reference = _value_and_grads(_scan, args, **options)
     assert_trees_close(got, reference, **LOOSE)
     assert _max_diff(got, reference) > 1e-4  # it did compute in bf16
     if not masked:
-        assert float(jnp.max(jnp.abs(got[1][4]))) == 0.0
+        assert float(jnp.max(jnp.abs(got[1][3]))) == 0.0
 
 
+def _sized_inputs(cell, batch, input_size, hidden):
+    keys = jax.random.split(jax.random.key(3), 2 + cell.carries)
+    w = cell.init(keys[0], input_size, hidden).layers[0][0]
+    xs = jax.random.normal(keys[1], (batch, 4, input_size))
+    carry = tuple(jax.random.normal(k, (batch, hidden)) for k in keys[2:])
+    return w, xs, carry if cell.carries > 1 else carry[0], jnp.ones((batch, hidden))
+
+
+@cells
 @pytest.mark.parametrize(
     "batch, input_size, hidden",
     [_slow_unless(True, 37, 33, 80), _slow_unless(False, 9, 6, 32), _slow_unless(False, 9, 1, 1)],
 )
-def test_other_sizes(batch, input_size, hidden):
+def test_other_sizes(cell, batch, input_size, hidden):
     """B = 37: two full AMX row blocks of 16 and a partial one; H = 80: five panels (a group
     of four in the AMX backward, and one)."""
-    keys = jax.random.split(jax.random.key(3), 4)
-    w = lj.init_lstm(keys[0], input_size, hidden).layers[0][0]
-    xs = jax.random.normal(keys[1], (batch, 4, input_size))
-    h0, c0 = (jax.random.normal(k, (batch, hidden)) for k in keys[2:])
-    args = (w, xs, h0, c0, jnp.ones((batch, hidden)))
-    got = _value_and_grads(native_lstm_layer, args)
-    assert_close_to_fused(got, _value_and_grads(fused_lstm_layer, args))
+    args = _sized_inputs(cell, batch, input_size, hidden)
+    got = _value_and_grads(cell.native, args, kind=cell.kind)
+    assert_close_to_fused(got, _value_and_grads(cell.reference, args, kind=cell.kind))
 
 
-def test_time_major_matches_fused():
+@cells
+def test_time_major_matches_reference(cell):
     """``time_major=True``: the kernels read ``xs`` and write ``ys`` time-major (the default
     batch-major calls are covered above)."""
-    w, xs, h0, c0, mask = _inputs()
-    args = (w, jnp.swapaxes(xs, 0, 1), h0, c0, mask)
+    w, xs, carry, _ = cell.inputs()
+    args = (w, jnp.swapaxes(xs, 0, 1), carry)
 
     def run(layer):
-        def loss(w, xs, h0, c0):
-            ys, (h, c) = layer(lstm_kind(), w, xs, (h0, c0), seq_lengths=LENGTHS, reverse=True,
-                               time_major=True, compute_dtype=BF16)  # fmt: skip
-            return jnp.sum(ys * jnp.sin(ys)) + jnp.sum(h) + jnp.sum(c * c), ys
+        def loss(w, xs, carry):
+            ys, state = layer(cell.kind(), w, xs, carry, seq_lengths=LENGTHS, reverse=True,
+                              time_major=True, compute_dtype=BF16)  # fmt: skip
+            return jnp.sum(ys * jnp.sin(ys)) + sum(jnp.sum(s * s) for s in jax.tree.leaves(state)), ys
 
-        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(*args[:4])
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(*args)
 
-    assert_close_to_fused(run(native_lstm_layer), run(fused_lstm_layer))
+    assert_close_to_fused(run(cell.native), run(cell.reference))
 
 
+@cells
 @pytest.mark.parametrize("x_dtype", [BF16])
-def test_dtypes_match_fused(x_dtype):
-    w, xs, h0, c0, mask = _inputs()
-    args = (w, xs.astype(x_dtype), h0, c0, mask)
-    got = _value_and_grads(native_lstm_layer, args)
-    want = _value_and_grads(fused_lstm_layer, args)
+def test_dtypes_match_reference(cell, x_dtype):
+    w, xs, carry, mask = cell.inputs()
+    args = (w, xs.astype(x_dtype), carry, mask)
+    got = _value_and_grads(cell.native, args, kind=cell.kind)
+    want = _value_and_grads(cell.reference, args, kind=cell.kind)
     got_dtypes = [x.dtype for x in jax.tree_util.tree_leaves(got)]
     assert got_dtypes == [x.dtype for x in jax.tree_util.tree_leaves(want)]
     assert got[1][1].dtype == x_dtype  # the input gradient keeps the input's dtype
@@ -173,36 +251,35 @@ def test_network_matches_fused_bf16():
     assert_close_to_fused(loss("native"), loss("fused"))
 
 
+@cells
 @pytest.mark.parametrize("batch, steps", [(0, 4), _slow_unless(False, 3, 0), (4, 1)])
-def test_edge_shapes(batch, steps):
-    args = _inputs(batch=batch, steps=steps)
-    got = _value_and_grads(native_lstm_layer, args)
-    reference = fused_lstm_layer if steps > 0 else _scan  # fused has no T = 0
-    assert_close_to_fused(got, _value_and_grads(reference, args))
+def test_edge_shapes(cell, batch, steps):
+    args = cell.inputs(batch=batch, steps=steps)
+    got = _value_and_grads(cell.native, args, kind=cell.kind)
+    reference = cell.reference if steps > 0 else _scan  # fused has no T = 0
+    assert_close_to_fused(got, _value_and_grads(reference, args, kind=cell.kind))
 
 
-def test_vmap_matches_a_loop():
-    examples = [_inputs(seed) for seed in range(3)]
-    stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *examples)
+@cells
+def test_vmap_matches_a_loop(cell):
+    inputs = [cell.inputs(seed) for seed in range(3)]
+    stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *inputs)
 
-    def run(w, xs, h0, c0):
-        return native_lstm_layer(lstm_kind(), w, xs, (h0, c0), compute_dtype=BF16)
+    def run(w, xs, carry):
+        return cell.native(cell.kind(), w, xs, carry, compute_dtype=BF16)
 
-    got = jax.jit(jax.vmap(run))(*stacked[:4])
-    for k, args in enumerate(examples):
-        assert_close_to_fused(jax.tree_util.tree_map(lambda a: a[k], got), run(*args[:4]), 1e-5)
+    got = jax.jit(jax.vmap(run))(*stacked[:3])
+    for k, args in enumerate(inputs):
+        assert_close_to_fused(jax.tree_util.tree_map(lambda a: a[k], got), run(*args[:3]), 1e-5)
 
 
-def test_padding_never_reaches_the_results():
-    w, xs, h0, c0, mask = _inputs()
+@cells
+def test_padding_never_reaches_the_results(cell):
+    w, xs, carry, mask = cell.inputs()
     padded = jnp.arange(xs.shape[1])[None, :, None] >= LENGTHS[:, None, None]
-    options = dict(seq_lengths=LENGTHS, masked=True)
-    clean = _value_and_grads(
-        native_lstm_layer, (w, jnp.where(padded, 0.0, xs), h0, c0, mask), **options
-    )
-    dirty = _value_and_grads(
-        native_lstm_layer, (w, jnp.where(padded, jnp.nan, xs), h0, c0, mask), **options
-    )
+    options = dict(kind=cell.kind, seq_lengths=LENGTHS, masked=True)
+    clean = _value_and_grads(cell.native, (w, jnp.where(padded, 0.0, xs), carry, mask), **options)
+    dirty = _value_and_grads(cell.native, (w, jnp.where(padded, jnp.nan, xs), carry, mask), **options)
     grads_x = (clean[1][1], dirty[1][1])
     assert_trees_close((clean[0], clean[1][0]), (dirty[0], dirty[1][0]), atol=0, rtol=0)
     np.testing.assert_array_equal(*(jnp.where(padded, 0.0, g) for g in grads_x))
@@ -210,7 +287,7 @@ def test_padding_never_reaches_the_results():
 
 @pytest.mark.slow
 def test_second_order_matches_fused_bf16():
-    w, xs, h0, c0, _ = _inputs(batch=2, steps=3, hidden=5)
+    w, xs, (h0, c0), _ = _lstm_inputs(batch=2, steps=3, hidden=5)
 
     def grad_norm(layer):
         def loss(x):
@@ -224,14 +301,16 @@ def test_second_order_matches_fused_bf16():
     )
 
 
-def test_auto_runs_native_bf16_where_it_is_chosen(monkeypatch):
-    monkeypatch.setitem(dispatch.AUTO["lstm"], "cpu", "native")
-    params = lj.init_lstm(jax.random.key(12), 5, 21)
+@pytest.mark.parametrize("kind, init, run, reference",
+                         [("lstm", lj.init_lstm, lj.lstm, "fused"), ("gru", lj.init_gru, lj.gru, "scan")])
+def test_auto_runs_native_bf16_where_it_is_chosen(monkeypatch, kind, init, run, reference):
+    monkeypatch.setitem(dispatch.AUTO[kind], "cpu", "native")
+    params = init(jax.random.key(12), 5, 21)
     xs = jnp.ones((7, 9, 5))
-    text = str(jax.make_jaxpr(lambda p: lj.lstm(p, xs, compute_dtype=BF16))(params))
-    assert "lstm_jax_native_forward" in text
-    fused = lj.lstm(params, xs, compute_dtype=BF16, backend="fused")
-    assert_close_to_fused(lj.lstm(params, xs, compute_dtype=BF16), fused)
+    text = str(jax.make_jaxpr(lambda p: run(p, xs, compute_dtype=BF16))(params))
+    assert "lstm_jax_native_" in text
+    want = run(params, xs, compute_dtype=BF16, backend=reference)
+    assert_close_to_fused(run(params, xs, compute_dtype=BF16), want)
 
 
 def test_float16_is_declined():
@@ -241,7 +320,8 @@ def test_float16_is_declined():
 
 
 def test_without_avx512_there_are_no_bf16_kernels():
-    """``LSTM_JAX_NATIVE_ISA=avx2``: ``native`` declines bf16 with an error, ``auto`` runs fused."""
+    """``LSTM_JAX_NATIVE_ISA=avx2``: ``native`` declines bf16 with an error, ``auto`` runs
+    fused (the GRU scan)."""
     code = textwrap.dedent(
         """
         import jax, jax.numpy as jnp, pytest
@@ -256,6 +336,11 @@ def test_without_avx512_there_are_no_bf16_kernels():
         text = str(jax.make_jaxpr(lambda p: lj.lstm(p, xs, compute_dtype=jnp.bfloat16))(params))
         assert "lstm_jax_native" not in text
         assert "lstm_jax_native" in str(jax.make_jaxpr(lambda p: lj.lstm(p, xs))(params))
+        params = lj.init_gru(jax.random.key(0), 3, 4)
+        with pytest.raises(ValueError, match="no bfloat16 kernels"):
+            lj.gru(params, xs, backend="native", compute_dtype=jnp.bfloat16)
+        text = str(jax.make_jaxpr(lambda p: lj.gru(p, xs, compute_dtype=jnp.bfloat16))(params))
+        assert "lstm_jax_native" not in text
         """
     )
     env = dict(os.environ, LSTM_JAX_NATIVE_ISA="avx2", JAX_PLATFORMS="cpu")
@@ -273,13 +358,13 @@ def test_vdpbf16ps_kernels_where_amx_is_not_used():
         from lstm_jax.kernels.native_ops import native_bf16_isa
         from lstm_jax.kernels.native import native_lstm_layer
         from tests.native_cases import LENGTHS
-        from tests.test_native_bf16 import _inputs, _value_and_grads, assert_close_to_fused
+        from tests.test_native_bf16 import _lstm_inputs, _value_and_grads, assert_close_to_fused
         assert native_bf16_isa() == "avx512bf16", native_bf16_isa()
         for min_rows, options in (("100", {}), ("100", dict(seq_lengths=LENGTHS, reverse=True, masked=True)),
                                   ("1", dict(seq_lengths=LENGTHS, reverse=True, masked=True))):
             os.environ["LSTM_JAX_NATIVE_MIN_ROWS"] = min_rows  # threads split units, or rows
-            got = _value_and_grads(native_lstm_layer, _inputs(), **options)
-            want = _value_and_grads(fused_lstm_layer, _inputs(), **options)
+            got = _value_and_grads(native_lstm_layer, _lstm_inputs(), **options)
+            want = _value_and_grads(fused_lstm_layer, _lstm_inputs(), **options)
             assert_close_to_fused(got, want)
         """
     )

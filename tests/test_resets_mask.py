@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 
 import lstm_jax as lj
 from lstm_jax.cells import gru_kind, lstm_kind, rnn_kind
-from lstm_jax.kernels.fused import fused_lstm_layer
 from lstm_jax.kernels.native import native_lstm_layer
 from lstm_jax.kernels.native_gru import native_gru_layer
 from lstm_jax.kernels.native_ops import (
@@ -35,6 +34,7 @@ from lstm_jax.kernels.native_rnn import native_rnn_layer
 from lstm_jax.scan import scan_layer
 from tests.backends import NETWORKS as KINDS
 from tests.backends import all_pairs, matrix
+from tests.test_native_bf16 import CELLS as BF16_CELLS
 
 INPUT, HIDDEN = 3, 4
 
@@ -350,17 +350,20 @@ def test_native_resets_with_every_option_on_other_instruction_sets(isa):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_native_bf16_resets_equal_fused():
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_native_bf16_resets_equal_the_bf16_reference(kind):
     """``compute_dtype=bfloat16``: the bfloat16 kernels (whose weight-gradient GEMM reads
-    ``h * mask`` as the loop rounded it, the reset carry at a start) against ``fused``'s,
-    both directions: outputs, final carry and gradients."""
+    ``h * mask`` as the loop rounded it, the reset carry at a start) against a layer with the
+    same rounding (``fused``'s; for the GRU ``test_native_bf16``'s), both directions:
+    outputs, final carry and gradients."""
     if native_unavailable() is not None or not native_has_bf16():
         pytest.skip("no native bfloat16 kernels here")
-    weights, xs, carry, _, _ = _layer_setup("lstm")
+    cell = BF16_CELLS[kind]
+    weights, xs, carry, _, _ = _layer_setup(kind)
 
     def loss(layer, reverse):
         def f(weights, xs, carry):
-            out = layer(lstm_kind(), weights, xs, carry, resets=RESETS, reverse=reverse,
+            out = layer(cell.kind(), weights, xs, carry, resets=RESETS, reverse=reverse,
                         compute_dtype=jnp.bfloat16)  # fmt: skip
             return _loss(out), out
 
@@ -368,7 +371,7 @@ def test_native_bf16_resets_equal_fused():
 
     for reverse in (False, True):
         args = (weights, xs, carry)
-        _assert_close(loss(native_lstm_layer, reverse)(*args), loss(fused_lstm_layer, reverse)(*args))
+        _assert_close(loss(cell.native, reverse)(*args), loss(cell.reference, reverse)(*args))
 
 
 def test_unbatched_and_time_major_layouts():

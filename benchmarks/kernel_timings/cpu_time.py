@@ -10,7 +10,8 @@ Prints, per cell and ``(B, T, I, H)``, the median over ``REPS`` calls of the
 process CPU time (``time.process_time``) of a jitted training step
 (``grad`` of ``sum(ys)``) and of inference, after two warm-up calls, with the
 ISA and the load average. ``CELLS=lstm,gru``, ``CONFIGS="8,512,32,64;..."``,
-``REPS=15``, ``BACKEND=native`` (``CELLS`` may include ``rnn``).
+``REPS=15``, ``BACKEND=native`` (``CELLS`` may include ``rnn``),
+``COMPUTE_DTYPE=bfloat16`` (default float32).
 """
 
 import os
@@ -29,6 +30,7 @@ if os.environ.get("CONFIGS"):
 CELLS = os.environ.get("CELLS", "lstm,gru").split(",")
 REPS = int(os.environ.get("REPS", "15"))
 BACKEND = os.environ.get("BACKEND", "native")
+COMPUTE_DTYPE = os.environ.get("COMPUTE_DTYPE") or None
 NETWORKS = {"lstm": (lj.init_lstm, lj.lstm), "gru": (lj.init_gru, lj.gru), "rnn": (lj.init_rnn, lj.rnn)}
 
 
@@ -45,7 +47,8 @@ def cpu_ms(fn) -> float:
 
 
 def main():
-    print(f"isa {native_isa()}, load average {os.getloadavg()}", flush=True)
+    print(f"isa {native_isa()}, compute dtype {COMPUTE_DTYPE or 'float32'}, load average "
+          f"{os.getloadavg()}", flush=True)  # fmt: skip
     for cell in CELLS:
         init, run = NETWORKS[cell]
         for B, T, I, H in CONFIGS:
@@ -53,7 +56,7 @@ def main():
             xs = jax.random.normal(jax.random.key(1), (B, T, I))
 
             def forward(p, x):
-                return run(p, x, backend=BACKEND)[0]
+                return run(p, x, backend=BACKEND, compute_dtype=COMPUTE_DTYPE)[0]
 
             train = jax.jit(jax.grad(lambda p, x: jnp.sum(forward(p, x)), (0, 1)))
             infer = jax.jit(forward)

@@ -36,7 +36,7 @@ With ``compute_dtype=jnp.bfloat16`` (as ``fused``: GEMM inputs ``x_t``,
 ``h * mask``, the weights and ``dz`` rounded to bfloat16, products summed in
 float32, gate math, cell state and parameters float32, the same output
 dtypes) both loops run bfloat16 kernels (``csrc/lstm_kernel_amx.inc`` on AMX
-tiles, or ``csrc/lstm_kernel_bf16.inc`` with AVX512_BF16's ``vdpbf16ps``;
+tiles, or ``csrc/bf16_kernel.inc`` with AVX512_BF16's ``vdpbf16ps``;
 :func:`native_bf16_isa`), and the kernels also emit the gradient GEMMs'
 operands in bfloat16, row-major: ``dz``, ``[x_t; h_{t-1} * mask]``
 transposed, ``w_ih^T``. XLA:CPU's bf16 dot is fast (YNNPACK on AMX) only when

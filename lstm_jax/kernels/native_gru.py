@@ -1,9 +1,9 @@
 """A GRU layer whose time loop is native CPU code (``backend="native"``).
 
 Same signature and semantics as :func:`lstm_jax.scan.scan_layer`, for the
-plain float32 GRU on CPU; the same design as the LSTM's native kernel
-(:mod:`lstm_jax.kernels.native`, whose extension, loader and custom-call
-helpers this shares; the C++ is ``csrc/gru_native.cc`` over the kernels all
+plain GRU with float32 parameters on CPU, computing in float32 or bfloat16;
+the same design as the LSTM's native kernel (:mod:`lstm_jax.kernels.native`,
+whose extension, loader and custom-call helpers this shares; the C++ is ``csrc/gru_native.cc`` over the kernels all
 cells share, ``csrc/recurrent_kernel.inc`` with ``csrc/cells.inc``'s ``GruCell``):
 
 * forward: the custom call runs the loop. Per step and unit it accumulates
@@ -23,6 +23,17 @@ cells share, ``csrc/recurrent_kernel.inc`` with ``csrc/cells.inc``'s ``GruCell``
   :data:`~lstm_jax.kernels.native_ops.IN_LOOP_MAX_HIDDEN`, by XLA above it.
 
 ``resets`` run inside both loops as the LSTM's (:mod:`lstm_jax.kernels.native`).
+
+With ``compute_dtype=jnp.bfloat16`` (as ``scan``'s: the GEMM inputs ``x_t``,
+``h * mask``, the weights and ``dz`` rounded to bfloat16, products summed in
+float32, gate math and parameters float32) both loops run the bfloat16 kernels
+the LSTM's vdpbf16ps ones are made from (``csrc/bf16_kernel.inc`` with
+``GruCell``; AVX512_BF16, :func:`native_ops.native_bf16_isa`; no AMX variant),
+which also emit the weight gradients' operands in bfloat16, row-major, as the
+LSTM's do: ``[x_t; h_{t-1} * mask]`` transposed and ``dz``. One GEMM of them
+gives ``[dw_ih; dw_hh]`` over all four blocks of ``dz``, each weight taking its
+three. Where the CPU has no AVX512_BF16 native declines bfloat16 and
+``"auto"`` runs ``"scan"``.
 Derivatives of these (``jax.hessian``, grad of grad) go through a JAX reference
 (:func:`lstm_jax.kernels.native_ops.native_op`). Steps a sequence does not reach
 (``seq_lengths``, ``mask``) keep the carry and output zeros; the backward reads
@@ -46,6 +57,7 @@ from lstm_jax.kernels.native_ops import (
     NativeOp,
     ffi_call,
     in_loop_results,
+    is_bf16,
     native_op,
     native_steps,
     optional_operand,
@@ -80,44 +92,80 @@ def _shapes(inputs, *features):
 
 def _infer(static, inputs, per_step):
     """Time-major ``xs (T, B, I)`` -> ``ys (T, B, H), h``."""
-    del static
+    _, bf16 = static
     operands = _operands(inputs, per_step)
-    return ffi_call("lstm_jax_native_gru_forward_infer", _shapes(inputs), *operands)
+    return ffi_call("lstm_jax_native_gru_forward_infer", _shapes(inputs), *operands, bf16=bf16)
 
 
 def _train(static, inputs, per_step):
-    """``(ys, h)`` and the residual ``act (T, B, 4H)``: ``r, z, n, h W_hn + b_hn``."""
-    del static
+    """``(ys, h)`` and the residuals ``act (T, B, 4H)``: ``r, z, n, h W_hn + b_hn``, and with
+    ``bf16`` ``xhT (I + H, T * B)``, the bfloat16 ``x_t`` and ``h_{t-1} * mask`` of every step
+    (time-major columns; empty without ``bf16``)."""
+    _, bf16 = static
+    steps, batch, inputs_size = inputs[4].shape
     hidden = inputs[2].shape[0]
-    ys, h, act = ffi_call("lstm_jax_native_gru_forward_train", _shapes(inputs, 4 * hidden),
-                          *_operands(inputs, per_step))  # fmt: skip
-    return (ys, h), (act,)
+    xh_t = jax.ShapeDtypeStruct((inputs_size + hidden, steps * batch) if bf16 else (0,), jnp.bfloat16)
+    ys, h, act, xh_t = ffi_call("lstm_jax_native_gru_forward_train", (*_shapes(inputs, 4 * hidden), xh_t),
+                                *_operands(inputs, per_step), bf16=bf16)  # fmt: skip
+    return (ys, h), (act, xh_t)
+
+
+def _bf16_weight_gradients(xh_t: Array, dz_bf16: Array, w_ih: Array):
+    """``dw_ih, dw_hh, dxs`` (rows) from the kernels' bfloat16 operands, as the LSTM's: every
+    GEMM row-major with the contracted axis of the left operand last (``native.py``).
+
+    Args:
+      xh_t: ``(I + H, T * B)`` bf16 ``[x_t; h_{t-1} * mask]``.
+      dz_bf16: ``(T * B, 4H)`` bf16 ``[dr, dz, dn, dhn]``.
+      w_ih: ``(I, 3H)`` float32.
+
+    One GEMM over all four blocks (a quarter of its products unused) instead of
+    slicing the large ``dz`` into the input side ``[dr, dz, dn]`` and the
+    recurrent side ``[dr, dz, dhn]``; ``w_ih^T`` gets zero rows for ``dhn``.
+    """
+    inputs_size, hidden = w_ih.shape[0], w_ih.shape[1] // 3
+    dw = jnp.matmul(xh_t, dz_bf16, preferred_element_type=jnp.float32)  # (I + H, 4H)
+    dw_ih = dw[:inputs_size, : 3 * hidden]
+    dw_hh = jnp.concatenate([dw[inputs_size:, : 2 * hidden], dw[inputs_size:, 3 * hidden :]], axis=1)
+    w_t = jnp.concatenate([w_ih.T, jnp.zeros((hidden, inputs_size), w_ih.dtype)]).astype(jnp.bfloat16)
+    dxs = jnp.matmul(dz_bf16, w_t, preferred_element_type=jnp.float32)  # (T * B, I)
+    return dw_ih, dw_hh, dxs
 
 
 def _gradients(static, inputs, per_step, cotangents, outputs, saved):
     """Gradients w.r.t. ``(w_ih, b_ih, w_hh, b_hh, xs, h0, mask, reset_h)``: the native loop,
     then XLA."""
-    (masked_steps,) = static
+    masked_steps, bf16 = static
     w_ih, _, w_hh, _, xs, h0, mask, reset_h = inputs  # the biases are read through act
     valid, starts = per_step
-    (act,) = saved
+    act, xh_t = saved
     resets = () if starts is None else (starts != 0, reset_h)
     hs = carried_outputs(outputs[0], h0, valid, *resets) if masked_steps else outputs[0]
     steps, batch, inputs_size = xs.shape
     hidden = w_hh.shape[0]
     state = jax.ShapeDtypeStruct(h0.shape, jnp.float32)
     reset_state = state if starts is not None else jax.ShapeDtypeStruct((0,), jnp.float32)
-    in_loop = weight_gradients_in_loop("gru", steps, batch, hidden)
-    results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state, reset_state,
+    in_loop = not bf16 and weight_gradients_in_loop("gru", steps, batch, hidden)
+    dz_bf16 = jax.ShapeDtypeStruct(act.shape if bf16 else (0,), jnp.bfloat16)
+    results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state, reset_state, dz_bf16,
                *in_loop_results(in_loop, hidden, 3, 4))  # fmt: skip
     f32, u8 = jnp.float32, jnp.uint8
-    dz, dh0, dmask, d_reset_h, dw_hh, db = ffi_call(
+    dz, dh0, dmask, d_reset_h, dz_bf16, dw_hh, db = ffi_call(
         "lstm_jax_native_gru_backward", results,
         w_hh, act, *cotangents, optional_operand(mask, f32), optional_operand(valid, u8), hs, h0,
-        optional_operand(starts, u8), optional_operand(reset_h, f32), aliases={1: 0},
+        optional_operand(starts, u8), optional_operand(reset_h, f32), bf16=bf16, aliases={1: 0},
     )  # fmt: skip
+    dmask = None if mask is None else dmask
+    d_reset_h = None if starts is None else d_reset_h
     rows = dz.reshape(steps * batch, 4 * hidden)  # [dr, dz, dn, dhn]
     d_input = rows[:, : 3 * hidden]
+    if not in_loop:
+        db = jnp.sum(rows, axis=0)
+    db_ih = db[: 3 * hidden]  # db: [dr, dz, dn, dhn] summed over rows
+    db_hh = jnp.concatenate([db[: 2 * hidden], db[3 * hidden :]])
+    if bf16:
+        dw_ih, dw_hh, dxs = _bf16_weight_gradients(xh_t, dz_bf16.reshape(rows.shape), w_ih)
+        return dw_ih, db_ih, dw_hh, db_hh, dxs.reshape(xs.shape), dh0, dmask, d_reset_h
     if not in_loop:
         d_recurrent = jnp.concatenate([rows[:, : 2 * hidden], rows[:, 3 * hidden :]], axis=1)
         h_prev = jnp.concatenate([h0[None], hs[:-1]])  # [T, B, H]: h_{t-1} for every step
@@ -126,21 +174,18 @@ def _gradients(static, inputs, per_step, cotangents, outputs, saved):
         if mask is not None:
             h_prev = h_prev * mask[None]
         dw_hh = h_prev.reshape(steps * batch, hidden).T @ d_recurrent
-        db = jnp.sum(rows, axis=0)
     dw_ih = xs.reshape(steps * batch, inputs_size).T @ d_input
     dxs = (d_input @ w_ih.T).reshape(xs.shape)
-    db_ih = db[: 3 * hidden]  # db: [dr, dz, dn, dhn] summed over rows
-    db_hh = jnp.concatenate([db[: 2 * hidden], db[3 * hidden :]])
-    dmask = None if mask is None else dmask
-    return dw_ih, db_ih, dw_hh, db_hh, dxs, dh0, dmask, (None if starts is None else d_reset_h)
+    return dw_ih, db_ih, dw_hh, db_hh, dxs, dh0, dmask, d_reset_h
 
 
 def _reference(static, inputs, per_step):
-    """:func:`_infer` in JAX."""
-    del static
+    """:func:`_infer` in JAX (the same bfloat16 rounding of the GEMM inputs)."""
+    _, bf16 = static
     w_ih, b_ih, w_hh, b_hh, xs, h0, mask, reset_h = inputs
     weights = GRUWeights(w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
-    return reference_recurrence(gru_kind(), weights, xs, h0, mask, *per_step, reset_h)
+    cell = gru_kind(compute_dtype=jnp.bfloat16 if bf16 else None)
+    return reference_recurrence(cell, weights, xs, h0, mask, *per_step, reset_h)
 
 
 _recurrence = native_op(NativeOp(_infer, _train, _gradients, _reference))
@@ -155,13 +200,14 @@ def native_gru_kernel(call: LayerCall):
     dropout = None if options.recurrent_mask is None else jnp.asarray(options.recurrent_mask, jnp.float32)
     inputs = (w.w_ih, w.b_ih, w.w_hh, w.b_hh, steps.xs.astype(jnp.float32), h0, dropout,
               reset_carry(call))  # fmt: skip
-    ys, h = _recurrence((options.mask is not None,), inputs, per_step)
+    ys, h = _recurrence((options.mask is not None, is_bf16(options.compute_dtype)), inputs, per_step)
     return restore_outputs(steps, ys), h
 
 
 def native_gru_why_not(call: LayerCall, *, auto: bool = False) -> Optional[str]:
-    """Why the native GRU cannot run ``call`` (``auto``: why ``"auto"`` does not run it), or None."""
-    return why_not(call, bf16=False, auto=auto)
+    """Why the native GRU cannot run ``call`` (``auto``: why ``"auto"`` does not run it), or
+    None: :func:`native_ops.why_not`."""
+    return why_not(call, bf16=True, auto=auto)
 
 
 NATIVE_GRU = KernelSpec("gru", "native", native_gru_kernel, native_gru_why_not,
@@ -177,8 +223,9 @@ def native_gru_layer(cell: Cell, weights: GRUWeights, xs: Array, initial_carry: 
     :func:`lstm_jax.cells.gru_pointwise`, in C++.
 
     Raises:
-      ValueError: for non-float32 parameters or compute dtype, off CPU, or when
-        the C++ extension was not built.
+      ValueError: for non-float32 parameters, a compute dtype other than float32
+        or bfloat16 (bfloat16 only where :func:`native_ops.native_has_bf16`),
+        off CPU, or when the C++ extension was not built.
 
     >>> import lstm_jax as lj
     >>> from lstm_jax.cells import gru_kind

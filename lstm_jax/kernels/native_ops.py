@@ -198,7 +198,7 @@ def isa_fallbacks(environ: Mapping[str, str], isa: str, bf16_isa: str | None) ->
         instead = (
             f"the bfloat16 kernels run {bf16_isa!r} instead" if bf16_isa is not None
             else f"there are no bfloat16 native kernels with the instruction set {isa!r} here, "
-            "so compute_dtype=bfloat16 runs 'fused' under backend='auto'"
+            "so compute_dtype=bfloat16 runs 'fused' (the GRU 'scan') under backend='auto'"
         )  # fmt: skip
         messages.append(f"{_BF16}={want!r}: this CPU (or OS, or build) does not have it; {instead}")
     return messages
@@ -303,7 +303,8 @@ def log_unavailable_once() -> None:
 
 def dtype_unsupported(weights: Any, xs: Array, compute_dtype, *, bf16: bool) -> Optional[str]:
     """Why the native kernels cannot run these dtypes, or None: float32 parameters, and
-    float32 compute, or bfloat16 too where ``bf16`` (the LSTM's kernels) and the CPU has it."""
+    float32 compute, or bfloat16 too where ``bf16`` (the LSTM's and GRU's kernels) and the CPU
+    has it."""
     if weights.w_hh.dtype != jnp.float32 or weights.w_ih.dtype != jnp.float32:
         return f"it needs float32 parameters, got {weights.w_hh.dtype}"
     allowed = (jnp.float32, jnp.bfloat16) if bf16 else (jnp.float32,)
