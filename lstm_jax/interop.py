@@ -32,14 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lstm_jax import validation
-from lstm_jax.params import (
-    GRUParams,
-    GRUWeights,
-    LSTMParams,
-    LSTMWeights,
-    RNNParams,
-    RNNWeights,
-)
+from lstm_jax.params import AnyParams, GRUWeights, LSTMWeights, RNNWeights, params_from_layers
 
 __all__ = ["from_torch", "to_torch", "from_flax", "to_flax", "from_keras", "to_keras"]
 
@@ -165,7 +158,7 @@ def _torch_kind(arrays: Mapping[str, np.ndarray], p: str) -> tuple[str, int, int
 
 def from_torch(
     state_dict: Mapping[str, Any], *, prefix: Optional[str] = None
-) -> Union[LSTMParams, GRUParams, RNNParams]:
+) -> AnyParams:
     """Convert a PyTorch ``nn.LSTM``, ``nn.GRU`` or ``nn.RNN`` state dict.
 
     The kind is recognised from shapes: ``weight_hr_l*`` (projection) or
@@ -272,7 +265,7 @@ def from_torch(
     layers = tuple(
         tuple(direction(f"_l{layer}{suffix}") for suffix in suffixes) for layer in range(num_layers)
     )
-    return {"lstm": LSTMParams, "gru": GRUParams, "rnn": RNNParams}[kind](layers)
+    return params_from_layers(layers)
 
 
 def _torch_tensor(torch: Any, array: np.ndarray) -> Any:
@@ -283,7 +276,7 @@ def _torch_tensor(torch: Any, array: np.ndarray) -> Any:
 
 
 def to_torch(
-    params: Union[LSTMParams, GRUParams, RNNParams], *, tensors: bool = False
+    params: AnyParams, *, tensors: bool = False
 ) -> dict[str, Any]:
     """Convert params to a PyTorch state dict under ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` names.
 

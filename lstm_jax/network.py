@@ -225,11 +225,12 @@ def lstm(
         (zeros if None) before step ``t``: each segment runs as its own
         sequence (the reverse direction right to left within it) and the final
         state is the last segment's. Resets at or past ``seq_lengths`` are
-        ignored. Runs on ``"scan"`` (``"auto"`` routes there).
+        ignored. Runs inside the ``"scan"``, ``"fused"`` (LSTM) and ``"native"``
+        loops; ``"auto"`` keeps such calls on them.
       mask: optional bool, shaped like ``resets``. Where False the step leaves
         the state unchanged and outputs zeros, whatever ``xs`` holds there
         (``seq_lengths`` is a prefix mask; both may be given). A reset at a
-        masked step still applies. Runs on ``"scan"`` (``"auto"`` routes there).
+        masked step still applies. Runs where ``resets`` does.
       dropout: rate of dropout on the inputs of layers 2..L (PyTorch semantics).
       recurrent_dropout: rate of variational dropout on ``h`` where it enters
         the recurrent matmul (one mask per sequence, the same at every step).

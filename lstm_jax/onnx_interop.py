@@ -29,29 +29,21 @@ direction runs over the valid part only (``sequence_lens``).
 from __future__ import annotations
 
 import os
-from typing import Any, Union
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
 from lstm_jax import validation
 from lstm_jax._optional import require
-from lstm_jax.params import (
-    GRUParams,
-    GRUWeights,
-    LSTMParams,
-    LSTMWeights,
-    RNNParams,
-    RNNWeights,
-    params_from_layers,
-)
+from lstm_jax.params import AnyParams, GRUWeights, LSTMWeights, RNNWeights, params_from_layers
 
 __all__ = ["OPSET", "to_onnx", "from_onnx"]
 
 OPSET = 17  # the default ONNX domain's opset the exported graphs import
 _IR_VERSION = 8  # the ONNX IR version of opset 17 (onnx 1.12); older runtimes load it
 
-_KINDS = {LSTMParams: "LSTM", GRUParams: "GRU", RNNParams: "RNN"}
+_KINDS = {LSTMWeights: "LSTM", GRUWeights: "GRU", RNNWeights: "RNN"}  # by a layer's weights
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 # ONNX gate block k holds our block _TO_ONNX[kind][k]; _FROM_ONNX is the inverse.
 _TO_ONNX = {"LSTM": (0, 3, 1, 2), "GRU": (1, 0, 2), "RNN": (0,)}
@@ -125,7 +117,7 @@ def _check_exportable(params: Any, kind: str, nonlinearity: str) -> None:
 
 
 def to_onnx(
-    params: Union[LSTMParams, GRUParams, RNNParams],
+    params: AnyParams,
     *,
     initial_state: bool = False,
     nonlinearity: str = "tanh",
@@ -170,7 +162,7 @@ def to_onnx(
     onnx = require("onnx", "onnx", "lstm_jax.to_onnx")
     helper, numpy_helper, TensorProto = onnx.helper, onnx.numpy_helper, onnx.TensorProto
     sizes = validation.check_params(params)
-    kind = _KINDS[type(params)]
+    kind = _KINDS[type(params.layers[0][0])]
     _check_exportable(params, kind, nonlinearity)
     num_layers, num_directions = sizes.num_layers, sizes.num_directions
     hidden, inputs = sizes.hidden_size, sizes.input_size
@@ -423,7 +415,7 @@ def _our_direction(kind: str, arrays: dict, k: int):
     return LSTMWeights(w_ih, w_hh, jnp.asarray(w_b + r_b), w_peep=peep)
 
 
-def from_onnx(model: Any, *, nonlinearity: str = "tanh") -> Union[LSTMParams, GRUParams, RNNParams]:
+def from_onnx(model: Any, *, nonlinearity: str = "tanh") -> AnyParams:
     """Params from an ONNX model whose recurrent layers are ``LSTM``, ``GRU`` or ``RNN`` nodes.
 
     The model's top-level ``LSTM``/``GRU``/``RNN`` nodes, in graph order, are

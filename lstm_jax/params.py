@@ -33,6 +33,8 @@ __all__ = [
     "GRUParams",
     "RNNWeights",
     "RNNParams",
+    "AnyParams",
+    "AnyWeights",
     "init_lstm",
     "init_gru",
     "init_rnn",
@@ -96,6 +98,10 @@ class RNNWeights(NamedTuple):
 
 class RNNParams(NamedTuple):
     layers: tuple[tuple[RNNWeights, ...], ...]
+
+
+AnyParams = Union[LSTMParams, GRUParams, RNNParams]  # a network's params, any cell
+AnyWeights = Union[LSTMWeights, GRUWeights, RNNWeights]  # one layer-direction, any cell
 
 
 _INITIALISERS = ("uniform", "orthogonal")
@@ -296,7 +302,7 @@ def _directions(layer: Any) -> Any:
     return tuple(layer) if isinstance(layer, (list, tuple)) else layer
 
 
-def params_from_layers(layers: Sequence[Any]) -> Union[LSTMParams, GRUParams, RNNParams]:
+def params_from_layers(layers: Sequence[Any]) -> AnyParams:
     """Build a network's params from per-layer (per-direction) weights, and check them.
 
     Each entry of ``layers`` is one layer: a weights object (one direction) or a
