@@ -108,11 +108,10 @@ def test_nan_in_padding_changes_nothing(cell):
     assert bool(jnp.all(jnp.isfinite(dx)))
 
 
-# (batch, steps) at the edges; zero steps with rows: the RNN only (the LSTM's and the GRU's
-# gradients fail to reshape at T = 0 with B > 0)
+# (batch, steps) at the edges, zero steps with rows included
 EDGES = {
-    "lstm": [(0, 4), (3, 1), (1, 1)],
-    "gru": [(0, 4), (3, 1)],
+    "lstm": [(0, 4), (3, 1), (1, 1), (3, 0)],
+    "gru": [(0, 4), (3, 1), (3, 0)],
     "rnn-tanh": [(0, 4), (3, 1), (3, 0)],
 }
 

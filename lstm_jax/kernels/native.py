@@ -187,7 +187,7 @@ def _gradients(static, inputs, per_step, cotangents, outputs, saved):
     if not in_loop:
         # h_{t-1} for every step: h0, then ys (dz is zero past a sequence's end, where ys is),
         # the reset carry where a segment starts
-        h_prev = jnp.concatenate([h0[None], _time_major(ys, batch_major)[:-1]])  # [T, B, H]
+        h_prev = jnp.concatenate([h0[None], _time_major(ys, batch_major)[:-1]])[:steps]  # [T, B, H] (T may be 0)
         if starts is not None:
             h_prev = jnp.where(starts[:, :, None] != 0, reset_h, h_prev)
         if mask is not None:

@@ -168,7 +168,7 @@ def _gradients(static, inputs, per_step, cotangents, outputs, saved):
         return dw_ih, db_ih, dw_hh, db_hh, dxs.reshape(xs.shape), dh0, dmask, d_reset_h
     if not in_loop:
         d_recurrent = jnp.concatenate([rows[:, : 2 * hidden], rows[:, 3 * hidden :]], axis=1)
-        h_prev = jnp.concatenate([h0[None], hs[:-1]])  # [T, B, H]: h_{t-1} for every step
+        h_prev = jnp.concatenate([h0[None], hs[:-1]])[:steps]  # [T, B, H]: h_{t-1} (T may be 0)
         if starts is not None:  # the reset carry where a segment starts
             h_prev = jnp.where(starts[:, :, None] != 0, reset_h, h_prev)
         if mask is not None:
