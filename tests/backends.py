@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 import lstm_jax as lj
 from lstm_jax.kernels import BACKENDS, select_layer
+from lstm_jax.kernels.dispatch import AUTO
 
 NETWORKS = {
     "lstm": (lj.init_lstm, lj.lstm),
@@ -92,7 +93,7 @@ def _kinds(backend: str) -> tuple[str, ...]:
     if backend != "auto":
         return BACKENDS[backend]
     kinds = dict.fromkeys(k for ks in BACKENDS.values() for k in ks)
-    return tuple(k for k in kinds if select_layer("auto", k) is not select_layer("scan", k))
+    return tuple(k for k in kinds if set(AUTO[k].values()) != {"scan"})
 
 
 def all_pairs() -> list[Backend]:
