@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 import lstm_jax as lj
-from lstm_jax.kernels import BACKENDS, select_layer
+from lstm_jax.kernels import BACKENDS
 from lstm_jax.kernels.dispatch import AUTO
 
 NETWORKS = {
