@@ -20,7 +20,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ISA_FILES = ("tests/test_native_isas.py", "tests/test_native.py", "tests/test_native_accuracy.py")
+ISA_FILES = ("tests/test_native_isas.py", "tests/test_native.py", "tests/test_native_accuracy.py",
+             "tests/test_resets_mask.py")
 ORDER = ("avx512", "avx2", "portable")
 
 

@@ -8,10 +8,6 @@ in between. The final state is the last segment's. Every pair of the backend mat
 """
 
 import itertools
-import os
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +23,6 @@ from lstm_jax.kernels.native_gru import native_gru_layer
 from lstm_jax.kernels.native_ops import (
     native_auto_unavailable,
     native_has_bf16,
-    native_isa,
     native_unavailable,
 )
 from lstm_jax.kernels.native_rnn import native_rnn_layer
@@ -115,10 +110,19 @@ def _check(kind, resets=None, mask=None, lengths=None, *, grads=True, nan_xs=Non
         g_ref = grad_ref(params, xs, state) if grads else None
         _REFERENCES[key] = ref(params, xs, state), g_ref
     out_ref, g_ref = _REFERENCES[key]
-    _assert_close(ours(params, xs, state), out_ref)
-    if grads:
-        g = jax.jit(jax.grad(lambda *a: _loss(ours(*a)), argnums=(0, 1, 2)))(params, xs, state)
+    if grads:  # outputs and gradients from one compiled function
+
+        def loss(*args):
+            out = ours(*args)
+            return _loss(out), out
+
+        (_, out), g = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(
+            params, xs, state
+        )
         _assert_close(g, g_ref)
+    else:
+        out = ours(params, xs, state)
+    _assert_close(out, out_ref)
     return ours, params, xs, state
 
 
@@ -146,8 +150,20 @@ MASK = np.array(
 )
 
 
-@pytest.mark.parametrize("pair", matrix(takes=("resets",)), ids=str)
-@pytest.mark.parametrize("remat, masked", [(False, False), (3, True)])
+# remat (blocks of 3 over 7 steps, a remainder block) on the kernels with a loop of their
+# own; "scan" and "auto" (native on CPU, fused elsewhere) run it through the same wrapper
+REMAT_BACKENDS = ("native", "fused")
+
+
+def _masked_or_remat(pairs):
+    """``(pair, remat, masked)``: each pair plain, and masked with remat where it runs a
+    kernel of :data:`REMAT_BACKENDS`, masked without remat elsewhere."""
+    return [(pair, remat, masked) for pair in pairs
+            for remat, masked in ((False, False), (3 if pair.name in REMAT_BACKENDS else False, True))]  # fmt: skip
+
+
+@pytest.mark.parametrize("pair, remat, masked", _masked_or_remat(matrix(takes=("resets",))),
+                         ids=lambda v: str(v))  # fmt: skip
 def test_resets_equal_each_segment_alone(pair, remat, masked):
     """Outputs, final state (the last segment's) and gradients, both directions (the
     reverse one's final state is its first processed segment's), 2 layers, ragged; with
@@ -162,8 +178,12 @@ def test_resets_without_initial_state_reset_to_zeros():
     _assert_close(fn(params, xs, resets=RESETS), reference(fn, params, xs, zeros, resets=RESETS))
 
 
-@pytest.mark.parametrize("pair", matrix(takes=("mask",)), ids=str)
-@pytest.mark.parametrize("remat", [False, 3])
+@pytest.mark.parametrize(
+    "pair, remat",
+    [(pair, remat) for pair in matrix(takes=("mask",))
+     for remat in ((False, 3) if pair.name in REMAT_BACKENDS else (False,))],  # fmt: skip
+    ids=lambda v: str(v),
+)
 def test_mask_equals_skipping_the_masked_steps(pair, remat):
     """Outputs, final state and gradients, both directions, 2 layers, ragged too: the
     backward must take ``h_{t-1}`` from the carry, not from the zeroed output, after a
@@ -251,11 +271,15 @@ EVERY_OPTION_CASES = [
 ]  # fmt: skip
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("kind, reverse, time_major", EVERY_OPTION_CASES)
-def test_native_resets_with_every_option_equal_scan(kind, reverse, time_major):
+def test_native_resets_with_every_option_equal_scan(monkeypatch, kind, reverse, time_major):
     """One native layer against ``scan``: outputs, final carry and the gradients of the
     weights, inputs, initial carry and ``reset_to`` (remat's), with a mask, recurrent
-    dropout and ragged lengths; NaN where no sequence reads its input changes nothing."""
+    dropout and ragged lengths; NaN where no sequence reads its input changes nothing.
+    ``LSTM_JAX_NATIVE_SPLIT_MACS=0`` splits even these tiny steps across threads; every
+    other instruction set reruns it (``tests/test_native_isas.py``)."""
+    monkeypatch.setenv("LSTM_JAX_NATIVE_SPLIT_MACS", "0")
     cell, _, native = NATIVE_LAYERS[kind]
     weights, xs, carry, reset_to, dropout = _layer_setup(kind)
     lengths = np.array([7, 4, 6])
@@ -323,31 +347,6 @@ def test_native_resets_grad_of_grad_equals_scan(kind):
         return jax.jit(lambda c: jax.jvp(jax.grad(loss), (c,), (tangent,))[1])(carry)
 
     _assert_close(hvp(native), hvp(scan_layer), atol=1e-4)
-
-
-@pytest.mark.parametrize("isa", ["avx2", "portable"])
-def test_native_resets_with_every_option_on_other_instruction_sets(isa):
-    """:func:`test_native_resets_with_every_option_equal_scan` in a process whose kernels run
-    ``isa`` (chosen once per process); ``LSTM_JAX_NATIVE_SPLIT_MACS=0`` splits even these
-    tiny steps across threads."""
-    if native_unavailable() is not None or (isa == "avx2" and native_isa() == "portable"):
-        pytest.skip(f"the native kernels cannot run {isa} here")
-    script = textwrap.dedent(
-        """
-        import sys
-        sys.path.insert(0, sys.argv[1])
-        from lstm_jax.kernels.native_ops import native_isa
-        from tests import test_resets_mask as t
-        assert native_isa() == sys.argv[2], native_isa()
-        for case in t.EVERY_OPTION_CASES:
-            t.test_native_resets_with_every_option_equal_scan(*case)
-        """
-    )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, LSTM_JAX_NATIVE_ISA=isa, LSTM_JAX_NATIVE_SPLIT_MACS="0")
-    result = subprocess.run([sys.executable, "-c", script, root, isa], env=env,
-                            capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
