@@ -56,8 +56,11 @@ AUTO: dict[str, dict[Optional[str], str]] = {
         # C++ time loop; declines an unbuilt extension, the portable C++ kernels (no AVX2,
         # e.g. ARM: 3-6x slower than "fused" for training), compute dtypes other than float32
         # and bfloat16, bfloat16 without AVX512_BF16. With AVX2 or AVX-512 faster than "fused"
-        # from H = 64 to 1024 in float32, and in bfloat16. jax.export needs disabled_checks
-        # for its custom calls (lstm_jax.export_safety_checks).
+        # from H = 64 to 1024 in float32, and in bfloat16: on a quiet 2-core Zen 4, two
+        # --targets runs per instruction set (default and LSTM_JAX_NATIVE_ISA=avx2), native
+        # 1.03-2.42x "fused" in all 8 float32 cases of each run, 1.57-2.79x in bf16
+        # (benchmarks/results/cpu-amd-epyc-zen4-2c/targets*). jax.export needs
+        # disabled_checks for its custom calls (lstm_jax.export_safety_checks).
         "cpu": "native",
         # by design, not measured (no GPU was available; docs/ACCELERATORS.md): JAX's own
         # primitive, which Keras also routes its JAX LSTM to
@@ -71,7 +74,10 @@ AUTO: dict[str, dict[Optional[str], str]] = {
     # AVX-512); declines what the LSTM's does. bfloat16 (AVX512_BF16, no AMX variant): at the
     # four native_bf16 targets, one core of a loaded Zen 4, faster than "scan" bf16 by
     # 1.2-6.4x for training and 1.1-2.2x for inference, and than its own float32 by
-    # 1.06-1.22x and 1.4-1.7x (benchmarks/results/cpu-amd-epyc-zen4-2c/gru_bf16.md)
+    # 1.06-1.22x and 1.4-1.7x (benchmarks/results/cpu-amd-epyc-zen4-2c/gru_bf16.md). One
+    # exception measured: with LSTM_JAX_NATIVE_ISA=avx2 on Zen 4, inference at H = 512 ran at
+    # 0.88x / 0.93x Flax's GRUCell (two runs; training there 1.16x / 1.12x); "auto" cannot
+    # choose by training vs inference, so it keeps native (targets-avx2*)
     "gru": {"cpu": "native", None: "scan"},
     # native (tanh or relu; mask and resets in its loops): at (B, T, I, H) = (64, 128, 64, 256),
     # one core of a 2-core AMD EPYC Zen 4 (AVX-512) at load 12, median CPU time of 3 interleaved
