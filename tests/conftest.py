@@ -18,3 +18,17 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 import jax  # noqa: E402  (after XLA_FLAGS: XLA reads them when its backend starts)
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Seconds each of the longest files took (one xdist worker, LLVM -O0, 2-core Zen 4). xdist's
+# --dist loadfile hands files to workers in collection order; starting the longest first keeps
+# one worker from running a long file alone at the end (longest-first scheduling).
+LONGEST_FILES = {
+    "test_resets_mask.py": 126, "test_docs.py": 121, "test_examples.py": 103,
+    "test_kernels.py": 98, "test_native_isas.py": 67, "test_native.py": 65,
+    "test_benchmarks.py": 64, "test_batch_zero.py": 58, "test_cells.py": 46,
+    "test_native_bf16.py": 44, "test_training.py": 43, "test_accel.py": 39,
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: -LONGEST_FILES.get(item.path.name, 0))  # stable: order within a file kept
