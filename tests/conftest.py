@@ -1,5 +1,5 @@
-"""Shared test settings: fail loudly on accidental broadcasting or dtype promotion, and
-compile XLA:CPU programs with LLVM at -O0.
+"""Shared test settings: fail loudly on accidental broadcasting or dtype promotion, share one
+compilation cache across the run, and compile XLA:CPU programs with LLVM at -O0.
 
 Most of the suite's time is compiling many small programs, not running them: LLVM's
 optimisations take ~28% of it (tests/test_kernels.py and tests/test_docs.py: 124 -> 91 s)
@@ -8,7 +8,22 @@ are; memory analyses included). Subprocesses (examples, per-ISA reruns) inherit 
 An ``--xla_backend_optimization_level`` already in ``XLA_FLAGS`` wins.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
+
+# One persistent compilation cache for the whole run, shared by the xdist workers and every
+# subprocess (the per-ISA reruns compile the same programs as the tests here; the FFI custom
+# calls are looked up by name, so a cached program runs whichever kernels the process chose).
+# Created by the first process (pytest's controller), removed when that process exits;
+# a JAX_COMPILATION_CACHE_DIR set by the user is used as it is and kept.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="lstm_jax_test_jit_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (
