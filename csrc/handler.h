@@ -26,7 +26,6 @@
 
 // The handlers the Python side loads by name (lstm_jax/kernels/native_ops.py, _TARGETS), each
 // defined in its cell's file; the build hides every other symbol.
-#define LSTM_JAX_EXPORT extern "C" __attribute__((visibility("default")))
 LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxForwardTrain(XLA_FFI_CallFrame*);  // lstm_native.cc
 LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxForwardInfer(XLA_FFI_CallFrame*);
 LSTM_JAX_EXPORT XLA_FFI_Error* LstmJaxBackward(XLA_FFI_CallFrame*);

@@ -67,7 +67,9 @@ struct BwdProblem {
   const float* dys;       // (T, B, H)
   const float* mask;      // (B, H), or null
   const uint8_t* valid;   // (T, B), or null
-  const float* ys;        // (T, B, H): h_{t-1} (the valid steps of a sequence are a prefix)
+  const float* ys;        // (T, B, H): the carry after each step (the outputs, or with a
+                          // per-step mask the carried h), read as h_{t-1}; h0 / reset_h
+                          // where t = 0 or a segment starts (h_before)
   const float* h0;        // (B, H)
   float* dh;              // (B, H) carry in place: dh_T in, dh_0 out
   float* dc;              // (B, H) LSTM: carry in place

@@ -286,7 +286,6 @@ void HugePagesHint(void* data, size_t bytes) {
 
 }  // namespace lstm_jax
 
-#define LSTM_JAX_EXPORT extern "C" __attribute__((visibility("default")))
 
 // The chosen instruction sets' names, for Python (native_isa, native_bf16_isa):
 // "avx512", "avx2" or "portable"; "amx", "avx512bf16" or "" (none).

@@ -112,7 +112,6 @@ int64_t IntegerSetting(const char* name, int64_t fallback) {
 
 }  // namespace lstm_jax
 
-#define LSTM_JAX_EXPORT extern "C" __attribute__((visibility("default")))
 
 // For Python's check when it loads the extension (lstm_jax/kernels/native.py):
 // SettingsError() (valid until this thread's next call), and the settings'

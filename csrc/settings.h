@@ -11,6 +11,9 @@
 #include <cstdint>
 #include <string>
 
+// A C symbol Python loads by name (ctypes or an FFI handler); the build hides every other one.
+#define LSTM_JAX_EXPORT extern "C" __attribute__((visibility("default")))
+
 namespace lstm_jax {
 
 // The message for the first invalid setting in the environment, naming the
