@@ -69,6 +69,7 @@ from lstm_jax.kernels.native_ops import (
     native_op,
     native_steps,
     optional_operand,
+    previous_carry,
     reference_recurrence,
     reset_carry,
     weight_gradients_in_loop,
@@ -185,13 +186,7 @@ def _gradients(static, inputs, per_step, cotangents, outputs, saved):
         dxs = _time_major(dxs.reshape(steps, batch, inputs_size), batch_major)
         return dw[:inputs_size], db, dw[inputs_size:], dxs, dh0, dc0, dmask, *d_resets
     if not in_loop:
-        # h_{t-1} for every step: h0, then ys (dz is zero past a sequence's end, where ys is),
-        # the reset carry where a segment starts
-        h_prev = jnp.concatenate([h0[None], _time_major(ys, batch_major)[:-1]])[:steps]  # [T, B, H] (T may be 0)
-        if starts is not None:
-            h_prev = jnp.where(starts[:, :, None] != 0, reset_h, h_prev)
-        if mask is not None:
-            h_prev = h_prev * mask[None]
+        h_prev = previous_carry(h0, _time_major(ys, batch_major), starts, reset_h, mask)
         dw_hh = h_prev.reshape(steps * batch, hidden).T @ rows
     # the (T, B, I) operands are transposed, never dz: given an einsum over
     # (T, B) in both orders, XLA copied dz (4H wide, e.g. 64 MiB) as well

@@ -61,6 +61,7 @@ from lstm_jax.kernels.native_ops import (
     native_op,
     native_steps,
     optional_operand,
+    previous_carry,
     reference_recurrence,
     reset_carry,
     weight_gradients_in_loop,
@@ -168,11 +169,7 @@ def _gradients(static, inputs, per_step, cotangents, outputs, saved):
         return dw_ih, db_ih, dw_hh, db_hh, dxs.reshape(xs.shape), dh0, dmask, d_reset_h
     if not in_loop:
         d_recurrent = jnp.concatenate([rows[:, : 2 * hidden], rows[:, 3 * hidden :]], axis=1)
-        h_prev = jnp.concatenate([h0[None], hs[:-1]])[:steps]  # [T, B, H]: h_{t-1} (T may be 0)
-        if starts is not None:  # the reset carry where a segment starts
-            h_prev = jnp.where(starts[:, :, None] != 0, reset_h, h_prev)
-        if mask is not None:
-            h_prev = h_prev * mask[None]
+        h_prev = previous_carry(h0, hs, starts, reset_h, mask)
         dw_hh = h_prev.reshape(steps * batch, hidden).T @ d_recurrent
     dw_ih = xs.reshape(steps * batch, inputs_size).T @ d_input
     dxs = (d_input @ w_ih.T).reshape(xs.shape)

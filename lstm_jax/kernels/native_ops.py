@@ -60,6 +60,7 @@ __all__ = [
     "native_steps",
     "native_unavailable",
     "optional_operand",
+    "previous_carry",
     "reference_recurrence",
     "register_ffi_targets",
     "reset_carry",
@@ -397,6 +398,29 @@ def in_loop_results(in_loop: bool, hidden: int, gates: int, acts: int):
     XLA computes them after the loop."""
     shapes = ((hidden, gates * hidden), (acts * hidden,)) if in_loop else ((0,), (0,))
     return tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes)
+
+
+def previous_carry(h0: Array, hs: Array, starts: Optional[Array], reset_h: Optional[Array],
+                   mask: Optional[Array]) -> Array:
+    """``h_{t-1} (* mask)`` of every step, ``(T, B, H)``: the row the recurrent weights'
+    gradient ``dw_hh = h_prev^T dz`` reads.
+
+    Args:
+      h0: ``(B, H)`` the initial carry.
+      hs: ``(T, B, H)`` time-major carry after each step (the outputs, or with a per-step
+        mask the carried ``h``); past a sequence's end ``dz`` is zero, so what is there
+        does not matter.
+      starts: ``(T, B)`` :func:`start_flags` or None; where nonzero the reset carry
+        ``reset_h (B, H)`` replaces ``h_{t-1}``.
+      mask: ``(B, H)`` recurrent dropout mask or None.
+    """
+    steps = hs.shape[0]
+    h_prev = jnp.concatenate([h0[None], hs[:-1]])[:steps]  # [:steps]: T may be 0
+    if starts is not None:
+        h_prev = jnp.where(starts[:, :, None] != 0, reset_h, h_prev)
+    if mask is not None:
+        h_prev = h_prev * mask[None]
+    return h_prev
 
 
 def reference_recurrence(cell, weights, xs: Array, carry, recurrent_mask: Optional[Array],

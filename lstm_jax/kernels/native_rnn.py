@@ -44,6 +44,7 @@ from lstm_jax.kernels.native_ops import (
     native_op,
     native_steps,
     optional_operand,
+    previous_carry,
     reference_recurrence,
     reset_carry,
     why_not,
@@ -103,12 +104,7 @@ def _gradients(static, inputs, per_step, cotangents, outputs, saved):
         optional_operand(starts, u8), optional_operand(reset_h, f32), relu=relu,
     )  # fmt: skip
     rows = dz.reshape(steps * batch, hidden)
-    # h_{t-1} for every step: h0, then the carry (the gradients are zero at steps that did not run)
-    h_prev = jnp.concatenate([h0[None], hs[:-1]])[:steps]  # [T, B, H] (T may be 0)
-    if starts is not None:  # the reset carry where a segment starts
-        h_prev = jnp.where(starts[:, :, None] != 0, reset_h, h_prev)
-    if mask is not None:
-        h_prev = h_prev * mask[None]
+    h_prev = previous_carry(h0, hs, starts, reset_h, mask)
     dw_hh = h_prev.reshape(steps * batch, hidden).T @ rows
     dw_ih = xs.reshape(steps * batch, inputs_size).T @ rows
     dxs = (rows @ w_ih.T).reshape(xs.shape)
