@@ -190,6 +190,9 @@ ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major
                     ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh_out,
                     ffi::ResultBuffer<ffi::F32> dm_out, const BwdCellBuffers& cell) {
   if (ffi::Error error = SettingsChecked(); error.failure()) return error;
+  if (cell.dzb != nullptr && cell.dw_hh != nullptr) {
+    return ffi::Error::InvalidArgument("the bfloat16 backward has no in-loop weight gradients");
+  }
   auto dims = dz->dimensions();
   const size_t rank = dims.size();
   if (rank < 3) {

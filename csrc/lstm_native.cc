@@ -3,8 +3,9 @@
 // over the shared handler skeleton (handler.h) and kernels
 // (recurrent_kernel.inc with cells.inc's LstmCell).
 //
-// XLA computes the large GEMMs of the backward pass (the weight and input
-// gradients after the loop). These handlers own the time loop:
+// XLA computes the large GEMMs of the backward pass after the loop (the input
+// weights' and dx; dw_hh and db too, except where Python asks the loop to sum
+// them, native_ops.IN_LOOP_MAX_HIDDEN). These handlers own the time loop:
 //
 //   forward   per step z = x_t @ w_ih + b + h @ w_hh, the gate math, the
 //             carry; for training it saves the gate activations and the
@@ -110,9 +111,6 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Attr<bool, kBatchMajor> batch_maj
                     ffi::ResultBuffer<ffi::F32> db, ffi::Attr<bool, kBf16> bf16) {
   const Kernels* kern = Chosen(*bf16);
   if (kern == nullptr) return NoBf16Kernels();
-  if (*bf16 && dw_hh->element_count() != 0) {
-    return ffi::Error::InvalidArgument("the bfloat16 backward has no in-loop weight gradients");
-  }
   BwdCellBuffers cell;
   cell.act = act.typed_data();
   cell.cs = cs.typed_data();
