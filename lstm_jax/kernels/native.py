@@ -27,9 +27,11 @@ forward and one for its backward:
   the backward adds the carry gradient at a flagged step to the reset carry's
   gradient and carries zero (or the final carry's cotangent) on from there.
 
-Both loops split the hidden units of every step across the threads of XLA's
-intra-op pool (one synchronisation per step); steps too small to split run on
-one thread. Under ``vmap`` the custom calls loop over the mapped axes
+Both loops run on the threads of XLA's intra-op pool: with at least 4 batch rows
+per thread they split the rows (independent sequences, no synchronisation),
+else the hidden units of every step (one synchronisation per step), as does a
+large inference step (each thread then streams only its share of the weights;
+``csrc/runtime.cc``). Steps too small to split run on one thread. Under ``vmap`` the custom calls loop over the mapped axes
 (``vmap_method="broadcast_all"``).
 
 With ``compute_dtype=jnp.bfloat16`` (as ``fused``: GEMM inputs ``x_t``,
