@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ISA_FILES = ("tests/test_native_isas.py", "tests/test_native.py", "tests/test_native_accuracy.py",
-             "tests/test_resets_mask.py")
+             "tests/test_resets_mask.py", "tests/test_wgrad_in_loop.py")
 ORDER = ("avx512", "avx2", "portable")
 
 

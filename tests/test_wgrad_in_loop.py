@@ -41,6 +41,7 @@ def _grads(cell, backend):
     return jax.grad(loss, (0, 1))(params, xs)
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("in_loop", [True, False])
 @pytest.mark.parametrize("threads", ["1", "2"])
@@ -53,15 +54,17 @@ def test_weight_gradients_equal_scan(cell, in_loop, threads, monkeypatch):
     assert_trees_close(_grads(cell, "native"), _grads(cell, "scan"))
 
 
-@pytest.mark.skipif(native_ops.native_isa() != "avx512", reason="the measured rule is AVX-512's")
-def test_in_loop_only_up_to_the_size_rule():
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_in_loop_only_up_to_the_size_rule(isa, monkeypatch):
+    monkeypatch.setattr(native_ops, "native_isa", lambda: isa)
     assert native_ops.weight_gradients_in_loop("lstm", 512, 8, 64)
+    assert native_ops.weight_gradients_in_loop("lstm", 256, 32, 128)
     assert not native_ops.weight_gradients_in_loop("lstm", 128, 64, 256)
     assert native_ops.weight_gradients_in_loop("gru", 128, 64, 256)
     assert not native_ops.weight_gradients_in_loop("gru", 64, 128, 512)
     assert not native_ops.weight_gradients_in_loop("gru", 0, 8, 64)  # nothing to accumulate
 
 
-def test_no_in_loop_rule_for_other_instruction_sets(monkeypatch):
-    monkeypatch.setattr(native_ops, "native_isa", lambda: "avx2")
+def test_no_in_loop_rule_for_the_portable_loop(monkeypatch):
+    monkeypatch.setattr(native_ops, "native_isa", lambda: "portable")
     assert not native_ops.weight_gradients_in_loop("lstm", 512, 8, 64)

@@ -379,12 +379,13 @@ def start_flags(starts: Array, reverse: bool) -> Array:
 # pass per ~64 (step, row) pairs), per (instruction set, cell); above it, and
 # for instruction sets not listed, XLA computes them after the loop as one
 # GEMM over all T * B rows. Single-core CPU time of a training step on Zen 4
-# (benchmarks/results/cpu-amd-epyc-zen4-2c/wgrad_in_loop.md): with AVX-512
-# in-loop faster at H = 64 and 128 for both cells (0.66-0.88x) and at H = 256
-# for the GRU (0.68x; its XLA path copies dz's recurrent columns first),
-# slower for the LSTM at H = 256 and 512 and the GRU at 512 (loop cost over
-# XLA's GEMM); with AVX2 slower at H = 64 and (GRU) 256, so not used.
-IN_LOOP_MAX_HIDDEN = {("avx512", "lstm"): 128, ("avx512", "gru"): 256}
+# (benchmarks/results/cpu-amd-epyc-zen4-2c/wgrad_in_loop.md), AVX-512 and AVX2
+# alike since the pass packs its operands (two rounds each): in-loop faster at
+# H = 64 and 128 for both cells (0.72-0.98x) and at H = 256 for the GRU
+# (0.89-0.95x; its XLA path copies dz's recurrent columns first), slower for
+# the LSTM at H = 256 and 512 and the GRU at 512 (loop cost over XLA's GEMM).
+IN_LOOP_MAX_HIDDEN = {("avx512", "lstm"): 128, ("avx512", "gru"): 256,
+                      ("avx2", "lstm"): 128, ("avx2", "gru"): 256}
 
 
 def weight_gradients_in_loop(cell: str, steps: int, batch: int, hidden: int) -> bool:
