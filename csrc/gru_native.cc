@@ -8,9 +8,9 @@
 //             h W_hn + b_hn.
 //   backward  per step the pre-activation gradients (written over the saved
 //             activations, aliased again) and dh = z * dh + ([dr, dz, dhn] @
-//             w_hh^T) * mask; dw_hh and the biases' gradient in the loop
-//             where Python asks (native_ops.IN_LOOP_MAX_HIDDEN), else XLA
-//             computes them after it, as it does the input weights' and dx.
+//             w_hh^T) * mask; dw_ih, dw_hh and the biases' gradient in the
+//             loop where Python asks (native_ops.IN_LOOP_MAX_HIDDEN), else XLA
+//             computes them after it, as it does dx.
 // With resets (optional operands: the (T, B) starts and the reset carry) as
 // the LSTM's (lstm_native.cc). With the `bf16` attribute the per-step GEMMs
 // take bfloat16 inputs (bf16_kernel.inc), and the handlers also return the
@@ -64,11 +64,12 @@ ffi::Error ForwardInfer(LSTM_JAX_GRU_FORWARD_ARGS, ffi::Attr<bool, kBf16> bf16) 
 ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffer<ffi::F32> act,
                     ffi::Buffer<ffi::F32> dys, ffi::Buffer<ffi::F32> dh_in, ffi::Buffer<ffi::F32> mask,
                     ffi::Buffer<ffi::U8> valid, ffi::Buffer<ffi::F32> ys, ffi::Buffer<ffi::F32> h0,
-                    ffi::Buffer<ffi::U8> starts, ffi::Buffer<ffi::F32> reset_h,
+                    ffi::Buffer<ffi::U8> starts, ffi::Buffer<ffi::F32> reset_h, ffi::Buffer<ffi::F32> xs,
                     ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh_out,
                     ffi::ResultBuffer<ffi::F32> dm_out, ffi::ResultBuffer<ffi::F32> d_reset_h,
-                    ffi::ResultBuffer<ffi::BF16> dzb, ffi::ResultBuffer<ffi::F32> dw_hh,
-                    ffi::ResultBuffer<ffi::F32> db, ffi::Attr<bool, kBf16> bf16) {
+                    ffi::ResultBuffer<ffi::BF16> dzb, ffi::ResultBuffer<ffi::F32> dw_ih,
+                    ffi::ResultBuffer<ffi::F32> dw_hh, ffi::ResultBuffer<ffi::F32> db,
+                    ffi::Attr<bool, kBf16> bf16) {
   const Kernels* kern = ChosenKernels(Cell::kGru, *bf16);
   if (kern == nullptr) return NoBf16Kernels();
   BwdCellBuffers cell;
@@ -77,6 +78,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffe
   cell.reset_h = Data(reset_h);
   cell.d_reset_h = Data(*d_reset_h);
   cell.dzb = *bf16 ? dzb->typed_data() : nullptr;
+  SetInLoopInput(cell, xs, dw_ih);
   cell.dw_hh = Data(*dw_hh);
   cell.db = Data(*db);
   return lstm_jax::Backward(pool, *kern, false, w_hh, dys, dh_in, mask, valid, ys, h0, dz, dh_out, dm_out,

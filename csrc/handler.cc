@@ -81,12 +81,20 @@ void SetResets(BwdProblem& P, const BwdCellBuffers& cell, const float* dh_in, co
 }
 
 // The weight gradients the loop accumulated per row partition (P.dw:
-// dw_parts x [dw_hh (hg floats), db (acts)]), summed into dw_hh and db.
-void SumPartitions(const BwdProblem& P, size_t hg, size_t acts, float* dw_hh, float* db) {
-  for (size_t e = 0; e < hg + acts; ++e) {
+// dw_parts x [dw_ih (ig floats), dw_hh (hg), db (acts)]), summed into dw_ih, dw_hh and db.
+void SumPartitions(const BwdProblem& P, size_t ig, size_t hg, size_t acts, float* dw_ih, float* dw_hh,
+                   float* db) {
+  const size_t part = ig + hg + acts;
+  for (size_t e = 0; e < part; ++e) {
     float sum = 0.f;
-    for (int r = 0; r < P.dw_parts; ++r) sum += P.dw[r * (hg + acts) + e];
-    (e < hg ? dw_hh[e] : db[e - hg]) = sum;
+    for (int r = 0; r < P.dw_parts; ++r) sum += P.dw[r * part + e];
+    if (e < ig) {
+      dw_ih[e] = sum;
+    } else if (e < ig + hg) {
+      dw_hh[e - ig] = sum;
+    } else {
+      db[e - ig - hg] = sum;
+    }
   }
 }
 
@@ -193,6 +201,7 @@ ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major
   if (cell.dzb != nullptr && cell.dw_hh != nullptr) {
     return ffi::Error::InvalidArgument("the bfloat16 backward has no in-loop weight gradients");
   }
+
   auto dims = dz->dimensions();
   const size_t rank = dims.size();
   if (rank < 3) {
@@ -211,6 +220,7 @@ ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major
   }
   if (per == 0) {
     if (cell.dw_hh != nullptr) {  // nothing to accumulate
+      if (cell.dw_ih != nullptr) std::fill_n(cell.dw_ih, size_t(cell.input) * kern.gates * hidden, 0.f);
       std::fill_n(cell.dw_hh, w_hh.element_count(), 0.f);
       if (hidden > 0) std::fill_n(cell.db, w_hh.element_count() / kern.gates / hidden * kern.acts, 0.f);
     }
@@ -225,6 +235,10 @@ ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major
     HugePagesHint(dz->typed_data(), dz->element_count() * sizeof(float));
   } else if (dz->typed_data() != cell.act) {  // XLA did not alias: copy the activations over
     std::memcpy(dz->typed_data(), cell.act, dz->element_count() * sizeof(float));
+  }
+  if (cell.dw_hh != nullptr && cell.input > 0 &&
+      (cell.dw_ih == nullptr || cell.xs_count != count * steps * batch * cell.input)) {
+    return ffi::Error::InvalidArgument("in-loop weight gradients: xs must be (..., T, B, I) like dz, with dw_ih");
   }
   const Split split = StepPartitions(pool, batch, bh * kern.gates * hidden, panels, /*inference=*/false);
   for (int64_t n = 0; n < count; ++n) {
@@ -243,6 +257,8 @@ ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major
     P->valid = has_valid ? valid.typed_data() + n * steps * batch : nullptr;
     P->ys = ys.typed_data() + n * steps * bh;
     P->h0 = h0.typed_data() + n * bh;
+    P->input = cell.dw_hh != nullptr ? cell.input : 0;
+    P->xs = P->input > 0 ? cell.xs + n * steps * batch * P->input : nullptr;
     P->dh = dh_out->typed_data() + n * bh;
     std::memcpy(P->dh, dh_in.typed_data() + n * bh, bh * sizeof(float));
     if (cell.dc_out != nullptr) {
@@ -255,7 +271,7 @@ ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major
     P->wpack = buffers->data();
     if (cell.dw_hh != nullptr) {
       P->dw_parts = split.rows ? split.parts : 1;
-      const size_t dw_size = size_t(hidden) * kern.gates * hidden + kern.acts * hidden;  // dw_hh, db
+      const size_t dw_size = size_t(P->input + hidden) * kern.gates * hidden + kern.acts * hidden;  // dw, db
       buffers->resize(buffers->size() + P->dw_parts * dw_size);  // zeros
       P->wpack = buffers->data();
       P->dw = buffers->data() + kern.bwd_pack_size(hidden);
@@ -263,7 +279,8 @@ ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major
     Run(pool, P, buffers, kern.bwd_item, steps + 1, split, panels);
     if (cell.dw_hh != nullptr) {
       const size_t hg = size_t(hidden) * kern.gates * hidden, acts = size_t(kern.acts) * hidden;
-      SumPartitions(*P, hg, acts, cell.dw_hh + n * hg, cell.db + n * acts);
+      const size_t ig = size_t(P->input) * kern.gates * hidden;
+      SumPartitions(*P, ig, hg, acts, cell.dw_ih + n * ig, cell.dw_hh + n * hg, cell.db + n * acts);
     }
   }
   return ffi::Error::Success();

@@ -81,8 +81,15 @@ struct BwdCellBuffers {
   const float* reset_c = nullptr;   // LSTM resets
   float* d_reset_h = nullptr;       // resets: (N.., B, H)
   float* d_reset_c = nullptr;       // LSTM resets
-  float* dw_hh = nullptr;  // weight gradients in the loop (BwdProblem::dw): (N.., H, G), or null
-  float* db = nullptr;     // with dw_hh: dz summed over rows, (N.., A)
+  // weight gradients in the loop (BwdProblem::dw), or null: dw_ih = x^T dz's input
+  // blocks (N.., I, G) from xs (N.., T, B, I) in the call's layout, dw_hh (N.., H, G),
+  // and db, dz summed over rows (N.., A)
+  const float* xs = nullptr;
+  int64_t xs_count = 0;  // xs's elements
+  int input = 0;
+  float* dw_ih = nullptr;
+  float* dw_hh = nullptr;
+  float* db = nullptr;
 };
 
 xla::ffi::Error Backward(xla::ffi::ThreadPool& pool, const Kernels& kern, bool batch_major,
@@ -92,6 +99,16 @@ xla::ffi::Error Backward(xla::ffi::ThreadPool& pool, const Kernels& kern, bool b
                          xla::ffi::Buffer<xla::ffi::F32> h0, xla::ffi::ResultBuffer<xla::ffi::F32> dz,
                          xla::ffi::ResultBuffer<xla::ffi::F32> dh_out,
                          xla::ffi::ResultBuffer<xla::ffi::F32> dm_out, const BwdCellBuffers& cell);
+
+// The in-loop weight gradients' xs operand and dw_ih result (empty: none) into `cell`.
+inline void SetInLoopInput(BwdCellBuffers& cell, xla::ffi::Buffer<xla::ffi::F32> xs,
+                           xla::ffi::ResultBuffer<xla::ffi::F32> dw_ih) {
+  auto dims = xs.dimensions();
+  cell.xs = xs.element_count() == 0 ? nullptr : xs.typed_data();
+  cell.xs_count = int64_t(xs.element_count());
+  cell.input = cell.xs == nullptr || dims.size() == 0 ? 0 : int(dims.back());
+  cell.dw_ih = dw_ih->element_count() == 0 ? nullptr : dw_ih->typed_data();
+}
 
 // The LSTM's and GRU's attribute: the per-step GEMMs take bfloat16 inputs.
 constexpr char kBf16[] = "bf16";

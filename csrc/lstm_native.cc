@@ -3,9 +3,9 @@
 // over the shared handler skeleton (handler.h) and kernels
 // (recurrent_kernel.inc with cells.inc's LstmCell).
 //
-// XLA computes the large GEMMs of the backward pass after the loop (the input
-// weights' and dx; dw_hh and db too, except where Python asks the loop to sum
-// them, native_ops.IN_LOOP_MAX_HIDDEN). These handlers own the time loop:
+// XLA computes the large GEMMs of the backward pass after the loop (dx; the
+// weight gradients dw_ih, dw_hh and db too, except where Python asks the loop
+// to sum them, native_ops.IN_LOOP_MAX_HIDDEN). These handlers own the time loop:
 //
 //   forward   per step z = x_t @ w_ih + b + h @ w_hh, the gate math, the
 //             carry; for training it saves the gate activations and the
@@ -104,11 +104,12 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Attr<bool, kBatchMajor> batch_maj
                     ffi::Buffer<ffi::F32> dc_in, ffi::Buffer<ffi::F32> mask,
                     ffi::Buffer<ffi::U8> valid, ffi::Buffer<ffi::F32> ys, ffi::Buffer<ffi::F32> h0,
                     ffi::Buffer<ffi::U8> starts, ffi::Buffer<ffi::F32> reset_h, ffi::Buffer<ffi::F32> reset_c,
-                    ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh_out,
+                    ffi::Buffer<ffi::F32> xs, ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh_out,
                     ffi::ResultBuffer<ffi::F32> dc_out, ffi::ResultBuffer<ffi::F32> dm_out,
                     ffi::ResultBuffer<ffi::BF16> dzb, ffi::ResultBuffer<ffi::F32> d_reset_h,
-                    ffi::ResultBuffer<ffi::F32> d_reset_c, ffi::ResultBuffer<ffi::F32> dw_hh,
-                    ffi::ResultBuffer<ffi::F32> db, ffi::Attr<bool, kBf16> bf16) {
+                    ffi::ResultBuffer<ffi::F32> d_reset_c, ffi::ResultBuffer<ffi::F32> dw_ih,
+                    ffi::ResultBuffer<ffi::F32> dw_hh, ffi::ResultBuffer<ffi::F32> db,
+                    ffi::Attr<bool, kBf16> bf16) {
   const Kernels* kern = Chosen(*bf16);
   if (kern == nullptr) return NoBf16Kernels();
   BwdCellBuffers cell;
@@ -123,6 +124,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Attr<bool, kBatchMajor> batch_maj
   cell.reset_c = Data(reset_c);
   cell.d_reset_h = Data(*d_reset_h);
   cell.d_reset_c = Data(*d_reset_c);
+  SetInLoopInput(cell, xs, dw_ih);
   cell.dw_hh = Data(*dw_hh);
   cell.db = Data(*db);
   return lstm_jax::Backward(pool, *kern, *batch_major, w_hh, dys, dh_in, mask, valid, ys, h0, dz, dh_out,

@@ -71,14 +71,17 @@ struct BwdProblem {
                           // per-step mask the carried h), read as h_{t-1}; h0 / reset_h
                           // where t = 0 or a segment starts (h_before)
   const float* h0;        // (B, H)
+  const float* xs;        // (T, B, I) in the seq layout, read by the in-loop dw_ih (with dw)
+  int input;              // I
   float* dh;              // (B, H) carry in place: dh_T in, dh_0 out
   float* dc;              // (B, H) LSTM: carry in place
   float* dm;              // (B, H) mask gradient, accumulated, or null
   uint16_t* dzb;          // (T, B, A) dz rounded to bfloat16 (bf16 kernels only)
   // weight gradients in the loop (null: XLA computes them from dz): per row
-  // partition (dw_parts; 1 where the loop is split by panels), dw_hh (H, G)
-  // = sum h_{t-1}^T (* mask) @ dz's recurrent blocks (Cell::kDz), then db (A)
-  // = sum dz over rows; accumulated, and summed over partitions by the handler
+  // partition (dw_parts; 1 where the loop is split by panels), [dw_ih; dw_hh]
+  // (I + H, G): dw_ih = sum x_t^T @ dz's input blocks (Cell::kDzIn), dw_hh =
+  // sum h_{t-1}^T (* mask) @ its recurrent blocks (Cell::kDz); then db (A) =
+  // sum dz over rows; accumulated, and summed over partitions by the handler
   float* dw;
   int dw_parts;
   const float* wpack;

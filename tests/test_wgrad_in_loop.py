@@ -1,7 +1,9 @@
 """The native backward's weight gradients both ways: accumulated in the loop
-(``dw_hh``, ``db``; :data:`native_ops.IN_LOOP_MAX_HIDDEN`) and by XLA after it,
-each against ``scan``, bidirectional, with a ragged batch and resets, on one
-thread and with the rows split over threads (per-partition partial sums).
+(``dw_ih``, ``dw_hh``, ``db``; :data:`native_ops.IN_LOOP_MAX_HIDDEN`, and
+``dw_ih`` left to XLA with :data:`native_ops.IN_LOOP_INPUT_WEIGHTS` off) and by
+XLA after it, each against ``scan``, bidirectional, with a ragged batch and
+resets, on one thread and with the rows split over threads (per-partition
+partial sums).
 
 H = 21 is a full AVX-512 panel and a partial one; B = 9 splits 4 + 5 rows
 over two threads, and 9 (step, row) pairs do not divide the in-loop passes.
@@ -43,14 +45,19 @@ def _grads(cell, backend):
 
 @pytest.mark.isa
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-@pytest.mark.parametrize("in_loop", [True, False])
-@pytest.mark.parametrize("threads", ["1", "2"])
+# in_loop: "all" weight gradients, "recurrent" ones only (dw_ih by XLA; two
+# threads cover it, its place being independent of the split), or "none"
+@pytest.mark.parametrize(
+    ("in_loop", "threads"),
+    [("all", "1"), ("all", "2"), ("recurrent", "2"), ("none", "1"), ("none", "2")],
+)
 def test_weight_gradients_equal_scan(cell, in_loop, threads, monkeypatch):
     monkeypatch.setenv("LSTM_JAX_NATIVE_THREADS", threads)
     monkeypatch.setenv("LSTM_JAX_NATIVE_SPLIT_MACS", "0")  # split even these tiny steps
     key = (native_ops.native_isa(), cell)
-    monkeypatch.setitem(native_ops.IN_LOOP_MAX_HIDDEN, key, H if in_loop else H - 1)
-    assert native_ops.weight_gradients_in_loop(cell, T, B, H) == in_loop
+    monkeypatch.setitem(native_ops.IN_LOOP_MAX_HIDDEN, key, H - 1 if in_loop == "none" else H)
+    monkeypatch.setattr(native_ops, "IN_LOOP_INPUT_WEIGHTS", in_loop == "all")
+    assert native_ops.weight_gradients_in_loop(cell, T, B, H) == (in_loop != "none")
     assert_trees_close(_grads(cell, "native"), _grads(cell, "scan"))
 
 

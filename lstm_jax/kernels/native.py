@@ -16,10 +16,10 @@ forward and one for its backward:
   not stay in cache.)
 * backward (``jax.custom_vjp``): the custom call carries ``(dh, dc)``, writes
   the gate gradients ``dz`` over the saved activations (aliased again) and
-  computes ``dz @ w_hh^T`` per step; XLA then computes ``dx = dz @ w_ih^T`` and
-  ``dw_ih = x^T dz`` as single GEMMs, and ``dw_hh = h_prev^T dz`` and ``db`` too
-  above :data:`~lstm_jax.kernels.native_ops.IN_LOOP_MAX_HIDDEN` (up to it the
-  loop accumulates them while each step's ``dz`` is in cache).
+  computes ``dz @ w_hh^T`` per step; XLA then computes ``dx = dz @ w_ih^T`` as
+  one GEMM. Up to :data:`~lstm_jax.kernels.native_ops.IN_LOOP_MAX_HIDDEN` the
+  loop also accumulates ``[dw_ih; dw_hh] = [x, h_prev]^T dz`` and ``db`` while
+  each step's ``dz`` is in cache; above it XLA computes them as single GEMMs.
 * ``resets``: both loops take the ``(T, B)`` flags of :func:`native_ops.start_flags`
   and the reset carry. The forward resets the carry before a flagged step (at the
   end of the step before it, so the next step's GEMM reads the reset carry)
@@ -61,6 +61,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from lstm_jax.cells import Cell, lstm_kind
+from lstm_jax.kernels import native_ops
 from lstm_jax.kernels.call import KernelSpec, LayerCall, layer_call
 from lstm_jax.kernels.fused import unsupported_variant
 from lstm_jax.kernels.native_ops import (
@@ -164,15 +165,18 @@ def _gradients(static, inputs, per_step, cotangents, outputs, saved):
     dz_bf16 = jax.ShapeDtypeStruct(act.shape if bf16 else (0,), jnp.bfloat16)
     reset_state = state if starts is not None else jax.ShapeDtypeStruct((0,), jnp.float32)
     steps, batch = _steps_batch(xs, batch_major)
+    inputs_size = xs.shape[-1]
     in_loop = not bf16 and weight_gradients_in_loop("lstm", steps, batch, hidden)
+    dw_ih_in_loop = in_loop and native_ops.IN_LOOP_INPUT_WEIGHTS
     results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state, state, dz_bf16,
-               reset_state, reset_state, *in_loop_results(in_loop, hidden, 4, 4))  # fmt: skip
+               reset_state, reset_state,
+               *in_loop_results(in_loop, inputs_size if dw_ih_in_loop else 0, hidden, 4, 4))  # fmt: skip
     f32, u8 = jnp.float32, jnp.uint8
-    dz, dh0, dc0, dmask, dz_bf16, d_reset_h, d_reset_c, dw_hh, db = ffi_call(
+    dz, dh0, dc0, dmask, dz_bf16, d_reset_h, d_reset_c, dw_ih, dw_hh, db = ffi_call(
         "lstm_jax_native_backward", results,
         w_hh, act, cs, c0, dys, dh, dc, optional_operand(mask, f32), optional_operand(valid, u8),
         ys, h0, optional_operand(starts, u8), optional_operand(reset_h, f32),
-        optional_operand(reset_c, f32),
+        optional_operand(reset_c, f32), optional_operand(xs if dw_ih_in_loop else None, f32),
         batch_major=batch_major, bf16=bf16, aliases={1: 0},
     )  # fmt: skip
     dmask = None if mask is None else dmask
@@ -180,7 +184,6 @@ def _gradients(static, inputs, per_step, cotangents, outputs, saved):
     rows = dz.reshape(steps * batch, 4 * hidden)  # time-major rows
     if not in_loop:
         db = jnp.sum(rows, axis=0)
-    inputs_size = xs.shape[-1]
     if bf16:
         rows_bf16 = dz_bf16.reshape(steps * batch, 4 * hidden)
         dw = jnp.matmul(xh_t, rows_bf16, preferred_element_type=jnp.float32)  # [dw_ih; dw_hh]
@@ -190,9 +193,10 @@ def _gradients(static, inputs, per_step, cotangents, outputs, saved):
     if not in_loop:
         h_prev = previous_carry(h0, _time_major(ys, batch_major), starts, reset_h, mask)
         dw_hh = h_prev.reshape(steps * batch, hidden).T @ rows
-    # the (T, B, I) operands are transposed, never dz: given an einsum over
-    # (T, B) in both orders, XLA copied dz (4H wide, e.g. 64 MiB) as well
-    dw_ih = _time_major(xs, batch_major).reshape(steps * batch, inputs_size).T @ rows
+    if not dw_ih_in_loop:
+        # the (T, B, I) operands are transposed, never dz: given an einsum over
+        # (T, B) in both orders, XLA copied dz (4H wide, e.g. 64 MiB) as well
+        dw_ih = _time_major(xs, batch_major).reshape(steps * batch, inputs_size).T @ rows
     dxs = _time_major((rows @ w_ih.T).reshape(steps, batch, inputs_size), batch_major)
     return dw_ih, db, dw_hh, dxs, dh0, dc0, dmask, *d_resets
 

@@ -17,9 +17,9 @@ cells share, ``csrc/recurrent_kernel.inc`` with ``csrc/cells.inc``'s ``GruCell``
   pre-activation gradients over the saved activations (aliased again):
   ``dr, dz, dn`` of the input side and ``dhn = dn * r`` of the recurrent one,
   and computes ``dh_{t-1} = z * dh + ([dr, dz, dhn] @ w_hh^T) * mask`` per
-  step; XLA then computes ``dx``, ``dw_ih`` from ``[dr, dz, dn]`` as single
-  GEMMs; ``dw_hh`` from ``[dr, dz, dhn]`` and the biases' gradients are
-  accumulated by the loop up to
+  step; XLA then computes ``dx`` from ``[dr, dz, dn]`` as one GEMM. ``dw_ih``
+  (from ``[dr, dz, dn]``), ``dw_hh`` (from ``[dr, dz, dhn]``) and the biases'
+  gradients are accumulated by the loop up to
   :data:`~lstm_jax.kernels.native_ops.IN_LOOP_MAX_HIDDEN`, by XLA above it.
 
 ``resets`` run inside both loops as the LSTM's (:mod:`lstm_jax.kernels.native`).
@@ -52,6 +52,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from lstm_jax.cells import Cell, gru_kind
+from lstm_jax.kernels import native_ops
 from lstm_jax.kernels.call import KernelSpec, LayerCall, layer_call
 from lstm_jax.kernels.native_ops import (
     NativeOp,
@@ -147,14 +148,16 @@ def _gradients(static, inputs, per_step, cotangents, outputs, saved):
     state = jax.ShapeDtypeStruct(h0.shape, jnp.float32)
     reset_state = state if starts is not None else jax.ShapeDtypeStruct((0,), jnp.float32)
     in_loop = not bf16 and weight_gradients_in_loop("gru", steps, batch, hidden)
+    dw_ih_in_loop = in_loop and native_ops.IN_LOOP_INPUT_WEIGHTS
     dz_bf16 = jax.ShapeDtypeStruct(act.shape if bf16 else (0,), jnp.bfloat16)
     results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state, reset_state, dz_bf16,
-               *in_loop_results(in_loop, hidden, 3, 4))  # fmt: skip
+               *in_loop_results(in_loop, inputs_size if dw_ih_in_loop else 0, hidden, 3, 4))  # fmt: skip
     f32, u8 = jnp.float32, jnp.uint8
-    dz, dh0, dmask, d_reset_h, dz_bf16, dw_hh, db = ffi_call(
+    dz, dh0, dmask, d_reset_h, dz_bf16, dw_ih, dw_hh, db = ffi_call(
         "lstm_jax_native_gru_backward", results,
         w_hh, act, *cotangents, optional_operand(mask, f32), optional_operand(valid, u8), hs, h0,
-        optional_operand(starts, u8), optional_operand(reset_h, f32), bf16=bf16, aliases={1: 0},
+        optional_operand(starts, u8), optional_operand(reset_h, f32),
+        optional_operand(xs if dw_ih_in_loop else None, f32), bf16=bf16, aliases={1: 0},
     )  # fmt: skip
     dmask = None if mask is None else dmask
     d_reset_h = None if starts is None else d_reset_h
@@ -171,7 +174,8 @@ def _gradients(static, inputs, per_step, cotangents, outputs, saved):
         d_recurrent = jnp.concatenate([rows[:, : 2 * hidden], rows[:, 3 * hidden :]], axis=1)
         h_prev = previous_carry(h0, hs, starts, reset_h, mask)
         dw_hh = h_prev.reshape(steps * batch, hidden).T @ d_recurrent
-    dw_ih = xs.reshape(steps * batch, inputs_size).T @ d_input
+    if not dw_ih_in_loop:
+        dw_ih = xs.reshape(steps * batch, inputs_size).T @ d_input
     dxs = (d_input @ w_ih.T).reshape(xs.shape)
     return dw_ih, db_ih, dw_hh, db_hh, dxs, dh0, dmask, d_reset_h
 

@@ -388,16 +388,27 @@ IN_LOOP_MAX_HIDDEN = {("avx512", "lstm"): 128, ("avx512", "gru"): 256,
                       ("avx2", "lstm"): 128, ("avx2", "gru"): 256}
 
 
+# Whether the in-loop weight gradients include the input weights', dw_ih = sum
+# x_t^T dz (from the call's xs): after the loop, XLA's GEMM for it ran on one
+# core between the loop and the optimizer (e.g. 2.6 ms of a 7 ms LSTM training
+# step at (B, T, I, H) = (8, 512, 32, 64)); in the loop each thread sums its own
+# rows. 2-core training steps on Zen 4, in the loop over XLA: 0.77-0.99x
+# (wgrad_in_loop.md section 5). False leaves dw_ih to XLA (for that A/B).
+IN_LOOP_INPUT_WEIGHTS = True
+
+
 def weight_gradients_in_loop(cell: str, steps: int, batch: int, hidden: int) -> bool:
     """Whether the native backward of ``cell`` (``"lstm"``, ``"gru"``) accumulates ``dw_hh`` and
     ``db`` in its loop for a ``(T, B, H)`` call (:data:`IN_LOOP_MAX_HIDDEN`)."""
     return steps * batch > 0 and hidden <= IN_LOOP_MAX_HIDDEN.get((native_isa(), cell), -1)
 
 
-def in_loop_results(in_loop: bool, hidden: int, gates: int, acts: int):
-    """The backward call's ``dw_hh (H, gates * H)`` and ``db (acts * H)`` results, empty when
-    XLA computes them after the loop."""
-    shapes = ((hidden, gates * hidden), (acts * hidden,)) if in_loop else ((0,), (0,))
+def in_loop_results(in_loop: bool, inputs: int, hidden: int, gates: int, acts: int):
+    """The backward call's ``dw_ih (I, gates * H)``, ``dw_hh (H, gates * H)`` and ``db (acts *
+    H)`` results, empty when XLA computes them after the loop (``dw_ih`` also where
+    :data:`IN_LOOP_INPUT_WEIGHTS` is False: pass ``inputs`` 0)."""
+    shapes = (((inputs, gates * hidden), (hidden, gates * hidden), (acts * hidden,)) if in_loop
+              else ((0,), (0,), (0,)))  # fmt: skip
     return tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes)
 
 
