@@ -392,8 +392,9 @@ IN_LOOP_MAX_HIDDEN = {("avx512", "lstm"): 128, ("avx512", "gru"): 256,
 # x_t^T dz (from the call's xs): after the loop, XLA's GEMM for it ran on one
 # core between the loop and the optimizer (e.g. 2.6 ms of a 7 ms LSTM training
 # step at (B, T, I, H) = (8, 512, 32, 64)); in the loop each thread sums its own
-# rows. 2-core training steps on Zen 4, in the loop over XLA: 0.77-0.99x
-# (wgrad_in_loop.md section 5). False leaves dw_ih to XLA (for that A/B).
+# rows. 2-core training steps on Zen 4, in the loop over XLA: 0.79-0.97x at H = 64,
+# 0.86-1.07x at H = 128 (noise-bound; wgrad_in_loop.md section 5). False leaves
+# dw_ih to XLA (for that A/B).
 IN_LOOP_INPUT_WEIGHTS = True
 
 
