@@ -201,7 +201,6 @@ ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major
   if (cell.dzb != nullptr && cell.dw_hh != nullptr) {
     return ffi::Error::InvalidArgument("the bfloat16 backward has no in-loop weight gradients");
   }
-
   auto dims = dz->dimensions();
   const size_t rank = dims.size();
   if (rank < 3) {
