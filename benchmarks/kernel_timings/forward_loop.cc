@@ -2,12 +2,13 @@
 // kernel change by the kernel's own time (a Python step adds noise around it).
 // Build one binary per source tree (e.g. a git worktree of the base commit):
 //
-//   g++ -O3 -std=c++17 -Icsrc benchmarks/kernel_timings/forward_loop.cc \
+//   g++ -O3 -falign-loops=64 -std=c++17 -Icsrc benchmarks/kernel_timings/forward_loop.cc \
 //       csrc/kernels.cc csrc/runtime.cc csrc/settings.cc -o /tmp/fwd_new -lpthread
 //
 // and run `forward_loop B T I H cell train reps` (cell 0 LSTM, 1 GRU, 2 RNN
 // tanh; train 1 saves the activations as a training forward does), pinned
-// (`taskset -c 0`), LSTM_JAX_NATIVE_ISA as usual; forward_loop_ab.sh
+// (`taskset -c 0`), LSTM_JAX_NATIVE_ISA as usual (build with setup.py's flags:
+// without -falign-loops, loop placement alone moved timings by 4-10%); forward_loop_ab.sh
 // interleaves two binaries. Prints the median over `reps` calls after two
 // warm-ups, GFLOP/s of the step GEMMs, and a checksum of the outputs (equal
 // for two builds that compute the same function).
