@@ -1,6 +1,7 @@
 #!/bin/bash
-# Interleaved A/B of two forward_loop binaries (forward_loop.cc), pinned to core 0:
-#   forward_loop_ab.sh /tmp/fwd_base /tmp/fwd_new "64 128 128 256 0 0;8 512 32 64 0 1" [rounds]
+# Interleaved A/B of two native_loops binaries (native_loops.cc), pinned to core 0:
+#   native_loops_ab.sh /tmp/loops_base /tmp/loops_new "64 128 128 256 0 0;8 512 32 64 0 1" [rounds]
+# (PHASE=bwd with BWD=1 compares the backward loops; default fwd)
 # each config "B T I H cell train"; prints the medians over rounds (of each run's
 # median of 3 calls), B/A and the load average.
 A=$1; Bn=$2; CFGS=$3; R=${4:-7}
@@ -8,8 +9,8 @@ IFS=';' read -ra CS <<< "$CFGS"
 for cfg in "${CS[@]}"; do
   ra=(); rb=()
   for r in $(seq $R); do
-    ra+=($(taskset -c 0 $A $cfg 3 2>/dev/null | awk '{print $1}'))
-    rb+=($(taskset -c 0 $Bn $cfg 3 2>/dev/null | awk '{print $1}'))
+    ra+=($(taskset -c 0 $A $cfg 3 2>/dev/null | awk -v ph="${PHASE:-fwd}" '$1 == ph {print $2}'))
+    rb+=($(taskset -c 0 $Bn $cfg 3 2>/dev/null | awk -v ph="${PHASE:-fwd}" '$1 == ph {print $2}'))
   done
   python3 -c "
 import statistics,sys
