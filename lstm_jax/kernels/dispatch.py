@@ -57,10 +57,10 @@ AUTO: dict[str, dict[Optional[str], str]] = {
         # e.g. ARM: 3-6x slower than "fused" for training), compute dtypes other than float32
         # and bfloat16, bfloat16 without AVX512_BF16. With AVX2 or AVX-512 faster than "fused"
         # from H = 64 to 1024 in float32, and in bfloat16: on a 2-core Zen 4, two --targets
-        # runs per instruction set (default and LSTM_JAX_NATIVE_ISA=avx2; commit 6f3d051),
-        # native 1.23-2.50x "fused" in the 8 float32 cases of each AVX-512 run, 1.59-2.84x
-        # in bf16; AVX2 1.06-2.06x except 0.99x at H = 256 inference and H = 512 training in
-        # one run (IQR > 15% there) (benchmarks/results/cpu-amd-epyc-zen4-2c/targets*). jax.export needs
+        # runs per instruction set (default and LSTM_JAX_NATIVE_ISA=avx2; commit 0b08d6d),
+        # native 1.25-2.65x "fused" in the 8 float32 cases of each AVX-512 run, 1.47-2.93x
+        # in bf16; AVX2 1.03-1.94x in all 8 float32 cases of both runs (the least at H = 512
+        # inference) (benchmarks/results/cpu-amd-epyc-zen4-2c/targets*). jax.export needs
         # disabled_checks for its custom calls (lstm_jax.export_safety_checks).
         "cpu": "native",
         # by design, not measured (no GPU was available; docs/ACCELERATORS.md): JAX's own
