@@ -10,7 +10,9 @@
 // Run `native_loops B T I H cell train reps [split]`: cell 0 LSTM, 1 GRU, 2 RNN
 // tanh; train 1 saves the activations as a training forward does; split 0 one
 // thread, 1 two threads on halves of the rows, 2 two threads on halves of the
-// hidden units (a spin barrier per step). Environment: LSTM_JAX_NATIVE_ISA as
+// hidden units (a spin barrier per step), 3 as 1 with the helper started and
+// spinning before the clock starts (prints when the caller's half and both
+// halves finished, the last call). Environment: LSTM_JAX_NATIVE_ISA as
 // usual; BWD=1 (with train 1) also times the backward loop (phase A and B, one
 // thread, weight gradients left to XLA); FRESH=1 writes the forward's outputs
 // to freshly mapped pages every call (as XLA's new buffers), FRESH=2 also
@@ -20,6 +22,7 @@
 // function). Pin single-thread runs (`taskset -c 0`); native_loops_ab.sh
 // interleaves two binaries.
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -112,9 +115,23 @@ int main(int argc, char** argv) {
     P.ys = fresh ? out : ys.data();
     P.act = !train ? nullptr : fresh ? out + ys.size() : act.data();
     P.cs = cs.empty() ? nullptr : fresh ? out + ys.size() + act.size() : cs.data();
-    const auto start = Clock::now();
+    auto start = Clock::now();
     if (split == 0) {
       for (int t = 0; t < T; ++t) K.fwd_item(&P, t, 0, panels, 0, B);
+    } else if (split == 3) {
+      std::atomic<int> go{0};
+      std::thread helper([&] {
+        while (go.load(std::memory_order_acquire) == 0) {
+        }
+        for (int t = 0; t < T; ++t) K.fwd_item(&P, t, 0, panels, B / 2, B);
+      });
+      usleep(2000);
+      start = Clock::now();  // the helper spins by now
+      go.store(1, std::memory_order_release);
+      for (int t = 0; t < T; ++t) K.fwd_item(&P, t, 0, panels, 0, B / 2);
+      const double own = ms_since(start);
+      helper.join();
+      if (r == reps + 1) printf("caller's half %.3f ms, both %.3f ms\n", own, ms_since(start));
     } else if (split == 1) {  // halves of the rows: independent sequences, no synchronisation
       std::thread helper([&] {
         for (int t = 0; t < T; ++t) K.fwd_item(&P, t, 0, panels, B / 2, B);
