@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -70,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None,
                         help="output folder (default: benchmarks/results/local[/<grid>], not committed; "
                         "pass benchmarks/results/<machine> to replace the committed results)")
+    parser.add_argument("--case-budget", type=float, default=None, metavar="SECONDS",
+                        help="timing budget of one case's interleaved rounds (default: the grid's)")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                        help="start no case after this many minutes; the cases not run are "
+                        "listed in the warnings and the results are written as usual")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch.set_num_threads (default: the cores of this process, "
@@ -110,17 +116,26 @@ def main(argv: Optional[list] = None) -> int:
               "for the CPU grids.", file=sys.stderr)  # fmt: skip
         return 2
     grid = grid_lib.GRIDS[args.grid]()
+    if args.case_budget is not None:
+        grid = dataclasses.replace(grid, budget_s=args.case_budget)
     out_dir = args.out or default_out_dir(args.grid)
     machine = machine_info()
     load_start = load_info()
     start = time.perf_counter()
-    results = runner.run(grid, peers, seed=args.seed, progress=not args.no_progress)
+    time_limit_s = None if args.time_limit is None else 60.0 * args.time_limit
+    results = runner.run(grid, peers, seed=args.seed, progress=not args.no_progress,
+                         time_limit_s=time_limit_s)  # fmt: skip
     load_end = load_info()
     if results.get("others_cpu") is not None:
         warnings = [w for w in (others_warning(results["others_cpu"], machine["cores"]),) if w]
     else:
         warnings = [w for w in (busy_warning(load_start, machine["cores"]),
                                 busy_warning(load_end, machine["cores"])) if w]  # fmt: skip
+    if results["cases_not_run"]:
+        warnings.append(
+            f"--time-limit {args.time_limit:g} min reached: {len(results['cases_not_run'])} of "
+            f"{len(grid.cases)} cases not run ({', '.join(results['cases_not_run'])})"
+        )
     warnings = list(dict.fromkeys(warnings)) + spread_warnings(results["rows"])
     results = {
         "machine": machine,

@@ -271,13 +271,16 @@ def run(
     seed: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = lambda text: print(text, file=sys.stderr),
+    time_limit_s: Optional[float] = None,
 ) -> dict:
     """Run ``grid`` over ``peers`` (default: every peer) and return the results dict.
 
     The dict holds ``peers`` (availability of each), ``rows`` (one per case and
     peer: status, same_function, check differences, timings, compile time,
-    memory) and the settings; :mod:`benchmarks.report` adds machine, versions
-    and speed-ups when it writes the files.
+    memory), ``cases_not_run`` (as "label workload": the cases reached after
+    ``time_limit_s`` seconds, which are not started) and the settings;
+    :mod:`benchmarks.report` adds machine, versions and speed-ups when it writes
+    the files.
     """
     from tqdm import tqdm
 
@@ -301,7 +304,11 @@ def run(
     start, cpu_start = time.perf_counter(), _cpu_seconds()
     bar = tqdm(grid.cases, desc=f"benchmarks ({grid.name})", unit="case", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)  # fmt: skip
+    cases_not_run = []
     for case in bar:
+        if time_limit_s is not None and time.perf_counter() - start > time_limit_s:
+            cases_not_run.append(f"{case.config.label} {case.workload}")
+            continue
         case_peers = [
             p for p in available if case.peers is None or peers_lib.matches(p.name, case.peers)
         ]
@@ -312,6 +319,7 @@ def run(
         "grid": grid.name,
         "peers": peer_status,
         "rows": rows,
+        "cases_not_run": cases_not_run,
         "elapsed_s": time.perf_counter() - start,
         "flop_peak": flop_peak,
         "nominal_peak": nominal_peak(),
