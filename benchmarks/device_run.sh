@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The checks for a short lease of a GPU machine, in one command: the kernel tests there
-# (the backend matrix then holds "cudnn" and "pallas", which the CPU runs cannot compile),
-# then the --device benchmark, stopped in time to write its results.
+# (the backend matrix then holds "cudnn" and "pallas", which the CPU runs cannot compile;
+# test_kernels.py's test_cudnn_matches_scan_on_gpu decides whether "auto" may run cuDNN
+# again: benchmarks/results/gpu-nvidia-h200/README.md), then the --device benchmark,
+# stopped in time to write its results.
 #
 #   benchmarks/device_run.sh OUT_DIR [TEST_SECONDS] [BENCH_MINUTES]
 #
@@ -21,11 +23,11 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX, PyTorch and the test workers 
   python3 -c 'import sys, jax, jaxlib, flax, torch
 print(sys.version.split()[0], "jax", jax.__version__, "jaxlib", jaxlib.__version__, "flax",
       flax.__version__, "torch", torch.__version__, jax.devices())'
-  # float32 matmuls in float32 as on CPU (XLA would use TF32 here); SIGINT at the limit
-  # makes pytest print its summary of what ran
+  # float32 matmuls in float32 as on CPU (XLA would use TF32 here); -v names each test as
+  # it ends, which survives the stop at the limit (xdist's summary may not)
   JAX_DEFAULT_MATMUL_PRECISION=float32 timeout -s INT -k 20 "$test_s" python3 -m pytest -o addopts= \
-    -n 12 --dist loadfile -p no:cacheprovider -q -rfEs \
-    tests/test_kernels.py tests/test_accel.py tests/test_backends.py
+    -n 12 --dist loadfile -p no:cacheprovider -v -rfEs \
+    tests/test_kernels.py tests/test_accel.py tests/test_backends.py tests/test_higher_order.py
   echo "tests exit status $?"
 } >"$out/tests.log" 2>&1
 

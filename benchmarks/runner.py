@@ -322,7 +322,8 @@ def run(
         "cases_not_run": cases_not_run,
         "elapsed_s": time.perf_counter() - start,
         "flop_peak": flop_peak,
-        "nominal_peak": nominal_peak(),
+        # the CPU's: it says nothing of a step that runs on a GPU or TPU
+        "nominal_peak": nominal_peak() if peers_lib.platform() == "cpu" else None,
         "load_average": {"start": load_start, "end": load_average()},
         "others_cpu": others_cpu(counters_start, cpu_counters(), time.perf_counter() - wall_start),
         "cpu_s": _cpu_seconds() - cpu_start,

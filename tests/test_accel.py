@@ -1,9 +1,10 @@
 """Accelerator paths checked on CPU: lowering-time dispatch, cuDNN, the Pallas kernels.
 
-No GPU or TPU is available here. Lowering for ``cuda`` / ``tpu`` runs on this
-machine (``jit(f).trace(...).lower(lowering_platforms=...)`` and
-``jax.export``), including the Pallas Mosaic TPU and GPU lowerings; the TPU
-kernel's numerics run in Pallas interpret mode.
+Lowering for ``cuda`` / ``tpu`` runs on a CPU machine
+(``jit(f).trace(...).lower(lowering_platforms=...)`` and ``jax.export``),
+including the Pallas Mosaic TPU and GPU lowerings; the TPU kernel's numerics
+run in Pallas interpret mode. Where the CUDA plugin is installed (a GPU
+machine) cuDNN's lowering is the real one, not the stub.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import lstm_jax as lj
 from lstm_jax.cells import lstm_kind
 from lstm_jax.kernels import dispatch
 from lstm_jax.kernels.call import layer_call
+from lstm_jax.kernels.cudnn import _cuda_rnn_available
 from lstm_jax.kernels.native_ops import native_unavailable
 
 # "auto" on CPU runs the native kernel where its extension is built (pip install builds it)
@@ -47,23 +49,23 @@ def lowered_calls(fn, *args, platform: str) -> set[str]:
 
 @pytest.fixture
 def stub_cuda_rnn(monkeypatch):
-    """Stand in for jaxlib's CUDA plugin, which is not installed here.
+    """Stand in for jaxlib's CUDA plugin where it is not installed.
 
-    ``jax.experimental.rnn`` asks the plugin for cuDNN's workspace sizes while
-    tracing and for an opaque descriptor while lowering; both are stubbed, so
-    lowering for ``cuda`` emits the real cuDNN custom calls (never run here).
+    The cuDNN call asks the plugin for cuDNN's workspace sizes while tracing
+    and for an opaque descriptor while lowering; both are stubbed, so lowering
+    for ``cuda`` emits the real cuDNN custom calls (never run with the stub).
     """
-    from jax._src.interpreters import mlir
     from jax._src.lib import gpu_rnn
-    from jax.experimental import rnn
 
+    if _cuda_rnn_available():
+        return  # the real plugin
     fake = types.SimpleNamespace(build_rnn_descriptor=lambda *args: b"stub")
     monkeypatch.setattr(
         gpu_rnn, "compute_rnn_workspace_reserve_space_sizes", lambda *args: (1024, 4096), raising=False
     )
-    rules = mlir._platform_specific_lowerings["cuda"]
-    for prim, lowering in ((rnn.rnn_fwd_p, gpu_rnn._rnn_fwd_lowering), (rnn.rnn_bwd_p, gpu_rnn._rnn_bwd_lowering)):
-        monkeypatch.setitem(rules, prim, mlir.LoweringRuleEntry(functools.partial(lowering, fake, "cu"), False))
+    for name, lowering in (("cudnn_rnn_lowering", gpu_rnn._rnn_fwd_lowering),
+                           ("cudnn_rnn_bwd_lowering", gpu_rnn._rnn_bwd_lowering)):  # fmt: skip
+        monkeypatch.setattr(gpu_rnn, name, functools.partial(lowering, fake, "cu"))
 
 
 def _network(num_layers=2, bidirectional=True, hidden=H, inputs=I, seed=0, **kwargs):
@@ -92,21 +94,45 @@ def _args(batch=B, steps=T, inputs=I, seed=1):
 # ------------------------------------------------------------ 1. dispatch
 
 
+# backend="cudnn" off a GPU warns that it runs scan here; these tests lower it for cuda
+quiet_cudnn = pytest.mark.filterwarnings("ignore:backend='cudnn' cannot run this layer:RuntimeWarning")
+CUDNN_CALLS = {"forward": {"cudnn_rnn_ffi"}, "grad": {"cudnn_rnn_ffi", "cudnn_rnn_bwd_ffi"}}
+
+
+@quiet_cudnn
 @pytest.mark.parametrize("make", [_forward, _grad], ids=["forward", "grad"])
 def test_auto_picks_kernel_per_platform_at_lowering(stub_cuda_rnn, make):
-    """One jitted function: cuDNN's custom calls on cuda, XLA on cpu and (until the TPU kernel is
-    measured on a TPU) on tpu; backend="pallas" gives the Mosaic kernel on tpu."""
-    fn = make()
+    """One jitted function: the native kernel on cpu, XLA (fused) on cuda (until cuDNN's
+    row-major lowering is checked on a GPU) and on tpu (until the TPU kernel is measured on a
+    TPU); backend="cudnn" gives cuDNN's calls on cuda, backend="pallas" Mosaic's on tpu."""
     args = (_network(), *_args())
     native = {"lstm_jax_native_forward_infer"} if make is _forward else set(NATIVE_CALLS[1:])
-    expected = {
-        "cpu": native if CPU_KERNEL == "native" else set(),
-        "cuda": {"cudnn_rnn_ffi"} | ({"cudnn_rnn_bwd_ffi"} if make is _grad else set()),
-        "tpu": set(),
-    }
+    expected = {"cpu": native if CPU_KERNEL == "native" else set(), "cuda": set(), "tpu": set()}
     for platform, calls in expected.items():
-        assert lowered_calls(fn, *args, platform=platform) == calls, platform
+        assert lowered_calls(make(), *args, platform=platform) == calls, platform
+    assert lowered_calls(make("cudnn"), *args, platform="cuda") == CUDNN_CALLS[make.__name__[1:]]
     assert lowered_calls(make("pallas"), *args, platform="tpu") == {"tpu_custom_call"}
+
+
+@quiet_cudnn
+@pytest.mark.parametrize("time_major", [False, True])
+def test_cudnn_calls_are_row_major(stub_cuda_rnn, time_major):
+    """cuDNN reads and writes row-major buffers: its custom calls name row-major layouts for
+    every operand and result, so XLA cannot fold a transpose in front of them into a layout
+    (on an H200, without them, time-major and reversed ragged inputs gave wrong results)."""
+    params, (xs, lengths) = _network(), _args()
+    xs = jnp.swapaxes(xs, 0, 1) if time_major else xs
+    fn = _grad("cudnn", time_major=time_major)
+    text = jax.jit(fn).trace(params, xs, lengths).lower(lowering_platforms=("cuda",)).as_text()
+    calls = [line for line in text.splitlines() if re.search(r"custom_call @cudnn_rnn", line)]
+    assert len(calls) == 2 * 2 * 2  # 2 layers x 2 directions x (forward, backward)
+    for line in calls:
+        for kind in ("operand_layouts", "result_layouts"):
+            layouts = re.search(kind + r" = \[(.*?)\]\s*[,}]", line)
+            assert layouts, (kind, line)
+            for dims in re.findall(r"dense<\[?([\d, ]*)\]?>", layouts.group(1)):
+                order = [int(d) for d in dims.split(",")]
+                assert order == sorted(order, reverse=True), line
 
 
 def test_auto_on_cpu_equals_the_cpu_kernel_exactly(stub_cuda_rnn):
@@ -119,12 +145,15 @@ def test_auto_on_cpu_equals_the_cpu_kernel_exactly(stub_cuda_rnn):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_auto_without_cuda_plugin_runs_fused_on_cuda():
-    """This jaxlib has no CUDA plugin: jax.experimental.rnn cannot even be traced, so cuda gets fused."""
+@pytest.mark.skipif(_cuda_rnn_available(), reason="the CUDA plugin is installed here")
+def test_cudnn_without_cuda_plugin_runs_scan():
+    """Without the CUDA plugin cuDNN's call cannot even be traced: backend="cudnn" warns and
+    runs scan on every platform."""
     args = (_network(), *_args())
     call = layer_call(lstm_kind(), args[0].layers[0][0], args[1], None)
     assert dispatch.KERNELS["lstm", "cudnn"].declines(call) is not None
-    assert lowered_calls(_grad(), *args, platform="cuda") == set()
+    with pytest.warns(RuntimeWarning, match="CUDA plugin is not installed"):
+        assert lowered_calls(_grad("cudnn"), *args, platform="cuda") == set()
 
 
 def test_export_for_cpu_and_cuda_runs_here():
@@ -137,18 +166,24 @@ def test_export_for_cpu_and_cuda_runs_here():
     np.testing.assert_allclose(got[0], jax.jit(_forward("fused"))(*args)[0], atol=1e-5)
 
 
+@quiet_cudnn
 @pytest.mark.parametrize("make", [_forward, _grad], ids=["forward", "grad"])
 def test_export_for_cpu_cuda_tpu(stub_cuda_rnn, make):
-    """One export for three platforms holds cuDNN's calls (lowered for cuda only) and runs on CPU
-    exactly like the CPU kernel; backend="pallas" exports the TPU kernel's."""
+    """One export for three platforms runs on CPU exactly like the CPU kernel; backend="cudnn"
+    exports cuDNN's calls (lowered for cuda only) and runs scan on CPU; backend="pallas"
+    exports the TPU kernel's."""
     args = (_network(), *_args())
     checks = [export.DisabledSafetyCheck.custom_call(c) for c in ("cudnn_rnn_ffi", "cudnn_rnn_bwd_ffi")]
     checks += NATIVE_CHECKS
-    exported = export.export(jax.jit(make()), platforms=["cpu", "cuda", "tpu"], disabled_checks=checks)(*args)
-    assert "cudnn_rnn_ffi" in custom_calls(exported.mlir_module())
-    for a, b in zip(jax.tree_util.tree_leaves(exported.call(*args)),
-                    jax.tree_util.tree_leaves(jax.jit(make(CPU_KERNEL))(*args))):  # fmt: skip
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for backend, reference in (("auto", CPU_KERNEL), ("cudnn", "scan")):
+        exported = export.export(jax.jit(make(backend)), platforms=["cpu", "cuda", "tpu"],
+                                 disabled_checks=checks)(*args)  # fmt: skip
+        assert ("cudnn_rnn_ffi" in custom_calls(exported.mlir_module())) == (backend == "cudnn")
+        if jax.default_backend() != "cpu":
+            continue
+        for a, b in zip(jax.tree_util.tree_leaves(exported.call(*args)),
+                        jax.tree_util.tree_leaves(jax.jit(make(reference))(*args))):  # fmt: skip
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     pallas = export.export(jax.jit(make("pallas")), platforms=["cpu", "tpu"])(*args)
     assert "tpu_custom_call" in custom_calls(pallas.mlir_module())
 
@@ -158,22 +193,25 @@ def test_export_for_cpu_cuda_tpu(stub_cuda_rnn, make):
     [dict(recurrent_dropout=0.3, key=jax.random.key(0)), dict(compute_dtype=jnp.bfloat16)],
     ids=["recurrent_dropout", "bf16"],
 )
-def test_auto_routes_calls_cudnn_cannot_run_to_fused(stub_cuda_rnn, kwargs):
-    assert lowered_calls(_grad(**kwargs), _network(), *_args(), platform="cuda") == set()
+def test_cudnn_declines_what_it_cannot_run(stub_cuda_rnn, kwargs):
+    with pytest.warns(RuntimeWarning, match="backend='cudnn' cannot run this layer"):
+        fn = _grad("cudnn", **kwargs)
+        assert lowered_calls(fn, _network(), *_args(), platform="cuda") == set()
 
 
-def test_auto_under_vmap_avoids_cudnn(stub_cuda_rnn):
-    """jax.experimental.rnn has no batching rule; under vmap cuda runs the fused kernel."""
+def test_cudnn_under_vmap_runs_scan(stub_cuda_rnn):
+    """cuDNN's call has no parallel batching rule; under vmap backend="cudnn" runs scan."""
     params = _network(num_layers=1, bidirectional=False)
     xs = jax.random.normal(jax.random.key(2), (2, B, T, I))
-    fn = jax.vmap(lambda x: lj.lstm(params, x)[0])
-    assert lowered_calls(fn, xs, platform="cuda") == set()
-    np.testing.assert_allclose(jax.jit(fn)(xs), jax.vmap(lambda x: lj.lstm(params, x, backend="scan")[0])(xs), atol=1e-5)
+    fn = jax.vmap(lambda x: lj.lstm(params, x, backend="cudnn")[0])
+    with pytest.warns(RuntimeWarning, match="no vmap rule"):
+        assert lowered_calls(fn, xs, platform="cuda") == set()
 
 
-def test_vmap_of_jitted_auto_with_cuda_plugin(stub_cuda_rnn):
-    """vmap of an already-jitted lj.lstm batches every platform branch, cuDNN's too: the
-    sequential batching rule added for jax.experimental.rnn keeps it working (and exact on CPU)."""
+@quiet_cudnn
+def test_vmap_of_jitted_cudnn(stub_cuda_rnn):
+    """vmap of an already-jitted lj.lstm batches every platform branch, cuDNN's too: its
+    sequential batching rule keeps it working (and exact on CPU, where scan runs)."""
     params = _network(num_layers=1, bidirectional=True)
     xs = jax.random.normal(jax.random.key(2), (2, B, T, I))
 
@@ -181,14 +219,15 @@ def test_vmap_of_jitted_auto_with_cuda_plugin(stub_cuda_rnn):
         inner = jax.jit(lambda x: lj.lstm(p, x, seq_lengths=LENGTHS, backend=backend)[0])
         return jnp.sum(jax.vmap(inner)(x) ** 2)
 
-    grad = jax.grad(functools.partial(loss, backend="auto"))
+    grad = jax.grad(functools.partial(loss, backend="cudnn"))
     assert {"cudnn_rnn_ffi", "cudnn_rnn_bwd_ffi"} <= lowered_calls(grad, params, xs, platform="cuda")
-    got = jax.jit(jax.value_and_grad(functools.partial(loss, backend="auto")))(params, xs)
+    got = jax.jit(jax.value_and_grad(functools.partial(loss, backend="cudnn")))(params, xs)
     ref = jax.jit(jax.value_and_grad(functools.partial(loss, backend="scan")))(params, xs)
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the native GRU is the CPU's choice")
 def test_auto_routes_unknown_per_step_options_to_scan(monkeypatch):
     """A keyword a cell's kernels lack (here ``resets``, taken away from the GRU's) goes to
     scan when set, is dropped when None."""

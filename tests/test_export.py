@@ -160,6 +160,7 @@ def test_native_export_needs_the_safety_checks():
         export.export(jax.jit(lj.lstm))(params, xs)
 
 
+@pytest.mark.filterwarnings("ignore:backend='cudnn' cannot run this layer:RuntimeWarning")
 def test_safety_checks_cover_every_custom_call_emitted(stub_cuda_rnn):  # noqa: F811
     """Every custom call any backend lowers to, on cpu, cuda and tpu (cuDNN stubbed, as in
     test_accel), is in export_safety_checks() or guaranteed stable by jax.export; one
@@ -191,6 +192,7 @@ def test_safety_checks_cover_every_custom_call_emitted(stub_cuda_rnn):  # noqa: 
         for fn, p, kw, name in (
             (lj.lstm, params, {}, "lstm auto"),
             (lj.lstm, params, {"backend": "pallas"}, "lstm pallas"),
+            (lj.lstm, params, {"backend": "cudnn"}, "lstm cudnn"),
             (lj.gru, gru_params, {}, "gru auto"),
         )
     ]

@@ -287,14 +287,22 @@ def test_cudnn_falls_back_to_scan_with_warning():
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU with cuDNN")
+@pytest.mark.parametrize("lengths", [None, LENGTHS, jnp.array([7, 0, 2], jnp.int32)],
+                         ids=["full", "ragged", "empty"])  # fmt: skip
+@pytest.mark.parametrize("time_major", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_cudnn_matches_scan_on_gpu(reverse):
+def test_cudnn_matches_scan_on_gpu(reverse, time_major, lengths):
+    """Outputs, final states and every gradient, jitted: time-major and reversed ragged inputs
+    (a transpose or gather right before the call: wrong on an H200 before cuDNN's calls were
+    given row-major layouts) and a sequence of length 0 (cuDNN fails on those)."""
     w, xs, h0, c0, _ = _inputs(21)
+    xs = jnp.swapaxes(xs, 0, 1) if time_major else xs
     with jax.default_matmul_precision("float32"), warnings.catch_warnings():
         warnings.simplefilter("error")  # no silent fallback here
-        grad = lambda layer: jax.grad(  # noqa: E731
-            _layer_loss(layer, seq_lengths=LENGTHS, reverse=reverse), (0, 1, 2, 3), has_aux=True
-        )(w, xs, h0, c0, None)
+        grad = lambda layer: jax.jit(jax.grad(  # noqa: E731
+            _layer_loss(layer, seq_lengths=lengths, reverse=reverse, time_major=time_major),
+            (0, 1, 2, 3), has_aux=True,
+        ))(w, xs, h0, c0, None)  # fmt: skip
         assert_trees_close(grad(cudnn_lstm_layer), grad(scan_layer), atol=1e-4)
 
 

@@ -12,20 +12,30 @@ valid part before the call and the outputs after it, as ``scan.py`` does.
 
 Where it runs: the cuDNN call is staged for the ``cuda`` platform only
 (:func:`lstm_jax.kernels.platform.per_platform`), decided when the call is
-lowered. ``backend="auto"`` runs it on ``cuda`` for the calls it supports
-(:func:`cudnn_unsupported`: plain LSTM, float32, no recurrent dropout, not
-under ``vmap``, and a jaxlib with its CUDA plugin, which
-``jax.experimental.rnn`` needs even to trace the call) and the fused kernel
-otherwise. ``jax.experimental.rnn``'s primitives get a sequential batching
-rule here (one call per mapped element), so ``vmap`` of a jitted caller works
-wherever the CUDA plugin is installed. ``backend="cudnn"`` runs it on ``cuda`` and ``scan`` on every
-other platform; where cuDNN cannot run the call, or the default backend is
-not a GPU, it warns (``RuntimeWarning`` naming the reason).
+lowered. ``backend="cudnn"`` runs it on ``cuda`` and ``scan`` on every other
+platform; where cuDNN cannot run the call (:func:`cudnn_unsupported`: plain
+LSTM, float32, no recurrent dropout, not under ``vmap``, a jaxlib with its
+CUDA plugin, which the call needs even to be traced), or the default backend
+is not a GPU, it warns (``RuntimeWarning`` naming the reason). ``"auto"`` does
+not choose it (``fused`` on ``cuda``): see below.
 
-Not run on a GPU in this project (no GPU was available): the weight
-conversion is tested against ``jax.experimental.rnn.lstm_ref`` on CPU, and the
-lowering for ``cuda`` (with the CUDA plugin's two trace-time helpers stubbed,
-since it is not installed here) is checked to contain cuDNN's custom call.
+The cuDNN calls are this module's copies of ``jax.experimental.rnn``'s two
+primitives, lowered by jaxlib's own rules with row-major layouts added
+(:func:`_row_major`), a sequential ``vmap`` rule (one call per mapped element,
+so ``vmap`` of a jitted caller works) and derivatives of the derivatives
+(``jax.hessian``, grad of grad) through ``jax.experimental.rnn.lstm_ref``.
+Sequences of length 0 (cuDNN fails on them) run one step whose results are
+discarded.
+
+Measured on an NVIDIA H200 (jax 0.11.2, before the layout constraints, the
+zero-length handling and the second derivatives were added): outputs and
+gradients equal ``scan`` for batch-major inputs (ragged or not; reversed when
+not ragged), but wrong (differences of 0.2-1.3 in outputs, up to 13 in
+gradients) for time-major inputs and for reversed ragged ones, that is
+wherever a transpose or gather ran right before the call; ``jax.hessian``
+failed. The constrained version has been lowered (tests/test_accel.py) but not
+yet run on a GPU; until it has, ``"auto"`` runs ``fused`` there
+(benchmarks/results/gpu-nvidia-h200/).
 """
 
 from __future__ import annotations
@@ -36,7 +46,11 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
+from jax._src import core
+from jax._src.interpreters import batching, mlir
+from jax._src.lib.mlir import ir
 
 from lstm_jax.cells import Cell
 from lstm_jax.kernels.fused import unsupported_variant
@@ -92,25 +106,8 @@ def _loop_batching_rule(prim):
     return rule
 
 
-def _register_rnn_batching() -> None:
-    """jax.experimental.rnn has no vmap rule; ``vmap`` of a jitted caller reaches its
-    primitives in every ``platform_dependent`` branch, even off GPU. Give them a
-    sequential one (one cuDNN call per mapped element) where JAX has none."""
-    from jax._src.interpreters import batching
-    from jax.experimental import rnn
-
-    for prim in (rnn.rnn_fwd_p, rnn.rnn_bwd_p):
-        if prim not in batching.fancy_primitive_batchers:
-            batching.primitive_batchers[prim] = _loop_batching_rule(prim)
-
-
-_register_rnn_batching()
-
-
 def _under_vmap(x) -> bool:
     # the fused kernel vmaps in parallel; cuDNN under vmap runs once per mapped element
-    from jax._src.interpreters import batching
-
     return isinstance(x, batching.BatchTracer)
 
 
@@ -141,33 +138,129 @@ def _fallback(reason: str) -> None:
     )
 
 
-_CUDNN = dict(num_layers=1, dropout=0.0, bidirectional=False, precision=jax.lax.Precision.HIGHEST)
+# one layer, one direction, float32 matmuls in float32 (no TF32)
+_CUDNN = dict(num_layers=1, dropout=0.0, bidirectional=False, cudnn_allow_tf32=False)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _cudnn_lstm(input_size, hidden_size, xs, h0, c0, w, lengths):
-    """``jax.experimental.rnn.lstm``'s own VJP, with each half lowered for ``cuda`` only
-    (:func:`~lstm_jax.kernels.platform.platform_only`), so a multi-platform export works."""
-    return _cudnn_lstm_fwd(input_size, hidden_size, xs, h0, c0, w, lengths)[0]
+def _row_major(results):
+    """Constrain the custom call that made ``results`` to row-major operands and results.
+
+    jaxlib's cuDNN lowering names no layouts, which leaves XLA free to give its
+    operands and results any layout, and cuDNN reads and writes row-major
+    buffers: on an H200 (jax 0.11.2), inputs transposed before the call
+    (time-major, or each sequence reversed in place) gave wrong outputs and
+    gradients, while the same values without a transpose in front matched scan.
+    """
+    owner = results[0].owner
+    op = getattr(owner, "operation", owner)
+
+    def layouts(values):
+        return ir.ArrayAttr.get([
+            ir.DenseIntElementsAttr.get(np.arange(ir.RankedTensorType(v.type).rank - 1, -1, -1),
+                                        type=ir.IndexType.get())
+            for v in values
+        ])  # fmt: skip
+
+    op.attributes["operand_layouts"] = layouts(op.operands)
+    op.attributes["result_layouts"] = layouts(op.results)
+    return results
 
 
-def _cudnn_lstm_fwd(input_size, hidden_size, xs, h0, c0, w, lengths):
+def _rnn_primitive(name: str, reference, lowering_name: str):
+    """A copy of ``jax.experimental.rnn``'s primitive ``reference`` whose ``cuda`` lowering
+    is jaxlib's (``gpu_rnn.<lowering_name>``, read when lowering) with row-major layouts."""
+    from jax._src import dispatch
     from jax.experimental import rnn
 
+    prim = core.Primitive(name)
+    prim.multiple_results = True
+    prim.def_impl(functools.partial(dispatch.apply_primitive, prim))
+    prim.def_abstract_eval(getattr(rnn, reference))
+
+    def lowering(ctx, *args, **params):
+        from jax._src.lib import gpu_rnn
+
+        return _row_major(getattr(gpu_rnn, lowering_name)(ctx, *args, **params))
+
+    mlir.register_lowering(prim, lowering, platform="cuda")
+    batching.primitive_batchers[prim] = _loop_batching_rule(prim)
+    return prim
+
+
+_rnn_fwd_p = _rnn_primitive("lstm_jax_cudnn_rnn_fwd", "rnn_abstract_eval", "cudnn_rnn_lowering")
+_rnn_bwd_p = _rnn_primitive("lstm_jax_cudnn_rnn_bwd", "rnn_bwd_abstract_eval", "cudnn_rnn_bwd_lowering")
+
+
+def _reference(input_size, hidden_size, xs, h0, c0, w, lengths):
+    """``jax.experimental.rnn``'s JAX reference of the cuDNN call (the same arguments): the
+    derivatives of the derivatives go through it."""
+    from jax.experimental import rnn
+
+    w_ih, w_hh, b_ih, b_hh = rnn.unpack_lstm_weights(w, input_size, hidden_size, 1, False)
+    return tuple(rnn.lstm_ref(xs, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, input_size,
+                              hidden_size, 1, 0.0, False))  # fmt: skip
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _forward(input_size, hidden_size, xs, h0, c0, w, lengths):
+    """cuDNN's forward, lowered for ``cuda`` only
+    (:func:`~lstm_jax.kernels.platform.platform_only`, so a multi-platform export
+    works): ``(ys, h, c)`` and the residuals its backward reads, ``(ys, reserve_space)``."""
     def forward(xs, h0, c0, w, lengths):
-        return rnn.lstm_fwd(xs, h0, c0, w, lengths, input_size=input_size, hidden_size=hidden_size, **_CUDNN)
+        ys, h, c, reserve = _rnn_fwd_p.bind(xs, h0, c0, w, lengths, input_size=input_size,
+                                            hidden_size=hidden_size, **_CUDNN)  # fmt: skip
+        return (ys, h, c), (ys, reserve)
 
     return platform_only("cuda", forward, xs, h0, c0, w, lengths)
 
 
+@_forward.defjvp
+def _forward_jvp(input_size, hidden_size, primals, tangents):
+    outputs, residuals = _forward(input_size, hidden_size, *primals)
+    lengths = primals[-1]
+    reference = lambda *a: _reference(input_size, hidden_size, *a, lengths)  # noqa: E731
+    _, d_outputs = jax.jvp(reference, primals[:4], tangents[:4])
+    # the residuals are read by _backward only, whose JVP recomputes them
+    return (outputs, residuals), (d_outputs, jax.tree.map(jnp.zeros_like, residuals))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _backward(input_size, hidden_size, xs, h0, c0, w, lengths, residuals, cotangents):
+    """cuDNN's backward (``cuda`` only): the gradients of ``xs, h0, c0, w``."""
+    def backward(xs, h0, c0, w, lengths, residuals, cotangents):
+        return _rnn_bwd_p.bind(*cotangents, xs, h0, c0, w, *residuals, lengths,
+                               input_size=input_size, hidden_size=hidden_size, **_CUDNN)  # fmt: skip
+
+    return tuple(platform_only("cuda", backward, xs, h0, c0, w, lengths, residuals, cotangents))
+
+
+@_backward.defjvp
+def _backward_jvp(input_size, hidden_size, primals, tangents):
+    *inputs, lengths, _, cotangents = primals
+
+    def reference_gradients(inputs, cotangents):
+        reference = lambda *a: _reference(input_size, hidden_size, *a, lengths)  # noqa: E731
+        return jax.vjp(reference, *inputs)[1](cotangents)
+
+    _, d_gradients = jax.jvp(reference_gradients, (tuple(inputs), cotangents),
+                             (tuple(tangents[:4]), tangents[-1]))  # fmt: skip
+    return _backward(input_size, hidden_size, *primals), d_gradients
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _cudnn_lstm(input_size, hidden_size, xs, h0, c0, w, lengths):
+    """``jax.experimental.rnn.lstm`` with its own VJP, both halves differentiable again
+    through :func:`_reference` (``jax.hessian``, grad of grad)."""
+    return _forward(input_size, hidden_size, xs, h0, c0, w, lengths)[0]
+
+
+def _cudnn_lstm_fwd(input_size, hidden_size, xs, h0, c0, w, lengths):
+    outputs, residuals = _forward(input_size, hidden_size, xs, h0, c0, w, lengths)
+    return outputs, (xs, h0, c0, w, lengths, residuals)
+
+
 def _cudnn_lstm_bwd(input_size, hidden_size, residuals, cotangents):
-    from jax.experimental import rnn
-
-    def backward(residuals, cotangents):
-        return rnn.lstm_bwd(input_size, hidden_size, _CUDNN["num_layers"], _CUDNN["dropout"],
-                            _CUDNN["bidirectional"], _CUDNN["precision"], residuals, cotangents)[:4]  # fmt: skip
-
-    return (*platform_only("cuda", backward, residuals, cotangents), None)  # none for the lengths
+    return (*_backward(input_size, hidden_size, *residuals, cotangents), None)  # none for lengths
 
 
 _cudnn_lstm.defvjp(_cudnn_lstm_fwd, _cudnn_lstm_bwd)
@@ -190,15 +283,20 @@ def cudnn_kernel(call: LayerCall):
         xs = jnp.swapaxes(reverse_sequences(jnp.swapaxes(xs, 0, 1), seq_lengths), 0, 1)
     h0, c0 = call.initial_carry
     w = to_cudnn_weights(call.weights)
-    ys, h, c = _cudnn_lstm(inputs, hidden, xs, h0[None], c0[None], w, lengths)
+    # cuDNN fails on sequences of length 0 (jax-ml/jax#17966; remat's blocks past a
+    # sequence's end have them): those run one step whose results are discarded below
+    ys, h, c = _cudnn_lstm(inputs, hidden, xs, h0[None], c0[None], w, jnp.maximum(lengths, 1))
+    h, c = h[0], c[0]
     if seq_lengths is not None:  # cuDNN leaves padding unspecified; ours is exact zeros
         keep = jnp.arange(steps)[None, :] < lengths[:, None]  # [B, T]
         ys = jnp.where(keep[:, :, None], ys, jnp.zeros_like(ys))
+        empty = (lengths == 0)[:, None]  # [B, 1]
+        h, c = jnp.where(empty, h0, h), jnp.where(empty, c0, c)
     if reverse:
         ys = jnp.swapaxes(reverse_sequences(jnp.swapaxes(ys, 0, 1), seq_lengths), 0, 1)
     if time_major:
         ys = jnp.swapaxes(ys, 0, 1)
-    return ys, (h[0], c[0])
+    return ys, (h, c)
 
 
 def cudnn_or_scan(call: LayerCall):

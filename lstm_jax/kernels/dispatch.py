@@ -63,9 +63,12 @@ AUTO: dict[str, dict[Optional[str], str]] = {
         # inference) (benchmarks/results/cpu-amd-epyc-zen4-2c/targets*). jax.export needs
         # disabled_checks for its custom calls (lstm_jax.export_safety_checks).
         "cpu": "native",
-        # by design, not measured (no GPU was available; docs/ACCELERATORS.md): JAX's own
-        # primitive, which Keras also routes its JAX LSTM to
-        "cuda": "cudnn",
+        # fused: on an H200 (jax 0.11.2) equal to scan in every case checked, 1.47-1.69x
+        # Flax's training step and 1.03-1.22x its inference at the four device shapes; cuDNN
+        # was faster (1.78-2.40x training) but gave wrong results for time-major and
+        # reversed ragged inputs. It runs again here once its row-major lowering (cudnn.py)
+        # is checked on a GPU (benchmarks/results/gpu-nvidia-h200/)
+        "cuda": "fused",
         # the Pallas TPU kernel was lowered for TPU but never compiled nor run: "fused"
         # until it is measured (backend="pallas" selects it)
         "tpu": "fused",
