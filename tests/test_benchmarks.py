@@ -20,6 +20,20 @@ def _rows(results, peer):
     return [r for r in results["rows"] if r["peer"] == peer]
 
 
+def test_time_limit_stops_starting_cases(tmp_path):
+    """--time-limit 0 starts no case; the results are still written, with the cases not run
+    named in a warning; --case-budget reaches the settings."""
+    out = tmp_path / "bench"
+    argv = ["--tiny", "--peers", SCAN, "--out", str(out), "--no-progress",
+            "--time-limit", "0", "--case-budget", "0.25"]  # fmt: skip
+    assert cli.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["rows"] == []
+    assert len(results["cases_not_run"]) == 3
+    assert results["settings"]["round_budget_s"] == 0.25
+    assert any("--time-limit 0 min reached: 3 of 3 cases not run" in w for w in results["warnings"])
+
+
 def test_tiny_cli_run_writes_results(tmp_path):
     out = tmp_path / "bench"
     assert cli.main(["--tiny", "--peers", f"{SCAN},{FLAX}", "--out", str(out), "--no-progress"]) == 0
