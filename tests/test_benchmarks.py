@@ -164,6 +164,17 @@ def test_cudnn_weight_packing_matches_jax_reference():
     for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(params)):
         np.testing.assert_allclose(a, b)
 
+    def loss(w):  # the gradients map back too (the bias's once, not twice)
+        w_ih, w_hh, b_ih, b_hh = rnn.unpack_lstm_weights(w, 3, 4, 2, True)
+        ys, _, _ = rnn.lstm_ref(x, zeros, zeros, w_ih, w_hh, b_ih, b_hh,
+                                jnp.full((2,), 5, jnp.int32), 3, 4, 2, 0.0, True)  # fmt: skip
+        return jnp.sum(ys * jnp.sin(ys))
+
+    grads = peers.unpack_cudnn_weights(jax.grad(loss)(flat), config)
+    ref = jax.grad(lambda p: jnp.sum(lj.lstm(p, x)[0] * jnp.sin(lj.lstm(p, x)[0])))(params)
+    for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
 
 def test_default_out_dir_never_touches_committed_results():
     path = cli.default_out_dir("quick")

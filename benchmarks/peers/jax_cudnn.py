@@ -23,16 +23,19 @@ def pack_cudnn_weights(params: lj.LSTMParams) -> jnp.ndarray:
 
 
 def unpack_cudnn_weights(flat, config: Config) -> lj.LSTMParams:
+    """The inverse of :func:`pack_cudnn_weights`, for params and for their gradients: our
+    bias is ``b_ih`` (``b_hh`` is zero in the params; in the gradients it equals ``b_ih``'s,
+    and adding it would count the bias gradient twice)."""
     from jax.experimental import rnn
 
-    w_ih, w_hh, b_ih, b_hh = rnn.unpack_lstm_weights(
+    w_ih, w_hh, b_ih, _ = rnn.unpack_lstm_weights(
         jnp.asarray(flat), config.input, config.hidden, config.layers, config.bidirectional
     )
     d = config.directions
     return lj.LSTMParams(
         tuple(
             tuple(
-                lj.LSTMWeights(w_ih[k].T, w_hh[k].T, b_ih[k] + b_hh[k])
+                lj.LSTMWeights(w_ih[k].T, w_hh[k].T, b_ih[k])
                 for k in range(layer * d, layer * d + d)
             )
             for layer in range(config.layers)
