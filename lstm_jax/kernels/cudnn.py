@@ -30,8 +30,8 @@ discarded.
 Measured on an NVIDIA H200 (jax 0.11.2, before the layout constraints, the
 zero-length handling and the second derivatives were added): outputs and
 gradients equal ``scan`` for batch-major inputs (ragged or not; reversed when
-not ragged), but wrong (differences of 0.2-1.3 in outputs, up to 13 in
-gradients) for time-major inputs and for reversed ragged ones, that is
+not ragged), but wrong (differences of 0.19-1.3 in outputs and final states,
+up to 13 in gradients) for time-major inputs and for reversed ragged ones, that is
 wherever a transpose or gather ran right before the call; ``jax.hessian``
 failed. The constrained version has been lowered (tests/test_accel.py) but not
 yet run on a GPU; until it has, ``"auto"`` runs ``fused`` there
