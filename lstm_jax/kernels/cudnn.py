@@ -81,7 +81,10 @@ def to_cudnn_weights(weights: LSTMWeights) -> Array:
 
 
 def _cuda_rnn_available() -> bool:
-    """Whether jaxlib's cuDNN RNN bindings (from its CUDA plugin) are installed."""
+    """Whether jaxlib's cuDNN RNN bindings (from its CUDA plugin) are installed, and
+    ``jax.experimental.rnn``'s primitives this module copies."""
+    if _rnn_fwd_p is None:
+        return False
     try:
         from jax._src.lib import gpu_rnn
     except ImportError:
@@ -126,7 +129,8 @@ def cudnn_unsupported(call: LayerCall) -> Optional[str]:
     if _under_vmap(call.xs):
         return "jax.experimental.rnn has no vmap rule (only a sequential one added here)"
     if not _cuda_rnn_available():
-        return "this jaxlib has no cuDNN RNN support (its CUDA plugin is not installed)"
+        return ("this JAX has no cuDNN RNN support (its CUDA plugin is not installed, or "
+                "jax.experimental.rnn lacks the primitives used here)")
     return None
 
 
@@ -187,8 +191,11 @@ def _rnn_primitive(name: str, reference, lowering_name: str):
     return prim
 
 
-_rnn_fwd_p = _rnn_primitive("lstm_jax_cudnn_rnn_fwd", "rnn_abstract_eval", "cudnn_rnn_lowering")
-_rnn_bwd_p = _rnn_primitive("lstm_jax_cudnn_rnn_bwd", "rnn_bwd_abstract_eval", "cudnn_rnn_bwd_lowering")
+try:
+    _rnn_fwd_p = _rnn_primitive("lstm_jax_cudnn_rnn_fwd", "rnn_abstract_eval", "cudnn_rnn_lowering")
+    _rnn_bwd_p = _rnn_primitive("lstm_jax_cudnn_rnn_bwd", "rnn_bwd_abstract_eval", "cudnn_rnn_bwd_lowering")
+except (ImportError, AttributeError):  # a JAX without them: cudnn_unsupported says so
+    _rnn_fwd_p = _rnn_bwd_p = None
 
 
 def _reference(input_size, hidden_size, xs, h0, c0, w, lengths):
