@@ -199,6 +199,18 @@ def test_cudnn_declines_what_it_cannot_run(stub_cuda_rnn, kwargs):
         assert lowered_calls(fn, _network(), *_args(), platform="cuda") == set()
 
 
+@pytest.mark.parametrize("time_major", [False, True])
+def test_cudnn_declines_batch_0(stub_cuda_rnn, time_major):
+    """cuDNN's descriptors take no batch of size 0: backend="cudnn" warns and runs scan."""
+    params = _network(num_layers=1, bidirectional=False)
+    xs = jnp.zeros((T, 0, I) if time_major else (0, T, I))
+    with pytest.warns(RuntimeWarning, match="no empty batch"):
+        ys, state = lj.lstm(params, xs, backend="cudnn", time_major=time_major)
+    ref = lj.lstm(params, xs, backend="scan", time_major=time_major)
+    for a, b in zip(jax.tree_util.tree_leaves((ys, state)), jax.tree_util.tree_leaves(ref)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_cudnn_under_vmap_runs_scan(stub_cuda_rnn):
     """cuDNN's call has no parallel batching rule; under vmap backend="cudnn" runs scan."""
     params = _network(num_layers=1, bidirectional=False)

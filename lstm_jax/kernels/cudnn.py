@@ -14,8 +14,9 @@ Where it runs: the cuDNN call is staged for the ``cuda`` platform only
 (:func:`lstm_jax.kernels.platform.per_platform`), decided when the call is
 lowered. ``backend="cudnn"`` runs it on ``cuda`` and ``scan`` on every other
 platform; where cuDNN cannot run the call (:func:`cudnn_unsupported`: plain
-LSTM, float32, no recurrent dropout, not under ``vmap``, a jaxlib with its
-CUDA plugin, which the call needs even to be traced), or the default backend
+LSTM, float32, no recurrent dropout, not under ``vmap``, a batch of at least
+one, a jaxlib with its CUDA plugin, which the call needs even to be traced),
+or the default backend
 is not a GPU, it warns (``RuntimeWarning`` naming the reason). ``"auto"`` does
 not choose it (``fused`` on ``cuda``): see below.
 
@@ -128,6 +129,8 @@ def cudnn_unsupported(call: LayerCall) -> Optional[str]:
         return "only float32 inputs and parameters are supported"
     if _under_vmap(call.xs):
         return "jax.experimental.rnn has no vmap rule (only a sequential one added here)"
+    if call.xs.shape[1 if options.time_major else 0] == 0:
+        return "cuDNN's descriptors take no empty batch"
     if not _cuda_rnn_available():
         return ("this JAX has no cuDNN RNN support (its CUDA plugin is not installed, or "
                 "jax.experimental.rnn lacks the primitives used here)")
