@@ -16,8 +16,8 @@ lowered. ``backend="cudnn"`` runs it on ``cuda`` and ``scan`` on every other
 platform; where cuDNN cannot run the call (:func:`cudnn_unsupported`: plain
 LSTM, float32, no recurrent dropout, not under ``vmap``, a batch of at least
 one, a jaxlib with its CUDA plugin, which the call needs even to be traced),
-or the default backend is not a GPU, it warns (``RuntimeWarning`` naming the reason). ``"auto"`` does
-not choose it (``fused`` on ``cuda``): see below.
+or the default backend is not a GPU, it warns (``RuntimeWarning`` naming the
+reason). ``"auto"`` does not choose it (``fused`` on ``cuda``): see below.
 
 The cuDNN calls are this module's copies of ``jax.experimental.rnn``'s two
 primitives, lowered by jaxlib's own rules with row-major layouts added
