@@ -199,6 +199,63 @@ def test_cudnn_declines_what_it_cannot_run(stub_cuda_rnn, kwargs):
         assert lowered_calls(fn, _network(), *_args(), platform="cuda") == set()
 
 
+@pytest.fixture
+def reference_cudnn(monkeypatch):
+    """cuDNN's two primitives replaced by ``jax.experimental.rnn.lstm_ref`` (and its VJP),
+    run on every platform: the wrapper around them (layouts of the inputs, reversal, length-0
+    sequences, the custom VJP and JVPs) is then checked on CPU. A length 0 reaching the
+    forward makes its outputs NaN, as cuDNN fails on it."""
+    from jax.experimental import rnn
+
+    from lstm_jax.kernels import cudnn
+
+    def reference(sizes, x, h0, c0, w, lengths):
+        weights = rnn.unpack_lstm_weights(w, *sizes, 1, False)
+        return rnn.lstm_ref(x, h0, c0, *weights, lengths, *sizes, 1, 0.0, False)
+
+    def forward(x, h0, c0, w, lengths, *, input_size, hidden_size, **_):
+        ys, h, c = reference((input_size, hidden_size), x, h0, c0, w, lengths)
+        return jnp.where(jnp.all(lengths >= 1), ys, jnp.nan), h, c, jnp.zeros(1)
+
+    def backward(dy, dh, dc, x, h0, c0, w, ys, reserve, lengths, *, input_size, hidden_size, **_):
+        sizes = (input_size, hidden_size)
+        return jax.vjp(lambda *a: reference(sizes, *a, lengths), x, h0, c0, w)[1]((dy, dh, dc))
+
+    monkeypatch.setattr(cudnn, "_rnn_fwd_p", types.SimpleNamespace(bind=forward))
+    monkeypatch.setattr(cudnn, "_rnn_bwd_p", types.SimpleNamespace(bind=backward))
+    monkeypatch.setattr(cudnn, "platform_only", lambda platform, fn, *args: fn(*args))
+
+
+@pytest.mark.parametrize("lengths", [None, [6, 2, 0]], ids=["full", "ragged_with_0"])
+@pytest.mark.parametrize("time_major", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_cudnn_wrapper_equals_scan(reference_cudnn, reverse, time_major, lengths):
+    """The cuDNN kernel's wrapper with reference primitives equals scan: outputs, final states,
+    every gradient (jitted), and the Hessian (forward over reverse, through its JVPs)."""
+    from lstm_jax.kernels.call import scan_kernel
+    from lstm_jax.kernels.cudnn import cudnn_kernel
+
+    w = lj.init_lstm(jax.random.key(0), I, H).layers[0][0]
+    xs = jax.random.normal(jax.random.key(1), (T, 3, I) if time_major else (3, T, I))
+    h0, c0 = jax.random.normal(jax.random.key(2), (2, 3, H))
+    seq_lengths = None if lengths is None else jnp.array(lengths, jnp.int32)
+
+    def loss(kernel, w, xs, h0, c0):
+        call = layer_call(lstm_kind(), w, xs, (h0, c0), seq_lengths=seq_lengths, reverse=reverse,
+                          time_major=time_major)  # fmt: skip
+        ys, (h, c) = kernel(call)
+        return jnp.sum(ys * jnp.cos(ys)) + jnp.sum(h * h0) + jnp.sum(c**2), (ys, h, c)
+
+    with jax.default_matmul_precision("float32"):
+        got, want = (jax.jit(jax.value_and_grad(functools.partial(loss, k), (0, 1, 2, 3), has_aux=True))
+                     (w, xs, h0, c0) for k in (cudnn_kernel, scan_kernel))  # fmt: skip
+        for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+        hessian = [jax.hessian(lambda x, k=k: loss(k, w, x, h0, c0)[0])(xs)
+                   for k in (cudnn_kernel, scan_kernel)]  # fmt: skip
+    np.testing.assert_allclose(hessian[0], hessian[1], atol=1e-5)
+
+
 @pytest.mark.parametrize("time_major", [False, True])
 def test_cudnn_declines_batch_0(stub_cuda_rnn, time_major):
     """cuDNN's descriptors take no batch of size 0: backend="cudnn" warns and runs scan."""
