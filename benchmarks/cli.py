@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                         help="start no case after this many minutes; the cases not run are "
                         "listed in the warnings and the results are written as usual")
+    parser.add_argument("--cases", default=None, metavar="TEXT[,TEXT]",
+                        help="run only the grid's cases whose 'label workload' (e.g. 'B8 T512 I32 H64 "
+                        "train') contains one of these comma-separated texts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch.set_num_threads (default: the cores of this process, "
@@ -83,6 +86,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--list-peers", action="store_true", help="list peers and exit")
     return parser  # fmt: skip
+
+
+def select_cases(grid, texts: str):
+    """``grid`` with only the cases whose ``"label workload"`` contains one of the
+    comma-separated ``texts``; a ValueError names the texts that matched nothing."""
+    wanted = [text.strip() for text in texts.split(",") if text.strip()]
+    if not wanted:
+        raise ValueError(f"--cases needs at least one text, got {texts!r}.")
+    names = [f"{case.config.label} {case.workload}" for case in grid.cases]
+    unmatched = [text for text in wanted if not any(text in name for name in names)]
+    if unmatched:
+        raise ValueError(f"--cases {unmatched} matched none of the {grid.name} grid's cases: {names}")
+    cases = tuple(case for case, name in zip(grid.cases, names) if any(t in name for t in wanted))
+    return dataclasses.replace(grid, cases=cases)
 
 
 def jax_devices() -> str:
@@ -118,6 +135,12 @@ def main(argv: Optional[list] = None) -> int:
     grid = grid_lib.GRIDS[args.grid]()
     if args.case_budget is not None:
         grid = dataclasses.replace(grid, budget_s=args.case_budget)
+    if args.cases is not None:
+        try:
+            grid = select_cases(grid, args.cases)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     out_dir = args.out or default_out_dir(args.grid)
     machine = machine_info()
     load_start = load_info()

@@ -23,7 +23,7 @@ import lstm_jax as lj
 from lstm_jax.cells import lstm_kind
 from lstm_jax.kernels import dispatch
 from lstm_jax.kernels.call import layer_call
-from lstm_jax.kernels.cudnn import _cuda_rnn_available
+from lstm_jax.kernels.cudnn import AUTO_MIN_HIDDEN, _cuda_rnn_available
 from lstm_jax.kernels.native_ops import native_unavailable
 
 # "auto" on CPU runs the native kernel where its extension is built (pip install builds it)
@@ -102,16 +102,21 @@ CUDNN_CALLS = {"forward": {"cudnn_rnn_ffi"}, "grad": {"cudnn_rnn_ffi", "cudnn_rn
 @quiet_cudnn
 @pytest.mark.parametrize("make", [_forward, _grad], ids=["forward", "grad"])
 def test_auto_picks_kernel_per_platform_at_lowering(stub_cuda_rnn, make):
-    """One jitted function: the native kernel on cpu, XLA (fused) on cuda (until cuDNN's
-    row-major lowering is checked on a GPU) and on tpu (until the TPU kernel is measured on a
+    """One jitted function: the native kernel on cpu; on cuda cuDNN from AUTO_MIN_HIDDEN
+    hidden units and XLA (fused) below; XLA on tpu (until the TPU kernel is measured on a
     TPU); backend="cudnn" gives cuDNN's calls on cuda, backend="pallas" Mosaic's on tpu."""
     args = (_network(), *_args())
     native = {"lstm_jax_native_forward_infer"} if make is _forward else set(NATIVE_CALLS[1:])
     expected = {"cpu": native if CPU_KERNEL == "native" else set(), "cuda": set(), "tpu": set()}
     for platform, calls in expected.items():
         assert lowered_calls(make(), *args, platform=platform) == calls, platform
-    assert lowered_calls(make("cudnn"), *args, platform="cuda") == CUDNN_CALLS[make.__name__[1:]]
+    cudnn_calls = CUDNN_CALLS[make.__name__[1:]]
+    assert lowered_calls(make("cudnn"), *args, platform="cuda") == cudnn_calls
     assert lowered_calls(make("pallas"), *args, platform="tpu") == {"tpu_custom_call"}
+    wide = (_network(num_layers=1, hidden=AUTO_MIN_HIDDEN), *_args())
+    assert lowered_calls(make(), *wide, platform="cuda") == cudnn_calls
+    narrow = (_network(num_layers=1, hidden=AUTO_MIN_HIDDEN - 1), *_args())
+    assert lowered_calls(make(), *narrow, platform="cuda") == set()
 
 
 @quiet_cudnn

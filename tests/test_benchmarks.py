@@ -34,6 +34,18 @@ def test_time_limit_stops_starting_cases(tmp_path):
     assert any("--time-limit 0 min reached: 3 of 3 cases not run" in w for w in results["warnings"])
 
 
+def test_cases_selects_by_label_and_workload(tmp_path, capsys):
+    """--cases keeps the cases whose 'label workload' contains one of the texts; a text that
+    matches nothing is an error naming it."""
+    out = tmp_path / "bench"
+    argv = ["--tiny", "--peers", SCAN, "--out", str(out), "--no-progress", "--time-limit", "0"]
+    assert cli.main([*argv, "--cases", "B2 T8 I3 H4 train, L2 bi"]) == 0
+    not_run = json.loads((out / "results.json").read_text())["cases_not_run"]
+    assert sorted(not_run) == ["B2 T8 I3 H4 L2 bi infer", "B2 T8 I3 H4 train"]
+    assert cli.main([*argv, "--cases", "train,H999"]) == 2
+    assert "['H999'] matched none" in capsys.readouterr().err
+
+
 def test_tiny_cli_run_writes_results(tmp_path):
     out = tmp_path / "bench"
     assert cli.main(["--tiny", "--peers", f"{SCAN},{FLAX}", "--out", str(out), "--no-progress"]) == 0

@@ -174,9 +174,9 @@ def test_remat_gru():
     assert_trees_close(grad(params, 2), grad(params, False))
 
 
-def _temp_bytes(remat, steps, time_major=False):
-    params = lj.init_lstm(jax.random.key(0), 8, 32)
-    xs = jnp.zeros((steps, 4, 8) if time_major else (4, steps, 8))
+def _temp_bytes(remat, steps, time_major=False, features=8):
+    params = lj.init_lstm(jax.random.key(0), features, 32)
+    xs = jnp.zeros((steps, 4, features) if time_major else (4, steps, features))
     loss = lambda p, x: jnp.sum(lj.lstm(p, x, backend="fused", remat=remat, time_major=time_major)[0])  # noqa: E731
     compiled = jax.jit(jax.grad(loss, (0, 1))).lower(params, xs).compile()
     return compiled.memory_analysis().temp_size_in_bytes
@@ -189,9 +189,14 @@ def test_remat_reduces_activation_memory():
 
 @pytest.mark.parametrize("time_major", [False, True])
 def test_remat_memory_grows_like_sqrt_t(time_major):
-    """4x the steps, neither a perfect square: ~2x the memory (sqrt), not 4x (memory_analysis is exact)."""
+    """4x the steps, neither a perfect square: ~2x the memory (sqrt), not 4x (memory_analysis is exact).
+
+    On GPU, XLA keeps one time-major copy of batch-major xs, (T, B, I), which grows with T
+    but is not an activation: on an H200 the batch-major temp less that copy equalled the
+    time-major temp to the byte (benchmarks/results/gpu-nvidia-h200/README.md, session 13)."""
     short, long = _temp_bytes(True, 1000, time_major), _temp_bytes(True, 4000, time_major)
-    assert long < 2.5 * short, (short, long)
+    input_copies = 4000 * 4 * 8 * 4 if not time_major and jax.default_backend() == "gpu" else 0
+    assert long - input_copies < 2.5 * short, (short, long)
 
 
 def test_block_size():

@@ -59,8 +59,8 @@ from lstm_jax.kernels.platform import per_platform, platform_only
 from lstm_jax.params import LSTMWeights
 from lstm_jax.sequence import reverse_sequences
 
-__all__ = ["CUDNN", "cudnn_kernel", "cudnn_lstm_layer", "cudnn_or_scan", "cudnn_unsupported",
-           "to_cudnn_weights"]  # fmt: skip
+__all__ = ["AUTO_MIN_HIDDEN", "CUDNN", "cudnn_auto_why_not", "cudnn_kernel", "cudnn_lstm_layer",
+           "cudnn_or_scan", "cudnn_unsupported", "to_cudnn_weights"]  # fmt: skip
 
 
 def to_cudnn_weights(weights: LSTMWeights) -> Array:
@@ -322,7 +322,25 @@ def cudnn_or_scan(call: LayerCall):
     return per_platform({"cuda": cudnn_kernel}, scan_kernel)(call)
 
 
-CUDNN = KernelSpec("lstm", "cudnn", cudnn_kernel, auto_why_not=cudnn_unsupported,
+# "auto" runs cuDNN on cuda from this many hidden units, "fused" below. On an H200 (jax
+# 0.11.2, the row-major call; benchmarks/results/gpu-nvidia-h200/README.md, session 13)
+# cuDNN's speed-up over Flax against fused's, train / infer: H = 768 at (16, 1024, 768)
+# 1.93 / 1.32 vs 1.70 / 1.04 and at (8, 2048, 512) 2.40 / 2.35 vs 1.64 / 1.04; H = 256 at
+# (16, 1024, 256) 1.71 / 1.34 vs 1.45 / 1.01 but at (64, 128, 128) 1.32 / 1.07 vs
+# 1.75 / 1.48; H <= 128 slower in 5 of 6 (0.72-1.31 vs 1.00-1.67). H = 512 not measured.
+AUTO_MIN_HIDDEN = 512
+
+
+def cudnn_auto_why_not(call: LayerCall) -> Optional[str]:
+    """Why ``"auto"`` does not run cuDNN for ``call``: what :func:`cudnn_unsupported` says,
+    or fewer than :data:`AUTO_MIN_HIDDEN` hidden units (``"fused"`` measured faster there)."""
+    hidden = call.weights.w_hh.shape[0]
+    if hidden < AUTO_MIN_HIDDEN:
+        return f"hidden size {hidden} < {AUTO_MIN_HIDDEN}, where 'fused' was measured faster"
+    return cudnn_unsupported(call)
+
+
+CUDNN = KernelSpec("lstm", "cudnn", cudnn_kernel, auto_why_not=cudnn_auto_why_not,
                    explicit=cudnn_or_scan)  # fmt: skip
 
 

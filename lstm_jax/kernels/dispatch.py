@@ -63,12 +63,12 @@ AUTO: dict[str, dict[Optional[str], str]] = {
         # inference) (benchmarks/results/cpu-amd-epyc-zen4-2c/targets*). jax.export needs
         # disabled_checks for its custom calls (lstm_jax.export_safety_checks).
         "cpu": "native",
-        # fused: on an H200 (jax 0.11.2) equal to scan in every case checked, 1.47-1.69x
-        # Flax's training step and 1.03-1.22x its inference at the four device shapes; cuDNN
-        # was faster (1.78-2.40x training) but gave wrong results for time-major and
-        # reversed ragged inputs. It runs again here once its row-major lowering (cudnn.py)
-        # is checked on a GPU (benchmarks/results/gpu-nvidia-h200/)
-        "cuda": "fused",
+        # cuDNN (jax.experimental.rnn's call, constrained to row-major: cudnn.py) from
+        # H = cudnn.AUTO_MIN_HIDDEN, "fused" below it and wherever cuDNN declines (vmap,
+        # recurrent dropout, bfloat16, variants). On an H200 (jax 0.11.2) both equal scan
+        # in every GPU test; their speed-ups over Flax: cudnn.AUTO_MIN_HIDDEN's comment
+        # (benchmarks/results/gpu-nvidia-h200/)
+        "cuda": "cudnn",
         # the Pallas TPU kernel was lowered for TPU but never compiled nor run: "fused"
         # until it is measured (backend="pallas" selects it)
         "tpu": "fused",
