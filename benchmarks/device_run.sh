@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The checks for a short lease of a GPU machine, in one command: the kernel tests there
 # (the backend matrix then holds "cudnn" and "pallas", which the CPU runs cannot compile;
-# test_kernels.py's test_cudnn_matches_scan_on_gpu decides whether "auto" may run cuDNN
-# again: benchmarks/results/gpu-nvidia-h200/README.md), then the --device benchmark,
-# stopped in time to write its results.
+# test_kernels.py's test_cudnn_matches_scan_on_gpu first: "auto" runs cuDNN on cuda from
+# H = 512 because it passed there, benchmarks/results/gpu-nvidia-h200/README.md), then the
+# --device benchmark, stopped in time to write its results.
 #
 #   benchmarks/device_run.sh OUT_DIR [TEST_SECONDS] [BENCH_MINUTES]
 #
@@ -28,7 +28,7 @@ print(sys.version.split()[0], "jax", jax.__version__, "jaxlib", jaxlib.__version
   # it ends, which survives the stop at the limit (xdist's summary may not)
   export JAX_DEFAULT_MATMUL_PRECISION=float32
   pytest=(python3 -m pytest -o addopts= -p no:cacheprovider -v -rfEs)
-  # first the check that decides whether "auto" may run cuDNN on cuda again
+  # first the check that "auto"'s use of cuDNN on cuda rests on
   timeout -s INT -k 20 90 "${pytest[@]}" -n 4 tests/test_kernels.py -k cudnn
   echo "cuDNN tests exit status $?"
   timeout -s INT -k 20 "$test_s" "${pytest[@]}" -n 12 --dist loadfile \

@@ -17,7 +17,8 @@ platform; where cuDNN cannot run the call (:func:`cudnn_unsupported`: plain
 LSTM, float32, no recurrent dropout, not under ``vmap``, a batch of at least
 one, a jaxlib with its CUDA plugin, which the call needs even to be traced),
 or the default backend is not a GPU, it warns (``RuntimeWarning`` naming the
-reason). ``"auto"`` does not choose it (``fused`` on ``cuda``): see below.
+reason). ``"auto"`` runs it on ``cuda`` from :data:`AUTO_MIN_HIDDEN` hidden units
+(:func:`cudnn_auto_why_not`), ``fused`` below.
 
 The cuDNN calls are this module's copies of ``jax.experimental.rnn``'s two
 primitives, lowered by jaxlib's own rules with row-major layouts added
@@ -33,9 +34,9 @@ gradients equal ``scan`` for batch-major inputs (ragged or not; reversed when
 not ragged), but wrong (differences of 0.19-1.3 in outputs and final states,
 up to 13 in gradients) for time-major inputs and for reversed ragged ones, that is
 wherever a transpose or gather ran right before the call; ``jax.hessian``
-failed. The constrained version has been lowered (tests/test_accel.py) but not
-yet run on a GPU; until it has, ``"auto"`` runs ``fused`` there
-(benchmarks/results/gpu-nvidia-h200/).
+failed. The constrained version (second lease, same machine and versions) equals
+``scan`` in all of tests/test_kernels.py's GPU checks: time-major, reversed, ragged,
+with a length-0 sequence (benchmarks/results/gpu-nvidia-h200/).
 """
 
 from __future__ import annotations
