@@ -7,8 +7,16 @@
 7 interleaved rounds of each one's median of 5 calls, both cores. Prints the medians,
 the difference and every round.
 """
-import sys, time, statistics, jax, jax.numpy as jnp, lstm_jax as lj
-B,T,I,H = map(int, sys.argv[1].split(","))
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+import lstm_jax as lj
+
+B, T, I, H = map(int, sys.argv[1].split(","))
 params = lj.init_lstm(jax.random.key(0), I, H)
 xs = jax.random.normal(jax.random.key(1), (B, T, I))
 f = lambda p, x: lj.lstm(p, x)[0]
