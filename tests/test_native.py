@@ -53,6 +53,9 @@ LAYER_CASES = [
     pytest.param(True, True, True, "units", H, marks=isa),
     pytest.param(True, True, True, "units", 3, marks=isa),  # a partial panel only
     pytest.param(True, True, True, "rows", H, marks=isa),
+    # more than 16 panels, the last one partial (8 units)
+    pytest.param(True, True, True, None, 264, marks=isa),
+    (False, False, False, "rows", 264),
 ]
 
 
