@@ -16,7 +16,7 @@ namespace {
 // Runs one call of `fn` over the problem P, which owns (with `buffers`) what
 // the items read until the last helper thread is done.
 template <class Problem>
-void Run(ffi::ThreadPool& pool, std::shared_ptr<Problem> P, std::shared_ptr<std::vector<float>> buffers,
+void Run(ffi::ThreadPool& pool, std::shared_ptr<Problem> P, std::shared_ptr<Scratch> buffers,
          ItemFn fn, int64_t items, Split split, int panels) {
   std::shared_ptr<void> keep = std::make_shared<std::pair<decltype(P), decltype(buffers)>>(P, buffers);
   RunItems(pool, std::move(keep), fn, P.get(), items, split, panels, P->batch);
@@ -142,7 +142,7 @@ ffi::Error Forward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major,
   const size_t pack = kern.fwd_pack_size(input, hidden);
   for (int64_t n = 0; n < count; ++n) {
     const bool resets = cell.starts != nullptr;
-    auto buffers = std::make_shared<std::vector<float>>(pack + (resets ? 6 : 4) * bh);
+    auto buffers = std::make_shared<Scratch>(pack + (resets ? 6 : 4) * bh);
     float* wpack = buffers->data();
     float* hbuf = wpack + pack;
     kern.pack_fwd(w_ih.typed_data() + n * input * gates, w_hh.typed_data() + n * hidden * gates,
@@ -240,8 +240,11 @@ ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major
     return ffi::Error::InvalidArgument("in-loop weight gradients: xs must be (..., T, B, I) like dz, with dw_ih");
   }
   const Split split = StepPartitions(pool, batch, bh * kern.gates * hidden, panels, /*inference=*/false);
+  const int64_t dw_input = cell.dw_hh != nullptr ? cell.input : 0;
+  const size_t dw_size = size_t(dw_input + hidden) * kern.gates * hidden + kern.acts * hidden;  // dw, db
   for (int64_t n = 0; n < count; ++n) {
-    auto buffers = std::make_shared<std::vector<float>>(kern.bwd_pack_size(hidden));
+    const int dw_parts = cell.dw_hh == nullptr ? 0 : split.rows ? split.parts : 1;
+    auto buffers = std::make_shared<Scratch>(kern.bwd_pack_size(hidden) + dw_parts * dw_size);  // zeros
     kern.pack_bwd(w_hh.typed_data() + n * hidden * kern.gates * hidden, hidden, buffers->data());
     auto P = std::make_shared<BwdProblem>();
     P->seq = Layout(steps, batch, batch_major);
@@ -269,10 +272,7 @@ ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major
     P->dzb = cell.dzb != nullptr ? cell.dzb + n * per : nullptr;
     P->wpack = buffers->data();
     if (cell.dw_hh != nullptr) {
-      P->dw_parts = split.rows ? split.parts : 1;
-      const size_t dw_size = size_t(P->input + hidden) * kern.gates * hidden + kern.acts * hidden;  // dw, db
-      buffers->resize(buffers->size() + P->dw_parts * dw_size);  // zeros
-      P->wpack = buffers->data();
+      P->dw_parts = dw_parts;
       P->dw = buffers->data() + kern.bwd_pack_size(hidden);
     }
     Run(pool, P, buffers, kern.bwd_item, steps + 1, split, panels);

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <thread>
 
 #ifdef __linux__
@@ -282,6 +283,37 @@ void HugePagesHint(void* data, size_t bytes) {
   (void)data;
   (void)bytes;
 #endif
+}
+
+Scratch::Scratch(size_t floats) {
+  const size_t bytes = std::max<size_t>(floats, 1) * sizeof(float);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const size_t huge = size_t(1) << 21;
+  if (bytes >= (size_t(1) << 20) && HugePagesWanted()) {
+    // anonymous memory is zero; one extra huge page of address space for the alignment
+    const size_t rounded = (bytes + huge - 1) & ~(huge - 1);
+    void* m = mmap(nullptr, rounded + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m != MAP_FAILED) {
+      mapped_ = m;
+      mapped_bytes_ = rounded + huge;
+      data_ = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(m) + huge - 1) & ~(huge - 1));
+      madvise(data_, rounded, MADV_HUGEPAGE);
+      return;
+    }
+  }
+#endif
+  data_ = static_cast<float*>(::operator new(bytes, std::align_val_t(kCacheLine)));
+  std::memset(data_, 0, bytes);
+}
+
+Scratch::~Scratch() {
+#ifdef __linux__
+  if (mapped_ != nullptr) {
+    munmap(mapped_, mapped_bytes_);
+    return;
+  }
+#endif
+  ::operator delete(data_, std::align_val_t(kCacheLine));
 }
 
 }  // namespace lstm_jax

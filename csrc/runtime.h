@@ -8,7 +8,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <new>
 #include <string>
+#include <vector>
 
 #include "settings.h"
 #include "xla/ffi/api/ffi.h"
@@ -65,6 +67,48 @@ void RunItems(xla::ffi::ThreadPool& pool, std::shared_ptr<void> keep, ItemFn fn,
 // madvise(MADV_HUGEPAGE) on the whole 2 MiB pages of a large output buffer
 // (see runtime.cc); LSTM_JAX_NATIVE_HUGEPAGES=0 turns it off.
 void HugePagesHint(void* data, size_t bytes);
+
+// The kernels load whole vectors (up to 64 bytes) at multiples of the vector
+// width from their own buffers: those must start on a cache line, or every
+// AVX-512 load splits two lines (malloc gives 16 bytes: measured 10-15% of
+// the forward loop, kernel_ab_s14.md).
+constexpr size_t kCacheLine = 64;
+
+// std::allocator's interface for cache-line-aligned element storage.
+template <class T>
+struct CacheLineAllocator {
+  using value_type = T;
+  CacheLineAllocator() = default;
+  template <class U>
+  CacheLineAllocator(const CacheLineAllocator<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(kCacheLine))); }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(kCacheLine)); }
+  template <class U>
+  bool operator==(const CacheLineAllocator<U>&) const { return true; }
+  template <class U>
+  bool operator!=(const CacheLineAllocator<U>&) const { return false; }
+};
+
+template <class T>
+using AlignedVector = std::vector<T, CacheLineAllocator<T>>;
+
+// A call's own zeroed floats (packed weights, carries, weight-gradient
+// partitions): cache-line aligned, and from 1 MiB on whole 2 MiB pages with
+// the huge-page hint (packed weights read every step: measured up to 5% of
+// the forward loop at H = 512 over aligned 4 KiB pages).
+class Scratch {
+ public:
+  explicit Scratch(size_t floats);
+  ~Scratch();
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  float* data() const { return data_; }
+
+ private:
+  float* data_ = nullptr;
+  void* mapped_ = nullptr;  // the mapping, where the floats are in one
+  size_t mapped_bytes_ = 0;
+};
 
 }  // namespace lstm_jax
 

@@ -16,7 +16,8 @@
 // usual; BWD=1 (with train 1) also times the backward loop (phase A and B, one
 // thread, weight gradients left to XLA); FRESH=1 writes the forward's outputs
 // to freshly mapped pages every call (as XLA's new buffers), FRESH=2 also
-// madvise(MADV_HUGEPAGE). Prints the time to pack the weights, then per loop
+// madvise(MADV_HUGEPAGE); PACKMALLOC=1 packs the weights into a std::vector
+// (see below). Prints the time to pack the weights, then per loop
 // the median over `reps` calls after two warm-ups, GFLOP/s of the step GEMMs
 // and a checksum of the outputs (equal for builds that compute the same
 // function). Pin single-thread runs (`taskset -c 0`); native_loops_ab.sh
@@ -74,11 +75,18 @@ int main(int argc, char** argv) {
   const auto w_ih = random(size_t(I) * G), w_hh = random(size_t(H) * G), bias = random(G), bias_hh = random(G);
   const auto xs = random(size_t(T) * B * I);
 
-  std::vector<float> pack(K.fwd_pack_size(I, H));
+  // the packed weights in the handler's own scratch (cache-line aligned, huge
+  // pages from 1 MiB unless LSTM_JAX_NATIVE_HUGEPAGES=0), or PACKMALLOC=1 in a
+  // std::vector (16-byte aligned: how the handler allocated them before session 14)
+  const bool pack_malloc = getenv("PACKMALLOC") && atoi(getenv("PACKMALLOC")) != 0;
+  const size_t pack_floats = K.fwd_pack_size(I, H);
+  std::vector<float> pack_vec(pack_malloc ? pack_floats : 0);
+  Scratch pack_scratch(pack_malloc ? 0 : pack_floats);
+  float* pack_data = pack_malloc ? pack_vec.data() : pack_scratch.data();
   std::vector<double> pack_ms;
   for (int r = 0; r < 2; ++r) {
     const auto start = Clock::now();
-    K.pack_fwd(w_ih.data(), w_hh.data(), I, H, pack.data());
+    K.pack_fwd(w_ih.data(), w_hh.data(), I, H, pack_data);
     pack_ms.push_back(ms_since(start));
   }
   printf("pack %.3f ms, again %.3f ms\n", pack_ms[0], pack_ms[1]);
@@ -98,7 +106,7 @@ int main(int argc, char** argv) {
   P.c = lstm ? c.data() : nullptr;
   P.h[0] = P.hm[0] = h0.data();
   P.h[1] = P.hm[1] = h1.data();
-  P.wpack = pack.data();
+  P.wpack = pack_data;
   const int panels = (H + K.fwd_width - 1) / K.fwd_width;
   std::vector<double> times;
   double checksum = 0;
@@ -163,8 +171,10 @@ int main(int argc, char** argv) {
 
   if (getenv("BWD") == nullptr || !train || fresh) return 0;
   // the backward loop after this forward: phase A and B, weight gradients left to XLA
-  std::vector<float> bwd_pack(K.bwd_pack_size(H));
-  K.pack_bwd(w_hh.data(), H, bwd_pack.data());
+  std::vector<float> bwd_vec(pack_malloc ? K.bwd_pack_size(H) : 0);
+  Scratch bwd_scratch(pack_malloc ? 0 : K.bwd_pack_size(H));
+  float* bwd_pack = pack_malloc ? bwd_vec.data() : bwd_scratch.data();
+  K.pack_bwd(w_hh.data(), H, bwd_pack);
   const auto dys = random(ys.size());
   std::vector<float> dz(act.size()), dh(size_t(B) * H), dc(size_t(B) * H), zeros(size_t(B) * H);
   BwdProblem Q{};
@@ -182,7 +192,7 @@ int main(int argc, char** argv) {
   Q.xs = xs.data();
   Q.dh = dh.data();
   Q.dc = lstm ? dc.data() : nullptr;
-  Q.wpack = bwd_pack.data();
+  Q.wpack = bwd_pack;
   const int bwd_panels = (H + K.bwd_width - 1) / K.bwd_width;
   times.clear();
   for (int r = 0; r < reps + 2; ++r) {
