@@ -285,7 +285,7 @@ void HugePagesHint(void* data, size_t bytes) {
 #endif
 }
 
-Scratch::Scratch(size_t floats) {
+Scratch::Scratch(size_t floats) : floats_(floats) {
   const size_t bytes = std::max<size_t>(floats, 1) * sizeof(float);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   const size_t huge = size_t(1) << 21;
@@ -314,6 +314,17 @@ Scratch::~Scratch() {
   }
 #endif
   ::operator delete(data_, std::align_val_t(kCacheLine));
+}
+
+std::shared_ptr<Scratch> CallScratch(size_t floats) {
+  thread_local std::shared_ptr<Scratch> last;
+  // use_count 1: only this cache holds it (helpers release theirs when their tasks end)
+  if (last != nullptr && last.use_count() == 1 && last->size() >= floats) {
+    std::memset(last->data(), 0, floats * sizeof(float));
+    return last;
+  }
+  last = std::make_shared<Scratch>(floats);
+  return last;
 }
 
 }  // namespace lstm_jax
