@@ -70,7 +70,7 @@ void HugePagesHint(void* data, size_t bytes);
 
 // The kernels load whole vectors (up to 64 bytes) at multiples of the vector
 // width from their own buffers: those must start on a cache line, or every
-// AVX-512 load splits two lines (malloc gives 16 bytes: measured 11-27% of
+// AVX-512 load splits two lines (malloc gives 16 bytes: measured 11-21% of
 // the forward loop, kernel_ab_s14.md).
 constexpr size_t kCacheLine = 64;
 
