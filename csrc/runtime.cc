@@ -317,12 +317,16 @@ Scratch::~Scratch() {
 }
 
 std::shared_ptr<Scratch> CallScratch(size_t floats) {
+  // kept at most this large, so that one large call does not pin its memory in
+  // the thread; past it a call maps its own (its time dwarfs the mapping's)
+  constexpr size_t kKeptFloats = (size_t(32) << 20) / sizeof(float);
   thread_local std::shared_ptr<Scratch> last;
   // use_count 1: only this cache holds it (helpers release theirs when their tasks end)
   if (last != nullptr && last.use_count() == 1 && last->size() >= floats) {
     std::memset(last->data(), 0, floats * sizeof(float));
     return last;
   }
+  if (floats > kKeptFloats) return std::make_shared<Scratch>(floats);
   last = std::make_shared<Scratch>(floats);
   return last;
 }

@@ -114,9 +114,9 @@ class Scratch {
 
 // `floats` zeroed floats of Scratch for one call: the calling thread's buffer
 // from its last call when no helper thread holds it any more and it is large
-// enough (zeroed again), else a new one, kept for the next call. Mapping and
-// faulting in a fresh buffer per call made short calls (T = 1 at H = 512)
-// 15-45% slower than malloc's reused memory.
+// enough (zeroed again), else a new one, kept for the next call if at most
+// 32 MiB. Mapping and faulting in a fresh buffer per call made short calls
+// (T = 1 at H = 512) 15-45% slower than malloc's reused memory.
 std::shared_ptr<Scratch> CallScratch(size_t floats);
 
 }  // namespace lstm_jax
