@@ -142,7 +142,7 @@ ffi::Error Forward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major,
   const size_t pack = kern.fwd_pack_size(input, hidden);
   for (int64_t n = 0; n < count; ++n) {
     const bool resets = cell.starts != nullptr;
-    auto buffers = CallScratch(pack + (resets ? 6 : 4) * bh);
+    auto buffers = CallScratch(pack + (resets ? 6 : 4) * bh, pack);  // pack_fwd writes all of its part
     float* wpack = buffers->data();
     float* hbuf = wpack + pack;
     kern.pack_fwd(w_ih.typed_data() + n * input * gates, w_hh.typed_data() + n * hidden * gates,
@@ -244,7 +244,8 @@ ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major
   const size_t dw_size = size_t(dw_input + hidden) * kern.gates * hidden + kern.acts * hidden;  // dw, db
   for (int64_t n = 0; n < count; ++n) {
     const int dw_parts = cell.dw_hh == nullptr ? 0 : split.rows ? split.parts : 1;
-    auto buffers = CallScratch(kern.bwd_pack_size(hidden) + dw_parts * dw_size);  // zeros
+    // pack_bwd writes all of its part; the weight-gradient partitions start at zero
+    auto buffers = CallScratch(kern.bwd_pack_size(hidden) + dw_parts * dw_size, kern.bwd_pack_size(hidden));
     kern.pack_bwd(w_hh.typed_data() + n * hidden * kern.gates * hidden, hidden, buffers->data());
     auto P = std::make_shared<BwdProblem>();
     P->seq = Layout(steps, batch, batch_major);

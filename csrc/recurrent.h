@@ -104,7 +104,9 @@ inline uint8_t start_flag(const uint8_t* starts, int64_t steps, int batch, int64
 
 // One instruction set's kernels for one cell: its shape (weight columns and
 // saved activations per hidden unit), the hidden units per panel of each
-// loop, weight packing for each loop, and the two loops' items.
+// loop, weight packing for each loop, and the two loops' items. A pack
+// function writes every float of its pack size (padding included): the
+// handlers reuse their scratch without zeroing that part (CallScratch).
 struct Kernels {
   int gates, acts, fwd_width, bwd_width;
   void (*pack_fwd)(const float*, const float*, int, int, float*);

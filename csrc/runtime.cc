@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <thread>
 
@@ -316,14 +317,18 @@ Scratch::~Scratch() {
   ::operator delete(data_, std::align_val_t(kCacheLine));
 }
 
-std::shared_ptr<Scratch> CallScratch(size_t floats) {
+std::shared_ptr<Scratch> CallScratch(size_t floats, size_t overwritten) {
   // kept at most this large, so that one large call does not pin its memory in
   // the thread; past it a call maps its own (its time dwarfs the mapping's)
   constexpr size_t kKeptFloats = (size_t(32) << 20) / sizeof(float);
   thread_local std::shared_ptr<Scratch> last;
   // use_count 1: only this cache holds it (helpers release theirs when their tasks end)
   if (last != nullptr && last.use_count() == 1 && last->size() >= floats) {
-    std::memset(last->data(), 0, floats * sizeof(float));
+    if (floats > overwritten) std::memset(last->data() + overwritten, 0, (floats - overwritten) * sizeof(float));
+    // tests: NaN where the caller promises to write everything, so that any
+    // float it leaves unwritten (and reads) shows
+    static const bool poison = ChoiceSetting("LSTM_JAX_NATIVE_POISON_REUSED") == "1";
+    if (poison) std::fill_n(last->data(), std::min(overwritten, floats), NAN);
     return last;
   }
   if (floats > kKeptFloats) return std::make_shared<Scratch>(floats);

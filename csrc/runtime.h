@@ -112,12 +112,15 @@ class Scratch {
   size_t mapped_bytes_ = 0;
 };
 
-// `floats` zeroed floats of Scratch for one call: the calling thread's buffer
-// from its last call when no helper thread holds it any more and it is large
-// enough (zeroed again), else a new one, kept for the next call if at most
-// 32 MiB. Mapping and faulting in a fresh buffer per call made short calls
-// (T = 1 at H = 512) 15-45% slower than malloc's reused memory.
-std::shared_ptr<Scratch> CallScratch(size_t floats);
+// `floats` floats of Scratch for one call, zero past the first `overwritten`
+// (which the caller writes in full before reading them: the packed weights):
+// the calling thread's buffer from its last call when no helper thread holds
+// it any more and it is large enough, else a new one, kept for the next call
+// if at most 32 MiB. Mapping and faulting in a fresh buffer per call made
+// short calls (T = 1 at H = 512) 15-45% slower than malloc's reused memory;
+// zeroing the packed part again cost a quarter of a T = 1 call at H = 512.
+// LSTM_JAX_NATIVE_POISON_REUSED=1 (tests) fills that part with NaN instead.
+std::shared_ptr<Scratch> CallScratch(size_t floats, size_t overwritten);
 
 }  // namespace lstm_jax
 

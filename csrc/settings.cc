@@ -21,11 +21,12 @@ constexpr const char* kBf16Isas[] = {"amx", "avx512bf16", nullptr};
 constexpr const char* kOnOff[] = {"0", "1", nullptr};
 constexpr int64_t kMaxMacs = int64_t(1) << 62;
 
-// Read once per process: ISA, BF16, HUGEPAGES. Read per call: the rest.
+// Read once per process: ISA, BF16, HUGEPAGES, POISON_REUSED. Read per call: the rest.
 constexpr Setting kSettings[] = {
     {"LSTM_JAX_NATIVE_ISA", kIsas, 0, 0},             // the instruction set, if supported
     {"LSTM_JAX_NATIVE_BF16", kBf16Isas, 0, 0},        // the bfloat16 kernels, if supported
     {"LSTM_JAX_NATIVE_HUGEPAGES", kOnOff, 0, 0},      // 0: no madvise(MADV_HUGEPAGE)
+    {"LSTM_JAX_NATIVE_POISON_REUSED", kOnOff, 0, 0},  // 1 (tests): NaN in a reused scratch's packed part
     {"LSTM_JAX_NATIVE_SPLIT_MACS", nullptr, 0, kMaxMacs},  // one thread below this
     {"LSTM_JAX_NATIVE_UNITS_MACS", nullptr, 0, kMaxMacs},  // inference splits units from this
     {"LSTM_JAX_NATIVE_THREADS", nullptr, 1, 4096},    // at most this many threads

@@ -46,3 +46,17 @@ def test_marked_tests_pass_under(isa):
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
     assert "passed" in summary and "skipped" not in summary, summary
+
+
+def test_packed_weights_are_written_in_full():
+    """The handlers reuse a thread's scratch without zeroing its packed-weight part, so every
+    pack function must write all of it: with ``LSTM_JAX_NATIVE_POISON_REUSED=1`` that part is
+    NaN whenever a scratch is reused, and the float32 and bfloat16 layer tests must still pass."""
+    env = dict(os.environ, LSTM_JAX_NATIVE_POISON_REUSED="1")
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+               "tests/test_native.py::test_layer_matches_scan", "tests/test_native_bf16.py"]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=1800, check=False)  # fmt: skip
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
+    assert "passed" in summary, summary
