@@ -298,7 +298,7 @@ Scratch::Scratch(size_t floats) : floats_(floats) {
       mapped_ = m;
       mapped_bytes_ = rounded + huge;
       data_ = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(m) + huge - 1) & ~(huge - 1));
-      madvise(data_, rounded, MADV_HUGEPAGE);
+      HugePagesHint(data_, rounded);
       return;
     }
   }
