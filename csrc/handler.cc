@@ -260,7 +260,7 @@ ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major
     P->valid = has_valid ? valid.typed_data() + n * steps * batch : nullptr;
     P->ys = ys.typed_data() + n * steps * bh;
     P->h0 = h0.typed_data() + n * bh;
-    P->input = cell.dw_hh != nullptr ? cell.input : 0;
+    P->input = int(dw_input);
     P->xs = P->input > 0 ? cell.xs + n * steps * batch * P->input : nullptr;
     P->dh = dh_out->typed_data() + n * bh;
     std::memcpy(P->dh, dh_in.typed_data() + n * bh, bh * sizeof(float));

@@ -30,6 +30,18 @@ def _below_this_cpu() -> list[str]:
     return list(ORDER[ORDER.index(here) + 1 :]) if here in ORDER else []
 
 
+def _pytest_passes(settings: dict[str, str], *args: str) -> str:
+    """Runs pytest on ``args`` in a subprocess with these environment ``settings`` (the native
+    ones are read once per process); asserts that it passed and returns its summary line."""
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", *args]
+    result = subprocess.run(command, cwd=ROOT, env=dict(os.environ, **settings), capture_output=True,
+                            text=True, timeout=1800, check=False)  # fmt: skip
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
+    assert "passed" in summary, summary
+    return summary
+
+
 @pytest.mark.isa
 def test_the_instruction_set_asked_for_runs():
     asked = os.environ.get("LSTM_JAX_NATIVE_ISA")
@@ -38,25 +50,13 @@ def test_the_instruction_set_asked_for_runs():
 
 @pytest.mark.parametrize("isa", _below_this_cpu())
 def test_marked_tests_pass_under(isa):
-    env = dict(os.environ, LSTM_JAX_NATIVE_ISA=isa)
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-               "-m", "isa and not slow", *ISA_FILES]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=1800, check=False)  # fmt: skip
-    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
-    assert "passed" in summary and "skipped" not in summary, summary
+    summary = _pytest_passes({"LSTM_JAX_NATIVE_ISA": isa}, "-m", "isa and not slow", *ISA_FILES)
+    assert "skipped" not in summary, summary
 
 
 def test_packed_weights_are_written_in_full():
     """The handlers reuse a thread's scratch without zeroing its packed-weight part, so every
     pack function must write all of it: with ``LSTM_JAX_NATIVE_POISON_REUSED=1`` that part is
     NaN whenever a scratch is reused, and the float32 and bfloat16 layer tests must still pass."""
-    env = dict(os.environ, LSTM_JAX_NATIVE_POISON_REUSED="1")
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-               "tests/test_native.py::test_layer_matches_scan", "tests/test_native_bf16.py"]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=1800, check=False)  # fmt: skip
-    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
-    assert "passed" in summary, summary
+    _pytest_passes({"LSTM_JAX_NATIVE_POISON_REUSED": "1"},
+                   "tests/test_native.py::test_layer_matches_scan", "tests/test_native_bf16.py")
