@@ -35,7 +35,7 @@ setup(
             "lstm_jax._lstm_native",
             sources=[
                 "csrc/runtime.cc", "csrc/kernels.cc", "csrc/handler.cc", "csrc/lstm_native.cc",
-                "csrc/gru_native.cc", "csrc/rnn_native.cc", "csrc/settings.cc",
+                "csrc/gru_native.cc", "csrc/rnn_native.cc", "csrc/settings.cc", "csrc/fma_peak.cc",
             ],
             depends=sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*.inc") + glob.glob("csrc/xla/ffi/api/*.h")),
             include_dirs=["csrc"],

@@ -16,7 +16,7 @@ import jax
 
 __all__ = [
     "cpu_model", "num_cores", "machine_info", "versions", "machine_slug", "run_info",
-    "load_info", "busy", "busy_warning", "flop_per_cycle", "clock", "nominal_peak",
+    "load_info", "busy", "busy_warning", "flop_per_cycle", "clock", "nominal_peak", "fma_peak",
 ]
 
 
@@ -209,6 +209,31 @@ def nominal_peak() -> dict:
         "cores": cores,
         "cores_source": "os.sched_getaffinity: the CPUs this process and XLA's CPU client use",
     }
+
+
+def fma_peak() -> Optional[dict]:
+    """The float32 multiply-add peak of the native kernels' instruction set, measured on
+    every core this process may use (:func:`lstm_jax.kernels.native_ops.native_fma_peak`),
+    and the clock per core it implies: what the cores reach now, where the nominal peak
+    takes the reported clock (in a VM, usually the host's base clock). None without the
+    native kernels or with their portable C++ (no vector FMA to time)."""
+    from lstm_jax.kernels import native_ops
+
+    cores = num_cores()
+    flops = native_ops.native_fma_peak(cores)
+    if flops is None:
+        return None
+    isa = native_ops.native_isa()
+    if isa == "avx2":
+        per_cycle = 32
+    else:  # avx512: 64, or 32 where 512-bit FMAs run in two halves (Zen 4)
+        cpuinfo = _read_file("/proc/cpuinfo")
+        family = _cpuinfo_field(cpuinfo, "cpu family")
+        per_cycle = flop_per_cycle((_cpuinfo_field(cpuinfo, "flags") or "").split(),
+                                   _cpuinfo_field(cpuinfo, "vendor_id") or "",
+                                   int(family) if family and family.isdigit() else None)[0] or 64  # fmt: skip
+    return {"flops": flops, "isa": isa, "cores": cores, "flop_per_cycle": per_cycle,
+            "clock_hz": flops / (per_cycle * cores)}  # fmt: skip
 
 
 def load_average() -> Optional[list]:

@@ -37,7 +37,7 @@ import numpy as np
 import lstm_jax as lj
 from benchmarks import peers as peers_lib
 from benchmarks.grid import Case, Config, Grid
-from benchmarks.machine import cpu_counters, load_average, measure_flop_peak, nominal_peak, others_cpu
+from benchmarks.machine import cpu_counters, fma_peak, load_average, measure_flop_peak, nominal_peak, others_cpu
 
 __all__ = ["TOLERANCES", "CHECK_BATCH", "CHECK_TIME", "make_inputs", "run"]
 
@@ -299,6 +299,7 @@ def run(
     rows = []
     load_start, counters_start, wall_start = load_average(), cpu_counters(), time.perf_counter()
     flop_peak = measure_flop_peak()
+    fma_measured = fma_peak() if peers_lib.platform() == "cpu" else None
     log(f"float32 peak: {flop_peak / 1e9:.0f} GFLOP/s (jitted 2048^3 GEMM, best of 7); "
         f"load average {load_start}")  # fmt: skip
     start, cpu_start = time.perf_counter(), _cpu_seconds()
@@ -324,6 +325,7 @@ def run(
         "flop_peak": flop_peak,
         # the CPU's: it says nothing of a step that runs on a GPU or TPU
         "nominal_peak": nominal_peak() if peers_lib.platform() == "cpu" else None,
+        "fma_peak": fma_measured,
         "load_average": {"start": load_start, "end": load_average()},
         "others_cpu": others_cpu(counters_start, cpu_counters(), time.perf_counter() - wall_start),
         "cpu_s": _cpu_seconds() - cpu_start,

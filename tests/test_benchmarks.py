@@ -285,8 +285,8 @@ def test_geomeans_keep_bfloat16_apart_and_targets_are_judged():
     by_key = {((r["label"], r["workload"]), r["peer"]): r for r in rows}
     text = "\n".join(report._target_lines({"rows": rows}, by_key, geo))
     assert "geomean speed-up over Flax: **2.50×** (target >= 2.0×: met)" in text
-    assert "| B8 | train | 8 | 2.50× | 1.25× |  |  | met |" in text
-    assert "| B8 bf16 | train | 15 | 2.00× | 0.80× |  |  | not met |" in text
+    assert "| B8 | train | 8 | 2.50× | 1.25× |  |  |  | met |" in text
+    assert "| B8 bf16 | train | 15 | 2.00× | 0.80× |  |  |  | not met |" in text
 
 
 def _timed(label, workload, peer, ms, iqr=0.0):
@@ -308,12 +308,12 @@ def test_targets_are_not_judged_on_a_busy_machine_or_from_noisy_rows():
             _timed("B8", "train", "torch", 10), _timed("B64", "train", FLAX, 40),
             _timed("B64", "train", "lstm_jax[auto]", 20), _timed("B64", "train", "torch", 30)]  # fmt: skip
     quiet = _targets_text(rows, [1.0, 1.0, 1.0])
-    assert "| B8 | train | 8 | 2.50× | 1.25× |  |  | met |" in quiet
+    assert "| B8 | train | 8 | 2.50× | 1.25× |  |  |  | met |" in quiet
     assert "(target >= 2.0×: met)" in quiet and "not judged" not in quiet.split("|---|")[-1]
 
     busy = _targets_text(rows, [3.5, 2.0, 1.0])
     assert "met |" not in busy and "target >= 2.0×: met" not in busy
-    assert "| B8 | train | 8 | 2.50× | 1.25× |  |  | not judged (load 3.50 on 2 cores) |" in busy
+    assert "| B8 | train | 8 | 2.50× | 1.25× |  |  |  | not judged (load 3.50 on 2 cores) |" in busy
     assert "(target >= 2.0×: not judged (load 3.50 on 2 cores))" in busy
 
     # the load counts the benchmark's own threads: judged by what other processes used
@@ -329,8 +329,8 @@ def test_targets_are_not_judged_on_a_busy_machine_or_from_noisy_rows():
 
     rows[2] = _timed("B8", "train", "torch", 10, iqr=0.3)  # PyTorch noisy in one case
     noisy = _targets_text(rows, [1.0, 1.0, 1.0])
-    assert "| 1.25× |  |  | not judged (IQR 30% of row B8 train torch) |" in noisy
-    assert "| B64 | train | 20 | 2.00× | 1.50× |  |  | met |" in noisy  # its own rows are quiet
+    assert "| 1.25× |  |  |  | not judged (IQR 30% of row B8 train torch) |" in noisy
+    assert "| B64 | train | 20 | 2.00× | 1.50× |  |  |  | met |" in noisy  # its own rows are quiet
     assert "(target >= 2.0×: met)" in noisy  # the geomean compares lstm_jax and Flax only
     rows[0] = _timed("B8", "train", FLAX, 20, iqr=0.16)
     assert "(target >= 2.0×: not judged (IQR 16% of row B8 train flax_linen_optimized))" in (
@@ -358,12 +358,41 @@ def test_nominal_peak_arithmetic_and_sources():
                "clock_hz": 2.5e9, "clock_source": "lscpu", "cores": 2, "cores_source": "affinity"}  # fmt: skip
     rows = [_timed("B8", "train", "lstm_jax[auto]", 10), _timed("B8", "train", "torch", 10)]
     rows[0]["matmul_flops"] = 0.64e9  # 64 GFLOP/s: 20% of the nominal 320, 50% of 128 measured
-    results = {"rows": rows, "nominal_peak": nominal, "flop_peak": 128e9}
+    # the native kernels forced to AVX2 on this AVX-512 CPU, its cores at 4 GHz: 256 GFLOP/s
+    fma = {"flops": 256e9, "isa": "avx2", "cores": 2, "flop_per_cycle": 32, "clock_hz": 4e9}
+    results = {"rows": rows, "nominal_peak": nominal, "flop_peak": 128e9, "fma_peak": fma}
     text = "\n".join(report._target_lines(results, {(("B8", "train"), r["peer"]): r for r in rows}, {}))
     assert "nominal: **320 GFLOP/s** = 64 FLOP/cycle (AVX-512: x; " in text
     assert "× 2.50 GHz (lscpu) × 2 cores (affinity)" in text
+    assert ("Measured FMA peak: **256 GFLOP/s**: the native kernels' AVX2, 2 threads of independent "
+            "float32 multiply-adds (best of 3), 32 FLOP/cycle at 4.00 GHz per core. The native "
+            "kernels run AVX2, narrower than the CPU's") in text  # fmt: skip
     assert "Measured GEMM peak: **128 GFLOP/s**" in text
-    assert "| B8 | train | 10 | — | 1.00× | 20.0 | 50.0 | met |" in text
+    assert "| B8 | train | 10 | — | 1.00× | 20.0 | 25.0 | 50.0 | met |" in text
+    del results["fma_peak"]  # none measured (no native kernels): an empty column
+    text = "\n".join(report._target_lines(results, {(("B8", "train"), r["peer"]): r for r in rows}, {}))
+    assert "FMA peak: **" not in text and "| B8 | train | 10 | — | 1.00× | 20.0 |  | 50.0 | met |" in text
+
+
+def test_fma_peak_is_the_native_isa_at_a_plausible_clock():
+    """The measured FMA peak of the kernels' instruction set: lanes x 2 FLOP x 2 pipes per
+    cycle (64 AVX-512, 32 AVX2) x cores x a clock a CPU can have."""
+    from benchmarks import machine
+    from lstm_jax.kernels import native_ops
+
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        native_ops.native_fma_peak(0)
+    if native_ops.native_isa() in (None, "portable"):
+        assert machine.fma_peak() is None and native_ops.native_fma_peak(1) is None
+        return
+    peak = machine.fma_peak()
+    assert peak["isa"] == native_ops.native_isa() and peak["cores"] == machine.num_cores()
+    assert peak["flop_per_cycle"] in ((32,) if peak["isa"] == "avx2" else (32, 64))
+    assert peak["flops"] == pytest.approx(peak["flop_per_cycle"] * peak["clock_hz"] * peak["cores"])
+    # no x86 core runs above 6.5 GHz: counting twice the lanes, FMAs or threads gives 7+ GHz
+    # on this project's CPUs (3.3-3.7 GHz). Other processes only lower it (each thread's
+    # rate counts its wall time), hence the low bound far below any real clock.
+    assert 0.3e9 < peak["clock_hz"] < 6.5e9, peak
 
 
 def test_gru_peers_compute_lstm_jax_gru():

@@ -54,6 +54,7 @@ __all__ = [
     "log_unavailable_once",
     "native_auto_unavailable",
     "native_bf16_isa",
+    "native_fma_peak",
     "native_has_bf16",
     "native_isa",
     "native_op",
@@ -121,6 +122,8 @@ def _declare(lib: ctypes.CDLL) -> None:
                  "LstmJaxNativeSettingName"):  # fmt: skip
         getattr(lib, name).restype = ctypes.c_char_p
     lib.LstmJaxNativeSettingName.argtypes = [ctypes.c_int]
+    lib.LstmJaxFmaPeak.restype = ctypes.c_double
+    lib.LstmJaxFmaPeak.argtypes = [ctypes.c_int, ctypes.c_double]
 
 
 _PREFIX = "LSTM_JAX_NATIVE_"
@@ -236,6 +239,18 @@ def native_isa() -> Optional[str]:
     """The instruction set the kernels use (``avx512``, ``avx2``, ``portable``), or None."""
     lib = library()[0]
     return None if lib is None else lib.LstmJaxNativeIsa().decode()
+
+
+def native_fma_peak(threads: int, seconds: float = 0.3) -> Optional[float]:
+    """Float32 FLOP/s of ``threads`` threads running independent multiply-adds of
+    :func:`native_isa`'s vectors for about ``seconds`` (best of 3 rounds): the peak the
+    kernels' instruction set reaches at the clock the cores run at now, for the
+    benchmarks' share of peak. None without the extension or with the portable kernels."""
+    if threads < 1 or not seconds > 0:
+        raise ValueError(f"threads must be >= 1 and seconds > 0, got threads={threads!r}, seconds={seconds!r}")
+    lib = library()[0]
+    flops = 0.0 if lib is None else lib.LstmJaxFmaPeak(threads, seconds)
+    return flops or None
 
 
 def native_bf16_isa() -> Optional[str]:
