@@ -16,7 +16,8 @@
 // usual; BWD=1 (with train 1) also times the backward loop (phase A and B, one
 // thread, weight gradients left to XLA); FRESH=1 writes the forward's outputs
 // to freshly mapped pages every call (as XLA's new buffers), FRESH=2 also
-// madvise(MADV_HUGEPAGE); PACKMALLOC=1 packs the weights into a std::vector
+// madvise(MADV_HUGEPAGE); BM=1 lays xs and ys out batch-major (rows b * T + t, as a
+// batch-major caller's; act and cs stay time-major); PACKMALLOC=1 packs the weights into a std::vector
 // (see below). Prints the time to pack the weights, then per loop
 // the median over `reps` calls after two warm-ups, GFLOP/s of the step GEMMs
 // and a checksum of the outputs (equal for builds that compute the same
@@ -95,7 +96,7 @@ int main(int argc, char** argv) {
   std::vector<float> cs(train && lstm ? size_t(T) * B * H : 0);
   std::vector<float> c(size_t(B) * H), h0(size_t(B) * H), h1(size_t(B) * H);
   FwdProblem P{};
-  P.seq = Layout(T, B, false);
+  P.seq = Layout(T, B, getenv("BM") != nullptr && atoi(getenv("BM")) != 0);  // BM=1: batch-major xs and ys
   P.steps = T;
   P.batch = B;
   P.input = I;
