@@ -189,15 +189,20 @@ def clock(lscpu: str, cpuinfo: str) -> tuple[Optional[float], str]:
     return None, "no clock in lscpu or /proc/cpuinfo"
 
 
+def _cpu_flop_per_cycle(cpuinfo: str) -> tuple[Optional[int], str]:
+    """:func:`flop_per_cycle` of the first CPU in /proc/cpuinfo text."""
+    family = _cpuinfo_field(cpuinfo, "cpu family")
+    return flop_per_cycle((_cpuinfo_field(cpuinfo, "flags") or "").split(),
+                          _cpuinfo_field(cpuinfo, "vendor_id") or "",
+                          int(family) if family and family.isdigit() else None)  # fmt: skip
+
+
 def nominal_peak() -> dict:
     """This machine's nominal float32 peak: FLOP/cycle (from the ISA) x clock x cores
     (the CPUs this process may run on, which XLA's CPU client uses), with the source
     of each number. ``flops`` is None when one of them is unknown."""
     cpuinfo = _read_file("/proc/cpuinfo")
-    family = _cpuinfo_field(cpuinfo, "cpu family")
-    flop, isa = flop_per_cycle((_cpuinfo_field(cpuinfo, "flags") or "").split(),
-                               _cpuinfo_field(cpuinfo, "vendor_id") or "",
-                               int(family) if family and family.isdigit() else None)  # fmt: skip
+    flop, isa = _cpu_flop_per_cycle(cpuinfo)
     hz, clock_source = clock(_command_output(["lscpu"]), cpuinfo)
     cores = num_cores()
     return {
@@ -224,14 +229,8 @@ def fma_peak() -> Optional[dict]:
     if flops is None:
         return None
     isa = native_ops.native_isa()
-    if isa == "avx2":
-        per_cycle = 32
-    else:  # avx512: 64, or 32 where 512-bit FMAs run in two halves (Zen 4)
-        cpuinfo = _read_file("/proc/cpuinfo")
-        family = _cpuinfo_field(cpuinfo, "cpu family")
-        per_cycle = flop_per_cycle((_cpuinfo_field(cpuinfo, "flags") or "").split(),
-                                   _cpuinfo_field(cpuinfo, "vendor_id") or "",
-                                   int(family) if family and family.isdigit() else None)[0] or 64  # fmt: skip
+    # avx512: the CPU's 64, or 32 where 512-bit FMAs run in two halves (Zen 4)
+    per_cycle = 32 if isa == "avx2" else _cpu_flop_per_cycle(_read_file("/proc/cpuinfo"))[0] or 64
     return {"flops": flops, "isa": isa, "cores": cores, "flop_per_cycle": per_cycle,
             "clock_hz": flops / (per_cycle * cores)}  # fmt: skip
 

@@ -2,7 +2,10 @@
 // compiled once per instruction set, and the LSTM's and GRU's bfloat16 kernels
 // (bf16_kernel.inc; the LSTM's also on AMX tiles, lstm_kernel_amx.inc); the
 // handlers find the chosen set's through CellKernels and Bf16Kernels (recurrent.h).
+// With the x86 sets, also the timed FMA loop of the measured peak (fma_loop.inc,
+// ChosenFmaLoop; fma_peak.cc).
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -25,6 +28,7 @@ namespace avx2 {
 using V = Avx2Vec;
 #include "recurrent_kernel.inc"
 #include "cells.inc"
+#include "fma_loop.inc"
 }  // namespace avx2
 #pragma GCC pop_options
 
@@ -34,6 +38,7 @@ namespace avx512 {
 using V = Avx512Vec;
 #include "recurrent_kernel.inc"
 #include "cells.inc"
+#include "fma_loop.inc"
 }  // namespace avx512
 #pragma GCC pop_options
 
@@ -58,6 +63,16 @@ const Kernels& CellKernels(Cell cell) {
     case Isa::kAvx2: return avx2::kCells[int(cell)];
 #endif
     default: return portable::kCells[int(cell)];
+  }
+}
+
+const FmaLoop* ChosenFmaLoop() {
+  switch (ChosenIsa()) {
+#ifdef LSTM_JAX_X86
+    case Isa::kAvx512: return &avx512::kFmaLoop;
+    case Isa::kAvx2: return &avx2::kFmaLoop;
+#endif
+    default: return nullptr;
   }
 }
 

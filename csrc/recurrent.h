@@ -122,6 +122,16 @@ struct Kernels {
 const Kernels& CellKernels(Cell cell);
 const Kernels* Bf16Kernels(Cell cell);
 
+// The chosen instruction set's timed loop of independent multiply-adds
+// (fma_loop.inc; for the measured FMA peak, fma_peak.cc): seconds for `iters`
+// rounds of `chains` vector FMAs of `lanes` floats. Null for the portable
+// kernels, which have no vector FMA to time.
+struct FmaLoop {
+  double (*seconds)(int64_t iters);
+  int lanes, chains;
+};
+const FmaLoop* ChosenFmaLoop();
+
 // The float32 kernels, or with bf16 the bfloat16 ones (null where there are none).
 inline const Kernels* ChosenKernels(Cell cell, bool bf16) { return bf16 ? Bf16Kernels(cell) : &CellKernels(cell); }
 
