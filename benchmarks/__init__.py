@@ -19,8 +19,18 @@ import os
 # JAX and PyTorch share the GPU in one process: no 75% preallocation by XLA.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-from benchmarks.grid import Case, Config, Grid, full_grid, quick_grid, tiny_grid  # noqa: E402
-from benchmarks.runner import run  # noqa: E402
+_LAZY = {"Case": "grid", "Config": "grid", "Grid": "grid", "full_grid": "grid", "quick_grid": "grid",
+         "tiny_grid": "grid", "run": "runner"}
+
+
+def __getattr__(name: str):
+    # Lazy: importing the package must not load lstm_jax, jax's backend or torch, so that
+    # ``--isa`` (benchmarks.isa_emulation) can set what they read once, first.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"benchmarks.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'benchmarks' has no attribute {name!r}")
 
 
 def write(results: dict, out_dir: str) -> dict:

@@ -83,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch.set_num_threads (default: the cores of this process, "
                         "which XLA's CPU client uses too)")
+    parser.add_argument("--isa", choices=("avx2",), default=None,
+                        help="run every peer as on a CPU without AVX-512: lstm_jax's native kernels, "
+                        "XLA (its GEMMs in YNNPACK and its generated code) and PyTorch (oneDNN, MKL, "
+                        "ATen) narrowed to AVX2 in this process (benchmarks/isa_emulation.py)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--list-peers", action="store_true", help="list peers and exit")
     return parser  # fmt: skip
@@ -111,6 +115,15 @@ def jax_devices() -> str:
 def main(argv: Optional[list] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    emulation = None
+    if args.isa is not None:
+        from benchmarks import isa_emulation
+
+        try:
+            emulation = isa_emulation.emulate(args.isa)
+        except (ValueError, RuntimeError) as error:
+            print(f"error: --isa {args.isa}: {error}", file=sys.stderr)
+            return 2
 
     from benchmarks import grid as grid_lib
     from benchmarks import peers as peers_lib
@@ -165,6 +178,7 @@ def main(argv: Optional[list] = None) -> int:
         "versions": versions(),
         **run_info(["python -m benchmarks", *argv]),
         "load": {"start": load_start, "end": load_end},
+        "isa_emulation": emulation,
         "warnings": warnings,
         **results,
     }

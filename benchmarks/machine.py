@@ -198,11 +198,16 @@ def _cpu_flop_per_cycle(cpuinfo: str) -> tuple[Optional[int], str]:
 
 
 def nominal_peak() -> dict:
-    """This machine's nominal float32 peak: FLOP/cycle (from the ISA) x clock x cores
-    (the CPUs this process may run on, which XLA's CPU client uses), with the source
-    of each number. ``flops`` is None when one of them is unknown."""
+    """This machine's nominal float32 peak: FLOP/cycle (from the ISA, or the one
+    ``--isa`` narrowed this process to) x clock x cores (the CPUs this process may
+    run on, which XLA's CPU client uses), with the source of each number. ``flops``
+    is None when one of them is unknown."""
+    from benchmarks import isa_emulation
+
     cpuinfo = _read_file("/proc/cpuinfo")
     flop, isa = _cpu_flop_per_cycle(cpuinfo)
+    if isa_emulation.active() == "avx2":
+        flop, isa = 32, "AVX2 + FMA, emulated (--isa avx2): 2 FMA pipes x 8 float32 lanes x 2"
     hz, clock_source = clock(_command_output(["lscpu"]), cpuinfo)
     cores = num_cores()
     return {

@@ -208,7 +208,12 @@ def _peak_lines(results: dict) -> list:
     fma = results.get("fma_peak")
     if fma:
         narrower = ""
-        if nominal.get("flop_per_cycle") and fma["flop_per_cycle"] < nominal["flop_per_cycle"]:
+        emulated = (results.get("isa_emulation") or {}).get("isa")
+        if emulated:
+            narrower = (f" Every peer ran {_ISA_NAMES.get(emulated, emulated)} (`--isa {emulated}`): the "
+                        f"native kernels, XLA's GEMMs (YNNPACK) and generated code, and PyTorch "
+                        f"(oneDNN, MKL, ATen).")  # fmt: skip
+        elif nominal.get("flop_per_cycle") and fma["flop_per_cycle"] < nominal["flop_per_cycle"]:
             narrower = (f" The native kernels run {_ISA_NAMES.get(fma['isa'], fma['isa'])}, narrower "
                         f"than the CPU's (LSTM_JAX_NATIVE_ISA): XLA's and PyTorch's GEMMs keep the "
                         f"wider one, so this peak bounds only the native loops.")  # fmt: skip
@@ -348,6 +353,14 @@ def markdown(results: dict) -> str:
         f"- Machine: {machine['cpu']}, {machine['cores']} cores; accelerator: "
         f"{machine['accelerator'] or 'none'} (`{', '.join(machine['devices'])}`)"
     )
+    emulation = results.get("isa_emulation")
+    if emulation:
+        lines.append(
+            f"- Instruction set: **{_ISA_NAMES.get(emulation['isa'], emulation['isa'])} emulated** "
+            f"(`--isa {emulation['isa']}`, benchmarks/isa_emulation.py): "
+            + ", ".join(f"{k}={v}" for k, v in emulation["environment"].items())
+            + f"; YNNPACK feature mask {emulation['ynnpack_mask']:#x} (XLA's GEMMs)"
+        )
     lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
     lines.append(f"- Date: {results['date']}; command: `{results['command']}`; "
                  f"took {results['elapsed_s']:.0f} s ({results['cpu_s']:.0f} s CPU)")  # fmt: skip
