@@ -201,8 +201,8 @@ def _peak_lines(results: dict) -> list:
     if nominal.get("flops"):
         lines.append(
             f"- Physical peak, float32, nominal: **{nominal['flops'] / 1e9:.0f} GFLOP/s** = "
-            f"{nominal['flop_per_cycle']} FLOP/cycle ({nominal['isa']}; from the ISA flags in "
-            f"/proc/cpuinfo) × {nominal['clock_hz'] / 1e9:.2f} GHz ({nominal['clock_source']}) "
+            f"{nominal['flop_per_cycle']} FLOP/cycle ({nominal['isa']}; "
+            f"{'from --isa' if results.get('isa_emulation') else 'from the ISA flags in /proc/cpuinfo'}) × {nominal['clock_hz'] / 1e9:.2f} GHz ({nominal['clock_source']}) "
             f"× {nominal['cores']} cores ({nominal['cores_source']})."
         )
     fma = results.get("fma_peak")

@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 
 import lstm_jax as lj
+from benchmarks import isa_emulation
 from benchmarks.machine import num_cores
 from benchmarks.peers.base import (
     LEARNING_RATE,
@@ -84,7 +85,17 @@ class TorchPeer(Peer):
 
         if config.dtype == "float32":
             return contextlib.nullcontext()
-        return torch.autocast(self._device(), dtype=getattr(torch, config.dtype))
+        autocast = torch.autocast(self._device(), dtype=getattr(torch, config.dtype))
+        if self._device() == "cpu" and isa_emulation.active():
+            # PyTorch sends bf16 RNNs to oneDNN only where the CPU has AVX-512 (RNN.cpp
+            # use_mkldnn, mkldnn_bf16_device_check); that check reads the CPU, not the
+            # --isa cap on oneDNN, which then refuses the primitive: take the other path,
+            # as on an AVX2 CPU.
+            stack = contextlib.ExitStack()
+            stack.enter_context(torch.backends.mkldnn.flags(enabled=False))
+            stack.enter_context(autocast)
+            return stack
+        return autocast
 
     def _tensor(self, a):
         import torch
