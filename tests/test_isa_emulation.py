@@ -80,3 +80,18 @@ def test_emulate_narrows_ynnpack_torch_and_the_native_kernels_in_a_fresh_process
     assert result["torch"] == "AVX2"
     assert result["native"] in ("avx2", None)
     assert "--xla_cpu_max_isa=AVX2" in result["record"]["environment"]["XLA_FLAGS"]
+
+
+def test_report_says_every_peer_ran_the_emulated_isa():
+    from benchmarks import report
+
+    emulation = {"isa": "avx2", "environment": isa_emulation.environment("avx2", {}),
+                 "ynnpack_mask": 0x7F, "ynnpack_mask_before": 0}  # fmt: skip
+    nominal = {"flops": 32 * 2.5e9 * 2, "flop_per_cycle": 32, "isa": "AVX2 + FMA, emulated",
+               "clock_hz": 2.5e9, "clock_source": "lscpu", "cores": 2, "cores_source": "affinity"}  # fmt: skip
+    fma = {"flops": 256e9, "isa": "avx2", "cores": 2, "flop_per_cycle": 32, "clock_hz": 4e9}
+    results = {"nominal_peak": nominal, "fma_peak": fma, "isa_emulation": emulation}
+    text = "\n".join(report._peak_lines(results))
+    assert "32 FLOP/cycle (AVX2 + FMA, emulated; from --isa)" in text
+    assert "Every peer ran AVX2 (`--isa avx2`)" in text and "keep the wider one" not in text
+    assert report.train_geomean_target(results) == 2.0

@@ -92,7 +92,7 @@ class TorchPeer(Peer):
             # --isa cap on oneDNN, which then refuses the primitive: take the other path,
             # as on an AVX2 CPU.
             stack = contextlib.ExitStack()
-            stack.enter_context(torch.backends.mkldnn.flags(enabled=False))
+            stack.enter_context(_onednn_off(torch))
             stack.enter_context(autocast)
             return stack
         return autocast
@@ -161,6 +161,17 @@ class TorchPeer(Peer):
 
         kind = "torch_cuda_peak_bytes" if cuda else "torch_profiler_peak_bytes"
         return Prepared(step, None, None, kind, measure_memory, extra_warmup=True)
+
+
+@contextlib.contextmanager
+def _onednn_off(torch):
+    # not torch.backends.mkldnn.flags(): it also sets allow_tf32, with a warning each time
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 @contextlib.contextmanager
