@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 
+import lstm_jax  # noqa: F401  (loaded: it has read LSTM_JAX_NATIVE_ISA)
 from benchmarks import isa_emulation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,7 +39,7 @@ def test_environment_narrows_lstm_jax_xla_and_torch_and_keeps_xla_flags():
 def test_unknown_isa_and_late_setting_are_refused():
     with pytest.raises(ValueError, match=r"isa must be one of \('avx2',\), got 'avx3'"):
         isa_emulation.environment("avx3", {})
-    # this process has loaded lstm_jax (conftest), which read LSTM_JAX_NATIVE_ISA already
+    # this process has loaded lstm_jax, which read LSTM_JAX_NATIVE_ISA already
     environ = {}
     with pytest.raises(RuntimeError, match="before .*lstm_jax.* are imported"):
         isa_emulation.apply_environment("avx2", environ)
