@@ -18,7 +18,7 @@
 // to freshly mapped pages every call (as XLA's new buffers), FRESH=2 also
 // madvise(MADV_HUGEPAGE); BM=1 lays xs and ys out batch-major (rows b * T + t, as a
 // batch-major caller's; act and cs stay time-major); PACKMALLOC=1 packs the weights into a std::vector
-// (see below). Prints the time to pack the weights, then per loop
+// (see below); SPREAD=1 also prints the forward's quartiles and extremes. Prints the time to pack the weights, then per loop
 // the median over `reps` calls after two warm-ups, GFLOP/s of the step GEMMs
 // and a checksum of the outputs (equal for builds that compute the same
 // function). Pin single-thread runs (`taskset -c 0`); native_loops_ab.sh
@@ -169,6 +169,12 @@ int main(int argc, char** argv) {
   }
   const double ms = median(times);
   printf("fwd %.3f ms %.1f GFLOP/s chk %.6g\n", ms, 2.0 * T * B * double(I + H) * G / ms / 1e6, checksum);
+  if (getenv("SPREAD") != nullptr) {
+    std::sort(times.begin(), times.end());
+    const size_t n = times.size();
+    printf("fwd spread over %zu calls: min %.3f q1 %.3f median %.3f q3 %.3f max %.3f ms\n", n, times[0],
+           times[n / 4], times[n / 2], times[(3 * n) / 4], times[n - 1]);
+  }
 
   if (getenv("BWD") == nullptr || !train || fresh) return 0;
   // the backward loop after this forward: phase A and B, weight gradients left to XLA
