@@ -8,10 +8,14 @@ process CPU time (``WALL=1``: wall time). Run pinned to one core::
     taskset -c 0 env PYTHONPATH=. LSTM_JAX_NATIVE_THREADS=1 LSTM_JAX_NATIVE_ISA=avx2 \
         python benchmarks/kernel_timings/wgrad_ab.py
 
-``CONFIGS="8,512,32,64;..."``, ``CELLS=lstm,gru``. Prints ``loop/xla`` (< 1: the loop is
+``CONFIGS="8,512,32,64;..."``, ``CELLS=lstm,gru``; ``EMULATE=avx2``: XLA's GEMMs and the
+kernels narrowed to AVX2 too (``benchmarks.isa_emulation``, as ``--isa avx2``). Prints ``loop/xla`` (< 1: the loop is
 faster) and the largest difference between the two steps' gradients.
 """
 import os, time, statistics
+if os.environ.get("EMULATE"):
+    from benchmarks import isa_emulation
+    isa_emulation.emulate(os.environ["EMULATE"])
 import jax, jax.numpy as jnp
 import lstm_jax as lj
 from lstm_jax.kernels import native_ops as no
