@@ -63,6 +63,34 @@ _CHILD = textwrap.dedent(
 )
 
 
+_DEFAULT_CHILD = textwrap.dedent(
+    """
+    from benchmarks import isa_emulation
+    import jax, jax.numpy as jnp
+    before = isa_emulation.ynnpack_mask()
+    a = jnp.ones((256, 256))
+    jax.block_until_ready(jax.jit(lambda x: x @ x)(a))
+    print(before, isa_emulation.ynnpack_mask())
+    """
+)
+
+
+@pytest.mark.skipif(not _cpu_has("avx2", "fma"), reason="needs an x86 CPU with AVX2 and FMA")
+def test_the_symbols_found_are_ynnpacks_own_mask():
+    """Untouched, the static read is unset before the first GEMM and YNNPACK's detected mask
+    after it (this CPU's SSE2..FMA3 bits at least): the address is the right one."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LSTM_JAX_NATIVE_ISA", "XLA_FLAGS")}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    child = subprocess.run([sys.executable, "-c", _DEFAULT_CHILD], capture_output=True, text=True,
+                           env=env, cwd=ROOT, timeout=300)  # fmt: skip
+    if "not found once in" in child.stderr:
+        pytest.skip("this jaxlib has no YNNPACK feature mask: " + child.stderr.splitlines()[-1])
+    assert child.returncode == 0, child.stderr
+    before, after = child.stdout.split()[-2:]
+    assert before == "None"
+    assert int(after) & 0x7F == 0x7F
+
+
 @pytest.mark.skipif(not _cpu_has("avx2", "fma"), reason="needs an x86 CPU with AVX2 and FMA")
 def test_emulate_narrows_ynnpack_torch_and_the_native_kernels_in_a_fresh_process():
     pytest.importorskip("torch")
