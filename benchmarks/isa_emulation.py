@@ -118,21 +118,22 @@ def _load_base(path: str) -> int:
     raise RuntimeError(f"{real} is not loaded in this process")
 
 
-def _jaxlib_library() -> str:
+def _ynnpack_statics() -> tuple:
+    """YNNPACK's feature mask and its guard variable in this process, as ctypes values."""
     import jax  # noqa: F401  (loads jaxlib's shared library)
     import jaxlib
 
-    return os.path.join(os.path.dirname(jaxlib.__file__), "libjax_common.so")
+    path = os.path.join(os.path.dirname(jaxlib.__file__), "libjax_common.so")
+    offsets = _symbol_offsets(path, (_YNN_FLAGS, _YNN_GUARD))
+    base = _load_base(path)
+    return (ctypes.c_uint64.from_address(base + offsets[_YNN_FLAGS]),
+            ctypes.c_uint8.from_address(base + offsets[_YNN_GUARD]))  # fmt: skip
 
 
 def ynnpack_mask() -> Optional[int]:
     """YNNPACK's feature mask in this process, None before its first use."""
-    path = _jaxlib_library()
-    offsets = _symbol_offsets(path, (_YNN_FLAGS, _YNN_GUARD))
-    base = _load_base(path)
-    if not ctypes.c_uint8.from_address(base + offsets[_YNN_GUARD]).value:
-        return None
-    return ctypes.c_uint64.from_address(base + offsets[_YNN_FLAGS]).value
+    flags, guard = _ynnpack_statics()
+    return flags.value if guard.value else None
 
 
 def narrow_ynnpack(isa: str) -> int:
@@ -140,11 +141,7 @@ def narrow_ynnpack(isa: str) -> int:
     the mask it had (0 before its first use). Call it before the first computation:
     a plan made earlier may keep wider kernels."""
     _check(isa)
-    path = _jaxlib_library()
-    offsets = _symbol_offsets(path, (_YNN_FLAGS, _YNN_GUARD))
-    base = _load_base(path)
-    flags = ctypes.c_uint64.from_address(base + offsets[_YNN_FLAGS])
-    guard = ctypes.c_uint8.from_address(base + offsets[_YNN_GUARD])
+    flags, guard = _ynnpack_statics()
     before = flags.value if guard.value else 0
     if before and before & _YNN_MASKS[isa] != _YNN_MASKS[isa]:
         raise RuntimeError(f"this CPU lacks {isa} (YNNPACK's feature mask is {before:#x})")

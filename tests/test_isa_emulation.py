@@ -46,6 +46,19 @@ def test_unknown_isa_and_late_setting_are_refused():
     assert environ == {}
 
 
+def _run_fresh(script):
+    """``script``'s stdout in a fresh Python without our ISA settings; skips where this
+    jaxlib has no YNNPACK feature mask."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LSTM_JAX_NATIVE_ISA", "XLA_FLAGS")}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           env=env, cwd=ROOT, timeout=300)  # fmt: skip
+    if "not found once in" in child.stderr:
+        pytest.skip("this jaxlib has no YNNPACK feature mask: " + child.stderr.splitlines()[-1])
+    assert child.returncode == 0, child.stderr
+    return child.stdout
+
+
 _CHILD = textwrap.dedent(
     """
     import json
@@ -79,14 +92,7 @@ _DEFAULT_CHILD = textwrap.dedent(
 def test_the_symbols_found_are_ynnpacks_own_mask():
     """Untouched, the static read is unset before the first GEMM and YNNPACK's detected mask
     after it (this CPU's SSE2..FMA3 bits at least): the address is the right one."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LSTM_JAX_NATIVE_ISA", "XLA_FLAGS")}
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    child = subprocess.run([sys.executable, "-c", _DEFAULT_CHILD], capture_output=True, text=True,
-                           env=env, cwd=ROOT, timeout=300)  # fmt: skip
-    if "not found once in" in child.stderr:
-        pytest.skip("this jaxlib has no YNNPACK feature mask: " + child.stderr.splitlines()[-1])
-    assert child.returncode == 0, child.stderr
-    before, after = child.stdout.split()[-2:]
+    before, after = _run_fresh(_DEFAULT_CHILD).split()[-2:]
     assert before == "None"
     assert int(after) & 0x7F == 0x7F
 
@@ -94,14 +100,7 @@ def test_the_symbols_found_are_ynnpacks_own_mask():
 @pytest.mark.skipif(not _cpu_has("avx2", "fma"), reason="needs an x86 CPU with AVX2 and FMA")
 def test_emulate_narrows_ynnpack_torch_and_the_native_kernels_in_a_fresh_process():
     pytest.importorskip("torch")
-    env = {k: v for k, v in os.environ.items() if k not in ("LSTM_JAX_NATIVE_ISA", "XLA_FLAGS")}
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    child = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True,
-                           env=env, cwd=ROOT, timeout=300)  # fmt: skip
-    if "not found once in" in child.stderr:
-        pytest.skip("this jaxlib has no YNNPACK feature mask to narrow: " + child.stderr.splitlines()[-1])
-    assert child.returncode == 0, child.stderr
-    result = json.loads(child.stdout.splitlines()[-1])
+    result = json.loads(_run_fresh(_CHILD).splitlines()[-1])
     # bits 0-6: sse2 .. fma3; nothing of AVX-512 or AMX, and still so after a GEMM ran
     assert result["record"]["ynnpack_mask"] == result["mask_after"] == 0x7F
     assert result["record"]["ynnpack_mask_before"] == 0  # narrowed before YNNPACK's first use
