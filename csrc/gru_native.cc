@@ -5,7 +5,7 @@
 //
 //   forward   per step r, z and the two parts of n from [x_t, h] @ [w_ih; w_hh],
 //             the gate math, the carry; for training it saves r, z, n and
-//             h W_hn + b_hn.
+//             h W_hn + b_hn, a (T, B, H) array each (the kernels are planar).
 //   backward  per step the pre-activation gradients (written over the saved
 //             activations, aliased again) and dh = z * dh + ([dr, dz, dhn] @
 //             w_hh^T) * mask; dw_ih, dw_hh and the biases' gradient in the
@@ -16,6 +16,8 @@
 // take bfloat16 inputs (bf16_kernel.inc), and the handlers also return the
 // weight gradients' bfloat16 operands as the LSTM's: [x_t; h * mask]
 // transposed and dz.
+#include <algorithm>
+
 #include "handler.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -43,13 +45,33 @@ FwdCellBuffers Common(ffi::Buffer<ffi::F32> b_ih, ffi::Buffer<ffi::F32> b_hh, ff
   return cell;
 }
 
-ffi::Error ForwardTrain(LSTM_JAX_GRU_FORWARD_ARGS, ffi::ResultBuffer<ffi::F32> act,
-                        ffi::ResultBuffer<ffi::BF16> xhT, ffi::Attr<bool, kBf16> bf16) {
+// The saved activations' (and dz's) four (N.., T, B, H) arrays: whether all
+// have the shape of the first.
+template <class Buffer>
+bool SameShapes(Buffer& r, Buffer& z, Buffer& n, Buffer& hn) {
+  auto first = r.dimensions();
+  for (auto* b : {&z, &n, &hn}) {
+    auto dims = b->dimensions();
+    if (dims.size() != first.size() || !std::equal(dims.begin(), dims.end(), first.begin())) return false;
+  }
+  return true;
+}
+
+ffi::Error NotSameShapes() {
+  return ffi::Error::InvalidArgument("the GRU's saved activations r, z, n and hn must be (..., T, B, H) each");
+}
+
+ffi::Error ForwardTrain(LSTM_JAX_GRU_FORWARD_ARGS, ffi::ResultBuffer<ffi::F32> act_r,
+                        ffi::ResultBuffer<ffi::F32> act_z, ffi::ResultBuffer<ffi::F32> act_n,
+                        ffi::ResultBuffer<ffi::F32> act_hn, ffi::ResultBuffer<ffi::BF16> xhT,
+                        ffi::Attr<bool, kBf16> bf16) {
   const Kernels* kern = ChosenKernels(Cell::kGru, *bf16);
   if (kern == nullptr) return NoBf16Kernels();
+  if (!SameShapes(*act_r, *act_z, *act_n, *act_hn)) return NotSameShapes();
   FwdCellBuffers cell = Common(b_ih, b_hh, starts, reset_h);
   cell.training = true;
-  cell.act = act->typed_data();
+  float* const act[4] = {act_r->typed_data(), act_z->typed_data(), act_n->typed_data(), act_hn->typed_data()};
+  std::copy(act, act + 4, cell.act);
   cell.xhT = *bf16 ? xhT->typed_data() : nullptr;
   return Forward(pool, *kern, false, xs, w_ih, w_hh, h0, mask, valid, ys, h_out, cell);
 }
@@ -61,19 +83,29 @@ ffi::Error ForwardInfer(LSTM_JAX_GRU_FORWARD_ARGS, ffi::Attr<bool, kBf16> bf16) 
                  Common(b_ih, b_hh, starts, reset_h));
 }
 
-ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffer<ffi::F32> act,
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffer<ffi::F32> act_r,
+                    ffi::Buffer<ffi::F32> act_z, ffi::Buffer<ffi::F32> act_n, ffi::Buffer<ffi::F32> act_hn,
                     ffi::Buffer<ffi::F32> dys, ffi::Buffer<ffi::F32> dh_in, ffi::Buffer<ffi::F32> mask,
                     ffi::Buffer<ffi::U8> valid, ffi::Buffer<ffi::F32> ys, ffi::Buffer<ffi::F32> h0,
                     ffi::Buffer<ffi::U8> starts, ffi::Buffer<ffi::F32> reset_h, ffi::Buffer<ffi::F32> xs,
-                    ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh_out,
+                    ffi::ResultBuffer<ffi::F32> dr, ffi::ResultBuffer<ffi::F32> dz,
+                    ffi::ResultBuffer<ffi::F32> dn, ffi::ResultBuffer<ffi::F32> dhn, ffi::ResultBuffer<ffi::F32> dh_out,
                     ffi::ResultBuffer<ffi::F32> dm_out, ffi::ResultBuffer<ffi::F32> d_reset_h,
                     ffi::ResultBuffer<ffi::BF16> dzb, ffi::ResultBuffer<ffi::F32> dw_ih,
                     ffi::ResultBuffer<ffi::F32> dw_hh, ffi::ResultBuffer<ffi::F32> db,
                     ffi::Attr<bool, kBf16> bf16) {
   const Kernels* kern = ChosenKernels(Cell::kGru, *bf16);
   if (kern == nullptr) return NoBf16Kernels();
+  if (!SameShapes(act_r, act_z, act_n, act_hn) || !SameShapes(*dr, *dz, *dn, *dhn) ||
+      act_r.element_count() != dr->element_count()) {
+    return NotSameShapes();
+  }
   BwdCellBuffers cell;
-  cell.act = act.typed_data();
+  const float* const act[4] = {act_r.typed_data(), act_z.typed_data(), act_n.typed_data(), act_hn.typed_data()};
+  std::copy(act, act + 4, cell.act);
+  cell.dz[1] = dz->typed_data();
+  cell.dz[2] = dn->typed_data();
+  cell.dz[3] = dhn->typed_data();
   cell.starts = Data(starts);
   cell.reset_h = Data(reset_h);
   cell.d_reset_h = Data(*d_reset_h);
@@ -81,7 +113,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffe
   SetInLoopInput(cell, xs, dw_ih);
   cell.dw_hh = Data(*dw_hh);
   cell.db = Data(*db);
-  return lstm_jax::Backward(pool, *kern, false, w_hh, dys, dh_in, mask, valid, ys, h0, dz, dh_out, dm_out,
+  return lstm_jax::Backward(pool, *kern, false, w_hh, dys, dh_in, mask, valid, ys, h0, dr, dh_out, dm_out,
                             cell);
 }
 

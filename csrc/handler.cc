@@ -98,6 +98,19 @@ void SumPartitions(const BwdProblem& P, size_t ig, size_t hg, size_t acts, float
   }
 }
 
+// Buffers of act and dz: one, or one per block where the kernels are planar.
+int GateBuffers(const Kernels& kern) { return kern.planar ? kern.acts : 1; }
+
+// The GateRows of vmap index n (T * B = rows) in `buffers` (GateBuffers of them).
+GateRows RowsOf(const Kernels& kern, float* const (&buffers)[4], int hidden, int64_t rows, int64_t n) {
+  GateRows r;
+  const size_t offset = size_t(n) * rows * (kern.planar ? 1 : kern.acts) * hidden;
+  for (int a = 0; a < kern.acts; ++a) {
+    r.block[a] = kern.planar ? buffers[a] + offset : buffers[0] + offset + size_t(a) * hidden;
+  }
+  return r;
+}
+
 }  // namespace
 
 ffi::Error Forward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major, ffi::Buffer<ffi::F32> xs,
@@ -129,7 +142,9 @@ ffi::Error Forward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major,
     return ffi::Error::Success();
   }
   HugePagesHint(ys->typed_data(), ys->element_count() * sizeof(float));
-  if (cell.act != nullptr) HugePagesHint(cell.act, size_t(count) * steps * batch * acts * sizeof(float));
+  for (int a = 0; a < GateBuffers(kern) && cell.act[0] != nullptr; ++a) {
+    HugePagesHint(cell.act[a], size_t(count) * steps * batch * acts / GateBuffers(kern) * sizeof(float));
+  }
   if (cell.cs != nullptr) HugePagesHint(cell.cs, size_t(count) * steps * bh * sizeof(float));
   if (cell.xhT != nullptr) {
     HugePagesHint(cell.xhT, size_t(count) * (input + hidden) * steps * batch * sizeof(uint16_t));
@@ -159,7 +174,7 @@ ffi::Error Forward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major,
     P->mask = has_mask ? mask.typed_data() + n * bh : nullptr;
     P->valid = has_valid ? valid.typed_data() + n * steps * batch : nullptr;
     P->ys = ys->typed_data() + n * steps * bh;
-    P->act = cell.act != nullptr ? cell.act + n * steps * batch * acts : nullptr;
+    if (cell.act[0] != nullptr) P->act = RowsOf(kern, cell.act, hidden, steps * batch, n);
     P->cs = cell.cs != nullptr ? cell.cs + n * steps * bh : nullptr;
     if (cell.c_out != nullptr) {
       P->c = cell.c_out + n * bh;
@@ -204,11 +219,12 @@ ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major
   auto dims = dz->dimensions();
   const size_t rank = dims.size();
   if (rank < 3) {
-    return ffi::Error::InvalidArgument("act and dz must be (..., T, B, " + std::to_string(kern.acts) + "H)");
+    const std::string width = kern.planar ? "H) per block" : std::to_string(kern.acts) + "H)";
+    return ffi::Error::InvalidArgument("act and dz must be (..., T, B, " + width);
   }
   const int64_t steps = dims[rank - 3];
-  const int batch = int(dims[rank - 2]), hidden = int(dims[rank - 1]) / kern.acts;
-  const int64_t bh = int64_t(batch) * hidden, per = steps * batch * dims[rank - 1];
+  const int batch = int(dims[rank - 2]), hidden = int(dims[rank - 1]) / (kern.planar ? 1 : kern.acts);
+  const int64_t bh = int64_t(batch) * hidden, per = steps * batch * dims[rank - 1];  // per buffer
   const int64_t count = per == 0 ? 0 : int64_t(dz->element_count()) / per;
   const int panels = (hidden + kern.bwd_width - 1) / kern.bwd_width;
   const bool has_mask = mask.element_count() != 0, has_valid = valid.element_count() != 0;
@@ -229,11 +245,16 @@ ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major
     }
     return ffi::Error::Success();
   }
-  if (cell.dzb != nullptr) HugePagesHint(cell.dzb, dz->element_count() * sizeof(uint16_t));
-  if (cell.act == nullptr) {
-    HugePagesHint(dz->typed_data(), dz->element_count() * sizeof(float));
-  } else if (dz->typed_data() != cell.act) {  // XLA did not alias: copy the activations over
-    std::memcpy(dz->typed_data(), cell.act, dz->element_count() * sizeof(float));
+  float* const dz_buffers[4] = {dz->typed_data(), cell.dz[1], cell.dz[2], cell.dz[3]};
+  if (cell.dzb != nullptr) {
+    HugePagesHint(cell.dzb, dz->element_count() * GateBuffers(kern) * sizeof(uint16_t));
+  }
+  for (int a = 0; a < GateBuffers(kern); ++a) {
+    if (cell.act[a] == nullptr) {
+      HugePagesHint(dz_buffers[a], dz->element_count() * sizeof(float));
+    } else if (dz_buffers[a] != cell.act[a]) {  // XLA did not alias: copy the activations over
+      std::memcpy(dz_buffers[a], cell.act[a], dz->element_count() * sizeof(float));
+    }
   }
   if (cell.dw_hh != nullptr && cell.input > 0 &&
       (cell.dw_ih == nullptr || cell.xs_count != count * steps * batch * cell.input)) {
@@ -252,7 +273,7 @@ ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major
     P->steps = steps;
     P->batch = batch;
     P->hidden = hidden;
-    P->dz = dz->typed_data() + n * per;
+    P->dz = RowsOf(kern, dz_buffers, hidden, steps * batch, n);
     P->cs = cell.cs != nullptr ? cell.cs + n * steps * bh : nullptr;
     P->c0 = cell.c0 != nullptr ? cell.c0 + n * bh : nullptr;
     P->dys = dys.typed_data() + n * steps * bh;
@@ -270,7 +291,7 @@ ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major
     }
     if (cell.starts != nullptr) SetResets(*P, cell, dh_in.typed_data(), cell.dc_in, n);
     P->dm = has_mask ? dm + n * bh : nullptr;
-    P->dzb = cell.dzb != nullptr ? cell.dzb + n * per : nullptr;
+    P->dzb = cell.dzb != nullptr ? cell.dzb + n * steps * batch * kern.acts * hidden : nullptr;
     P->wpack = buffers->data();
     if (cell.dw_hh != nullptr) {
       P->dw_parts = dw_parts;

@@ -15,7 +15,8 @@
 // batch_major (N.., B, T, I); w_ih (N.., I, G), w_hh (N.., H, G), biases
 // (N.., G), h0 and the state (N.., B, H), mask (N.., B, H) or empty, valid
 // and the resets' starts (N.., T, B) or empty, the reset carry (N.., B, H); ys and dys in the layout of xs; act and dz
-// (N.., T, B, A) and cs (N.., T, B, H) time-major.
+// (N.., T, B, A), or where the kernels are planar (Kernels::planar) one (N.., T, B, H) per block, and cs
+// (N.., T, B, H) time-major.
 #ifndef LSTM_JAX_HANDLER_H_
 #define LSTM_JAX_HANDLER_H_
 
@@ -53,7 +54,8 @@ struct FwdCellBuffers {
   const float* bias_hh = nullptr;  // GRU b_hh
   const float* c0 = nullptr;       // LSTM
   float* c_out = nullptr;          // LSTM
-  float* act = nullptr;            // saved activations (training; not the RNN)
+  float* act[4] = {};              // saved activations (training; not the RNN): one buffer, or
+                                   // one per block where the kernels are planar (GateRows)
   float* cs = nullptr;             // LSTM training
   uint16_t* xhT = nullptr;         // bfloat16 training: (N.., I + H, T * B)
   const uint8_t* starts = nullptr;  // resets (FwdProblem): (N.., T, B), or null
@@ -70,7 +72,9 @@ xla::ffi::Error Forward(xla::ffi::ThreadPool& pool, const Kernels& kern, bool ba
 
 // A backward call's buffers that not every cell has; null where absent.
 struct BwdCellBuffers {
-  const float* act = nullptr;    // saved activations, copied into dz unless aliased (not the RNN)
+  const float* act[4] = {};      // saved activations, copied into dz unless aliased (not the RNN),
+                                 // buffers as FwdCellBuffers' act
+  float* dz[4] = {};             // planar kernels: dz's blocks 1.. (block 0 is Backward's dz)
   const float* cs = nullptr;     // LSTM
   const float* c0 = nullptr;     // LSTM
   const float* dc_in = nullptr;  // LSTM

@@ -82,7 +82,7 @@ ffi::Error ForwardTrain(LSTM_JAX_FORWARD_ARGS, ffi::ResultBuffer<ffi::F32> act,
   if (kern == nullptr) return NoBf16Kernels();
   FwdCellBuffers cell = Common(bias, c0, starts, reset_h, reset_c, c_out);
   cell.training = true;
-  cell.act = act->typed_data();
+  cell.act[0] = act->typed_data();
   cell.cs = cs->typed_data();
   if (*bf16) {
     cell.xhT = xhT->typed_data();
@@ -113,7 +113,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Attr<bool, kBatchMajor> batch_maj
   const Kernels* kern = Chosen(*bf16);
   if (kern == nullptr) return NoBf16Kernels();
   BwdCellBuffers cell;
-  cell.act = act.typed_data();
+  cell.act[0] = act.typed_data();
   cell.cs = cs.typed_data();
   cell.c0 = c0.typed_data();
   cell.dc_in = dc_in.typed_data();

@@ -27,6 +27,18 @@ struct Layout {
   size_t row(int64_t t, int64_t b) const { return batch_major ? size_t(b * steps + t) : size_t(t * batch + b); }
 };
 
+// A call's saved activations, or its gate gradients: acts * H floats per
+// (step, row) in the layout of the cell (Kernels::planar): one (T, B, A)
+// buffer, block a at a * H of each row (interleaved; the LSTM's, whose XLA
+// side reads whole rows), or one (T, B, H) buffer per block (planar; the
+// GRU's, whose input and recurrent sides take different sets of blocks, each
+// block then a whole array for XLA's GEMMs: column slices of one array were
+// copied first). The kernels address them with gate_at (recurrent_kernel.inc).
+struct GateRows {
+  float* block[4] = {};  // block a of row 0
+  explicit operator bool() const { return block[0] != nullptr; }
+};
+
 // One forward call (one vmap index). G = gates * H columns of the weights,
 // A = acts * H saved activations per row (Kernels); what a cell lacks is null.
 struct FwdProblem {
@@ -39,7 +51,7 @@ struct FwdProblem {
   const float* mask;      // (B, H) recurrent mask, or null
   const uint8_t* valid;   // (T, B) step validity, or null (all valid)
   float* ys;              // (T, B, H)
-  float* act;             // (T, B, A) gate activations, or null (inference)
+  GateRows act;           // gate activations, or none (inference)
   float* cs;              // (T, B, H) LSTM: carried cell state after each step, or null
   float* c;               // (B, H) LSTM: cell carry, updated in place
   float* h[2];            // (B, H) hidden carry, double-buffered by step parity
@@ -61,7 +73,7 @@ struct BwdProblem {
   int64_t steps;
   int batch, hidden;
   Layout seq;
-  float* dz;              // (T, B, A) activations in (where saved), gradients out
+  GateRows dz;            // activations in (where saved), gate gradients out
   const float* cs;        // (T, B, H) LSTM
   const float* c0;        // (B, H) LSTM
   const float* dys;       // (T, B, H)
@@ -103,12 +115,13 @@ inline uint8_t start_flag(const uint8_t* starts, int64_t steps, int batch, int64
 }
 
 // One instruction set's kernels for one cell: its shape (weight columns and
-// saved activations per hidden unit), the hidden units per panel of each
+// saved activations per hidden unit, and their layout), the hidden units per panel of each
 // loop, weight packing for each loop, and the two loops' items. A pack
 // function writes every float of its pack size (padding included): the
 // handlers reuse their scratch without zeroing that part (CallScratch).
 struct Kernels {
   int gates, acts, fwd_width, bwd_width;
+  bool planar;  // act and dz one (T, B, H) buffer per block (GateRows)
   void (*pack_fwd)(const float*, const float*, int, int, float*);
   void (*pack_bwd)(const float*, int, float*);
   size_t (*fwd_pack_size)(int, int);

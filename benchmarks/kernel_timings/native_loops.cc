@@ -55,6 +55,14 @@ static double sum(const float* v, size_t n) {
   return s;
 }
 
+// act or dz in one allocation of T * B * A floats (`rows` = T * B), laid out as the kernels'
+// handler lays them out: interleaved rows, or planar, one block of T * B * H after another.
+GateRows gate_rows(float* base, const Kernels& K, int H, size_t rows) {
+  GateRows g;
+  for (int a = 0; a < K.acts; ++a) g.block[a] = base + (K.planar ? a * rows * H : size_t(a) * H);
+  return g;
+}
+
 int main(int argc, char** argv) {
   if (argc < 8) {
     fprintf(stderr, "usage: native_loops B T I H cell train reps [split]\n");
@@ -122,7 +130,7 @@ int main(int argc, char** argv) {
     }
     float* out = fresh ? mapped : nullptr;
     P.ys = fresh ? out : ys.data();
-    P.act = !train ? nullptr : fresh ? out + ys.size() : act.data();
+    P.act = !train ? GateRows{} : gate_rows(fresh ? out + ys.size() : act.data(), K, H, size_t(T) * B);
     P.cs = cs.empty() ? nullptr : fresh ? out + ys.size() + act.size() : cs.data();
     auto start = Clock::now();
     if (split == 0) {
@@ -190,7 +198,7 @@ int main(int argc, char** argv) {
   Q.hidden = H;
   Q.input = I;
   Q.seq = Layout(T, B, false);
-  Q.dz = dz.data();
+  Q.dz = gate_rows(dz.data(), K, H, size_t(T) * B);
   Q.cs = lstm ? cs.data() : nullptr;
   Q.c0 = zeros.data();
   Q.h0 = zeros.data();

@@ -11,16 +11,19 @@ cells share, ``csrc/recurrent_kernel.inc`` with ``csrc/cells.inc``'s ``GruCell``
   biases included) and the input and recurrent parts of ``n`` apart, since
   ``n = tanh(x W_in + b_in + r * (h W_hn + b_hn))``: one register-blocked GEMM
   per step over weights packed once per call, the gate math in registers
-  right after it. For training it also saves ``(T, B, 4H)``: ``r, z, n`` and
-  ``hn = h W_hn + b_hn``.
+  right after it. For training it also saves ``r, z, n`` and
+  ``hn = h W_hn + b_hn``, a ``(T, B, H)`` array each.
 * backward (``jax.custom_vjp``): the custom call carries ``dh``, writes the
   pre-activation gradients over the saved activations (aliased again):
   ``dr, dz, dn`` of the input side and ``dhn = dn * r`` of the recurrent one,
   and computes ``dh_{t-1} = z * dh + ([dr, dz, dhn] @ w_hh^T) * mask`` per
-  step; XLA then computes ``dx`` from ``[dr, dz, dn]`` as one GEMM. ``dw_ih``
-  (from ``[dr, dz, dn]``), ``dw_hh`` (from ``[dr, dz, dhn]``) and the biases'
-  gradients are accumulated by the loop up to
-  :data:`~lstm_jax.kernels.native_ops.IN_LOOP_MAX_HIDDEN`, by XLA above it.
+  step; XLA then computes ``dx`` from ``[dr, dz, dn]``, a GEMM per gate.
+  ``dw_ih`` (from ``[dr, dz, dn]``), ``dw_hh`` (from ``[dr, dz, dhn]``) and the
+  biases' gradients are accumulated by the loop up to
+  :data:`~lstm_jax.kernels.native_ops.IN_LOOP_MAX_HIDDEN`, by XLA above it, a
+  GEMM per gate. Each gradient is its own array because XLA copied column
+  slices of one ``(T * B, 4H)`` array before its GEMMs (at ``(B, T, I, H) =
+  (128, 64, 256, 512)`` ~25 ms of a ~345 ms training step).
 
 ``resets`` run inside both loops as the LSTM's (:mod:`lstm_jax.kernels.native`).
 
@@ -100,16 +103,16 @@ def _infer(static, inputs, per_step):
 
 
 def _train(static, inputs, per_step):
-    """``(ys, h)`` and the residuals ``act (T, B, 4H)``: ``r, z, n, h W_hn + b_hn``, and with
-    ``bf16`` ``xhT (I + H, T * B)``, the bfloat16 ``x_t`` and ``h_{t-1} * mask`` of every step
-    (time-major columns; empty without ``bf16``)."""
+    """``(ys, h)`` and the residuals ``act``: ``(r, z, n, h W_hn + b_hn)``, ``(T, B, H)`` each,
+    and with ``bf16`` ``xhT (I + H, T * B)``, the bfloat16 ``x_t`` and ``h_{t-1} * mask`` of
+    every step (time-major columns; empty without ``bf16``)."""
     _, bf16 = static
     steps, batch, inputs_size = inputs[4].shape
     hidden = inputs[2].shape[0]
     xh_t = jax.ShapeDtypeStruct((inputs_size + hidden, steps * batch) if bf16 else (0,), jnp.bfloat16)
-    ys, h, act, xh_t = ffi_call("lstm_jax_native_gru_forward_train", (*_shapes(inputs, 4 * hidden), xh_t),
-                                *_operands(inputs, per_step), bf16=bf16)  # fmt: skip
-    return (ys, h), (act, xh_t)
+    ys, h, *act, xh_t = ffi_call("lstm_jax_native_gru_forward_train", (*_shapes(inputs, *[hidden] * 4), xh_t),
+                                 *_operands(inputs, per_step), bf16=bf16)  # fmt: skip
+    return (ys, h), (tuple(act), xh_t)
 
 
 def _bf16_weight_gradients(xh_t: Array, dz_bf16: Array, w_ih: Array):
@@ -149,35 +152,38 @@ def _gradients(static, inputs, per_step, cotangents, outputs, saved):
     reset_state = state if starts is not None else jax.ShapeDtypeStruct((0,), jnp.float32)
     in_loop = not bf16 and weight_gradients_in_loop("gru", steps, batch, hidden)
     dw_ih_in_loop = in_loop and native_ops.IN_LOOP_INPUT_WEIGHTS
-    dz_bf16 = jax.ShapeDtypeStruct(act.shape if bf16 else (0,), jnp.bfloat16)
-    results = (jax.ShapeDtypeStruct(act.shape, jnp.float32), state, state, reset_state, dz_bf16,
+    plane = jax.ShapeDtypeStruct((steps, batch, hidden), jnp.float32)
+    dz_bf16 = jax.ShapeDtypeStruct((steps, batch, 4 * hidden) if bf16 else (0,), jnp.bfloat16)
+    results = (*[plane] * 4, state, state, reset_state, dz_bf16,
                *in_loop_results(in_loop, inputs_size if dw_ih_in_loop else 0, hidden, 3, 4))  # fmt: skip
     f32, u8 = jnp.float32, jnp.uint8
-    dz, dh0, dmask, d_reset_h, dz_bf16, dw_ih, dw_hh, db = ffi_call(
+    dr, dz, dn, dhn, dh0, dmask, d_reset_h, dz_bf16, dw_ih, dw_hh, db = ffi_call(
         "lstm_jax_native_gru_backward", results,
-        w_hh, act, *cotangents, optional_operand(mask, f32), optional_operand(valid, u8), hs, h0,
+        w_hh, *act, *cotangents, optional_operand(mask, f32), optional_operand(valid, u8), hs, h0,
         optional_operand(starts, u8), optional_operand(reset_h, f32),
-        optional_operand(xs if dw_ih_in_loop else None, f32), bf16=bf16, aliases={1: 0},
+        optional_operand(xs if dw_ih_in_loop else None, f32), bf16=bf16, aliases={1: 0, 2: 1, 3: 2, 4: 3},
     )  # fmt: skip
     dmask = None if mask is None else dmask
     d_reset_h = None if starts is None else d_reset_h
-    rows = dz.reshape(steps * batch, 4 * hidden)  # [dr, dz, dn, dhn]
-    d_input = rows[:, : 3 * hidden]
+    # (T * B, H) each: the input side's gate gradients, then the recurrent side's
+    d_input = [d.reshape(steps * batch, hidden) for d in (dr, dz, dn)]
+    d_recurrent = [*d_input[:2], dhn.reshape(steps * batch, hidden)]
     if not in_loop:
-        db = jnp.sum(rows, axis=0)
+        db = jnp.concatenate([jnp.sum(d, axis=0) for d in (*d_input, d_recurrent[2])])
     db_ih = db[: 3 * hidden]  # db: [dr, dz, dn, dhn] summed over rows
     db_hh = jnp.concatenate([db[: 2 * hidden], db[3 * hidden :]])
     if bf16:
-        dw_ih, dw_hh, dxs = _bf16_weight_gradients(xh_t, dz_bf16.reshape(rows.shape), w_ih)
+        dw_ih, dw_hh, dxs = _bf16_weight_gradients(xh_t, dz_bf16.reshape(steps * batch, 4 * hidden), w_ih)
         return dw_ih, db_ih, dw_hh, db_hh, dxs.reshape(xs.shape), dh0, dmask, d_reset_h
     if not in_loop:
-        d_recurrent = jnp.concatenate([rows[:, : 2 * hidden], rows[:, 3 * hidden :]], axis=1)
-        h_prev = previous_carry(h0, hs, starts, reset_h, mask)
-        dw_hh = h_prev.reshape(steps * batch, hidden).T @ d_recurrent
+        h_prev = previous_carry(h0, hs, starts, reset_h, mask).reshape(steps * batch, hidden)
+        dw_hh = jnp.concatenate([h_prev.T @ d for d in d_recurrent], axis=1)
     if not dw_ih_in_loop:
-        dw_ih = xs.reshape(steps * batch, inputs_size).T @ d_input
-    dxs = (d_input @ w_ih.T).reshape(xs.shape)
-    return dw_ih, db_ih, dw_hh, db_hh, dxs, dh0, dmask, d_reset_h
+        x_rows = xs.reshape(steps * batch, inputs_size)
+        dw_ih = jnp.concatenate([x_rows.T @ d for d in d_input], axis=1)
+    w_gates = jnp.split(w_ih, 3, axis=1)  # (I, H) each
+    dxs = sum(d @ w.T for d, w in zip(d_input, w_gates))
+    return dw_ih, db_ih, dw_hh, db_hh, dxs.reshape(xs.shape), dh0, dmask, d_reset_h
 
 
 def _reference(static, inputs, per_step):
