@@ -67,8 +67,8 @@ def test_in_loop_only_up_to_the_size_rule(isa, monkeypatch):
     assert native_ops.weight_gradients_in_loop("lstm", 512, 8, 64)
     assert native_ops.weight_gradients_in_loop("lstm", 256, 32, 128)
     assert not native_ops.weight_gradients_in_loop("lstm", 128, 64, 256)
-    assert native_ops.weight_gradients_in_loop("gru", 128, 64, 256)
-    assert not native_ops.weight_gradients_in_loop("gru", 64, 128, 512)
+    assert native_ops.weight_gradients_in_loop("gru", 256, 32, 128)
+    assert not native_ops.weight_gradients_in_loop("gru", 128, 64, 256)
     assert not native_ops.weight_gradients_in_loop("gru", 0, 8, 64)  # nothing to accumulate
 
 

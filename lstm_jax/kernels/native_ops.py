@@ -392,15 +392,17 @@ def start_flags(starts: Array, reverse: bool) -> Array:
 # The largest hidden size whose backward accumulates dw_hh and db inside the
 # native loop (the rank-B updates of each step's dz while it is in cache, a
 # pass per ~64 (step, row) pairs), per (instruction set, cell); above it, and
-# for instruction sets not listed, XLA computes them after the loop as one
-# GEMM over all T * B rows. Single-core CPU time of a training step on Zen 4
+# for instruction sets not listed, XLA computes them after the loop as GEMMs
+# over all T * B rows. Single-core CPU time of a training step on Zen 4
 # (benchmarks/results/cpu-amd-epyc-zen4-2c/wgrad_in_loop.md), AVX-512 and AVX2
 # alike since the pass packs its operands (two rounds each): in-loop faster at
-# H = 64 and 128 for both cells (0.72-0.98x) and at H = 256 for the GRU
-# (0.89-0.95x; its XLA path copies dz's recurrent columns first), slower for
-# the LSTM at H = 256 and 512 and the GRU at 512 (loop cost over XLA's GEMM).
-IN_LOOP_MAX_HIDDEN = {("avx512", "lstm"): 128, ("avx512", "gru"): 256,
-                      ("avx2", "lstm"): 128, ("avx2", "gru"): 256}
+# H = 64 and 128 for both cells (0.72-0.98x), slower for the LSTM at H = 256
+# and 512. The GRU's loop was faster at H = 256 too (0.89-0.95x) while its XLA
+# path copied column slices of dz; with dz planar it is not (1.03-1.05x
+# AVX-512, 1.01-1.03x AVX2 on the Xeon:
+# benchmarks/results/cpu-intel-xeon-2c/gru_planar.md).
+IN_LOOP_MAX_HIDDEN = {("avx512", "lstm"): 128, ("avx512", "gru"): 128,
+                      ("avx2", "lstm"): 128, ("avx2", "gru"): 128}
 
 
 # Whether the in-loop weight gradients include the input weights', dw_ih = sum
