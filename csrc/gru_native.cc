@@ -5,7 +5,8 @@
 //
 //   forward   per step r, z and the two parts of n from [x_t, h] @ [w_ih; w_hh],
 //             the gate math, the carry; for training it saves r, z, n and
-//             h W_hn + b_hn, a (T, B, H) array each (the kernels are planar).
+//             h W_hn + b_hn: with the `planar` attribute a (T, B, H) array
+//             each, else one (T, B, 4H) array (the first; the others empty).
 //   backward  per step the pre-activation gradients (written over the saved
 //             activations, aliased again) and dh = z * dh + ([dr, dz, dhn] @
 //             w_hh^T) * mask; dw_ih, dw_hh and the biases' gradient in the
@@ -45,31 +46,40 @@ FwdCellBuffers Common(ffi::Buffer<ffi::F32> b_ih, ffi::Buffer<ffi::F32> b_hh, ff
   return cell;
 }
 
-// The saved activations' (and dz's) four (N.., T, B, H) arrays: whether all
-// have the shape of the first.
+// The call's layout of the saved activations (and dz) as four arrays r, z,
+// n, hn: whether, planar, all have the shape of the first, or else the last
+// three are empty (the first holds all four blocks).
 template <class Buffer>
-bool SameShapes(Buffer& r, Buffer& z, Buffer& n, Buffer& hn) {
+bool LayoutShapes(bool planar, Buffer& r, Buffer& z, Buffer& n, Buffer& hn) {
   auto first = r.dimensions();
   for (auto* b : {&z, &n, &hn}) {
     auto dims = b->dimensions();
-    if (dims.size() != first.size() || !std::equal(dims.begin(), dims.end(), first.begin())) return false;
+    if (!planar && b->element_count() != 0) return false;
+    if (planar && (dims.size() != first.size() || !std::equal(dims.begin(), dims.end(), first.begin()))) {
+      return false;
+    }
   }
   return true;
 }
 
-ffi::Error NotSameShapes() {
-  return ffi::Error::InvalidArgument("the GRU's saved activations r, z, n and hn must be (..., T, B, H) each");
+ffi::Error BadLayout() {
+  return ffi::Error::InvalidArgument(
+      "the GRU's saved activations r, z, n, hn must be (..., T, B, H) each (planar) or one (..., T, B, 4H)");
 }
+
+// The `planar` attribute: the saved activations and dz one array per block.
+constexpr char kPlanar[] = "planar";
 
 ffi::Error ForwardTrain(LSTM_JAX_GRU_FORWARD_ARGS, ffi::ResultBuffer<ffi::F32> act_r,
                         ffi::ResultBuffer<ffi::F32> act_z, ffi::ResultBuffer<ffi::F32> act_n,
                         ffi::ResultBuffer<ffi::F32> act_hn, ffi::ResultBuffer<ffi::BF16> xhT,
-                        ffi::Attr<bool, kBf16> bf16) {
+                        ffi::Attr<bool, kBf16> bf16, ffi::Attr<bool, kPlanar> planar) {
   const Kernels* kern = ChosenKernels(Cell::kGru, *bf16);
   if (kern == nullptr) return NoBf16Kernels();
-  if (!SameShapes(*act_r, *act_z, *act_n, *act_hn)) return NotSameShapes();
+  if (!LayoutShapes(*planar, *act_r, *act_z, *act_n, *act_hn)) return BadLayout();
   FwdCellBuffers cell = Common(b_ih, b_hh, starts, reset_h);
   cell.training = true;
+  cell.planar = *planar;
   float* const act[4] = {act_r->typed_data(), act_z->typed_data(), act_n->typed_data(), act_hn->typed_data()};
   std::copy(act, act + 4, cell.act);
   cell.xhT = *bf16 ? xhT->typed_data() : nullptr;
@@ -93,14 +103,15 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_hh, ffi::Buffe
                     ffi::ResultBuffer<ffi::F32> dm_out, ffi::ResultBuffer<ffi::F32> d_reset_h,
                     ffi::ResultBuffer<ffi::BF16> dzb, ffi::ResultBuffer<ffi::F32> dw_ih,
                     ffi::ResultBuffer<ffi::F32> dw_hh, ffi::ResultBuffer<ffi::F32> db,
-                    ffi::Attr<bool, kBf16> bf16) {
+                    ffi::Attr<bool, kBf16> bf16, ffi::Attr<bool, kPlanar> planar) {
   const Kernels* kern = ChosenKernels(Cell::kGru, *bf16);
   if (kern == nullptr) return NoBf16Kernels();
-  if (!SameShapes(act_r, act_z, act_n, act_hn) || !SameShapes(*dr, *dz, *dn, *dhn) ||
+  if (!LayoutShapes(*planar, act_r, act_z, act_n, act_hn) || !LayoutShapes(*planar, *dr, *dz, *dn, *dhn) ||
       act_r.element_count() != dr->element_count()) {
-    return NotSameShapes();
+    return BadLayout();
   }
   BwdCellBuffers cell;
+  cell.planar = *planar;
   const float* const act[4] = {act_r.typed_data(), act_z.typed_data(), act_n.typed_data(), act_hn.typed_data()};
   std::copy(act, act + 4, cell.act);
   cell.dz[1] = dz->typed_data();

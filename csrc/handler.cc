@@ -98,15 +98,19 @@ void SumPartitions(const BwdProblem& P, size_t ig, size_t hg, size_t acts, float
   }
 }
 
-// Buffers of act and dz: one, or one per block where the kernels are planar.
-int GateBuffers(const Kernels& kern) { return kern.planar ? kern.acts : 1; }
+// Buffers of act and dz: one, or one per block where the call is planar.
+int GateBuffers(const Kernels& kern, bool planar) { return planar ? kern.acts : 1; }
+
+// A planar call to kernels that address act and dz interleaved at compile time.
+ffi::Error NotPlanarKernels() { return ffi::Error::InvalidArgument("this cell's act and dz are one (T, B, A) array"); }
 
 // The GateRows of vmap index n (T * B = rows) in `buffers` (GateBuffers of them).
-GateRows RowsOf(const Kernels& kern, float* const (&buffers)[4], int hidden, int64_t rows, int64_t n) {
+GateRows RowsOf(const Kernels& kern, bool planar, float* const (&buffers)[4], int hidden, int64_t rows, int64_t n) {
   GateRows r;
-  const size_t offset = size_t(n) * rows * (kern.planar ? 1 : kern.acts) * hidden;
+  r.stride = size_t(planar ? 1 : kern.acts) * hidden;
+  const size_t offset = size_t(n) * rows * r.stride;
   for (int a = 0; a < kern.acts; ++a) {
-    r.block[a] = kern.planar ? buffers[a] + offset : buffers[0] + offset + size_t(a) * hidden;
+    r.block[a] = planar ? buffers[a] + offset : buffers[0] + offset + size_t(a) * hidden;
   }
   return r;
 }
@@ -118,6 +122,7 @@ ffi::Error Forward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major,
                    ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::U8> valid, ffi::ResultBuffer<ffi::F32> ys,
                    ffi::ResultBuffer<ffi::F32> h_out, const FwdCellBuffers& cell) {
   if (ffi::Error error = SettingsChecked(); error.failure()) return error;
+  if (cell.planar && !kern.may_be_planar) return NotPlanarKernels();
   auto xdims = xs.dimensions();
   auto wdims = w_hh.dimensions();
   const size_t rank = xdims.size();
@@ -142,8 +147,9 @@ ffi::Error Forward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major,
     return ffi::Error::Success();
   }
   HugePagesHint(ys->typed_data(), ys->element_count() * sizeof(float));
-  for (int a = 0; a < GateBuffers(kern) && cell.act[0] != nullptr; ++a) {
-    HugePagesHint(cell.act[a], size_t(count) * steps * batch * acts / GateBuffers(kern) * sizeof(float));
+  const int act_buffers = GateBuffers(kern, cell.planar);
+  for (int a = 0; a < act_buffers && cell.act[0] != nullptr; ++a) {
+    HugePagesHint(cell.act[a], size_t(count) * steps * batch * acts / act_buffers * sizeof(float));
   }
   if (cell.cs != nullptr) HugePagesHint(cell.cs, size_t(count) * steps * bh * sizeof(float));
   if (cell.xhT != nullptr) {
@@ -174,7 +180,7 @@ ffi::Error Forward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major,
     P->mask = has_mask ? mask.typed_data() + n * bh : nullptr;
     P->valid = has_valid ? valid.typed_data() + n * steps * batch : nullptr;
     P->ys = ys->typed_data() + n * steps * bh;
-    if (cell.act[0] != nullptr) P->act = RowsOf(kern, cell.act, hidden, steps * batch, n);
+    if (cell.act[0] != nullptr) P->act = RowsOf(kern, cell.planar, cell.act, hidden, steps * batch, n);
     P->cs = cell.cs != nullptr ? cell.cs + n * steps * bh : nullptr;
     if (cell.c_out != nullptr) {
       P->c = cell.c_out + n * bh;
@@ -213,17 +219,18 @@ ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major
                     ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh_out,
                     ffi::ResultBuffer<ffi::F32> dm_out, const BwdCellBuffers& cell) {
   if (ffi::Error error = SettingsChecked(); error.failure()) return error;
+  if (cell.planar && !kern.may_be_planar) return NotPlanarKernels();
   if (cell.dzb != nullptr && cell.dw_hh != nullptr) {
     return ffi::Error::InvalidArgument("the bfloat16 backward has no in-loop weight gradients");
   }
   auto dims = dz->dimensions();
   const size_t rank = dims.size();
   if (rank < 3) {
-    const std::string width = kern.planar ? "H) per block" : std::to_string(kern.acts) + "H)";
+    const std::string width = cell.planar ? "H) per block" : std::to_string(kern.acts) + "H)";
     return ffi::Error::InvalidArgument("act and dz must be (..., T, B, " + width);
   }
   const int64_t steps = dims[rank - 3];
-  const int batch = int(dims[rank - 2]), hidden = int(dims[rank - 1]) / (kern.planar ? 1 : kern.acts);
+  const int batch = int(dims[rank - 2]), hidden = int(dims[rank - 1]) / (cell.planar ? 1 : kern.acts);
   const int64_t bh = int64_t(batch) * hidden, per = steps * batch * dims[rank - 1];  // per buffer
   const int64_t count = per == 0 ? 0 : int64_t(dz->element_count()) / per;
   const int panels = (hidden + kern.bwd_width - 1) / kern.bwd_width;
@@ -247,9 +254,9 @@ ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major
   }
   float* const dz_buffers[4] = {dz->typed_data(), cell.dz[1], cell.dz[2], cell.dz[3]};
   if (cell.dzb != nullptr) {
-    HugePagesHint(cell.dzb, dz->element_count() * GateBuffers(kern) * sizeof(uint16_t));
+    HugePagesHint(cell.dzb, dz->element_count() * GateBuffers(kern, cell.planar) * sizeof(uint16_t));
   }
-  for (int a = 0; a < GateBuffers(kern); ++a) {
+  for (int a = 0; a < GateBuffers(kern, cell.planar); ++a) {
     if (cell.act[a] == nullptr) {
       HugePagesHint(dz_buffers[a], dz->element_count() * sizeof(float));
     } else if (dz_buffers[a] != cell.act[a]) {  // XLA did not alias: copy the activations over
@@ -273,7 +280,7 @@ ffi::Error Backward(ffi::ThreadPool& pool, const Kernels& kern, bool batch_major
     P->steps = steps;
     P->batch = batch;
     P->hidden = hidden;
-    P->dz = RowsOf(kern, dz_buffers, hidden, steps * batch, n);
+    P->dz = RowsOf(kern, cell.planar, dz_buffers, hidden, steps * batch, n);
     P->cs = cell.cs != nullptr ? cell.cs + n * steps * bh : nullptr;
     P->c0 = cell.c0 != nullptr ? cell.c0 + n * bh : nullptr;
     P->dys = dys.typed_data() + n * steps * bh;

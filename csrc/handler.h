@@ -15,8 +15,8 @@
 // batch_major (N.., B, T, I); w_ih (N.., I, G), w_hh (N.., H, G), biases
 // (N.., G), h0 and the state (N.., B, H), mask (N.., B, H) or empty, valid
 // and the resets' starts (N.., T, B) or empty, the reset carry (N.., B, H); ys and dys in the layout of xs; act and dz
-// (N.., T, B, A), or where the kernels are planar (Kernels::planar) one (N.., T, B, H) per block, and cs
-// (N.., T, B, H) time-major.
+// (N.., T, B, A), or where the call is planar (the cell buffers' `planar`) one (N.., T, B, H) per block, and
+// cs (N.., T, B, H) time-major.
 #ifndef LSTM_JAX_HANDLER_H_
 #define LSTM_JAX_HANDLER_H_
 
@@ -55,7 +55,8 @@ struct FwdCellBuffers {
   const float* c0 = nullptr;       // LSTM
   float* c_out = nullptr;          // LSTM
   float* act[4] = {};              // saved activations (training; not the RNN): one buffer, or
-                                   // one per block where the kernels are planar (GateRows)
+                                   // one per block where `planar` (GateRows)
+  bool planar = false;             // act one buffer per block (Kernels::may_be_planar cells)
   float* cs = nullptr;             // LSTM training
   uint16_t* xhT = nullptr;         // bfloat16 training: (N.., I + H, T * B)
   const uint8_t* starts = nullptr;  // resets (FwdProblem): (N.., T, B), or null
@@ -74,7 +75,8 @@ xla::ffi::Error Forward(xla::ffi::ThreadPool& pool, const Kernels& kern, bool ba
 struct BwdCellBuffers {
   const float* act[4] = {};      // saved activations, copied into dz unless aliased (not the RNN),
                                  // buffers as FwdCellBuffers' act
-  float* dz[4] = {};             // planar kernels: dz's blocks 1.. (block 0 is Backward's dz)
+  float* dz[4] = {};             // planar: dz's blocks 1.. (block 0 is Backward's dz)
+  bool planar = false;           // act and dz one buffer per block (Kernels::may_be_planar cells)
   const float* cs = nullptr;     // LSTM
   const float* c0 = nullptr;     // LSTM
   const float* dc_in = nullptr;  // LSTM

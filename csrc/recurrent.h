@@ -28,14 +28,17 @@ struct Layout {
 };
 
 // A call's saved activations, or its gate gradients: acts * H floats per
-// (step, row) in the layout of the cell (Kernels::planar): one (T, B, A)
-// buffer, block a at a * H of each row (interleaved; the LSTM's, whose XLA
-// side reads whole rows), or one (T, B, H) buffer per block (planar; the
-// GRU's, whose input and recurrent sides take different sets of blocks, each
-// block then a whole array for XLA's GEMMs: column slices of one array were
-// copied first). The kernels address them with gate_at (recurrent_kernel.inc).
+// (step, row) r = t * B + b, block a of row r at block[a] + r * stride. One
+// (T, B, A) buffer (interleaved: block[a] = block[0] + a * H, stride A; the
+// LSTM's, whose XLA side reads whole rows) or one (T, B, H) buffer per block
+// (planar, stride H). The GRU's XLA side takes different sets of blocks for
+// its input and recurrent weights, and XLA copies column slices before a GEMM,
+// so where XLA computes the weight gradients the GRU's calls are planar; where
+// its loop does, they stay interleaved (planar was slower there on two
+// threads). The kernels address them with gate_at (recurrent_kernel.inc).
 struct GateRows {
   float* block[4] = {};  // block a of row 0
+  size_t stride = 0;     // floats from one row to the next
   explicit operator bool() const { return block[0] != nullptr; }
 };
 
@@ -121,7 +124,7 @@ inline uint8_t start_flag(const uint8_t* starts, int64_t steps, int batch, int64
 // handlers reuse their scratch without zeroing that part (CallScratch).
 struct Kernels {
   int gates, acts, fwd_width, bwd_width;
-  bool planar;  // act and dz one (T, B, H) buffer per block (GateRows)
+  bool may_be_planar;  // whether a call's act and dz may be planar (GateRows)
   void (*pack_fwd)(const float*, const float*, int, int, float*);
   void (*pack_bwd)(const float*, int, float*);
   size_t (*fwd_pack_size)(int, int);

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import lstm_jax as lj
+from lstm_jax.kernels import native_ops
 from lstm_jax.kernels.native_ops import native_unavailable
 from lstm_jax.scan import scan_layer
 from tests.backends import NETWORKS
@@ -127,8 +128,13 @@ def test_batch_zero_and_one_step(cell, batch, steps):
     assert_trees_close(*native_and_scan(cell, args, ragged=False, reverse=False, masked=True))
 
 
+@pytest.mark.parametrize("in_loop", [True, False], ids=["weight-grads-in-loop", "weight-grads-by-xla"])
 @pytest.mark.parametrize("cell", ONE_PER_KIND, ids=str)
-def test_vmap_over_inputs_and_weights(cell):
+def test_vmap_over_inputs_and_weights(cell, in_loop, monkeypatch):
+    """Also both layouts of the GRU's saved activations (one array, or one per gate where XLA
+    computes the weight gradients): each vmap index at its offset in every array."""
+    for key in list(native_ops.IN_LOOP_MAX_HIDDEN):
+        monkeypatch.setitem(native_ops.IN_LOOP_MAX_HIDDEN, key, 4096 if in_loop else -1)
     w, xs, carry, mask = inputs(cell, 9)
     ws = jax.tree_util.tree_map(lambda a: jnp.stack([a, 0.5 * a]), w)
     xss = jnp.stack([xs, -xs])

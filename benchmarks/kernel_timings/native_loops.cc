@@ -55,11 +55,13 @@ static double sum(const float* v, size_t n) {
   return s;
 }
 
-// act or dz in one allocation of T * B * A floats (`rows` = T * B), laid out as the kernels'
-// handler lays them out: interleaved rows, or planar, one block of T * B * H after another.
+// act or dz in one allocation of T * B * A floats (`rows` = T * B): interleaved rows, or
+// where the cell may be planar (the GRU; PLANAR=0: interleaved) one block of T * B * H after another.
 GateRows gate_rows(float* base, const Kernels& K, int H, size_t rows) {
+  const bool planar = K.may_be_planar && !(getenv("PLANAR") && atoi(getenv("PLANAR")) == 0);
   GateRows g;
-  for (int a = 0; a < K.acts; ++a) g.block[a] = base + (K.planar ? a * rows * H : size_t(a) * H);
+  g.stride = size_t(planar ? 1 : K.acts) * H;
+  for (int a = 0; a < K.acts; ++a) g.block[a] = base + (planar ? a * rows * H : size_t(a) * H);
   return g;
 }
 

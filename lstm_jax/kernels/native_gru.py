@@ -12,18 +12,17 @@ cells share, ``csrc/recurrent_kernel.inc`` with ``csrc/cells.inc``'s ``GruCell``
   ``n = tanh(x W_in + b_in + r * (h W_hn + b_hn))``: one register-blocked GEMM
   per step over weights packed once per call, the gate math in registers
   right after it. For training it also saves ``r, z, n`` and
-  ``hn = h W_hn + b_hn``, a ``(T, B, H)`` array each.
+  ``hn = h W_hn + b_hn``: a ``(T, B, H)`` array each where XLA computes the weight
+  gradients, else one ``(T, B, 4H)`` array (``_layout``).
 * backward (``jax.custom_vjp``): the custom call carries ``dh``, writes the
   pre-activation gradients over the saved activations (aliased again):
   ``dr, dz, dn`` of the input side and ``dhn = dn * r`` of the recurrent one,
   and computes ``dh_{t-1} = z * dh + ([dr, dz, dhn] @ w_hh^T) * mask`` per
-  step; XLA then computes ``dx`` from ``[dr, dz, dn]``, a GEMM per gate.
-  ``dw_ih`` (from ``[dr, dz, dn]``), ``dw_hh`` (from ``[dr, dz, dhn]``) and the
-  biases' gradients are accumulated by the loop up to
+  step; XLA then computes ``dx`` from ``[dr, dz, dn]``. ``dw_ih`` (from
+  ``[dr, dz, dn]``), ``dw_hh`` (from ``[dr, dz, dhn]``) and the biases'
+  gradients are accumulated by the loop up to
   :data:`~lstm_jax.kernels.native_ops.IN_LOOP_MAX_HIDDEN`, by XLA above it, a
-  GEMM per gate. Each gradient is its own array because XLA copied column
-  slices of one ``(T * B, 4H)`` array before its GEMMs (at ``(B, T, I, H) =
-  (128, 64, 256, 512)`` ~25 ms of a ~345 ms training step).
+  GEMM per gate over each gate's own array (``_layout``).
 
 ``resets`` run inside both loops as the LSTM's (:mod:`lstm_jax.kernels.native`).
 
@@ -102,16 +101,40 @@ def _infer(static, inputs, per_step):
     return ffi_call("lstm_jax_native_gru_forward_infer", _shapes(inputs), *operands, bf16=bf16)
 
 
+def _layout(bf16: bool, steps: int, batch: int, hidden: int) -> tuple[bool, bool]:
+    """``(in_loop, planar)`` of a training call: whether the backward's loop accumulates the
+    weight gradients (:func:`native_ops.weight_gradients_in_loop`), and whether the saved
+    activations and gate gradients are four ``(T, B, H)`` arrays (planar) or one
+    ``(T, B, 4H)``. Planar where XLA computes the weight gradients: it multiplies ``[dr, dz,
+    dn]`` and ``[dr, dz, dhn]`` and copied column slices of one array before its GEMMs (at
+    ``(B, T, I, H) = (128, 64, 256, 512)`` ~25 ms of a ~345 ms step). Interleaved where the
+    loop does: planar made two-thread training 5-12% slower at H = 64 and 128
+    (``benchmarks/results/cpu-intel-xeon-2c/gru_planar.md``)."""
+    in_loop = not bf16 and weight_gradients_in_loop("gru", steps, batch, hidden)
+    return in_loop, not in_loop
+
+
+def _act_shapes(steps: int, batch: int, hidden: int, planar: bool) -> list:
+    """The four ``act`` / ``dz`` arrays of a call: ``(T, B, H)`` each, or ``(T, B, 4H)`` and three
+    empty ones."""
+    if planar:
+        return [jax.ShapeDtypeStruct((steps, batch, hidden), jnp.float32)] * 4
+    empty = jax.ShapeDtypeStruct((0,), jnp.float32)
+    return [jax.ShapeDtypeStruct((steps, batch, 4 * hidden), jnp.float32), empty, empty, empty]
+
+
 def _train(static, inputs, per_step):
-    """``(ys, h)`` and the residuals ``act``: ``(r, z, n, h W_hn + b_hn)``, ``(T, B, H)`` each,
-    and with ``bf16`` ``xhT (I + H, T * B)``, the bfloat16 ``x_t`` and ``h_{t-1} * mask`` of
-    every step (time-major columns; empty without ``bf16``)."""
+    """``(ys, h)`` and the residuals ``act``: ``r, z, n, h W_hn + b_hn`` in :func:`_layout`'s
+    arrays, and with ``bf16`` ``xhT (I + H, T * B)``, the bfloat16 ``x_t`` and ``h_{t-1} * mask``
+    of every step (time-major columns; empty without ``bf16``)."""
     _, bf16 = static
     steps, batch, inputs_size = inputs[4].shape
     hidden = inputs[2].shape[0]
+    _, planar = _layout(bf16, steps, batch, hidden)
     xh_t = jax.ShapeDtypeStruct((inputs_size + hidden, steps * batch) if bf16 else (0,), jnp.bfloat16)
-    ys, h, *act, xh_t = ffi_call("lstm_jax_native_gru_forward_train", (*_shapes(inputs, *[hidden] * 4), xh_t),
-                                 *_operands(inputs, per_step), bf16=bf16)  # fmt: skip
+    results = (*_shapes(inputs), *_act_shapes(steps, batch, hidden, planar), xh_t)
+    ys, h, *act, xh_t = ffi_call("lstm_jax_native_gru_forward_train", results, *_operands(inputs, per_step),
+                                 bf16=bf16, planar=planar)  # fmt: skip
     return (ys, h), (tuple(act), xh_t)
 
 
@@ -150,24 +173,26 @@ def _gradients(static, inputs, per_step, cotangents, outputs, saved):
     hidden = w_hh.shape[0]
     state = jax.ShapeDtypeStruct(h0.shape, jnp.float32)
     reset_state = state if starts is not None else jax.ShapeDtypeStruct((0,), jnp.float32)
-    in_loop = not bf16 and weight_gradients_in_loop("gru", steps, batch, hidden)
+    in_loop, planar = _layout(bf16, steps, batch, hidden)
     dw_ih_in_loop = in_loop and native_ops.IN_LOOP_INPUT_WEIGHTS
-    plane = jax.ShapeDtypeStruct((steps, batch, hidden), jnp.float32)
     dz_bf16 = jax.ShapeDtypeStruct((steps, batch, 4 * hidden) if bf16 else (0,), jnp.bfloat16)
-    results = (*[plane] * 4, state, state, reset_state, dz_bf16,
+    results = (*_act_shapes(steps, batch, hidden, planar), state, state, reset_state, dz_bf16,
                *in_loop_results(in_loop, inputs_size if dw_ih_in_loop else 0, hidden, 3, 4))  # fmt: skip
     f32, u8 = jnp.float32, jnp.uint8
     dr, dz, dn, dhn, dh0, dmask, d_reset_h, dz_bf16, dw_ih, dw_hh, db = ffi_call(
         "lstm_jax_native_gru_backward", results,
         w_hh, *act, *cotangents, optional_operand(mask, f32), optional_operand(valid, u8), hs, h0,
         optional_operand(starts, u8), optional_operand(reset_h, f32),
-        optional_operand(xs if dw_ih_in_loop else None, f32), bf16=bf16, aliases={1: 0, 2: 1, 3: 2, 4: 3},
+        optional_operand(xs if dw_ih_in_loop else None, f32), bf16=bf16, planar=planar,
+        aliases={1: 0, 2: 1, 3: 2, 4: 3},
     )  # fmt: skip
     dmask = None if mask is None else dmask
     d_reset_h = None if starts is None else d_reset_h
-    # (T * B, H) each: the input side's gate gradients, then the recurrent side's
-    d_input = [d.reshape(steps * batch, hidden) for d in (dr, dz, dn)]
-    d_recurrent = [*d_input[:2], dhn.reshape(steps * batch, hidden)]
+    if planar:  # (T * B, H) each: the input side's gate gradients, then the recurrent side's
+        d_input = [d.reshape(steps * batch, hidden) for d in (dr, dz, dn)]
+        d_recurrent = [*d_input[:2], dhn.reshape(steps * batch, hidden)]
+    else:  # the loop made dw_hh and db; [dr, dz, dn] for dx (and dw_ih)
+        d_input = [dr.reshape(steps * batch, 4 * hidden)[:, : 3 * hidden]]
     if not in_loop:
         db = jnp.concatenate([jnp.sum(d, axis=0) for d in (*d_input, d_recurrent[2])])
     db_ih = db[: 3 * hidden]  # db: [dr, dz, dn, dhn] summed over rows
@@ -181,8 +206,8 @@ def _gradients(static, inputs, per_step, cotangents, outputs, saved):
     if not dw_ih_in_loop:
         x_rows = xs.reshape(steps * batch, inputs_size)
         dw_ih = jnp.concatenate([x_rows.T @ d for d in d_input], axis=1)
-    w_gates = jnp.split(w_ih, 3, axis=1)  # (I, H) each
-    dxs = sum(d @ w.T for d, w in zip(d_input, w_gates))
+    w_parts = jnp.split(w_ih, len(d_input), axis=1)  # w_ih's columns of each part of d_input
+    dxs = sum(d @ w.T for d, w in zip(d_input, w_parts))
     return dw_ih, db_ih, dw_hh, db_hh, dxs.reshape(xs.shape), dh0, dmask, d_reset_h
 
 
