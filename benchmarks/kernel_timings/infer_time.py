@@ -18,9 +18,9 @@ from benchmarks import isa_emulation
 if os.environ.get("EMU"):
     isa_emulation.emulate("avx2")
 
-import jax  # noqa: E402
+import jax
 
-import lstm_jax as lj  # noqa: E402
+import lstm_jax as lj
 
 batch, steps, inputs, hidden = (int(v) for v in sys.argv[1].split(","))
 params = lj.init_lstm(jax.random.key(0), inputs, hidden)
@@ -29,7 +29,7 @@ forward = jax.jit(lambda p, x: lj.lstm(p, x, backend="native")[0])
 for _ in range(3):
     forward(params, xs).block_until_ready()
 times = []
-for _ in range(int(os.environ.get("N", 15))):
+for _ in range(int(os.environ.get("N", "15"))):
     start = time.perf_counter()
     forward(params, xs).block_until_ready()
     times.append(time.perf_counter() - start)
